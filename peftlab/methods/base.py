@@ -1,0 +1,126 @@
+"""The method interface: what every adaptation method provides to the runner.
+
+A method takes a freshly loaded sequence-classification model and makes only its own parts
+trainable; it knows its closed-form trainable count, and how to save and reload what it trained.
+Adding a method = one module in this package registered in ``METHODS`` (see ``__init__``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from peftlab.config_base import MethodParams
+from peftlab.errors import PeftlabError
+from peftlab.params import ArchSpec
+
+#: Names of the classification-head module used when the architecture has no closed-form spec.
+DEFAULT_HEADS = ("classifier", "score")
+
+
+class Method:
+    """Base class; subclasses set ``name`` and ``Params`` and override what differs."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[MethodParams]]
+    #: the runner trains the head on cached frozen features instead of running the backbone
+    caches_features: ClassVar[bool] = False
+
+    def check(self, params: Any, spec: ArchSpec | None, model_type: str) -> None:
+        """Refuse impossible combinations before any weights are loaded (raise PeftlabError)."""
+
+    def load_kwargs(self, params: Any, head_names: tuple[str, ...]) -> dict[str, Any]:
+        """Extra ``from_pretrained`` kwargs for loading the base model (e.g. a quantisation config).
+
+        Most methods adapt a plain fp32 model: {}. ``head_names`` are the classification-head
+        modules, for methods that must keep them out of a load-time transformation.
+        """
+        return {}
+
+    def prepare(self, model: nn.Module, params: Any, spec: ArchSpec | None) -> nn.Module:
+        """Freeze/inject so that exactly this method's parameters require grad."""
+        raise NotImplementedError
+
+    def derived_trainable(self, params: Any, spec: ArchSpec) -> int:
+        raise NotImplementedError
+
+    def derived_total(self, params: Any, spec: ArchSpec) -> int:
+        """Total parameters of the prepared model; methods that add parameters override."""
+        from peftlab.params import total_params
+
+        return total_params(spec)
+
+    def save(self, model: nn.Module, params: Any, directory: Path) -> None:
+        save_trainable(model, directory, self.name)
+
+    def load(self, model: nn.Module, params: Any, spec: ArchSpec | None, directory: Path) -> nn.Module:
+        """Rebuild the trained model from a fresh base model and the saved files."""
+        load_trainable(model, directory)
+        return model
+
+
+def freeze_all(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def unfreeze(module: nn.Module) -> None:
+    for p in module.parameters():
+        p.requires_grad_(True)
+
+
+def head_names(model: nn.Module, spec: ArchSpec | None) -> tuple[str, ...]:
+    names = spec.head_modules if spec is not None else DEFAULT_HEADS
+    found = tuple(n for n in names if _has_submodule(model, n))
+    if not found:
+        raise PeftlabError(f"no classification head found (looked for {', '.join(names)})")
+    return found
+
+
+def _has_submodule(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+        return True
+    except AttributeError:
+        return False
+
+
+WEIGHTS_FILE = "weights.safetensors"
+META_FILE = "peftlab_method.json"
+
+
+def save_trainable(model: nn.Module, directory: Path, method: str) -> None:
+    """Save the tensors that were trained (requires_grad) as safetensors, plus a small JSON."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    save_file(tensors, str(directory / WEIGHTS_FILE))
+    meta = {"peftlab_method": method, "tensors": len(tensors)}
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def load_trainable(model: nn.Module, directory: Path) -> None:
+    """Load saved trained tensors onto a fresh base model; every key must exist with its shape."""
+    path = directory / WEIGHTS_FILE
+    if not path.is_file():
+        raise PeftlabError(f"no saved weights at {path}")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise PeftlabError(f"cannot read {path}: {exc}") from None
+    own = dict(model.named_parameters())
+    for name, t in tensors.items():
+        if name not in own:
+            raise PeftlabError(f"{path}: tensor {name!r} does not exist in this base model")
+        if tuple(own[name].shape) != tuple(t.shape):
+            raise PeftlabError(
+                f"{path}: tensor {name!r} has shape {tuple(t.shape)}, base model has {tuple(own[name].shape)}"
+            )
+    with torch.no_grad():
+        for name, t in tensors.items():
+            own[name].copy_(t.to(own[name].dtype))

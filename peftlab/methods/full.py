@@ -1,0 +1,29 @@
+"""``full``: every weight trains. The reference the cheaper methods are compared with."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import nn
+
+from peftlab.config_base import MethodParams, PositiveFloat
+from peftlab.methods.base import Method
+from peftlab.params import ArchSpec, total_params
+
+
+class FullParams(MethodParams):
+    method: Literal["full"] = "full"
+    lr: PositiveFloat = 5e-5
+
+
+class Full(Method):
+    name = "full"
+    Params = FullParams
+
+    def prepare(self, model: nn.Module, params: FullParams, spec: ArchSpec | None) -> nn.Module:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+
+    def derived_trainable(self, params: FullParams, spec: ArchSpec) -> int:
+        return total_params(spec)

@@ -1,0 +1,52 @@
+"""``partial``: train the top ``top_k`` transformer blocks, what follows them, and the head.
+
+"What follows them" is the family's post part (BERT's pooler, Llama's final norm): it sits
+between the trained blocks and the head, so freezing it would cut the gradient's only path.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from torch import nn
+
+from peftlab.config_base import MethodParams, PositiveFloat
+from peftlab.errors import PeftlabError
+from peftlab.methods.base import Method, freeze_all, head_names, unfreeze
+from peftlab.params import FAMILIES, ArchSpec, top_layers_params
+
+
+class PartialParams(MethodParams):
+    method: Literal["partial"] = "partial"
+    lr: PositiveFloat = 1e-4
+    top_k: int = Field(default=2, ge=1)
+
+
+class Partial(Method):
+    name = "partial"
+    Params = PartialParams
+
+    def check(self, params: PartialParams, spec: ArchSpec | None, model_type: str) -> None:
+        if spec is None:
+            raise PeftlabError(
+                f"partial: architecture {model_type!r} has no known block layout "
+                f"(supported: {', '.join(FAMILIES.names())})"
+            )
+        if params.top_k > spec.num_layers:
+            raise PeftlabError(
+                f"config error: partial.top_k: {params.top_k} exceeds the backbone's {spec.num_layers} layers"
+            )
+
+    def prepare(self, model: nn.Module, params: PartialParams, spec: ArchSpec | None) -> nn.Module:
+        assert spec is not None  # check() refused it otherwise
+        freeze_all(model)
+        layers = model.get_submodule(spec.layers_prefix)
+        for block in list(layers)[-params.top_k :]:
+            unfreeze(block)
+        for name in spec.post_modules + head_names(model, spec):
+            unfreeze(model.get_submodule(name))
+        return model
+
+    def derived_trainable(self, params: PartialParams, spec: ArchSpec) -> int:
+        return top_layers_params(spec, params.top_k)

@@ -1,0 +1,312 @@
+"""Closed-form parameter counts derived from an architecture's config, never from the model.
+
+Every result stores the counted number (from the live model) next to the number derived here,
+so a method that trains more or less than it claims is caught. The formulas are pure functions
+of an :class:`ArchSpec`; supporting a new family means one ``_spec_*`` builder in ``FAMILIES``.
+
+Naming: a *layer* is one transformer block; the *post* part is what sits between the last block
+and the classification head (BERT's pooler, Llama's final norm); the *head* is the module the
+sequence-classification class adds (``classifier`` or ``score``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from peftlab.registry import Registry
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    family: str
+    num_layers: int
+    hidden: int
+    num_labels: int
+    #: per-layer linear modules: name relative to the layer -> (d_in, d_out, has_bias)
+    layer_linears: dict[str, tuple[int, int, bool]]
+    #: per-layer parameters that are not in ``layer_linears`` (norms)
+    layer_other: int
+    embeddings: int
+    #: linear modules outside the layers (pooler): full name -> (d_in, d_out, has_bias)
+    post_linears: dict[str, tuple[int, int, bool]] = field(default_factory=dict)
+    post_other: int = 0
+    head: int = 0
+    #: dotted names of the head modules (trained by every method, saved by peft's modules_to_save)
+    head_modules: tuple[str, ...] = ("classifier",)
+    #: modules between the last block and the head (trained by ``partial``)
+    post_modules: tuple[str, ...] = ()
+    #: prefix of the transformer blocks: f"{layers_prefix}.{i}.{linear}"
+    layers_prefix: str = ""
+    is_decoder: bool = False
+    #: width of one layer's key (= value) projection; 0 means ``hidden`` (no grouped-query attention).
+    #: Prefix tuning stores one key and one value vector of this width per layer and virtual token.
+    kv_dim: int = 0
+
+
+def linear_params(d_in: int, d_out: int, bias: bool) -> int:
+    return d_in * d_out + (d_out if bias else 0)
+
+
+def layer_params(spec: ArchSpec) -> int:
+    return sum(linear_params(*s) for s in spec.layer_linears.values()) + spec.layer_other
+
+
+def post_params(spec: ArchSpec) -> int:
+    return sum(linear_params(*s) for s in spec.post_linears.values()) + spec.post_other
+
+
+def total_params(spec: ArchSpec) -> int:
+    """All parameters of the plain sequence-classification model."""
+    return spec.embeddings + spec.num_layers * layer_params(spec) + post_params(spec) + spec.head
+
+
+def top_layers_params(spec: ArchSpec, k: int) -> int:
+    """Trainable parameters of ``partial``: the top ``k`` blocks, the post part and the head."""
+    return min(k, spec.num_layers) * layer_params(spec) + post_params(spec) + spec.head
+
+
+def all_linears(spec: ArchSpec) -> dict[str, tuple[int, int, bool]]:
+    """Every linear of the backbone by full dotted name (the head excluded)."""
+    out = {
+        f"{spec.layers_prefix}.{i}.{name}": shape
+        for i in range(spec.num_layers)
+        for name, shape in spec.layer_linears.items()
+    }
+    out.update(spec.post_linears)
+    return out
+
+
+def matches_target(module_name: str, target: str) -> bool:
+    """peft's rule for a string entry of ``target_modules``: exact name or a ``.``-suffix."""
+    return module_name == target or module_name.endswith("." + target)
+
+
+def targeted_linears(spec: ArchSpec, targets: list[str]) -> dict[str, tuple[int, int, bool]]:
+    return {
+        name: shape
+        for name, shape in all_linears(spec).items()
+        if any(matches_target(name, t) for t in targets)
+    }
+
+
+def lora_params(spec: ArchSpec, targets: list[str], r: int) -> int:
+    """LoRA adds A (r x d_in) and B (d_out x r) to each targeted linear: r * (d_in + d_out)."""
+    return sum(r * (d_in + d_out) for d_in, d_out, _ in targeted_linears(spec, targets).values())
+
+
+def ia3_params(spec: ArchSpec, targets: list[str], feedforward: list[str]) -> int:
+    """(IA)^3 learns one scaling vector per targeted linear: d_in for feedforward modules (the
+    input is scaled), d_out otherwise (the output is scaled).
+
+    Feedforward membership follows peft's own rule, a *plain* suffix test (``str.endswith``, no
+    dot boundary): so BERT's default ``output.dense`` also marks ``attention.output.dense``.
+    """
+    return sum(
+        d_in if any(name.endswith(f) for f in feedforward) else d_out
+        for name, (d_in, d_out, _) in targeted_linears(spec, targets).items()
+    )
+
+
+def prompt_tuning_params(spec: ArchSpec, num_virtual_tokens: int) -> int:
+    """One trained input embedding (width ``hidden``) per virtual token."""
+    return num_virtual_tokens * spec.hidden
+
+
+def p_tuning_params(spec: ArchSpec, num_virtual_tokens: int, encoder: str, encoder_hidden: int,
+                    lstm_layers: int = 2) -> int:
+    """P-tuning: the virtual-token embedding plus peft's prompt encoder (``PromptEncoder``).
+
+    MLP: Linear(h, e) -> ReLU -> Linear(e, e) -> ReLU -> Linear(e, h). LSTM: a bidirectional
+    ``lstm_layers``-layer LSTM (input h, then 2e) followed by Linear(2e, 2e) -> ReLU -> Linear(2e, h).
+    """
+    h, e = spec.hidden, encoder_hidden
+    n = num_virtual_tokens * h
+    if encoder == "mlp":
+        return n + linear_params(h, e, True) + linear_params(e, e, True) + linear_params(e, h, True)
+    if encoder == "lstm":
+        # per direction and layer: 4 gates x (W_ih: e x d_in, W_hh: e x e, b_ih + b_hh: 2e)
+        lstm = sum(2 * 4 * (e * d_in + e * e + 2 * e) for d_in in [h] + [2 * e] * (lstm_layers - 1))
+        return n + lstm + linear_params(2 * e, 2 * e, True) + linear_params(2 * e, h, True)
+    raise ValueError(f"unknown p-tuning encoder {encoder!r}")
+
+
+def prefix_token_dim(spec: ArchSpec) -> int:
+    """Width of a prefix key/value vector: peft uses kv_heads * head_dim for grouped-query attention."""
+    return spec.kv_dim or spec.hidden
+
+
+def prefix_tuning_params(spec: ArchSpec, num_virtual_tokens: int, projection: bool,
+                         encoder_hidden: int | None = None) -> int:
+    """Prefix tuning (peft ``PrefixEncoder``): a key and a value per layer and virtual token.
+
+    Without projection the prefix itself is the parameter: n x (layers * 2 * d). With projection,
+    an n x d embedding feeds Linear(d, enc) -> Tanh -> Linear(enc, layers * 2 * d), biases
+    included; ``d`` is :func:`prefix_token_dim` and ``enc`` defaults to ``d`` (as in peft).
+    """
+    d = prefix_token_dim(spec)
+    out = spec.num_layers * 2 * d
+    if not projection:
+        return num_virtual_tokens * out
+    enc = encoder_hidden or d
+    return num_virtual_tokens * d + linear_params(d, enc, True) + linear_params(enc, out, True)
+
+
+FAMILIES: Registry[Callable[[Any], ArchSpec]] = Registry("architecture family")
+
+
+@FAMILIES.register("bert")
+def _spec_bert(c: Any) -> ArchSpec:
+    h, i = c.hidden_size, c.intermediate_size
+    return ArchSpec(
+        family="bert",
+        num_layers=c.num_hidden_layers,
+        hidden=h,
+        num_labels=c.num_labels,
+        layer_linears={
+            "attention.self.query": (h, h, True),
+            "attention.self.key": (h, h, True),
+            "attention.self.value": (h, h, True),
+            "attention.output.dense": (h, h, True),
+            "intermediate.dense": (h, i, True),
+            "output.dense": (i, h, True),
+        },
+        layer_other=2 * 2 * h,  # two LayerNorms (weight + bias)
+        embeddings=(c.vocab_size + c.max_position_embeddings + c.type_vocab_size) * h + 2 * h,
+        post_linears={"bert.pooler.dense": (h, h, True)},
+        post_modules=("bert.pooler",),
+        head=linear_params(h, c.num_labels, True),
+        head_modules=("classifier",),
+        layers_prefix="bert.encoder.layer",
+    )
+
+
+def _spec_roberta_like(c: Any, family: str, prefix: str) -> ArchSpec:
+    base = _spec_bert(c)
+    h = c.hidden_size
+    return ArchSpec(
+        family=family,
+        num_layers=base.num_layers,
+        hidden=h,
+        num_labels=c.num_labels,
+        layer_linears=base.layer_linears,
+        layer_other=base.layer_other,
+        embeddings=base.embeddings,
+        # RobertaForSequenceClassification has no pooler; its head is dense + out_proj.
+        head=linear_params(h, h, True) + linear_params(h, c.num_labels, True),
+        head_modules=("classifier",),
+        layers_prefix=f"{prefix}.encoder.layer",
+    )
+
+
+FAMILIES.add("roberta", lambda c: _spec_roberta_like(c, "roberta", "roberta"))
+FAMILIES.add("xlm-roberta", lambda c: _spec_roberta_like(c, "xlm-roberta", "roberta"))
+
+
+@FAMILIES.register("llama")
+def _spec_llama(c: Any) -> ArchSpec:
+    h, i = c.hidden_size, c.intermediate_size
+    heads = c.num_attention_heads
+    kv = getattr(c, "num_key_value_heads", None) or heads
+    hd = getattr(c, "head_dim", None) or h // heads
+    ab = bool(getattr(c, "attention_bias", False))
+    mb = bool(getattr(c, "mlp_bias", False))
+    return ArchSpec(
+        family="llama",
+        num_layers=c.num_hidden_layers,
+        hidden=h,
+        num_labels=c.num_labels,
+        layer_linears={
+            "self_attn.q_proj": (h, heads * hd, ab),
+            "self_attn.k_proj": (h, kv * hd, ab),
+            "self_attn.v_proj": (h, kv * hd, ab),
+            "self_attn.o_proj": (heads * hd, h, ab),
+            "mlp.gate_proj": (h, i, mb),
+            "mlp.up_proj": (h, i, mb),
+            "mlp.down_proj": (i, h, mb),
+        },
+        layer_other=2 * h,  # two RMSNorm weights
+        embeddings=c.vocab_size * h,
+        post_other=h,  # final RMSNorm
+        post_modules=("model.norm",),
+        head=linear_params(h, c.num_labels, False),
+        head_modules=("score",),
+        layers_prefix="model.layers",
+        is_decoder=True,
+        kv_dim=kv * hd,
+    )
+
+
+FAMILIES.add("mistral", _spec_llama)
+
+
+def arch_spec(config: Any) -> ArchSpec | None:
+    """The spec for a transformers config, or None when no closed form is known for its family."""
+    family = getattr(config, "model_type", None)
+    if family not in FAMILIES:
+        return None
+    return FAMILIES.get(family)(config)
+
+
+def count_params(model: Any) -> tuple[int, int]:
+    """(trainable, total) counted on the live model; shared tensors counted once.
+
+    4-bit packed weights (bitsandbytes ``Params4bit``) store two values per byte; their logical
+    size comes from ``quant_state.shape`` so the trainable share is never inflated.
+    """
+    seen: set[int] = set()
+    trainable = total = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        n = logical_numel(p)
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+def logical_numel(p: Any) -> int:
+    qs = getattr(p, "quant_state", None)
+    if qs is not None and getattr(qs, "shape", None) is not None:
+        n = 1
+        for d in qs.shape:
+            n *= int(d)
+        return n
+    return int(p.numel())
+
+
+def base_weight_bytes(model: Any) -> int:
+    """Bytes the model's weights occupy as stored, quantisation statistics included.
+
+    Call it on the loaded base model (before a method adds its parameters) to compare what the
+    frozen base costs in memory: fp32 = 4 bytes per weight, 8-bit ~1, 4-bit NF4 ~0.5 plus the
+    per-block absmax (and, with double quantisation, its own second-level statistics). Shared
+    tensors are counted once.
+    """
+    seen: set[int] = set()
+    total = 0
+
+    def add(t: Any) -> None:
+        nonlocal total
+        if t is None or not hasattr(t, "element_size") or id(t) in seen:
+            return
+        seen.add(id(t))
+        total += int(t.numel()) * int(t.element_size())
+
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        add(p)
+        qs = getattr(p, "quant_state", None)  # bitsandbytes Params4bit
+        if qs is not None:
+            add(getattr(qs, "absmax", None))
+            add(getattr(qs, "code", None))
+            state2 = getattr(qs, "state2", None)
+            if state2 is not None:
+                add(getattr(state2, "absmax", None))
+                add(getattr(state2, "code", None))
+        add(getattr(p, "SCB", None))  # bitsandbytes Int8Params: per-row scales
+    return total

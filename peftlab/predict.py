@@ -1,0 +1,63 @@
+"""Load a trained method from its run directory and classify new texts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import DataCollatorWithPadding
+
+from peftlab.backbones import load_classifier, load_tokenizer
+from peftlab.config import ExperimentConfig, load_config
+from peftlab.errors import PeftlabError
+from peftlab.methods import METHODS
+from peftlab.params import arch_spec
+from peftlab.results import RESULTS_FILE, read_result
+from peftlab.runners.batching import encode
+from peftlab.runners.experiment import ADAPTER_DIR
+from peftlab.runners.train import predict_logits
+from peftlab.tasks.base import Split
+
+#: separates premise and hypothesis on one line for sentence-pair tasks
+PAIR_SEP = " ||| "
+
+
+@dataclass
+class Predictor:
+    cfg: ExperimentConfig
+    labels: list[str]
+    model: Any
+    tokenizer: Any
+
+    def probabilities(self, texts: list[str]) -> np.ndarray:
+        pairs = None
+        if self.cfg.task.text_pair_column:
+            split = [t.split(PAIR_SEP, 1) for t in texts]
+            if any(len(s) != 2 for s in split):
+                raise PeftlabError(f"this task takes text pairs: write them as 'premise{PAIR_SEP}hypothesis'")
+            texts, pairs = [s[0] for s in split], [s[1] for s in split]
+        feats = encode(self.tokenizer, Split(texts=texts, labels=np.zeros(len(texts), dtype=np.int64), pairs=pairs),
+                       self.cfg.train.max_length)
+        logits = predict_logits(self.model, feats, DataCollatorWithPadding(self.tokenizer), 32, torch.device("cpu"))
+        return torch.softmax(torch.from_numpy(logits), -1).numpy()
+
+
+def load_predictor(method_dir: str | Path) -> Predictor:
+    mdir = Path(method_dir)
+    run_dir = mdir.parent
+    if not (mdir / RESULTS_FILE).is_file() or not (run_dir / "config.yaml").is_file():
+        raise PeftlabError(f"{mdir} is not a method folder of a peftlab run (expected RUN_DIR/METHOD)")
+    result = read_result(mdir / RESULTS_FILE)
+    if result.status != "ok":
+        raise PeftlabError(f"{mdir}: that method's run did not finish (status {result.status})")
+    cfg = load_config(run_dir / "config.yaml")
+    params = cfg.method(mdir.name)
+    method = METHODS.get(params.method)
+    tokenizer = load_tokenizer(cfg.backbone)
+    model = load_classifier(cfg.backbone, result.labels, tokenizer)
+    model = method.load(model, params, arch_spec(model.config), mdir / ADAPTER_DIR)
+    model.eval()
+    return Predictor(cfg=cfg, labels=result.labels, model=model, tokenizer=tokenizer)

@@ -1,0 +1,84 @@
+"""comparison.md and comparison.csv: one row per method plus the majority-class baseline."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from peftlab.io import atomic_write_text
+from peftlab.results import RunResult
+
+COLUMNS = [
+    "method", "kind", "status", "accuracy", "macro_f1", "trainable", "total", "pct_trainable",
+    "derived_trainable", "params_check", "train_s", "peak_mem_mb", "train_ex_per_s",
+    "eval_ex_per_s", "adapter_mb", "flags",
+]
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "" if v is None else format(v, spec)
+
+
+def row(r: RunResult) -> dict[str, str]:
+    p, t = r.params, r.timing
+    check = "" if p is None or p.agree is None else ("ok" if p.agree else "MISMATCH")
+    return {
+        "method": r.name,
+        "kind": r.method,
+        "status": r.status,
+        "accuracy": _fmt(r.accuracy, ".4f"),
+        "macro_f1": _fmt(r.macro_f1, ".4f"),
+        "trainable": "" if p is None else str(p.trainable),
+        "total": "" if p is None else str(p.total),
+        "pct_trainable": "" if p is None else f"{p.percent_trainable:.3f}",
+        "derived_trainable": "" if p is None or p.derived_trainable is None else str(p.derived_trainable),
+        "params_check": check,
+        "train_s": "" if t is None else f"{t.train_s:.1f}",
+        "peak_mem_mb": _fmt(None if r.peak_memory_bytes is None else r.peak_memory_bytes / 2**20, ".0f"),
+        "train_ex_per_s": "" if t is None else _fmt(t.train_examples_per_s, ".1f"),
+        "eval_ex_per_s": "" if t is None else _fmt(t.eval_examples_per_s, ".1f"),
+        "adapter_mb": _fmt(None if r.adapter_bytes is None else r.adapter_bytes / 2**20, ".3f"),
+        "flags": " ".join(r.flags) if r.status == "ok" else f"failed: {r.error or ''}",
+    }
+
+
+def to_csv(results: list[RunResult]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in results:
+        w.writerow(row(r))
+    return buf.getvalue()
+
+
+def _md_cell(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(results: list[RunResult]) -> str:
+    heads = ["method", "accuracy", "macro-F1", "trainable", "% trainable", "params check", "train s",
+             "peak MB", "train ex/s", "adapter MB", "flags"]
+    keys = ["method", "accuracy", "macro_f1", "trainable", "pct_trainable", "params_check", "train_s",
+            "peak_mem_mb", "train_ex_per_s", "adapter_mb", "flags"]
+    task = results[0].task if results else ""
+    lines = [f"# Comparison: {task}", ""]
+    if results:
+        r0 = results[-1]
+        lines += [f"{r0.n_train} train / {r0.n_eval} eval examples, labels: {', '.join(r0.labels)}; seed {r0.seed}.", ""]
+    lines += ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for r in results:
+        cells = row(r)
+        lines.append("| " + " | ".join(_md_cell(cells[k]) for k in keys) + " |")
+    lines += ["", "params check: counted trainable and total parameters equal the closed-form formula "
+              "(ok), differ (MISMATCH), or no formula for this architecture (blank). "
+              "Flags: collapsed = every eval prediction is one class; nan_loss = training stopped on a "
+              "non-finite loss; params_unchanged = trainable weights never moved.", ""]
+    return "\n".join(lines)
+
+
+def write_comparison(results: list[RunResult], out: Path) -> str:
+    md = to_markdown(results)
+    atomic_write_text(out / "comparison.csv", to_csv(results))
+    atomic_write_text(out / "comparison.md", md)
+    return md

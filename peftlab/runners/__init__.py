@@ -1,0 +1,1 @@
+"""Runners turn a prepared model and a task into a RunResult."""

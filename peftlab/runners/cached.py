@@ -1,0 +1,108 @@
+"""Train a head on cached features of a frozen backbone (linear probe).
+
+The frozen backbone is run once over each split; the head's input is captured with a forward
+pre-hook. Epochs then cost a few small matrix products instead of full forward passes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from peftlab.config import TrainConfig
+from peftlab.runners.batching import Features, sorted_batches
+from peftlab.runners.train import FitOutcome, feature_labels, epoch_record, make_optimizer
+
+
+@torch.no_grad()
+def head_inputs(model: nn.Module, head: nn.Module, feats: Features, collate: Any, batch_size: int,
+                device: torch.device, is_decoder: bool) -> torch.Tensor:
+    """What ``head`` receives for each item, reduced to what the head actually reads.
+
+    A 3-d input (batch, tokens, hidden) is cut to the token the head pools: the last non-pad
+    token for decoders (as HF's *ForSequenceClassification does), the first for encoders
+    (kept 3-d, since e.g. RoBERTa's head indexes ``[:, 0]`` itself).
+    """
+    model.eval()
+    captured: list[torch.Tensor] = []
+
+    def grab(_m: nn.Module, args: tuple[Any, ...]) -> None:
+        captured.append(args[0].detach())
+
+    handle = head.register_forward_pre_hook(grab)
+    out: list[torch.Tensor | None] = [None] * len(feats)
+    try:
+        for idx in sorted_batches(feats.lengths, batch_size):
+            batch = collate([{k: v for k, v in feats[i].items() if k != "labels"} for i in idx])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            captured.clear()
+            model(**batch)
+            x = captured[0].float()
+            if x.ndim == 3:
+                if is_decoder:
+                    mask = batch["attention_mask"]
+                    pos = (torch.arange(mask.shape[1], device=mask.device) * mask).argmax(-1)
+                    x = x[torch.arange(x.shape[0], device=x.device), pos]
+                else:
+                    x = x[:, :1, :]
+            for j, i in enumerate(idx):
+                out[i] = x[j].cpu()
+    finally:
+        handle.remove()
+    return torch.stack([t for t in out if t is not None])
+
+
+def fit_head(model: nn.Module, head: nn.Module, train: Features, evalset: Features, collate: Any,
+             lr: float, tcfg: TrainConfig, acc: Accelerator, is_decoder: bool) -> FitOutcome:
+    """Extract features once (counted as eval/feature time), then train only ``head``."""
+    device = acc.device
+    outcome = FitOutcome()
+    t0 = time.perf_counter()
+    x_train = head_inputs(model, head, train, collate, tcfg.eval_batch_size, device, is_decoder)
+    x_eval = head_inputs(model, head, evalset, collate, tcfg.eval_batch_size, device, is_decoder)
+    feature_s = time.perf_counter() - t0
+    y_train = torch.from_numpy(feature_labels(train)).to(device)
+    y_eval = feature_labels(evalset)
+    x_train, x_eval_d = x_train.to(device), x_eval.to(device)
+    n, bs = len(train), tcfg.batch_size
+    steps = math.ceil(math.ceil(n / bs) / tcfg.grad_accum) * tcfg.epochs
+    opt, sched = make_optimizer(head, lr, tcfg, steps)
+    gen = torch.Generator().manual_seed(tcfg.seed)
+    outcome.train_s = feature_s  # the one pass over the backbone is part of training's cost
+    for epoch in range(1, tcfg.epochs + 1):
+        head.train()
+        t1, loss_sum = time.perf_counter(), 0.0
+        order = torch.randperm(n, generator=gen)
+        for step, start in enumerate(range(0, n, bs)):
+            idx = order[start : start + bs].to(device)
+            logits = head(x_train[idx])
+            loss = nn.functional.cross_entropy(logits.float(), y_train[idx])
+            if not torch.isfinite(loss):
+                outcome.nan_loss = True
+                break
+            (loss / tcfg.grad_accum).backward()
+            loss_sum += float(loss.detach()) * len(idx)
+            if (step + 1) % tcfg.grad_accum == 0 or start + bs >= n:
+                torch.nn.utils.clip_grad_norm_(head.parameters(), tcfg.max_grad_norm)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+        outcome.train_s += time.perf_counter() - t1
+        outcome.train_examples += n
+        head.eval()
+        t2 = time.perf_counter()
+        with torch.no_grad():
+            logits_eval = head(x_eval_d).float().cpu().numpy()
+        outcome.eval_s += time.perf_counter() - t2
+        outcome.eval_examples += len(evalset)
+        outcome.logits = logits_eval
+        outcome.epochs.append(epoch_record(epoch, loss_sum / n, logits_eval, y_eval))
+        if outcome.nan_loss:
+            break
+    return outcome

@@ -1,0 +1,150 @@
+"""The supervised training loop: AdamW, linear warm-up/decay, accumulation, eval every epoch.
+
+Written on ``accelerate`` so the same loop runs on CPU (fp32), on one GPU (bf16/fp16 autocast)
+and under ``accelerate launch`` (data parallel). Evaluation runs on every process over the whole
+eval set (cheap next to training) so no gathering is needed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from peftlab.config import TrainConfig
+from peftlab.results import EpochRecord
+from peftlab.runners.batching import Features, LengthGroupedBatches, sorted_batches
+
+
+@dataclass
+class FitOutcome:
+    epochs: list[EpochRecord] = field(default_factory=list)
+    logits: np.ndarray | None = None  # final eval logits, in eval-set order
+    train_s: float = 0.0
+    eval_s: float = 0.0
+    train_examples: int = 0
+    eval_examples: int = 0
+    nan_loss: bool = False
+
+
+def make_accelerator(tcfg: TrainConfig) -> Accelerator:
+    """bf16 autocast on CUDA when supported (fp16 otherwise), fp32 on CPU, unless set."""
+    mp = tcfg.mixed_precision
+    if mp == "auto":
+        if torch.cuda.is_available():
+            mp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            mp = "no"
+    return Accelerator(mixed_precision=mp, gradient_accumulation_steps=tcfg.grad_accum)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases and norm weights (1-d tensors), as BERT's recipe does."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, lr: float, tcfg: TrainConfig, steps: int) -> tuple[Any, Any]:
+    opt = torch.optim.AdamW(param_groups(model, tcfg.weight_decay), lr=lr)
+    sched = get_linear_schedule_with_warmup(opt, int(tcfg.warmup_ratio * steps), steps)
+    return opt, sched
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, feats: Features, collate: Any, batch_size: int,
+                   device: torch.device, autocast: Any = None) -> np.ndarray:
+    """Logits for every item, batched longest-first, returned in the original order."""
+    model.eval()
+    out: list[np.ndarray] = [np.empty(0)] * len(feats)
+    for idx in sorted_batches(feats.lengths, batch_size):
+        batch = collate([{k: v for k, v in feats[i].items() if k != "labels"} for i in idx])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast() if autocast is not None else _null():
+            logits = model(**batch).logits.float().cpu().numpy()
+        for j, i in enumerate(idx):
+            out[i] = logits[j]
+    return np.stack(out)
+
+
+class _null:
+    def __enter__(self) -> None: ...
+    def __exit__(self, *a: Any) -> None: ...
+
+
+def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    t = torch.from_numpy(logits)
+    return float(nn.functional.cross_entropy(t, torch.from_numpy(labels)).item())
+
+
+def feature_labels(feats: Features) -> np.ndarray:
+    return np.asarray([x["labels"] for x in feats.items], dtype=np.int64)
+
+
+def epoch_record(epoch: int, loss: float | None, logits: np.ndarray, labels: np.ndarray) -> EpochRecord:
+    pred = logits.argmax(-1)
+    from sklearn.metrics import f1_score
+
+    return EpochRecord(
+        epoch=epoch,
+        train_loss=loss,
+        eval_loss=cross_entropy(logits, labels),
+        accuracy=float((pred == labels).mean()),
+        macro_f1=float(f1_score(labels, pred, average="macro", labels=list(range(logits.shape[1])), zero_division=0)),
+    )
+
+
+def fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: float,
+        tcfg: TrainConfig, acc: Accelerator, label: str, quiet: bool) -> tuple[nn.Module, FitOutcome]:
+    """Train ``model``'s trainable parameters; returns the unwrapped model and what happened."""
+    sampler = LengthGroupedBatches(train.lengths, tcfg.batch_size, tcfg.seed, tcfg.group_by_length)
+    loader = DataLoader(train, batch_sampler=sampler, collate_fn=collate)
+    steps = math.ceil(len(sampler) / tcfg.grad_accum) * tcfg.epochs
+    opt, sched = make_optimizer(model, lr, tcfg, steps)
+    wrapped, opt, loader, sched = acc.prepare(model, opt, loader, sched)
+    outcome, labels = FitOutcome(), feature_labels(evalset)
+    trainable = [p for p in wrapped.parameters() if p.requires_grad]
+    for epoch in range(1, tcfg.epochs + 1):
+        wrapped.train()
+        t0, loss_sum, seen = time.perf_counter(), 0.0, 0
+        bar = tqdm(total=len(train), desc=f"{label} epoch {epoch}/{tcfg.epochs}", unit="ex",
+                   disable=quiet or not acc.is_local_main_process, dynamic_ncols=True)
+        for batch in loader:
+            with acc.accumulate(wrapped):
+                loss = wrapped(**batch).loss
+                if not torch.isfinite(loss):
+                    outcome.nan_loss = True
+                    break
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    acc.clip_grad_norm_(trainable, tcfg.max_grad_norm)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+            n = batch["labels"].shape[0]
+            loss_sum, seen = loss_sum + float(loss.detach()) * n, seen + n
+            bar.update(n)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+        bar.close()
+        outcome.train_s += time.perf_counter() - t0
+        outcome.train_examples += seen
+        if outcome.nan_loss or tcfg.eval_every_epoch or epoch == tcfg.epochs:
+            model_u = acc.unwrap_model(wrapped)
+            t1 = time.perf_counter()
+            logits = predict_logits(model_u, evalset, collate, tcfg.eval_batch_size, acc.device, acc.autocast)
+            outcome.eval_s += time.perf_counter() - t1
+            outcome.eval_examples += len(evalset)
+            outcome.logits = logits
+            outcome.epochs.append(epoch_record(epoch, loss_sum / seen if seen else None, logits, labels))
+        if outcome.nan_loss:
+            break
+    return acc.unwrap_model(wrapped), outcome

@@ -1,0 +1,206 @@
+"""Load any task source into :class:`TaskData` with one set of column/label rules."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from peftlab.config import TaskConfig
+from peftlab.errors import PeftlabError
+from peftlab.registry import Registry
+from peftlab.tasks.base import Split, TaskData
+from peftlab.tasks.builtin import BUILTIN_TASKS
+from peftlab.tasks.sampling import stratified_indices, stratified_split
+
+#: A source returns (train frame, eval frame or None, label names it knows or None).
+Frames = tuple[pd.DataFrame, pd.DataFrame | None, list[str] | None]
+SOURCES: Registry[Callable[[TaskConfig], Frames]] = Registry("task source")
+
+#: the seed of the hold-out split when a source has no eval split: fixed, so it never varies
+SPLIT_SEED = 0
+
+
+def _read_file(kind: str, path: str, nrows: int | None = None) -> pd.DataFrame:
+    p = Path(path)
+    if not p.is_file():
+        raise PeftlabError(f"data file not found: {p}")
+    try:
+        if kind in ("csv", "tsv"):
+            return pd.read_csv(p, sep="," if kind == "csv" else "\t", nrows=nrows, dtype=object,
+                               keep_default_na=False, encoding="utf-8")
+        if kind == "jsonl":
+            return pd.read_json(p, lines=True, nrows=nrows, dtype=False, encoding="utf-8")
+        frame = pd.read_parquet(p)
+        return frame.head(nrows) if nrows else frame
+    except UnicodeDecodeError:
+        raise PeftlabError(f"data file {p}: not UTF-8 text") from None
+    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PeftlabError(f"data file {p}: cannot parse as {kind} ({first})") from None
+
+
+def _file_source(kind: str) -> Callable[[TaskConfig], Frames]:
+    def load(cfg: TaskConfig) -> Frames:
+        assert cfg.train_file is not None
+        train = _read_file(kind, cfg.train_file)
+        ev = _read_file(kind, cfg.eval_file) if cfg.eval_file else None
+        return train, ev, None
+
+    return load
+
+
+for _kind in ("csv", "tsv", "jsonl", "parquet"):
+    SOURCES.add(_kind, _file_source(_kind))
+
+
+@SOURCES.register("builtin")
+def _builtin(cfg: TaskConfig) -> Frames:
+    train, ev, names = BUILTIN_TASKS.get(cfg.name or "")()
+    return train, ev, names
+
+
+@SOURCES.register("hf")
+def _hf(cfg: TaskConfig) -> Frames:
+    import datasets
+
+    def split(name: str) -> Any:
+        try:
+            return datasets.load_dataset(cfg.hf_id, cfg.hf_config, split=name)
+        except Exception as exc:  # network, missing split, unknown id: all user-fixable
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise PeftlabError(f"task.hf_id {cfg.hf_id!r} split {name!r}: cannot load ({first})") from None
+
+    train = split(cfg.train_split)
+    ev = split(cfg.eval_split)
+    feature = train.features.get(cfg.label_column)
+    names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+    return train.to_pandas(), ev.to_pandas(), names
+
+
+def _column(frame: pd.DataFrame, col: str, field: str, where: str) -> list[Any]:
+    if col not in frame.columns:
+        raise PeftlabError(
+            f"config error: task.{field}: column {col!r} not in {where} (columns: {', '.join(map(str, frame.columns))})"
+        )
+    return frame[col].tolist()
+
+
+def _texts(values: list[Any], col: str, where: str) -> list[str]:
+    for i, v in enumerate(values):
+        if not isinstance(v, str) or not v.strip():
+            what = "empty" if isinstance(v, str) else f"not text ({v!r})"
+            raise PeftlabError(f"{where}: column {col!r} row {i + 1} is {what}")
+    return values
+
+
+def _is_missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _label_ids(values: list[Any], names: list[str], where: str, drop_negative: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Map raw labels to ids; returns (ids, kept row mask).
+
+    A string label is looked up in ``names``; an integer (or a digit string that is no name) is an
+    index into ``names``.
+    Anything else is an error naming the row, never silently dropped (except negative integer
+    labels where ``drop_negative``: GLUE-style unlabelled rows).
+    """
+    index = {n: i for i, n in enumerate(names)}
+    ids, keep = [], []
+    for row, v in enumerate(values):
+        if _is_missing(v):
+            raise PeftlabError(f"{where}: row {row + 1} has no label")
+        as_int = _as_int(v)  # CSV cells are strings: "1" may be an index
+        if isinstance(v, str) and v in index:
+            ids.append(index[v])
+        elif as_int is not None and 0 <= as_int < len(names):
+            ids.append(as_int)
+        elif as_int is not None and as_int < 0 and drop_negative:
+            ids.append(-1)
+        else:
+            raise PeftlabError(f"{where}: row {row + 1} label {v!r} is not in the label set {names}")
+        keep.append(ids[-1] >= 0)
+    return np.asarray(ids, dtype=np.int64), np.asarray(keep, dtype=bool)
+
+
+def _as_int(v: Any) -> int | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+        return int(v)
+    return None
+
+
+def _int_names(n: int) -> list[str]:
+    return [str(i) for i in range(n)]
+
+
+def _infer_names(values: list[Any]) -> list[str]:
+    ints = [_as_int(v) for v in values]
+    if all(i is not None for i in ints):
+        top = max(i for i in ints if i is not None)
+        return _int_names(top + 1)
+    return sorted({str(v) for v in values if not _is_missing(v)})
+
+
+def _split(frame: pd.DataFrame, cfg: TaskConfig, names: list[str], where: str, drop_negative: bool) -> Split:
+    if len(frame) == 0:
+        raise PeftlabError(f"{where}: no rows")
+    labels, keep = _label_ids(_column(frame, cfg.label_column, "label_column", where), names, where, drop_negative)
+    texts = _column(frame, cfg.text_column, "text_column", where)
+    pairs = _column(frame, cfg.text_pair_column, "text_pair_column", where) if cfg.text_pair_column else None
+    idx = np.flatnonzero(keep)
+    if len(idx) == 0:
+        raise PeftlabError(f"{where}: no labelled rows")
+    texts = _texts([texts[i] for i in idx], cfg.text_column, where)
+    if pairs is not None:
+        pairs = _texts([pairs[i] for i in idx], cfg.text_pair_column or "", where)
+    return Split(texts=texts, labels=labels[idx], pairs=pairs)
+
+
+def load_task(cfg: TaskConfig, seed: int) -> TaskData:
+    """Load, map labels, hold out an eval split if the source has none, subsample (seeded)."""
+    train_df, eval_df, source_names = SOURCES.get(cfg.source)(cfg)
+    drop_negative = cfg.source == "hf"  # GLUE-style unlabelled rows carry label -1
+    names = cfg.label_names or source_names or _infer_names(_column(train_df, cfg.label_column, "label_column", "train data"))
+    train = _split(train_df, cfg, names, "train data", drop_negative)
+    if eval_df is None:
+        tr_idx, ev_idx = stratified_split(train.labels, cfg.eval_fraction, SPLIT_SEED)
+        train, ev = train.take(tr_idx), train.take(ev_idx)
+    else:
+        ev = _split(eval_df, cfg, names, "eval data", drop_negative)
+    if cfg.n_train is not None:
+        train = train.take(stratified_indices(train.labels, cfg.n_train, seed))
+    if cfg.n_eval is not None:
+        ev = ev.take(stratified_indices(ev.labels, cfg.n_eval, seed))
+    if len(np.unique(train.labels)) < 2:
+        raise PeftlabError("train data: fewer than two classes present")
+    return TaskData(name=cfg.display_name, label_names=list(names), train=train, eval=ev)
+
+
+def check_task(cfg: TaskConfig) -> None:
+    """Cheap checks for ``validate``: files exist, parse, and have the named columns."""
+    if cfg.source == "builtin":
+        BUILTIN_TASKS.get(cfg.name or "")
+        return
+    if cfg.source == "hf":
+        return  # needs the network; checked when loaded
+    cols = [("text_column", cfg.text_column), ("label_column", cfg.label_column)]
+    if cfg.text_pair_column:
+        cols.append(("text_pair_column", cfg.text_pair_column))
+    for path in filter(None, [cfg.train_file, cfg.eval_file]):
+        head = _read_file(cfg.source, path, nrows=5)
+        for field, col in cols:
+            _column(head, col, field, path)
+
+
+__all__ = ["SOURCES", "load_task", "check_task"]

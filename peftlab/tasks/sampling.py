@@ -1,0 +1,50 @@
+"""Seeded, stratified subsampling (pure functions of labels and a seed)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def stratified_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Pick ``n`` indices keeping class proportions (largest-remainder rounding), seeded.
+
+    Every class present keeps at least one example when ``n`` allows it, so a rare class is never
+    silently dropped from a small subsample. Returns indices in ascending order.
+    """
+    labels = np.asarray(labels)
+    if n >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts / counts.sum() * n
+    take = np.floor(quota).astype(int)
+    if n >= len(classes):
+        take = np.maximum(take, 1)
+    remainder = n - take.sum()
+    order = np.argsort(-(quota - np.floor(quota)), kind="stable")
+    i = 0
+    while remainder > 0:
+        c = order[i % len(order)]
+        if take[c] < counts[c]:
+            take[c] += 1
+            remainder -= 1
+        i += 1
+    while remainder < 0:  # the minimum of one per class overshot: trim the largest classes
+        c = int(np.argmax(take))
+        take[c] -= 1
+        remainder += 1
+    picked = [
+        rng.choice(np.flatnonzero(labels == c), size=int(k), replace=False)
+        for c, k in zip(classes, take)
+        if k > 0
+    ]
+    return np.sort(np.concatenate(picked))
+
+
+def stratified_split(labels: np.ndarray, eval_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (train, eval) with ``eval_fraction`` of each class in eval."""
+    n_eval = max(1, int(round(len(labels) * eval_fraction)))
+    eval_idx = stratified_indices(labels, n_eval, seed)
+    mask = np.ones(len(labels), dtype=bool)
+    mask[eval_idx] = False
+    return np.flatnonzero(mask), eval_idx

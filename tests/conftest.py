@@ -1,0 +1,98 @@
+"""Tiny random backbones and tiny data, built in the test session (no network, no ../shared)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import (
+    AutoModelForSequenceClassification,
+    BertConfig,
+    LlamaConfig,
+    PreTrainedTokenizerFast,
+    RobertaConfig,
+)
+
+WORDS = ["good", "great", "fine", "bad", "awful", "poor", "meh", "okay", "so", "the", "drug",
+         "was", "it", "really", "not", "very", "pain", "sleep", "day", "a"]
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[EOS]"]
+
+
+def make_tokenizer(path: Path, with_cls: bool) -> PreTrainedTokenizerFast:
+    vocab = {t: i for i, t in enumerate(SPECIALS + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if with_cls:
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
+        )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+        **({"cls_token": "[CLS]", "sep_token": "[SEP]"} if with_cls else {"eos_token": "[EOS]"}),
+    )
+    fast.model_input_names = ["input_ids", "attention_mask"] + (["token_type_ids"] if with_cls else [])
+    fast.save_pretrained(str(path))
+    return fast
+
+
+def tiny_config(family: str):
+    v = len(SPECIALS) + len(WORDS)
+    common = dict(vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=64, pad_token_id=0)
+    if family == "bert":
+        return BertConfig(max_position_embeddings=64, **common)
+    if family == "roberta":
+        return RobertaConfig(max_position_embeddings=70, type_vocab_size=1, **common)
+    if family == "llama":
+        return LlamaConfig(max_position_embeddings=64, num_key_value_heads=2, eos_token_id=4, bos_token_id=4, **common)
+    raise ValueError(family)
+
+
+FAMILIES = ["bert", "roberta", "llama"]
+
+
+@pytest.fixture(scope="session")
+def tiny_backbones(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Folder per family with random weights and a word-level tokenizer, like a hub checkpoint."""
+    out = {}
+    for family in FAMILIES:
+        path = tmp_path_factory.mktemp(f"tiny-{family}")
+        torch.manual_seed(0)
+        model = AutoModelForSequenceClassification.from_config(tiny_config(family))
+        model.save_pretrained(str(path))
+        make_tokenizer(path, with_cls=family != "llama")
+        out[family] = str(path)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tiny_backbones: dict[str, str]) -> str:
+    return tiny_backbones["bert"]
+
+
+def tiny_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """A learnable 3-class task: the label is which sentiment word the text contains."""
+    rng = random.Random(seed)
+    cue = {"positive": ["good", "great", "fine"], "negative": ["bad", "awful", "poor"], "neutral": ["meh", "okay", "so"]}
+    filler = ["the", "drug", "was", "it", "really", "very", "pain", "sleep", "day", "a"]
+    rows = []
+    for i in range(n):
+        label = ["positive", "negative", "neutral"][i % 3]
+        words = rng.sample(filler, rng.randint(2, 8)) + [rng.choice(cue[label])]
+        rng.shuffle(words)
+        rows.append((" ".join(words), label))
+    return rows
+
+
+@pytest.fixture()
+def tiny_csv(tmp_path: Path) -> tuple[Path, Path]:
+    def write(name: str, rows: list[tuple[str, str]]) -> Path:
+        p = tmp_path / name
+        p.write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in rows), encoding="utf-8")
+        return p
+
+    return write("train.csv", tiny_rows(48, 1)), write("eval.csv", tiny_rows(24, 2))
