@@ -62,7 +62,29 @@ def load_tokenizer(cfg: BackboneConfig) -> Any:
         raise _fail(cfg, exc) from None
     if tok.pad_token is None:  # decoder LMs: pad with EOS (padding is masked out anyway)
         tok.pad_token = tok.eos_token
+    if is_decoder(load_hf_config(cfg)):
+        # Decoders classify from the last position; with left padding that is the last real
+        # token even when peft's prompt methods feed embeddings (no ids to find the padding by).
+        tok.padding_side = "left"
     return tok
+
+
+def is_decoder(conf: Any) -> bool:
+    from peftlab.params import arch_spec
+
+    spec = arch_spec(conf)
+    if spec is not None:
+        return spec.is_decoder
+    return any("CausalLM" in a for a in (getattr(conf, "architectures", None) or []))
+
+
+def method_load_kwargs(cfg: BackboneConfig, method: Any, params: Any, num_labels: int) -> dict[str, Any]:
+    """What a method needs at load time (QLoRA: the quantisation config, head kept in fp32)."""
+    from peftlab.methods.base import DEFAULT_HEADS
+    from peftlab.params import arch_spec
+
+    spec = arch_spec(load_hf_config(cfg, num_labels=num_labels))
+    return method.load_kwargs(params, spec.head_modules if spec is not None else DEFAULT_HEADS)
 
 
 def load_classifier(cfg: BackboneConfig, label_names: list[str], tokenizer: Any,
@@ -98,4 +120,22 @@ def load_classifier(cfg: BackboneConfig, label_names: list[str], tokenizer: Any,
         hf_logging.enable_progress_bar()
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    _check_head_size(cfg, model, len(label_names))
     return model
+
+
+def _check_head_size(cfg: BackboneConfig, model: Any, num_labels: int) -> None:
+    """Refuse a head whose output size is not the task's (seen when a quantised load keeps a
+    checkpoint's head of another size instead of re-creating it)."""
+    from torch import nn
+
+    for name in ("classifier", "score"):
+        head = getattr(model, name, None)
+        if head is None:
+            continue
+        last = [m for m in head.modules() if isinstance(m, nn.Linear)] if isinstance(head, nn.Module) else []
+        if last and last[-1].out_features != num_labels:
+            raise PeftlabError(
+                f"backbone {cfg.name!r}: its head has {last[-1].out_features} outputs but the task has "
+                f"{num_labels} labels, and it was not re-created (use a checkpoint without a head)"
+            )

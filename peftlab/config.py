@@ -80,6 +80,8 @@ class TrainConfig(StrictModel):
     eval_every_epoch: bool = True
     group_by_length: bool = True
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    #: "auto" uses CUDA when present; "cpu" forces the CPU even there (exact fp32 comparisons)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(default=None, ge=1)
 
 

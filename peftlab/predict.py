@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from transformers import DataCollatorWithPadding
 
-from peftlab.backbones import load_classifier, load_tokenizer
+from peftlab.backbones import load_classifier, load_tokenizer, method_load_kwargs
 from peftlab.config import ExperimentConfig, load_config
 from peftlab.errors import PeftlabError
 from peftlab.methods import METHODS
@@ -57,7 +57,8 @@ def load_predictor(method_dir: str | Path) -> Predictor:
     params = cfg.method(mdir.name)
     method = METHODS.get(params.method)
     tokenizer = load_tokenizer(cfg.backbone)
-    model = load_classifier(cfg.backbone, result.labels, tokenizer)
+    extra = method_load_kwargs(cfg.backbone, method, params, len(result.labels))
+    model = load_classifier(cfg.backbone, result.labels, tokenizer, extra)
     model = method.load(model, params, arch_spec(model.config), mdir / ADAPTER_DIR)
     model.eval()
     return Predictor(cfg=cfg, labels=result.labels, model=model, tokenizer=tokenizer)

@@ -42,7 +42,7 @@ def make_tokenizer(path: Path, with_cls: bool) -> PreTrainedTokenizerFast:
 def tiny_config(family: str):
     v = len(SPECIALS) + len(WORDS)
     common = dict(vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                  intermediate_size=64, pad_token_id=0)
+                  intermediate_size=64, pad_token_id=0, num_labels=3)
     if family == "bert":
         return BertConfig(max_position_embeddings=64, **common)
     if family == "roberta":
@@ -96,3 +96,12 @@ def tiny_csv(tmp_path: Path) -> tuple[Path, Path]:
         return p
 
     return write("train.csv", tiny_rows(48, 1)), write("eval.csv", tiny_rows(24, 2))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """accelerate keeps one process-wide state; a CPU-forced test after a CUDA one needs it reset."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)

@@ -74,7 +74,7 @@ def test_trains_only_its_parameters_and_round_trips(tiny_backbones, tmp_path: Pa
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     intended = {n for n, p in model.named_parameters() if p.requires_grad}
 
-    tcfg = TrainConfig(epochs=6, batch_size=8, eval_batch_size=16, warmup_ratio=0.0, weight_decay=0.0)
+    tcfg = TrainConfig(epochs=6, batch_size=8, eval_batch_size=16, warmup_ratio=0.0, weight_decay=0.0, device="cpu")
     train_f, eval_f = encode(tok, split(48, 1), 32), encode(tok, split(24, 2), 32)
     collate = DataCollatorWithPadding(tok)
     model, out = _train(method, model, params, spec, _Cfg(tcfg), train_f, eval_f, collate, make_accelerator(tcfg), True)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from transformers import DataCollatorWithPadding, set_seed
 
-from peftlab.backbones import load_classifier, load_hf_config, load_tokenizer
+from peftlab.backbones import load_classifier, load_hf_config, load_tokenizer, method_load_kwargs
 from peftlab.config import ExperimentConfig, dump_config
 from peftlab.config_base import MethodParams
 from peftlab.errors import PeftlabError
@@ -142,7 +142,8 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
     _say(quiet, f"== {params.label} ({params.method}, lr={params.lr:g})")
     with PeakMemory(acc.device) as mem:
         t0 = time.perf_counter()
-        model = load_classifier(cfg.backbone, data.label_names, tokenizer)
+        extra = method_load_kwargs(cfg.backbone, method, params, data.num_labels)
+        model = load_classifier(cfg.backbone, data.label_names, tokenizer, extra)
         spec = arch_spec(model.config)
         model = method.prepare(model, params, spec)
         trainable, total = count_params(model)

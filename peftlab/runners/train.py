@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from peftlab.config import TrainConfig
+from peftlab.errors import PeftlabError
 from peftlab.results import EpochRecord
 from peftlab.runners.batching import Features, LengthGroupedBatches, sorted_batches
 
@@ -39,12 +40,15 @@ class FitOutcome:
 def make_accelerator(tcfg: TrainConfig) -> Accelerator:
     """bf16 autocast on CUDA when supported (fp16 otherwise), fp32 on CPU, unless set."""
     mp = tcfg.mixed_precision
+    if tcfg.device == "cuda" and not torch.cuda.is_available():
+        raise PeftlabError("config error: train.device: 'cuda' asked for, but no CUDA device is visible")
+    cpu = tcfg.device == "cpu"
     if mp == "auto":
-        if torch.cuda.is_available():
+        if torch.cuda.is_available() and not cpu:
             mp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
             mp = "no"
-    return Accelerator(mixed_precision=mp, gradient_accumulation_steps=tcfg.grad_accum)
+    return Accelerator(mixed_precision=mp, gradient_accumulation_steps=tcfg.grad_accum, cpu=cpu)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

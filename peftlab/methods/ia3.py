@@ -1,0 +1,78 @@
+"""``ia3``: (IA)^3 (Liu et al., 2022) learns vectors that rescale activations, through peft.
+
+Per targeted linear one vector: it scales the output (width d_out) of attention key/value
+projections and the input (width d_in) of feedforward modules. The head is trained too (peft's
+``modules_to_save``). Defaults per architecture come from peft's own mappings.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from peft import IA3Config, TaskType
+from peft.utils.constants import (
+    TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as IA3_FEEDFORWARD,
+    TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as IA3_TARGETS,
+)
+from pydantic import Field
+from torch import nn
+
+from peftlab.config_base import MethodParams, PositiveFloat
+from peftlab.errors import PeftlabError
+from peftlab.methods.base import head_names
+from peftlab.methods.peft_common import PeftMethod
+from peftlab.params import ArchSpec, ia3_params, targeted_linears
+
+
+class Ia3Params(MethodParams):
+    method: Literal["ia3"] = "ia3"
+    lr: PositiveFloat = 3e-3
+    target_modules: list[str] | None = Field(default=None, min_length=1)
+    #: subset of target_modules whose *input* is scaled; required when target_modules is set
+    feedforward_modules: list[str] | None = None
+
+
+def _defaults(model_type: str) -> tuple[list[str], list[str]]:
+    if model_type not in IA3_TARGETS or model_type not in IA3_FEEDFORWARD:
+        raise PeftlabError(
+            f"ia3: no default target_modules for architecture {model_type!r}; "
+            "set target_modules and feedforward_modules"
+        )
+    return sorted(IA3_TARGETS[model_type]), sorted(IA3_FEEDFORWARD[model_type])
+
+
+class Ia3(PeftMethod):
+    name = "ia3"
+    Params = Ia3Params
+
+    def modules(self, params: Ia3Params, model_type: str) -> tuple[list[str], list[str]]:
+        """(target_modules, feedforward_modules), the user's or peft's defaults."""
+        if params.target_modules is None:
+            if params.feedforward_modules is not None:
+                raise PeftlabError("config error: ia3.feedforward_modules needs target_modules too")
+            return _defaults(model_type)
+        return list(params.target_modules), list(params.feedforward_modules or [])
+
+    def check(self, params: Ia3Params, spec: ArchSpec | None, model_type: str) -> None:
+        targets, feedforward = self.modules(params, model_type)
+        # peft requires feedforward_modules to be a subset of target_modules (exact strings)
+        stray = [f for f in feedforward if f not in targets]
+        if stray:
+            raise PeftlabError(f"config error: ia3.feedforward_modules: {stray} are not in target_modules")
+        if spec is not None and not targeted_linears(spec, targets):
+            raise PeftlabError(
+                f"config error: ia3.target_modules: {targets} match no linear layer of this {model_type} backbone"
+            )
+
+    def peft_config(self, params: Ia3Params, model: nn.Module, spec: ArchSpec | None) -> IA3Config:
+        targets, feedforward = self.modules(params, model.config.model_type)
+        return IA3Config(
+            task_type=TaskType.SEQ_CLS,
+            target_modules=targets,
+            feedforward_modules=feedforward,
+            modules_to_save=list(head_names(model, spec)),
+        )
+
+    def derived_trainable(self, params: Ia3Params, spec: ArchSpec) -> int:
+        targets, feedforward = self.modules(params, spec.family)
+        return ia3_params(spec, targets, feedforward) + spec.head

@@ -1,0 +1,56 @@
+"""Shared plumbing for methods implemented by Hugging Face peft (everything but LoRA itself,
+which predates this module and keeps its own copy).
+
+A peft method builds a ``PeftConfig``, wraps the model with ``get_peft_model`` and saves in peft's
+own format, so plain ``PeftModel.from_pretrained`` loads what peftlab trained.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from peft import PeftConfig, PeftModel, get_peft_model
+from torch import nn
+
+from peftlab.errors import PeftlabError
+from peftlab.methods.base import Method
+from peftlab.params import ArchSpec, total_params
+
+
+class PeftMethod(Method):
+    """Subclasses provide ``peft_config``; prepare/save/load/derived_total are shared."""
+
+    def peft_config(self, params: Any, model: nn.Module, spec: ArchSpec | None) -> PeftConfig:
+        raise NotImplementedError
+
+    def prepare(self, model: nn.Module, params: Any, spec: ArchSpec | None) -> nn.Module:
+        try:
+            return get_peft_model(model, self.peft_config(params, model, spec))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PeftlabError(f"{self.name}: peft refused this backbone: {_first_line(exc)}") from None
+
+    def derived_total(self, params: Any, spec: ArchSpec) -> int:
+        # Everything trained is new: the method's own tensors, and the head copy that peft's
+        # modules_to_save trains while the original head stays in the model, frozen.
+        return total_params(spec) + self.derived_trainable(params, spec)
+
+    def save(self, model: nn.Module, params: Any, directory: Path) -> None:
+        model.save_pretrained(str(directory))
+
+    def load(self, model: nn.Module, params: Any, spec: ArchSpec | None, directory: Path) -> nn.Module:
+        return load_peft(model, directory)
+
+
+def load_peft(model: nn.Module, directory: Path) -> nn.Module:
+    if not (directory / "adapter_config.json").is_file():
+        raise PeftlabError(f"no peft adapter at {directory} (adapter_config.json missing)")
+    try:
+        return PeftModel.from_pretrained(model, str(directory))
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise PeftlabError(f"cannot load adapter {directory}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

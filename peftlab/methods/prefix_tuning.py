@@ -1,0 +1,54 @@
+"""``prefix_tuning``: Prefix tuning (Li & Liang, 2021) through peft: trained key/value vectors
+prepended in every attention layer (``num_virtual_tokens`` per layer), backbone frozen, head
+trained.
+
+``projection: true`` reparameterises the prefix as an embedding passed through a two-layer MLP
+(width ``encoder_hidden_size``), the paper's recipe for stable training. With grouped-query
+attention (Llama) the key/value width is kv_heads * head_dim, not the hidden size.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from peft import PrefixTuningConfig, TaskType
+from pydantic import Field, model_validator
+from torch import nn
+
+from peftlab.config_base import MethodParams, PositiveFloat
+from peftlab.methods.base import head_names
+from peftlab.methods.peft_common import PeftMethod
+from peftlab.params import ArchSpec, prefix_tuning_params
+
+
+class PrefixTuningParams(MethodParams):
+    method: Literal["prefix_tuning"] = "prefix_tuning"
+    lr: PositiveFloat = 1e-2
+    num_virtual_tokens: int = Field(default=10, ge=1)
+    projection: bool = False
+    #: MLP width when projection is on; None = the key/value width (peft's default)
+    encoder_hidden_size: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _projection_only(self) -> "PrefixTuningParams":
+        if self.encoder_hidden_size is not None and not self.projection:
+            raise ValueError("encoder_hidden_size is only used with projection: true")
+        return self
+
+
+class PrefixTuning(PeftMethod):
+    name = "prefix_tuning"
+    Params = PrefixTuningParams
+
+    def peft_config(self, params: PrefixTuningParams, model: nn.Module, spec: ArchSpec | None) -> PrefixTuningConfig:
+        return PrefixTuningConfig(
+            task_type=TaskType.SEQ_CLS,
+            num_virtual_tokens=params.num_virtual_tokens,
+            prefix_projection=params.projection,
+            encoder_hidden_size=params.encoder_hidden_size,
+            modules_to_save=list(head_names(model, spec)),
+        )
+
+    def derived_trainable(self, params: PrefixTuningParams, spec: ArchSpec) -> int:
+        return (prefix_tuning_params(spec, params.num_virtual_tokens, params.projection, params.encoder_hidden_size)
+                + spec.head)

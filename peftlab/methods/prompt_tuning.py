@@ -1,0 +1,59 @@
+"""``prompt_tuning``: learn ``num_virtual_tokens`` input embeddings prepended to every input
+(Lester et al., 2021), through peft; the backbone stays frozen, the head trains.
+
+``init: text`` starts the virtual tokens from the embeddings of ``init_text`` (repeated or cut to
+length), which is usually more stable than random vectors; it needs the backbone's tokenizer,
+found from the loaded model's own path (``config._name_or_path``).
+
+Decoder backbones classify from the last position; with prompt methods peft feeds
+``inputs_embeds``, so the model cannot find the last non-pad token and uses the last position:
+pad such batches on the left.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from peft import PromptTuningConfig, PromptTuningInit, TaskType
+from pydantic import Field
+from torch import nn
+
+from peftlab.config_base import MethodParams, PositiveFloat
+from peftlab.errors import PeftlabError
+from peftlab.methods.base import head_names
+from peftlab.methods.peft_common import PeftMethod
+from peftlab.params import ArchSpec, prompt_tuning_params
+
+
+class PromptTuningParams(MethodParams):
+    method: Literal["prompt_tuning"] = "prompt_tuning"
+    lr: PositiveFloat = 2e-2
+    num_virtual_tokens: int = Field(default=10, ge=1)
+    init: Literal["random", "text"] = "text"
+    init_text: str = Field(default="Classify the sentiment:", min_length=1)
+
+
+def tokenizer_path(model: nn.Module) -> str:
+    path = getattr(model.config, "_name_or_path", None) or getattr(model, "name_or_path", None)
+    if not path:
+        raise PeftlabError("prompt_tuning: init 'text' needs the backbone's tokenizer, but the model has no path")
+    return str(path)
+
+
+class PromptTuning(PeftMethod):
+    name = "prompt_tuning"
+    Params = PromptTuningParams
+
+    def peft_config(self, params: PromptTuningParams, model: nn.Module, spec: ArchSpec | None) -> PromptTuningConfig:
+        text = params.init == "text"
+        return PromptTuningConfig(
+            task_type=TaskType.SEQ_CLS,
+            num_virtual_tokens=params.num_virtual_tokens,
+            prompt_tuning_init=PromptTuningInit.TEXT if text else PromptTuningInit.RANDOM,
+            prompt_tuning_init_text=params.init_text if text else None,
+            tokenizer_name_or_path=tokenizer_path(model) if text else None,
+            modules_to_save=list(head_names(model, spec)),
+        )
+
+    def derived_trainable(self, params: PromptTuningParams, spec: ArchSpec) -> int:
+        return prompt_tuning_params(spec, params.num_virtual_tokens) + spec.head

@@ -1,0 +1,110 @@
+"""``qlora``: LoRA on a base model loaded quantised by bitsandbytes (Dettmers et al., 2023).
+
+The frozen base is stored in 4-bit NF4 (``bits: 4``, optionally with double quantisation of the
+block statistics) or 8-bit (``bits: 8``, LLM.int8); the LoRA matrices and the head train in fp32.
+Because quantisation happens at load time, the runner must load the base with
+``load_classifier(..., extra_kwargs=method.load_kwargs(params, head_names))``; ``prepare`` refuses
+an unquantised model rather than silently running plain LoRA. The head modules are kept out of
+quantisation (``llm_int8_skip_modules``): a new head must train, and on CPU bitsandbytes cannot
+even build a Linear4bit head of this size.
+
+Parameter counts are logical (a 4-bit weight counts as one parameter, see
+:func:`peftlab.params.count_params`), so they equal ``lora``'s; memory differs, which
+:func:`peftlab.params.base_weight_bytes` reports.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from peftlab.config_base import PositiveFloat
+from peftlab.errors import PeftlabError
+from peftlab.methods.lora import Lora, LoraParams
+from peftlab.params import ArchSpec
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class QloraParams(LoraParams):
+    method: Literal["qlora"] = "qlora"  # type: ignore[assignment]
+    lr: PositiveFloat = 5e-4
+    bits: Literal[4, 8] = 4
+    #: 4-bit only: quantise the per-block absmax statistics too (~0.4 bit per weight saved)
+    double_quant: bool = True
+    #: 4-bit only: dtype the dequantised weights are multiplied in
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+
+
+def _bitsandbytes() -> Any:
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise PeftlabError(f"qlora needs bitsandbytes (pip install 'bitsandbytes>=0.50'): {exc}") from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig
+
+
+def is_quantised(model: nn.Module) -> bool:
+    return any(type(p).__name__ in ("Params4bit", "Int8Params") for p in model.parameters())
+
+
+def disable_cpu_repacking(model: nn.Module) -> None:
+    """Turn off bitsandbytes' CPU inference fast path for 4-bit layers.
+
+    On CPUs with AVX512-BF16, Linear4bit repacks its weight in place (bf16 block statistics) on
+    the first no-grad forward in eval mode; the next training forward then fails inside
+    ``matmul_4bit`` ("a view of a leaf Variable that requires grad..."), and it needs
+    in_features >= the 64-value block size. We alternate training and evaluation, so we keep the
+    standard layout; results are also then the same on every CPU.
+    """
+    for mod in model.modules():
+        if hasattr(mod, "support_avx512bf16_for_cpu"):
+            mod.support_avx512bf16_for_cpu = False
+
+
+class Qlora(Lora):
+    name = "qlora"
+    Params = QloraParams
+
+    def check(self, params: QloraParams, spec: ArchSpec | None, model_type: str) -> None:
+        _bitsandbytes()
+        super().check(params, spec, model_type)
+
+    def load_kwargs(self, params: QloraParams, head_names: tuple[str, ...]) -> dict[str, Any]:
+        bnb_config = _bitsandbytes()
+        skip = list(head_names)
+        if params.bits == 8:
+            return {"quantization_config": bnb_config(load_in_8bit=True, llm_int8_skip_modules=skip)}
+        return {"quantization_config": bnb_config(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=params.double_quant,
+            bnb_4bit_compute_dtype=DTYPES[params.compute_dtype],
+            llm_int8_skip_modules=skip,
+        )}
+
+    def prepare(self, model: nn.Module, params: QloraParams, spec: ArchSpec | None) -> nn.Module:
+        from peft import prepare_model_for_kbit_training
+
+        if not is_quantised(model):
+            raise PeftlabError(
+                "qlora: the base model is not quantised; load it with "
+                "load_classifier(..., extra_kwargs=method.load_kwargs(params, head_names))"
+            )
+        disable_cpu_repacking(model)
+        # freezes the base, keeps norms/head in fp32; no gradient checkpointing (our models are small
+        # and checkpointing would distort the time/memory comparison with plain lora)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        return super().prepare(model, params, spec)
+
+    def load(self, model: nn.Module, params: QloraParams, spec: ArchSpec | None, directory: Any) -> nn.Module:
+        if not is_quantised(model):
+            raise PeftlabError("qlora: load the base quantised (method.load_kwargs) before loading the adapter")
+        disable_cpu_repacking(model)
+        return super().load(model, params, spec, directory)

@@ -1,0 +1,244 @@
+"""The common method table for the methods of issue 3 (ia3, prompt/p/prefix tuning, houlsby,
+pfeiffer, qlora) on tiny random models, mirroring tests/test_methods.py.
+
+For each method: counted trainable/total == closed form (BERT, RoBERTa, Llama); a few epochs
+lower the loss; exactly the intended parameters change; save -> load on a fresh base gives
+identical logits, which differ from the untouched base; peft adapters load in plain
+``PeftModel.from_pretrained``. qlora: the base stays Params4bit/Int8Params and frozen, and the
+logical counts equal the fp32 closed form.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from transformers import DataCollatorWithPadding, set_seed
+
+from conftest import FAMILIES, tiny_rows
+from peftlab.backbones import load_classifier, load_tokenizer
+from peftlab.config import BackboneConfig, TrainConfig
+from peftlab.errors import PeftlabError
+from peftlab.methods import METHODS
+from peftlab.methods.base import DEFAULT_HEADS
+from peftlab.params import all_linears, arch_spec, base_weight_bytes, count_params
+from peftlab.runners.batching import encode
+from peftlab.runners.experiment import _train
+from peftlab.runners.train import make_accelerator, predict_logits
+from peftlab.tasks.base import Split
+
+LABELS = ["positive", "negative", "neutral"]
+
+#: row id -> (method, params); learning rates high enough to move a tiny model in a few epochs
+TABLE: dict[str, tuple[str, dict[str, Any]]] = {
+    "ia3": ("ia3", {"lr": 3e-2}),
+    "prompt_tuning": ("prompt_tuning", {"lr": 3e-2, "num_virtual_tokens": 4}),
+    "prompt_tuning_random": ("prompt_tuning", {"lr": 3e-2, "num_virtual_tokens": 3, "init": "random"}),
+    "p_tuning": ("p_tuning", {"lr": 1e-2, "num_virtual_tokens": 4, "encoder_hidden_size": 16}),
+    "p_tuning_lstm": ("p_tuning", {"lr": 1e-2, "num_virtual_tokens": 3, "encoder": "lstm", "encoder_hidden_size": 8}),
+    "prefix_tuning": ("prefix_tuning", {"lr": 3e-2, "num_virtual_tokens": 4}),
+    "prefix_tuning_proj": ("prefix_tuning", {"lr": 1e-2, "num_virtual_tokens": 3, "projection": True,
+                                             "encoder_hidden_size": 16}),
+    "houlsby": ("houlsby", {"lr": 1e-2, "bottleneck_size": 4}),
+    "pfeiffer": ("pfeiffer", {"lr": 1e-2, "reduction_factor": 8, "nonlinearity": "gelu"}),
+    "qlora": ("qlora", {"lr": 1e-2, "r": 4, "alpha": 8, "dropout": 0.0}),
+    "qlora8": ("qlora", {"lr": 1e-2, "r": 4, "alpha": 8, "dropout": 0.0, "bits": 8}),
+}
+#: rows trained end to end (the variants above are covered by the closed-form table)
+TRAINED = ["ia3", "prompt_tuning", "p_tuning", "prefix_tuning", "houlsby", "pfeiffer", "qlora", "qlora8"]
+PEFT_ROWS = ["ia3", "prompt_tuning", "p_tuning", "p_tuning_lstm", "prefix_tuning_proj", "qlora"]
+#: rows whose prompts come from a trained encoder: peft saves the encoder's *output* (the encoder
+#: is a training-time reparameterisation), so a reload skips one batched matmul chain and can
+#: differ in the last float bits
+ENCODER_ROWS = {"p_tuning", "p_tuning_lstm", "prefix_tuning_proj"}
+
+
+def assert_same_logits(row: str, got, want) -> None:
+    if row in ENCODER_ROWS:
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+    else:
+        assert np.array_equal(np.asarray(got), np.asarray(want))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads; on a shared 2-core box they only spin."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def method_and_params(row: str) -> tuple[Any, Any]:
+    name, kw = TABLE[row]
+    method = METHODS.get(name)
+    return method, method.Params(**kw)
+
+
+def split(n: int, seed: int) -> Split:
+    rows = tiny_rows(n, seed)
+    return Split(texts=[t for t, _ in rows], labels=np.array([LABELS.index(l) for _, l in rows]))
+
+
+def fresh(path: str, method: Any = None, params: Any = None):
+    """A freshly loaded backbone, loaded the way ``method`` needs (quantised for qlora)."""
+    set_seed(0)
+    cfg = BackboneConfig(name=path)
+    tok = load_tokenizer(cfg)
+    extra = method.load_kwargs(params, DEFAULT_HEADS) if method is not None else None
+    if extra:  # these tests are the CPU path; bitsandbytes would put the base on a visible GPU
+        extra["device_map"] = "cpu"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_classifier(cfg, LABELS, tok, extra), tok
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("row", list(TABLE))
+def test_counted_equals_closed_form(tiny_backbones, family, row):
+    method, params = method_and_params(row)
+    model, _ = fresh(tiny_backbones[family], method, params)
+    spec = arch_spec(model.config)
+    method.check(params, spec, model.config.model_type)
+    model = method.prepare(model, params, spec)
+    trainable, total = count_params(model)
+    assert trainable == method.derived_trainable(params, spec)
+    assert total == method.derived_total(params, spec)
+    assert 0 < trainable <= total
+
+
+class _Cfg:
+    """The slice of ExperimentConfig that _train reads."""
+
+    def __init__(self, train: TrainConfig) -> None:
+        self.train = train
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+@pytest.mark.parametrize("row", TRAINED)
+def test_trains_only_its_parameters_and_round_trips(tiny_backbones, tmp_path: Path, family, row):
+    method, params = method_and_params(row)
+    model, tok = fresh(tiny_backbones[family], method, params)
+    base_model, _ = fresh(tiny_backbones[family])
+    spec = arch_spec(model.config)
+    model = method.prepare(model, params, spec)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    intended = {n for n, p in model.named_parameters() if p.requires_grad}
+
+    tcfg = TrainConfig(epochs=4, batch_size=8, eval_batch_size=16, warmup_ratio=0.0, weight_decay=0.0, device="cpu")
+    train_f, eval_f = encode(tok, split(48, 1), 32), encode(tok, split(24, 2), 32)
+    collate = DataCollatorWithPadding(tok)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bitsandbytes 8-bit: "inputs will be cast to float16"
+        model, out = _train(method, model, params, spec, _Cfg(tcfg), train_f, eval_f, collate,
+                            make_accelerator(tcfg), True)
+
+    losses = [e.train_loss for e in out.epochs]
+    assert losses[-1] < losses[0], losses
+    after = dict(model.named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n].detach())}
+    assert changed, "nothing trained"
+    assert changed <= intended, f"frozen parameters changed: {sorted(changed - intended)[:3]}"
+    assert changed == intended, f"trainable but unchanged: {sorted(intended - changed)[:3]}"
+    if method.name == "qlora":  # after training the base is still quantised, frozen, untouched
+        quant = [p for p in model.parameters() if type(p).__name__ in ("Params4bit", "Int8Params")]
+        assert len(quant) == len(all_linears(spec))  # every backbone linear, pooler included
+        assert not any(p.requires_grad for p in quant)
+
+    method.save(model, params, tmp_path / "adapter")
+    reloaded, _ = fresh(tiny_backbones[family], method, params)
+    reloaded = method.load(reloaded, params, spec, tmp_path / "adapter")
+    dev = torch.device("cpu")
+    trained_logits = predict_logits(model, eval_f, collate, 16, dev)
+    assert_same_logits(row, predict_logits(reloaded, eval_f, collate, 16, dev), trained_logits)
+    assert not np.allclose(predict_logits(base_model, eval_f, collate, 16, dev), trained_logits)
+
+
+@pytest.mark.parametrize("row", PEFT_ROWS)
+def test_peft_adapter_loads_in_plain_peft(tiny_backbones, tmp_path: Path, row):
+    from peft import PeftModel
+
+    from peftlab.methods.qlora import disable_cpu_repacking
+
+    method, params = method_and_params(row)
+    path = tiny_backbones["bert"]
+    model, tok = fresh(path, method, params)
+    model = method.prepare(model, params, arch_spec(model.config))
+    torch.manual_seed(1)
+    with torch.no_grad():  # move every trained tensor away from its (often neutral) init
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.5)
+    method.save(model, params, tmp_path / "a")
+    base, _ = fresh(path, method, params)
+    # peftlab's own setting for quantised bases (bitsandbytes' CPU fast path changes numerics)
+    disable_cpu_repacking(base)
+    plain = PeftModel.from_pretrained(base, str(tmp_path / "a")).eval()
+    model.eval()
+    batch = tok(["good drug", "bad day really"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        assert_same_logits(row, plain(**batch).logits, model(**batch).logits)
+        untouched, _ = fresh(path)
+        assert not torch.allclose(untouched.eval()(**batch).logits, model(**batch).logits)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_qlora_base_stays_quantised_and_frozen(tiny_backbones, bits):
+    method = METHODS.get("qlora")
+    params = method.Params(r=4, alpha=8, bits=bits)
+    fp32, _ = fresh(tiny_backbones["bert"])
+    model, _ = fresh(tiny_backbones["bert"], method, params)
+    qtype = "Params4bit" if bits == 4 else "Int8Params"
+    stored = base_weight_bytes(model)
+    model = method.prepare(model, params, arch_spec(model.config))
+    linears = {n: p for n, p in model.named_parameters() if "encoder.layer" in n and n.endswith("dense.weight")
+               or n.endswith(("query.base_layer.weight", "key.weight", "value.base_layer.weight"))}
+    assert linears and {type(p).__name__ for p in linears.values()} == {qtype}
+    assert not any(p.requires_grad for p in linears.values())
+    # the head is kept out of quantisation and trains in fp32
+    heads = [p for n, p in model.named_parameters() if "classifier.modules_to_save" in n]
+    assert heads and all(p.requires_grad and p.dtype == torch.float32 for p in heads)
+    # logical totals equal fp32's, memory does not
+    assert count_params(fp32)[1] + method.derived_trainable(params, arch_spec(fp32.config)) == count_params(model)[1]
+    assert stored < base_weight_bytes(fp32)
+
+
+def test_qlora_refuses_unquantised_base(tiny_bert):
+    method = METHODS.get("qlora")
+    params = method.Params()
+    model, _ = fresh(tiny_bert)
+    with pytest.raises(PeftlabError, match="not quantised"):
+        method.prepare(model, params, arch_spec(model.config))
+
+
+def test_base_weight_bytes_fp32(tiny_bert):
+    model, _ = fresh(tiny_bert)
+    assert base_weight_bytes(model) == 4 * count_params(model)[1]
+
+
+@pytest.mark.parametrize("name", ["houlsby", "pfeiffer"])
+def test_bottleneck_params_validation_and_mismatched_reload(tiny_bert, tmp_path: Path, name):
+    method = METHODS.get(name)
+    with pytest.raises(ValueError, match="exactly one"):
+        method.Params(bottleneck_size=4, reduction_factor=8)
+    model, _ = fresh(tiny_bert)
+    spec = arch_spec(model.config)
+    model = method.prepare(model, method.Params(bottleneck_size=4), spec)
+    method.save(model, method.Params(bottleneck_size=4), tmp_path / "a")
+    other, _ = fresh(tiny_bert)
+    with pytest.raises(PeftlabError, match="differ"):
+        method.load(other, method.Params(bottleneck_size=2), spec, tmp_path / "a")
+    with pytest.raises(PeftlabError, match="no saved head"):
+        fresh_model, _ = fresh(tiny_bert)
+        method.load(fresh_model, method.Params(bottleneck_size=4), spec, tmp_path / "missing")
+
+
+def test_ia3_refuses_feedforward_outside_targets():
+    method = METHODS.get("ia3")
+    params = method.Params(target_modules=["key"], feedforward_modules=["output.dense"])
+    with pytest.raises(PeftlabError, match="not in target_modules"):
+        method.check(params, None, "bert")
