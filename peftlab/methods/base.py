@@ -107,12 +107,7 @@ def save_trainable(model: nn.Module, directory: Path, method: str) -> None:
 def load_trainable(model: nn.Module, directory: Path) -> None:
     """Load saved trained tensors onto a fresh base model; every key must exist with its shape."""
     path = directory / WEIGHTS_FILE
-    if not path.is_file():
-        raise PeftlabError(f"no saved weights at {path}")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise PeftlabError(f"cannot read {path}: {exc}") from None
+    tensors = read_safetensors(path, "saved weights")
     own = dict(model.named_parameters())
     for name, t in tensors.items():
         if name not in own:
@@ -124,3 +119,13 @@ def load_trainable(model: nn.Module, directory: Path) -> None:
     with torch.no_grad():
         for name, t in tensors.items():
             own[name].copy_(t.to(own[name].dtype))
+
+
+def read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """Read a safetensors file, turning a missing or unreadable file into one clear line."""
+    if not path.is_file():
+        raise PeftlabError(f"no {what} at {path}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise PeftlabError(f"cannot read {path}: {exc}") from None

@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.errors import PeftlabError
 from peftlab.methods import bottleneck_layers as bl
-from peftlab.methods.base import Method, freeze_all, head_names, unfreeze
+from peftlab.methods.base import Method, freeze_all, head_names, read_safetensors, unfreeze
 from peftlab.params import ArchSpec, total_params
 
 HEAD_FILE = "head.safetensors"
@@ -89,12 +88,7 @@ class BottleneckMethod(Method):
 
     def load(self, model: nn.Module, params: BottleneckParams, spec: ArchSpec | None, directory: Path) -> nn.Module:
         head_path = directory / HEAD_FILE
-        if not head_path.is_file():
-            raise PeftlabError(f"no saved head at {head_path}")
-        try:
-            head = load_file(str(head_path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise PeftlabError(f"cannot read {head_path}: {exc}") from None
+        head = read_safetensors(head_path, "saved head")
         try:
             cfg = bl.load_adapters(model, directory)
         except ValueError as exc:
