@@ -26,8 +26,8 @@ OPEN_CLIP_PREFIX = "open_clip:"
 HEAD_NAMES = ("classifier", "score", "head", "fc")
 #: LoRA targets when the config names none: attention query/value for ViTs (as peft does for
 #: text), the 1x1 expand/project convs for EfficientNet-Lite (the depthwise convs are tiny)
-DEFAULT_LORA_TARGETS = {"vit": ["query", "value"], "deit": ["query", "value"], "dinov2": ["query", "value"],
-                        "efficientnet-lite": ["expand.conv", "project.conv"]}
+#: (transformers 5 names ViT's projections q_proj/k_proj/v_proj/o_proj)
+DEFAULT_LORA_TARGETS = {"vit": ["q_proj", "v_proj"], "efficientnet-lite": ["expand.conv", "project.conv"]}
 
 
 @dataclass
@@ -118,6 +118,7 @@ def _hf_classifier(cfg: BackboneConfig, conf: Any) -> ClassifierBackbone:
         torch.manual_seed(seed)  # the new head's initialisation
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the expected "classifier newly initialised" report
+        hf_logging.disable_progress_bar()
         try:
             return AutoModelForImageClassification.from_pretrained(
                 path, num_labels=len(labels), id2label=dict(enumerate(labels)),
@@ -127,6 +128,7 @@ def _hf_classifier(cfg: BackboneConfig, conf: Any) -> ClassifierBackbone:
             raise _fail(cfg, exc) from None
         finally:
             hf_logging.set_verbosity(verbosity)
+            hf_logging.enable_progress_bar()
 
     default = Preprocess(getattr(conf, "image_size", 224) or 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     return ClassifierBackbone(name=cfg.name, family=conf.model_type, preprocess=from_model_folder(path, default),
@@ -135,13 +137,17 @@ def _hf_classifier(cfg: BackboneConfig, conf: Any) -> ClassifierBackbone:
 
 def _hf_clip(cfg: BackboneConfig) -> ClipBackbone:
     from transformers import AutoTokenizer, CLIPModel
+    from transformers.utils import logging as hf_logging
 
     path = resolve(cfg.name)
+    hf_logging.disable_progress_bar()
     try:
         model = CLIPModel.from_pretrained(path, dtype=torch.float32, **_kwargs(cfg)).eval()
         tok = AutoTokenizer.from_pretrained(path, **_kwargs(cfg))
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise _fail(cfg, exc) from None
+    finally:
+        hf_logging.enable_progress_bar()
     for p in model.parameters():
         p.requires_grad_(False)
     max_len = model.config.text_config.max_position_embeddings

@@ -52,20 +52,21 @@ def vit_total(c: Any, num_labels: int) -> int:
     h, inter, p, size = c.hidden_size, c.intermediate_size, c.patch_size, c.image_size
     patches = (size // p) ** 2
     emb = c.num_channels * p * p * h + h + h + (patches + 1) * h
-    layer = 4 * linear_params(h, h, c.qkv_bias) + linear_params(h, inter, True) + linear_params(inter, h, True) + 4 * h
+    layer = (3 * linear_params(h, h, c.qkv_bias) + linear_params(h, h, True) + linear_params(h, inter, True)
+             + linear_params(inter, h, True) + 4 * h)
     return emb + c.num_hidden_layers * layer + 2 * h + linear_params(h, num_labels, True)
 
 
 def vit_linears(c: Any) -> dict[str, tuple[int, int]]:
+    """Every linear of the blocks by module name (transformers 5 names: q/k/v/o_proj, mlp.fc1/fc2)."""
     h, inter = c.hidden_size, c.intermediate_size
     out = {}
     for i in range(c.num_hidden_layers):
-        pre = f"vit.encoder.layer.{i}"
-        for n in ("attention.attention.query", "attention.attention.key", "attention.attention.value",
-                  "attention.output.dense"):
+        pre = f"vit.layers.{i}"
+        for n in ("attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj"):
             out[f"{pre}.{n}"] = (h, h)
-        out[f"{pre}.intermediate.dense"] = (h, inter)
-        out[f"{pre}.output.dense"] = (inter, h)
+        out[f"{pre}.mlp.fc1"] = (h, inter)
+        out[f"{pre}.mlp.fc2"] = (inter, h)
     return out
 
 
