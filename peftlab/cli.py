@@ -95,6 +95,9 @@ def list_() -> None:
 
     print("methods:        " + ", ".join(METHODS.names()))
     print("backbone alias: " + ", ".join(ALIASES.names()))
+    from peftlab.images.backbones import IMAGE_ALIASES
+
+    print("image backbone: " + ", ".join(IMAGE_ALIASES.names()) + " (or a CLIP / image-classifier folder or hub id)")
     print("builtin tasks:  " + ", ".join(BUILTIN_TASKS.names()))
 
 

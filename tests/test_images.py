@@ -261,3 +261,16 @@ def test_image_methods_refused_on_text_and_wrong_backbone(tiny_bert, tiny_clip, 
         preflight_image(img)
     with pytest.raises(PeftlabError, match="data_dir is required"):
         validate_raw({"backbone": tiny_clip, "task": {"source": "image_folder"}, "methods": ["coop"]})
+
+
+def test_hf_image_source_on_a_local_imagefolder(tmp_path):
+    for split, n in (("train", 3), ("test", 2)):
+        write_image_folder(tmp_path / split, per_class=n, seed=n)
+    data = load_image_task(TaskConfig(source="hf_image", hf_id="imagefolder", data_dir=str(tmp_path),
+                                      eval_split="test"), seed=0)
+    assert sorted(data.label_names) == sorted(CLASSES) and len(data.train) == 9 and len(data.eval) == 6
+    names = [data.label_names[i] for i in data.train.labels]
+    assert names.count("dog") == 3
+    with pytest.raises(PeftlabError, match="image_column"):
+        load_image_task(TaskConfig(source="hf_image", hf_id="imagefolder", data_dir=str(tmp_path),
+                                   eval_split="test", image_column="img"), seed=0)

@@ -173,7 +173,8 @@ def hf_image(cfg: TaskConfig) -> tuple[ImageSplit, ImageSplit | None, list[str]]
 
     def split(name: str) -> Any:
         try:
-            return datasets.load_dataset(cfg.hf_id, cfg.hf_config, split=name)
+            local = {"data_dir": cfg.data_dir} if cfg.data_dir else {}  # e.g. hf_id "imagefolder"
+            return datasets.load_dataset(cfg.hf_id, cfg.hf_config, split=name, **local)
         except Exception as exc:  # network, missing split, unknown id: all user-fixable
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise PeftlabError(f"task.hf_id {cfg.hf_id!r} split {name!r}: cannot load ({first})") from None
