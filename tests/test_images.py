@@ -305,3 +305,15 @@ def test_cnn_lora_trains_adapters_only_and_keeps_batch_norm_statistics():
     # blocks 1-2 expand + project (block 0 has no expansion): r * (d_in + d_out) each, plus the head
     by_hand = 2 * ((8 + 8) + (8 + 48) + (48 + 16) + (16 + 96) + (96 + 16)) + (24 * 3 + 3)
     assert trainable == by_hand
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist", "clip_food101", "vit_food101"])
+def test_shipped_image_configs_validate(name):
+    from peftlab.config import load_config
+
+    cfg = load_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
+    assert cfg.task.modality == "image"
+    if name == "fashion_mnist":  # an offline alias: its kind and methods are checked without weights
+        from peftlab.runners.image_experiment import preflight_image
+
+        assert preflight_image(cfg) == "classifier"

@@ -20,7 +20,6 @@ from torch import nn
 
 from peftlab.config import TrainConfig
 from peftlab.errors import PeftlabError
-from peftlab.io import atomic_write_text
 from peftlab.registry import Registry
 from peftlab.tasks.images import ImageTaskData
 
@@ -122,6 +121,3 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
     return read_safetensors(path, "saved weights")
 
-
-def write_note(directory: Path, text: str) -> None:
-    atomic_write_text(directory / "README.txt", text)

@@ -77,7 +77,7 @@ class ClassifierProbe(ImageMethod):
     """Frozen backbone; the head trains on its inputs, captured once with a pre-hook and cached."""
 
     def build(self, ctx: ImageContext, params: Any) -> Built:
-        model = _fresh(ctx).eval()
+        model = _fresh(ctx).to(ctx.device).eval()  # features are computed here, before the runner moves it
         freeze_all(model)
         head = model.get_submodule(ctx.backbone.head_name(model))
         unfreeze(head)

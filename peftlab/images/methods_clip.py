@@ -19,15 +19,17 @@ from peftlab.images import params as P
 from peftlab.images.backbones import ClipBackbone
 from peftlab.images.method_base import (HEAD_FILE, IMAGE_METHODS, Built, Forward, ImageContext, ImageMethod,
                                         load_tensors, save_tensors)
-from peftlab.images.zeroshot import (DEFAULT_SEARCH_TEMPLATES, class_prompts, ensemble, normalise, template_search,
-                                     zero_shot_logits)
+from peftlab.images.zeroshot import (DEFAULT_SEARCH_TEMPLATES, class_prompts, ensemble, normalise, spoken,
+                                     template_search, zero_shot_logits)
 from peftlab.metrics import classification_metrics
 
 
 @torch.no_grad()
 def encode_texts(clip: ClipBackbone, texts: list[str]) -> torch.Tensor:
+    """Raw text embeddings, on the CPU (cached features live there too)."""
     ids, mask = clip.tokenize(texts)
-    return clip.encode_text(ids, mask).float()
+    device = next(clip.model.parameters()).device
+    return clip.encode_text(ids.to(device), mask.to(device)).float().cpu()
 
 
 def text_classifier(clip: ClipBackbone, label_names: list[str], templates: list[str],
@@ -60,7 +62,7 @@ class _LinearOnEmbedding(ImageMethod):
         w, b = t["weight"], t["bias"]
         if w.shape[0] != len(labels):
             raise PeftlabError(f"{directory / HEAD_FILE}: {w.shape[0]} classes, the run has {len(labels)}")
-        return lambda x: normalise(backbone.encode_image(x).float()) @ w.T + b
+        return lambda x: normalise(backbone.encode_image(x).float()) @ w.T.to(x.device) + b.to(x.device)
 
 
 def _container(clip: ClipBackbone, learned: nn.Module | None = None) -> nn.Module:
@@ -81,7 +83,7 @@ class ClipZeroShot(_LinearOnEmbedding):
             weights = self.searched(clip, names, weights, details["search"])
         scale = clip.logit_scale
         frozen = _container(clip)
-        return Built(model=frozen, trainable=frozen, forward=lambda f: zero_shot_logits(f, weights, scale),
+        return Built(model=frozen, trainable=frozen, forward=lambda f: zero_shot_logits(f, weights.to(f.device), scale),
                      x_train=f_train, x_eval=f_eval, trains=False, feature_s=feature_s, details=details,
                      save=_head_saver(lambda: scale * weights))
 
@@ -122,7 +124,7 @@ class ClipZeroShot(_LinearOnEmbedding):
         w = weights.clone()
         for item in search["classes"]:
             if item["template"] is not None:
-                w[names.index(item["class"])] = normalise(encode_texts(clip, [item["template"].format(item["class"])])[0])
+                w[names.index(item["class"])] = normalise(encode_texts(clip, [item["template"].format(spoken(item["class"]))])[0])
         return w
 
     def derived(self, ctx: ImageContext, params: Any) -> tuple[int | None, int | None]:
@@ -188,7 +190,7 @@ class PromptLearner(nn.Module):
     def __init__(self, clip: ClipBackbone, label_names: list[str], params: Any, seed: int) -> None:
         super().__init__()
         self.clip = [clip]  # a list: not a submodule (its weights are not ours)
-        ids, mask = clip.tokenize([f"{c}." for c in label_names])
+        ids, mask = clip.tokenize([f"{spoken(c)}." for c in label_names])
         used = int(mask.sum(1).max())
         ids, mask = ids[:, :used], mask[:, :used]  # fixed-length tokenizers (open_clip) pad to 77
         emb = clip.token_embedding

@@ -31,13 +31,16 @@ def zero_shot_logits(image_emb: torch.Tensor, classifier: torch.Tensor, scale: f
 
 
 def class_prompts(label_names: list[str], templates: list[str], overrides: dict[str, list[str]]) -> list[list[str]]:
-    """The prompts of each class: its override (templates with ``{}`` or literal prompts), else all templates."""
-    return [[t.format(c) if "{}" in t else t for t in overrides.get(c, templates)] for c in label_names]
+    """The prompts of each class: its override (templates with ``{}`` or literal prompts), else all templates.
+
+    Underscores in label names become spaces in the prompt (food101's ``apple_pie``: "a photo of
+    apple pie"); overrides are keyed by the label name as it is.
+    """
+    return [[t.format(spoken(c)) if "{}" in t else t for t in overrides.get(c, templates)] for c in label_names]
 
 
-def worst_class(per_class: dict[str, dict[str, float]]) -> str:
-    """The class with the lowest F1 (ties: the first in label order)."""
-    return min(per_class, key=lambda c: per_class[c]["f1-score"])
+def spoken(label: str) -> str:
+    return label.replace("_", " ")
 
 
 def template_search(
@@ -53,7 +56,7 @@ def template_search(
     base = classification_metrics(labels, zero_shot_logits(image_emb, classifier, scale).argmax(-1).numpy(), label_names)
     best: dict[str, Any] = {"template": None, "macro_f1": base["macro_f1"], "embedding": classifier[i]}
     for t in candidates:
-        row = normalise(encode([t.format(target)])[0])
+        row = normalise(encode([t.format(spoken(target))])[0])
         trial = classifier.clone()
         trial[i] = row
         pred = zero_shot_logits(image_emb, trial, scale).argmax(-1).numpy()
