@@ -123,16 +123,21 @@ def test_only_context_vectors_change_under_coop(clip, folder):
 
 def test_cached_features_equal_recomputed(clip, folder, tmp_path):
     first = _context(clip, folder, tmp_path)
-    f_train, f_eval = first.features("clip_image", clip.encode_image)
+    f_train, f_eval = first.features("clip_image", clip.encode_image, clip.model)
     assert len(list(tmp_path.glob("clip_image-*.safetensors"))) == 1
     calls = []
     again = _context(clip, folder, tmp_path)  # new in-memory cache: this one must read the disk
-    g_train, g_eval = again.features("clip_image", lambda x: calls.append(1) or clip.encode_image(x))
+    g_train, g_eval = again.features("clip_image", lambda x: calls.append(1) or clip.encode_image(x), clip.model)
     assert not calls
     with torch.no_grad():
         assert torch.allclose(g_train, clip.encode_image(first.x_train), atol=1e-6)
         assert torch.allclose(g_eval, clip.encode_image(first.x_eval), atol=1e-6)
     assert torch.equal(f_train, g_train) and torch.equal(f_eval, g_eval)
+    other = torch.nn.Linear(2, 2)  # other weights: a new entry, never the old one
+    again.features("other_net", clip.encode_image, other)
+    third = _context(clip, folder, tmp_path)
+    third.features("clip_image", lambda x: calls.append(1) or clip.encode_image(x), other)
+    assert calls == [1, 1] and len(list(tmp_path.glob("clip_image-*.safetensors"))) == 2  # train, eval
 
 
 TINY_LITE = E.LiteConfig(stem=8, head=24, stages=(E.Stage(1, 3, 1, 8, 1), E.Stage(6, 5, 2, 16, 2)))

@@ -40,15 +40,18 @@ class ImageContext:
     cache_dir: Path | None = None
     _features: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
-    def features(self, what: str, compute: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(train, eval) features of a frozen network, computed once and cached in memory and on disk.
+    def features(self, what: str, compute: Callable[[torch.Tensor], torch.Tensor],
+                 network: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """(train, eval) features of a frozen ``network``, computed once and cached in memory and on disk.
 
-        The disk key hashes the backbone, ``what`` and the pixel tensors themselves, so a cache
-        entry can only be reused for exactly the same inputs.
+        The disk key hashes the backbone name, ``what``, a sample of every weight of ``network``
+        and the pixel tensors themselves, so an entry is only reused for the same weights and inputs.
         """
         if what in self._features:
             return self._features[what]
         digest = hashlib.sha256(f"{self.backbone.name}|{what}".encode())
+        for name, t in network.state_dict().items():
+            digest.update(name.encode() + t.detach().flatten()[:64].float().cpu().numpy().tobytes())
         for x in (self.x_train, self.x_eval):
             digest.update(x.numpy().tobytes())
         path = self.cache_dir / f"{what}-{digest.hexdigest()[:20]}.safetensors" if self.cache_dir else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -92,10 +93,8 @@ class ClassifierProbe(ImageMethod):
                 handle.remove()
             return got[0]
 
-        import time
-
         t0 = time.perf_counter()
-        f_train, f_eval = ctx.features("head_inputs", head_input)
+        f_train, f_eval = ctx.features("head_inputs", head_input, model)
         return Built(model=model, trainable=head, forward=head, x_train=f_train, x_eval=f_eval,
                      save=lambda d: save_tensors(head.state_dict(), d / HEAD_FILE),
                      feature_s=time.perf_counter() - t0)

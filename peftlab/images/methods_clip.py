@@ -42,7 +42,7 @@ def text_classifier(clip: ClipBackbone, label_names: list[str], templates: list[
 def image_features(ctx: ImageContext) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Raw image embeddings of both splits (cached) and the seconds it took this call."""
     t0 = time.perf_counter()
-    f_train, f_eval = ctx.features("clip_image", ctx.backbone.encode_image)
+    f_train, f_eval = ctx.features("clip_image", ctx.backbone.encode_image, ctx.backbone.model)
     return f_train, f_eval, time.perf_counter() - t0
 
 
