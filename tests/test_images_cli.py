@@ -64,7 +64,7 @@ def _run(root: Path, backbone: str, methods: list, task: dict | None = None, **e
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "# Comparison" in proc.stdout
     rows = [json.loads((root / "run" / m / "results.json").read_text()) for m in
-            ["majority_class"] + [x["method"] if isinstance(x, dict) else x for x in methods]]
+            ["majority_class"] + [x.get("name", x["method"]) if isinstance(x, dict) else x for x in methods]]
     return root / "run", rows
 
 
@@ -79,6 +79,7 @@ def clip_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]
         {"method": "coop", "lr": 0.05, "n_ctx": 2, "ctx_init": None},
         {"method": "class_embeddings", "lr": 0.05},
         {"method": "linear_probe", "lr": 0.1, "epochs": 5},
+        {"method": "clip_zeroshot", "name": "zs_searched", "search_worst": 2, "apply_search": True},
     ]
     run, rows = _run(root, clip, methods)
     return run, rows, root
@@ -86,8 +87,10 @@ def clip_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]
 
 def test_clip_methods_end_to_end(clip_run):
     run, rows, root = clip_run
-    assert [r["status"] for r in rows] == ["ok"] * 5
-    zs, coop, ce, lp = rows[1:]
+    assert [r["status"] for r in rows] == ["ok"] * 6
+    zs, coop, ce, lp, searched = rows[1:]
+    after = searched["details"]["search"]["after"]
+    assert searched["accuracy"] == pytest.approx(after["accuracy"]) and len(searched["details"]["search"]["classes"]) == 2
     assert zs["params"]["trainable"] == 0 and zs["params"]["agree"] is True
     for r, expected in ((coop, 2 * 32), (ce, 3 * 16), (lp, 16 * 3 + 3)):
         assert r["params"]["trainable"] == r["params"]["derived_trainable"] == expected

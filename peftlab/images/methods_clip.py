@@ -78,9 +78,9 @@ class ClipZeroShot(_LinearOnEmbedding):
         if unknown:
             raise PeftlabError(f"config error: clip_zeroshot.class_prompts: {unknown} are not classes {names}")
         weights = text_classifier(clip, names, params.templates, params.class_prompts)
-        details = self.diagnose(ctx, params, weights, f_train, f_eval)
-        if params.apply_search and details.get("search"):
-            weights = self.searched(clip, names, weights, details["search"])
+        details, searched = self.diagnose(ctx, params, weights, f_train, f_eval)
+        if params.apply_search:
+            weights = searched
         scale = clip.logit_scale
         frozen = _container(clip)
         return Built(model=frozen, trainable=frozen, forward=lambda f: zero_shot_logits(f, weights.to(f.device), scale),
@@ -88,8 +88,12 @@ class ClipZeroShot(_LinearOnEmbedding):
                      save=_head_saver(lambda: scale * weights))
 
     def diagnose(self, ctx: ImageContext, params: Any, weights: torch.Tensor, f_train: torch.Tensor,
-                 f_eval: torch.Tensor) -> dict[str, Any]:
-        """Accuracy per template, the worst class by F1, and the template search's before/after."""
+                 f_eval: torch.Tensor) -> tuple[dict[str, Any], torch.Tensor]:
+        """Accuracy per template, and the template search's before/after and its classifier.
+
+        The classes to search are the worst by eval F1 (the diagnosis the report shows); each
+        one's template is chosen on the training images.
+        """
         clip, names, scale = ctx.backbone, ctx.data.label_names, ctx.backbone.logit_scale
         y_eval, y_train = ctx.data.eval.labels, ctx.data.train.labels
 
@@ -101,7 +105,7 @@ class ClipZeroShot(_LinearOnEmbedding):
         out: dict[str, Any] = {"templates": list(params.templates), "per_template_accuracy": per_template,
                                "ensemble_accuracy": before["accuracy"], "class_prompts": dict(params.class_prompts)}
         if not params.search:
-            return out
+            return out, weights
         order = sorted(names, key=lambda c: before["per_class"][c]["f1-score"])[: params.search_worst]
         searched, w = [], weights.clone()
         for target in order:
@@ -117,15 +121,7 @@ class ClipZeroShot(_LinearOnEmbedding):
             "before": _summary(before, order),
             "after": _summary(after, order),
         }
-        return out
-
-    @staticmethod
-    def searched(clip: ClipBackbone, names: list[str], weights: torch.Tensor, search: dict[str, Any]) -> torch.Tensor:
-        w = weights.clone()
-        for item in search["classes"]:
-            if item["template"] is not None:
-                w[names.index(item["class"])] = normalise(encode_texts(clip, [item["template"].format(spoken(item["class"]))])[0])
-        return w
+        return out, w
 
     def derived(self, ctx: ImageContext, params: Any) -> tuple[int | None, int | None]:
         return 0, None
