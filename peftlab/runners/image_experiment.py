@@ -86,6 +86,8 @@ def run_image_method(ctx: ImageContext, cfg: ExperimentConfig, params: MethodPar
     _say(quiet, f"== {params.label} ({params.method} on a {kind} backbone, lr={params.lr:g})")
     try:
         result = _run(ctx, cfg, params, kind, mdir, base)
+        _say(quiet, f"   accuracy {result.accuracy:.4f}, macro-F1 {result.macro_f1:.4f} "
+                    f"({result.timing.wall_s if result.timing else 0:.0f} s)")
     except Exception as exc:
         if not isinstance(exc, PeftlabError):
             traceback.print_exc()
