@@ -68,7 +68,7 @@ class ClipBackbone:
     tokenize: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]  # -> ids, attention mask
     encode_text: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     encode_image: Callable[[torch.Tensor], torch.Tensor]
-    token_embedding: nn.Embedding  # CoOp substitutes its context vectors at this module's output
+    token_embedding: nn.Embedding | None  # CoOp substitutes its context vectors at this module's output
     logit_scale: float
     kind: str = "clip"
 
@@ -200,6 +200,8 @@ def _open_clip(cfg: BackboneConfig) -> ClipBackbone:
         name=cfg.name, model=model,
         preprocess=Preprocess(int(size), tuple(pcfg.get("mean", CLIP_MEAN)), tuple(pcfg.get("std", CLIP_STD))),
         tokenize=tokenize, encode_text=lambda ids, mask: model.encode_text(ids),
-        encode_image=model.encode_image, token_embedding=model.token_embedding,
+        encode_image=model.encode_image,
+        # CLIP keeps it on the model; CustomTextCLIP (e.g. hf text towers) on model.text
+        token_embedding=getattr(model, "token_embedding", None) or getattr(getattr(model, "text", None), "token_embedding", None),
         logit_scale=float(model.logit_scale.exp()),
     )

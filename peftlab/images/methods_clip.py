@@ -185,6 +185,8 @@ class PromptLearner(nn.Module):
 
     def __init__(self, clip: ClipBackbone, label_names: list[str], params: Any, seed: int) -> None:
         super().__init__()
+        if clip.token_embedding is None:
+            raise PeftlabError(f"coop: backbone {clip.name!r} exposes no token embedding to put context vectors in")
         self.clip = [clip]  # a list: not a submodule (its weights are not ours)
         ids, mask = clip.tokenize([f"{spoken(c)}." for c in label_names])
         used = int(mask.sum(1).max())
