@@ -53,7 +53,7 @@ def validate(config: Path, overrides: Overrides = None) -> None:
 def predict(method_dir: Path, texts: Annotated[Optional[list[str]], typer.Argument()] = None,
             file: Annotated[Optional[Path], typer.Option("--file", "-f", help="one text per line")] = None,
             as_json: Annotated[bool, typer.Option("--json", help="JSON lines output")] = False) -> None:
-    """Classify TEXTS (or the lines of --file) with a trained RUN_DIR/METHOD."""
+    """Classify TEXTS (or the lines of --file) with a trained RUN_DIR/METHOD; image runs take image paths."""
     if not (method_dir / "results.json").is_file() or not (method_dir.parent / "config.yaml").is_file():
         raise PeftlabError(f"{method_dir} is not a method folder of a peftlab run (expected RUN_DIR/METHOD)")
     from peftlab.predict import load_predictor
@@ -66,12 +66,20 @@ def predict(method_dir: Path, texts: Annotated[Optional[list[str]], typer.Argume
             raise PeftlabError(f"--file {file}: cannot read ({exc})") from None
     if not items:
         raise PeftlabError("nothing to classify: give texts or --file")
-    pred = load_predictor(method_dir)
+    from peftlab.config import load_config
+
+    key = "image" if load_config(method_dir.parent / "config.yaml").task.modality == "image" else "text"
+    if key == "image":  # the items are image paths
+        from peftlab.images.predict import load_image_predictor
+
+        pred = load_image_predictor(method_dir)
+    else:
+        pred = load_predictor(method_dir)
     probs = pred.probabilities(items)
     for text, p in zip(items, probs):
         best = int(p.argmax())
         if as_json:
-            print(json.dumps({"text": text, "label": pred.labels[best],
+            print(json.dumps({key: text, "label": pred.labels[best],
                               "probabilities": dict(zip(pred.labels, map(float, p)))}))
         else:
             dist = "  ".join(f"{n}={v:.3f}" for n, v in zip(pred.labels, p))
@@ -87,6 +95,9 @@ def list_() -> None:
 
     print("methods:        " + ", ".join(METHODS.names()))
     print("backbone alias: " + ", ".join(ALIASES.names()))
+    from peftlab.images.backbones import IMAGE_ALIASES
+
+    print("image backbone: " + ", ".join(IMAGE_ALIASES.names()) + " (or a CLIP / image-classifier folder or hub id)")
     print("builtin tasks:  " + ", ".join(BUILTIN_TASKS.names()))
 
 

@@ -25,6 +25,9 @@ class BackboneConfig(StrictModel):
     trust_remote_code: bool = False
 
 
+IMAGE_SOURCES = ("image_folder", "hf_image", "cifar10", "fashion_mnist")
+
+
 class TaskConfig(StrictModel):
     """Where the data comes from and which columns mean what.
 
@@ -32,7 +35,8 @@ class TaskConfig(StrictModel):
     ``hf`` (a Hugging Face dataset id), or a local ``csv``/``tsv``/``jsonl``/``parquet`` file.
     """
 
-    source: Literal["builtin", "hf", "csv", "tsv", "jsonl", "parquet"] = "builtin"
+    source: Literal["builtin", "hf", "csv", "tsv", "jsonl", "parquet",
+                    "image_folder", "hf_image", "cifar10", "fashion_mnist"] = "builtin"
     name: str | None = None
     hf_id: str | None = None
     hf_config: str | None = None
@@ -47,9 +51,27 @@ class TaskConfig(StrictModel):
     label_names: list[str] | None = Field(default=None, min_length=2)
     n_train: int | None = Field(default=None, ge=2)
     n_eval: int | None = Field(default=None, ge=1)
+    # Image tasks (sources image_folder, hf_image, cifar10, fashion_mnist): see peftlab/tasks/images.py
+    #: image_folder: a folder of class subfolders (or with train/ and val|test/ inside); cifar10:
+    #: the cifar-10-batches-py folder; fashion_mnist: the IDX folder (default: the Debian package's)
+    data_dir: str | None = None
+    image_column: str = "image"
+    #: seeded k-shot sampling: at most k training images per class
+    k_shot: int | None = Field(default=None, ge=1)
+    #: square input side in pixels; None: the backbone's own (224 for EfficientNet-Lite0)
+    image_size: int | None = Field(default=None, ge=16, le=1024)
+
+    @property
+    def modality(self) -> str:
+        """"image" or "text": picks the experiment runner (peftlab.runners.experiment.MODALITY_RUNNERS)."""
+        return "image" if self.source in IMAGE_SOURCES else "text"
 
     @model_validator(mode="after")
     def _source_fields(self) -> "TaskConfig":
+        if self.source in ("image_folder", "cifar10") and not self.data_dir:
+            raise ValueError(f"task.data_dir is required for source {self.source!r}")
+        if self.source == "hf_image" and not self.hf_id:
+            raise ValueError("task.hf_id is required for source 'hf_image'")
         if self.source == "builtin" and not self.name:
             raise ValueError("task.name is required for source 'builtin'")
         if self.source == "hf" and not self.hf_id:
@@ -62,7 +84,7 @@ class TaskConfig(StrictModel):
 
     @property
     def display_name(self) -> str:
-        return self.name or self.hf_id or Path(self.train_file or "data").stem
+        return self.name or self.hf_id or Path(self.train_file or self.data_dir or self.source).stem
 
 
 class TrainConfig(StrictModel):

@@ -70,6 +70,9 @@ class RunResult(BaseModel):
     #: health flags: "collapsed", "nan_loss", "params_unchanged", "params_mismatch"
     flags: list[str] = Field(default_factory=list)
     environment: dict[str, Any] = Field(default_factory=dict)
+    #: method-specific diagnostics (zero-shot: accuracy per template, worst class, template search);
+    #: ``report_lines`` (Markdown lines) are printed under the comparison table
+    details: dict[str, Any] = Field(default_factory=dict)
 
     def write(self, directory: Path) -> None:
         atomic_write_json(directory / RESULTS_FILE, self.model_dump(mode="json"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from peftlab.methods.base import Method
+from peftlab.methods.clip_methods import ClassEmbeddings, ClipZeroShot, Coop
 from peftlab.methods.full import Full
 from peftlab.methods.houlsby import Houlsby
 from peftlab.methods.ia3 import Ia3
@@ -17,7 +18,8 @@ from peftlab.methods.qlora import Qlora
 from peftlab.registry import Registry
 
 METHODS: Registry[Method] = Registry("method")
-for _cls in (Full, Partial, LinearProbe, Lora, Qlora, Ia3, PromptTuning, PTuning, PrefixTuning, Houlsby, Pfeiffer):
+for _cls in (Full, Partial, LinearProbe, Lora, Qlora, Ia3, PromptTuning, PTuning, PrefixTuning, Houlsby, Pfeiffer,
+             ClipZeroShot, Coop, ClassEmbeddings):
     METHODS.add(_cls.name, _cls())
 
 __all__ = ["METHODS", "Method"]

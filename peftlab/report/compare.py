@@ -74,6 +74,9 @@ def to_markdown(results: list[RunResult]) -> str:
               "(ok), differ (MISMATCH), or no formula for this architecture (blank). "
               "Flags: collapsed = every eval prediction is one class; nan_loss = training stopped on a "
               "non-finite loss; params_unchanged = trainable weights never moved.", ""]
+    for r in results:  # method-specific diagnostics, e.g. zero-shot's worst class and template search
+        if r.details.get("report_lines"):
+            lines += [f"## {r.name}", "", *r.details["report_lines"], ""]
     return "\n".join(lines)
 
 

@@ -2,12 +2,14 @@
 
 The frozen backbone is run once over each split; the head's input is captured with a forward
 pre-hook. Epochs then cost a few small matrix products instead of full forward passes.
+:func:`fit_tensors` is the loop itself, on any in-memory inputs: image methods train with it too.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -62,47 +64,67 @@ def fit_head(model: nn.Module, head: nn.Module, train: Features, evalset: Featur
              lr: float, tcfg: TrainConfig, acc: Accelerator, is_decoder: bool) -> FitOutcome:
     """Extract features once (counted as eval/feature time), then train only ``head``."""
     device = acc.device
-    outcome = FitOutcome()
     t0 = time.perf_counter()
     x_train = head_inputs(model, head, train, collate, tcfg.eval_batch_size, device, is_decoder)
     x_eval = head_inputs(model, head, evalset, collate, tcfg.eval_batch_size, device, is_decoder)
     feature_s = time.perf_counter() - t0
-    y_train = torch.from_numpy(feature_labels(train)).to(device)
-    y_eval = feature_labels(evalset)
-    x_train, x_eval_d = x_train.to(device), x_eval.to(device)
-    n, bs = len(train), tcfg.batch_size
+    return fit_tensors(head, head, x_train, feature_labels(train), x_eval, feature_labels(evalset),
+                       lr, tcfg, device, start_s=feature_s)
+
+
+def fit_tensors(trainable: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
+                x_train: torch.Tensor, y_train: np.ndarray, x_eval: torch.Tensor, y_eval: np.ndarray,
+                lr: float, tcfg: TrainConfig, device: torch.device, start_s: float = 0.0,
+                train_mode: Callable[[], Any] | None = None) -> FitOutcome:
+    """Train ``trainable``'s parameters on in-memory inputs (cached features, or pixel tensors).
+
+    ``forward`` maps a batch of inputs to logits; ``train_mode`` (default ``trainable.train()``)
+    lets a caller keep parts in eval mode (frozen batch norms). ``start_s`` is time already
+    spent for this training (the one pass that computed cached features).
+    """
+    outcome = FitOutcome()
+    y_train_t = torch.from_numpy(np.asarray(y_train)).to(device)
+    n, bs = len(x_train), tcfg.batch_size
     steps = math.ceil(math.ceil(n / bs) / tcfg.grad_accum) * tcfg.epochs
-    opt, sched = make_optimizer(head, lr, tcfg, steps)
+    opt, sched = make_optimizer(trainable, lr, tcfg, steps)
     gen = torch.Generator().manual_seed(tcfg.seed)
-    outcome.train_s = feature_s  # the one pass over the backbone is part of training's cost
+    outcome.train_s = start_s
+    params = [p for p in trainable.parameters() if p.requires_grad]
     for epoch in range(1, tcfg.epochs + 1):
-        head.train()
+        (train_mode or trainable.train)()
         t1, loss_sum = time.perf_counter(), 0.0
         order = torch.randperm(n, generator=gen)
         for step, start in enumerate(range(0, n, bs)):
-            idx = order[start : start + bs].to(device)
-            logits = head(x_train[idx])
-            loss = nn.functional.cross_entropy(logits.float(), y_train[idx])
+            idx = order[start : start + bs]
+            logits = forward(x_train[idx].to(device))
+            loss = nn.functional.cross_entropy(logits.float(), y_train_t[idx.to(device)])
             if not torch.isfinite(loss):
                 outcome.nan_loss = True
                 break
             (loss / tcfg.grad_accum).backward()
             loss_sum += float(loss.detach()) * len(idx)
             if (step + 1) % tcfg.grad_accum == 0 or start + bs >= n:
-                torch.nn.utils.clip_grad_norm_(head.parameters(), tcfg.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(params, tcfg.max_grad_norm)
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
         outcome.train_s += time.perf_counter() - t1
         outcome.train_examples += n
-        head.eval()
+        trainable.eval()
         t2 = time.perf_counter()
-        with torch.no_grad():
-            logits_eval = head(x_eval_d).float().cpu().numpy()
+        logits_eval = predict_tensors(forward, x_eval, tcfg.eval_batch_size, device)
         outcome.eval_s += time.perf_counter() - t2
-        outcome.eval_examples += len(evalset)
+        outcome.eval_examples += len(x_eval)
         outcome.logits = logits_eval
-        outcome.epochs.append(epoch_record(epoch, loss_sum / n, logits_eval, y_eval))
+        outcome.epochs.append(epoch_record(epoch, loss_sum / n, logits_eval, np.asarray(y_eval)))
         if outcome.nan_loss:
             break
     return outcome
+
+
+@torch.no_grad()
+def predict_tensors(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int,
+                    device: torch.device) -> np.ndarray:
+    """Logits for in-memory inputs, in batches, as float32 numpy."""
+    out = [forward(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(out).numpy() if out else np.empty((0, 0), dtype=np.float32)

@@ -10,6 +10,8 @@ import shutil
 import sys
 import time
 import traceback
+from collections.abc import Callable
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from peftlab.methods import METHODS
 from peftlab.methods.base import head_names
 from peftlab.metrics import classification_metrics, is_collapsed, majority_class
 from peftlab.params import arch_spec, count_params
+from peftlab.registry import Registry
 from peftlab.report.compare import write_comparison
 from peftlab.results import ParamCounts, RunResult, Timing, environment
 from peftlab.runners.batching import Features, encode
@@ -46,8 +49,14 @@ def preflight(cfg: ExperimentConfig) -> None:
         METHODS.get(params.method).check(params, spec, conf.model_type)
 
 
-def run_experiment(cfg: ExperimentConfig, quiet: bool = False) -> list[RunResult]:
-    preflight(cfg)
+#: Experiment runners by task modality; the text runner is this module's own ``run_experiment``.
+MODALITY_RUNNERS: Registry[Callable[[ExperimentConfig, bool], list[RunResult]]] = Registry("task modality")
+MODALITY_RUNNERS.add("image", lambda cfg, quiet: import_module("peftlab.runners.image_experiment")
+                     .run_image_experiment(cfg, quiet))
+
+
+def prepare_output(cfg: ExperimentConfig) -> Path:
+    """Create the run folder and store the resolved config in it; apply ``train.num_threads``."""
     out = Path(cfg.output_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -56,6 +65,14 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False) -> list[RunResult
         raise PeftlabError(f"output_dir {out}: cannot write ({exc.strerror or exc})") from None
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
+    return out
+
+
+def run_experiment(cfg: ExperimentConfig, quiet: bool = False) -> list[RunResult]:
+    if cfg.task.modality in MODALITY_RUNNERS:
+        return MODALITY_RUNNERS.get(cfg.task.modality)(cfg, quiet)
+    preflight(cfg)
+    out = prepare_output(cfg)
     data = load_task(cfg.task, cfg.train.seed)
     tokenizer = load_tokenizer(cfg.backbone)
     train_f = encode(tokenizer, data.train, cfg.train.max_length)

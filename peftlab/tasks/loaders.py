@@ -189,6 +189,10 @@ def load_task(cfg: TaskConfig, seed: int) -> TaskData:
 
 def check_task(cfg: TaskConfig) -> None:
     """Cheap checks for ``validate``: files exist, parse, and have the named columns."""
+    if cfg.modality == "image":
+        from peftlab.tasks.images import check_image_task
+
+        return check_image_task(cfg)
     if cfg.source == "builtin":
         BUILTIN_TASKS.get(cfg.name or "")
         return

@@ -48,3 +48,16 @@ def stratified_split(labels: np.ndarray, eval_fraction: float, seed: int) -> tup
     mask = np.ones(len(labels), dtype=bool)
     mask[eval_idx] = False
     return np.flatnonzero(mask), eval_idx
+
+
+def k_shot_indices(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """At most ``k`` indices per class (all of a class with fewer), seeded; ascending order.
+
+    Few-shot papers (CoOp, CLIP's linear probes) sample per class, not by proportion: every class
+    gets the same budget however rare it is in the source.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    picked = [rng.choice(idx, size=min(k, len(idx)), replace=False)
+              for idx in (np.flatnonzero(labels == c) for c in np.unique(labels))]
+    return np.sort(np.concatenate(picked))

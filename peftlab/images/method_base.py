@@ -1,0 +1,126 @@
+"""The image-method interface and the one registry of implementations, keyed ``method:kind``.
+
+An image method turns a backbone and the task's pixel tensors into a :class:`Built`: the module
+to count, a forward from inputs (pixels or cached features) to logits, and how to save what it
+trained. The runner trains every Built with one loop (peftlab.runners.cached.fit_tensors), so a
+method is only what differs. ``kind`` is "classifier" (CNN/ViT with a head) or "clip".
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from peftlab.config import TrainConfig
+from peftlab.errors import PeftlabError
+from peftlab.registry import Registry
+from peftlab.tasks.images import ImageTaskData
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+HEAD_FILE = "head.safetensors"
+
+
+@dataclass
+class ImageContext:
+    """What every method of one image experiment shares: data, pixels, backbone, feature cache."""
+
+    backbone: Any  # ClassifierBackbone | ClipBackbone
+    data: ImageTaskData
+    x_train: torch.Tensor  # (N, 3, S, S) preprocessed pixels
+    x_eval: torch.Tensor
+    tcfg: TrainConfig
+    device: torch.device
+    cache_dir: Path | None = None
+    _features: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    def features(self, what: str, compute: Callable[[torch.Tensor], torch.Tensor],
+                 network: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """(train, eval) features of a frozen ``network``, computed once and cached in memory and on disk.
+
+        The disk key hashes the backbone name, ``what``, a sample of every weight of ``network``
+        and the pixel tensors themselves, so an entry is only reused for the same weights and inputs.
+        """
+        if what in self._features:
+            return self._features[what]
+        digest = hashlib.sha256(f"{self.backbone.name}|{what}".encode())
+        for name, t in network.state_dict().items():
+            digest.update(name.encode() + t.detach().flatten()[:64].float().cpu().numpy().tobytes())
+        for x in (self.x_train, self.x_eval):
+            digest.update(x.numpy().tobytes())
+        path = self.cache_dir / f"{what}-{digest.hexdigest()[:20]}.safetensors" if self.cache_dir else None
+        if path is not None and path.is_file():
+            t = load_file(str(path))
+            pair = (t["train"], t["eval"])
+        else:
+            pair = (batched(compute, self.x_train, self.tcfg.eval_batch_size, self.device),
+                    batched(compute, self.x_eval, self.tcfg.eval_batch_size, self.device))
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name("." + path.name + ".tmp")
+                save_file({"train": pair[0].contiguous(), "eval": pair[1].contiguous()}, str(tmp))
+                tmp.replace(path)
+        self._features[what] = pair
+        return pair
+
+
+@torch.no_grad()
+def batched(fn: Forward, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    return torch.cat([fn(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
+
+
+@dataclass
+class Built:
+    model: nn.Module  # everything in play (counted for trainable / total)
+    trainable: nn.Module  # what the optimizer sees and train()/eval() toggles
+    forward: Forward  # inputs -> logits
+    x_train: torch.Tensor
+    x_eval: torch.Tensor
+    save: Callable[[Path], None]
+    trains: bool = True
+    train_mode: Callable[[], Any] | None = None
+    feature_s: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class ImageMethod:
+    def build(self, ctx: ImageContext, params: Any) -> Built:
+        raise NotImplementedError
+
+    def derived(self, ctx: ImageContext, params: Any) -> tuple[int | None, int | None]:
+        """Closed-form (trainable, total); None where no formula exists for this architecture."""
+        return None, None
+
+    def predictor(self, backbone: Any, params: Any, labels: list[str], directory: Path, seed: int) -> Forward:
+        """Pixels -> logits of the trained method, rebuilt from a fresh backbone and saved files."""
+        raise NotImplementedError
+
+
+IMAGE_METHODS: Registry[ImageMethod] = Registry("image method")
+
+
+def image_method(method: str, kind: str) -> ImageMethod:
+    key = f"{method}:{kind}"
+    if key not in IMAGE_METHODS:
+        runs_on = sorted(k.split(":")[1] for k in IMAGE_METHODS.names() if k.split(":")[0] == method)
+        where = f"it runs on {' and '.join(runs_on)} backbones" if runs_on else "it is a text-only method"
+        raise PeftlabError(f"config error: method {method!r} does not run on a {kind} image backbone ({where})")
+    return IMAGE_METHODS.get(key)
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from peftlab.methods.base import read_safetensors
+
+    return read_safetensors(path, "saved weights")
+

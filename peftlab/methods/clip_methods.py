@@ -1,0 +1,79 @@
+"""The image-only methods' parameters: ``clip_zeroshot``, ``coop`` and ``class_embeddings``.
+
+They sit in the one METHODS registry so configs validate them like any other method; their
+implementations run on dual-encoder (CLIP) backbones in peftlab.images.methods, and a text
+experiment refuses them before loading anything.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+from torch import nn
+
+from peftlab.config_base import MethodParams, PositiveFloat
+from peftlab.errors import PeftlabError
+from peftlab.methods.base import Method
+from peftlab.params import ArchSpec
+
+DEFAULT_TEMPLATES = ["a photo of a {}."]
+
+
+class ClipZeroShotParams(MethodParams):
+    """Prompts from ``templates`` (format strings); ``class_prompts`` overrides them per class.
+
+    ``search`` tries ``search_templates`` (default: a CLIP-paper list) for the ``search_worst``
+    worst classes by F1, choosing on the training images, and reports before/after on eval.
+    """
+
+    method: Literal["clip_zeroshot"] = "clip_zeroshot"
+    templates: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES), min_length=1)
+    class_prompts: dict[str, list[str]] = Field(default_factory=dict)
+    search: bool = True
+    search_templates: list[str] | None = Field(default=None, min_length=1)
+    search_worst: int = Field(default=1, ge=1)
+    #: use the searched prompts for the row's predictions (the report shows both either way)
+    apply_search: bool = False
+
+
+class CoopParams(MethodParams):
+    """CoOp (Zhou et al. 2022): ``n_ctx`` learnable context vectors before each class name."""
+
+    method: Literal["coop"] = "coop"
+    lr: PositiveFloat = 2e-3
+    n_ctx: int = Field(default=4, ge=1, le=32)
+    #: initialise from these words' embeddings (sets n_ctx to their token count); None: random
+    ctx_init: str | None = "a photo of a"
+    class_specific: bool = False
+
+
+class ClassEmbeddingsParams(MethodParams):
+    """One trainable text-side embedding per class, initialised from the zero-shot classifier."""
+
+    method: Literal["class_embeddings"] = "class_embeddings"
+    lr: PositiveFloat = 1e-3
+    templates: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES), min_length=1)
+
+
+class _ImageOnly(Method):
+    def check(self, params: Any, spec: ArchSpec | None, model_type: str) -> None:
+        raise PeftlabError(f"config error: method {self.name!r} needs an image task with a CLIP backbone")
+
+    def prepare(self, model: nn.Module, params: Any, spec: ArchSpec | None) -> nn.Module:
+        raise PeftlabError(f"method {self.name!r} runs on image tasks only")
+
+
+class ClipZeroShot(_ImageOnly):
+    name = "clip_zeroshot"
+    Params = ClipZeroShotParams
+
+
+class Coop(_ImageOnly):
+    name = "coop"
+    Params = CoopParams
+
+
+class ClassEmbeddings(_ImageOnly):
+    name = "class_embeddings"
+    Params = ClassEmbeddingsParams
