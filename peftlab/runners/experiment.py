@@ -11,7 +11,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -27,15 +27,17 @@ from peftlab.methods.base import head_names
 from peftlab.metrics import classification_metrics, is_collapsed, majority_class
 from peftlab.params import arch_spec, count_params
 from peftlab.report.compare import write_comparison
-from peftlab.results import ParamCounts, RunResult, Timing, environment
+from peftlab.results import RESULTS_FILE, ParamCounts, RunResult, Timing, environment, read_result
 from peftlab.runners.batching import Features, encode
 from peftlab.runners.cached import fit_head
 from peftlab.runners.measure import PeakMemory
-from peftlab.runners.train import FitOutcome, fit, make_accelerator
+from peftlab.runners.checkpoint import clear_checkpoints, complete_checkpoints, load_checkpoint
+from peftlab.runners.train import CheckpointPlan, FitOutcome, fit, make_accelerator
 from peftlab.tasks import TaskData, load_task
 
 ADAPTER_DIR = "adapter"
 BASELINE = "majority_class"
+COMPARISON_FILES = ("comparison.md", "comparison.csv")
 
 
 def preflight(cfg: ExperimentConfig) -> None:
@@ -46,12 +48,34 @@ def preflight(cfg: ExperimentConfig) -> None:
         METHODS.get(params.method).check(params, spec, conf.model_type)
 
 
-def run_experiment(cfg: ExperimentConfig, quiet: bool = False) -> list[RunResult]:
+ResumeMode = Literal["auto", "resume", "fresh"]
+
+
+def decide_resume(out: Path, config_text: str, mode: ResumeMode) -> bool:
+    """Whether to continue the run already in ``out``: only ever for the very same config.
+
+    ``auto`` (re-running the same command) continues when ``out`` holds this config, and starts
+    over otherwise; ``resume`` insists on continuing; ``fresh`` always starts over.
+    """
+    previous = out / "config.yaml"
+    same = previous.is_file() and previous.read_text(encoding="utf-8") == config_text
+    if mode == "resume" and not previous.is_file():
+        raise PeftlabError(f"--resume: {out} holds no run to resume (no config.yaml)")
+    if mode == "resume" and not same:
+        raise PeftlabError(f"--resume: {previous} is a different config; resuming needs the same one (drop --resume to start over)")
+    return same and mode != "fresh"
+
+
+def run_experiment(cfg: ExperimentConfig, quiet: bool = False, resume: ResumeMode = "auto") -> list[RunResult]:
     preflight(cfg)
     out = Path(cfg.output_dir)
+    config_text = dump_config(cfg)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", dump_config(cfg))
+        reuse = decide_resume(out, config_text, resume)
+        for stale in COMPARISON_FILES:  # rewritten at the end: never left looking complete meanwhile
+            (out / stale).unlink(missing_ok=True)
+        atomic_write_text(out / "config.yaml", config_text)
     except OSError as exc:
         raise PeftlabError(f"output_dir {out}: cannot write ({exc.strerror or exc})") from None
     if cfg.train.num_threads:
@@ -65,9 +89,29 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False) -> list[RunResult
     if results:
         results[0].write(out / BASELINE)
     for params in cfg.methods:
+        done = finished_result(out / params.label, params) if reuse else None
+        if done is not None:
+            _say(quiet, f"== {params.label}: finished in an earlier run, kept")
+            results.append(done)
+            continue
+        if not reuse:
+            clear_checkpoints(out / params.label)
         results.append(run_method(cfg, params, data, tokenizer, train_f, eval_f, out, quiet))
     write_comparison(results, out)
     return results
+
+
+def finished_result(mdir: Path, params: MethodParams) -> RunResult | None:
+    """The result of an earlier run of this very method if it ended well, else None."""
+    path = mdir / RESULTS_FILE
+    if not path.is_file():
+        return None
+    try:
+        result = read_result(path)
+    except PeftlabError:
+        return None
+    same = result.method_params == params.model_dump(mode="json")
+    return result if same and result.status == "ok" and (mdir / ADAPTER_DIR).is_dir() else None
 
 
 def _say(quiet: bool, msg: str) -> None:
@@ -98,8 +142,26 @@ def _changed(before: dict[str, torch.Tensor], model: torch.nn.Module) -> bool:
     return any(not torch.equal(v, after[n].detach().flatten()[:4096].float().cpu()) for n, v in before.items() if n in after)
 
 
+class NonFiniteLoss(PeftlabError):
+    """Training diverged: the method stops and its result is marked ``nan_loss``."""
+
+
+def checkpoint_plan(cfg: ExperimentConfig, mdir: Path, model: torch.nn.Module, quiet: bool) -> CheckpointPlan | None:
+    """Checkpointing for this method, resuming from its newest complete checkpoint if there is one."""
+    if not cfg.train.checkpoints:
+        return None
+    plan = CheckpointPlan(mdir, every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints)
+    found = complete_checkpoints(mdir)
+    if found:
+        plan.resume = load_checkpoint(found[-1], model)
+        _say(quiet, f"   resuming from {found[-1].name} (epoch {plan.resume.progress.epoch}, "
+                    f"{plan.resume.progress.batches_done} batches done)")
+    return plan
+
+
 def _train(method: Any, model: torch.nn.Module, params: MethodParams, spec: Any, cfg: ExperimentConfig,
-           train_f: Features, eval_f: Features, collate: Any, acc: Any, quiet: bool) -> tuple[torch.nn.Module, FitOutcome]:
+           train_f: Features, eval_f: Features, collate: Any, acc: Any, quiet: bool,
+           plan: CheckpointPlan | None = None) -> tuple[torch.nn.Module, FitOutcome]:
     tcfg = cfg.train if params.epochs is None else cfg.train.model_copy(update={"epochs": params.epochs})
     if method.caches_features:
         heads = head_names(model, spec)
@@ -109,7 +171,7 @@ def _train(method: Any, model: torch.nn.Module, params: MethodParams, spec: Any,
         head = model.get_submodule(heads[0])
         is_decoder = bool(spec.is_decoder) if spec is not None else False
         return model, fit_head(model, head, train_f, eval_f, collate, params.lr, tcfg, acc, is_decoder)
-    return fit(model, train_f, eval_f, collate, params.lr, tcfg, acc, params.label, quiet)
+    return fit(model, train_f, eval_f, collate, params.lr, tcfg, acc, params.label, quiet, plan)
 
 
 def run_method(cfg: ExperimentConfig, params: MethodParams, data: TaskData, tokenizer: Any,
@@ -121,6 +183,7 @@ def run_method(cfg: ExperimentConfig, params: MethodParams, data: TaskData, toke
         task=data.name, backbone=cfg.backbone.name, seed=cfg.train.seed, labels=data.label_names,
         n_train=len(data.train), n_eval=len(data.eval),
     )
+    base.model_copy(update={"status": "incomplete"}).write(mdir)
     try:
         result = _run_method(cfg, method, params, data, tokenizer, train_f, eval_f, mdir, base, quiet)
     except (Exception, KeyboardInterrupt) as exc:
@@ -128,7 +191,8 @@ def run_method(cfg: ExperimentConfig, params: MethodParams, data: TaskData, toke
             raise
         if not isinstance(exc, PeftlabError):
             traceback.print_exc()
-        result = base.model_copy(update={"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        result = base.model_copy(update={"status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                                         "flags": ["nan_loss"] if isinstance(exc, NonFiniteLoss) else []})
         print(f"error: method {params.label} failed: {exc}", file=sys.stderr)
     result.write(mdir)
     return result
@@ -148,7 +212,8 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
         model = method.prepare(model, params, spec)
         trainable, total = count_params(model)
         before = _fingerprint(model)
-        model, outcome = _train(method, model, params, spec, cfg, train_f, eval_f, collate, acc, quiet)
+        plan = checkpoint_plan(cfg, mdir, model, quiet)
+        model, outcome = _train(method, model, params, spec, cfg, train_f, eval_f, collate, acc, quiet, plan)
         wall = time.perf_counter() - t0
     d_train = method.derived_trainable(params, spec) if spec is not None else None
     d_total = method.derived_total(params, spec) if spec is not None else None
@@ -159,7 +224,11 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
     pred = outcome.logits.argmax(-1)
     if is_collapsed(pred, data.num_labels):
         flags.insert(0, "collapsed")
+    if outcome.nan_loss:  # nothing saved from a diverged model; the last good checkpoint stays
+        kept = f"; last good checkpoint kept in {mdir / 'checkpoints'}" if complete_checkpoints(mdir) else ""
+        raise NonFiniteLoss(f"training loss became NaN/inf in epoch {len(outcome.epochs)}; method stopped{kept}")
     adapter_bytes = save_atomically(method, model, params, mdir / ADAPTER_DIR) if acc.is_main_process else None
+    clear_checkpoints(mdir)
     m = classification_metrics(data.eval.labels, pred, data.label_names)
     return base.model_copy(update=dict(
         epochs=outcome.epochs, accuracy=m["accuracy"], macro_f1=m["macro_f1"], per_class=m["per_class"],
