@@ -24,13 +24,21 @@ Overrides = Annotated[Optional[list[str]], typer.Argument(help="key=value overri
 
 @app.command()
 def run(config: Path, overrides: Overrides = None,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False) -> None:
-    """Run every method of CONFIG and write results, adapters and a comparison."""
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+        resume: Annotated[bool, typer.Option("--resume", help="continue the run in output_dir (same config), or fail")] = False,
+        fresh: Annotated[bool, typer.Option("--fresh", help="start over even if output_dir holds this run")] = False) -> None:
+    """Run every method of CONFIG and write results, adapters and a comparison.
+
+    Re-running the same command on the same output_dir continues where it stopped: finished
+    methods are kept, the others resume from their newest checkpoint.
+    """
     from peftlab.config import load_config
     from peftlab.runners.experiment import run_experiment
 
+    if resume and fresh:
+        raise PeftlabError("--resume and --fresh contradict each other; give one")
     cfg = load_config(config, overrides)
-    results = run_experiment(cfg, quiet=quiet)
+    results = run_experiment(cfg, quiet=quiet, resume="resume" if resume else "fresh" if fresh else "auto")
     print((Path(cfg.output_dir) / "comparison.md").read_text(encoding="utf-8"))
     failed = [r.name for r in results if r.status != "ok"]
     if failed:

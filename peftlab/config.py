@@ -105,6 +105,10 @@ class TrainConfig(StrictModel):
     #: "auto" uses CUDA when present; "cpu" forces the CPU even there (exact fp32 comparisons)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(default=None, ge=1)
+    #: write resumable checkpoints at each epoch end (and every ``checkpoint_every`` optimizer steps)
+    checkpoints: bool = True
+    checkpoint_every: int = Field(default=0, ge=0)
+    keep_checkpoints: int = Field(default=2, ge=1)
 
 
 @lru_cache(maxsize=1)

@@ -45,7 +45,8 @@ class Timing(BaseModel):
 
 class RunResult(BaseModel):
     schema_version: int = SCHEMA_VERSION
-    status: Literal["ok", "failed"] = "ok"
+    #: "incomplete" is written when a method starts and replaced when it ends: a killed run never looks done
+    status: Literal["ok", "failed", "incomplete"] = "ok"
     error: str | None = None
     name: str
     method: str

@@ -39,7 +39,7 @@ def row(r: RunResult) -> dict[str, str]:
         "train_ex_per_s": "" if t is None else _fmt(t.train_examples_per_s, ".1f"),
         "eval_ex_per_s": "" if t is None else _fmt(t.eval_examples_per_s, ".1f"),
         "adapter_mb": _fmt(None if r.adapter_bytes is None else r.adapter_bytes / 2**20, ".3f"),
-        "flags": " ".join(r.flags) if r.status == "ok" else f"failed: {r.error or ''}",
+        "flags": " ".join(r.flags) if r.status == "ok" else f"{r.status}: {r.error or ''}",
     }
 
 

@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable
 from importlib import import_module
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -30,15 +30,17 @@ from peftlab.metrics import classification_metrics, is_collapsed, majority_class
 from peftlab.params import arch_spec, count_params
 from peftlab.registry import Registry
 from peftlab.report.compare import write_comparison
-from peftlab.results import ParamCounts, RunResult, Timing, environment
+from peftlab.results import RESULTS_FILE, ParamCounts, RunResult, Timing, environment, read_result
 from peftlab.runners.batching import Features, encode
 from peftlab.runners.cached import fit_head
 from peftlab.runners.measure import PeakMemory
-from peftlab.runners.train import FitOutcome, fit, make_accelerator
+from peftlab.runners.checkpoint import clear_checkpoints, complete_checkpoints, load_checkpoint
+from peftlab.runners.train import CheckpointPlan, FitOutcome, fit, make_accelerator
 from peftlab.tasks import TaskData, load_task
 
 ADAPTER_DIR = "adapter"
 BASELINE = "majority_class"
+COMPARISON_FILES = ("comparison.md", "comparison.csv")
 
 
 def preflight(cfg: ExperimentConfig) -> None:
@@ -55,24 +57,49 @@ MODALITY_RUNNERS.add("image", lambda cfg, quiet: import_module("peftlab.runners.
                      .run_image_experiment(cfg, quiet))
 
 
-def prepare_output(cfg: ExperimentConfig) -> Path:
-    """Create the run folder and store the resolved config in it; apply ``train.num_threads``."""
+ResumeMode = Literal["auto", "resume", "fresh"]
+
+
+def decide_resume(out: Path, config_text: str, mode: ResumeMode) -> bool:
+    """Whether to continue the run already in ``out``: only ever for the very same config.
+
+    ``auto`` (re-running the same command) continues when ``out`` holds this config, and starts
+    over otherwise; ``resume`` insists on continuing; ``fresh`` always starts over.
+    """
+    previous = out / "config.yaml"
+    same = previous.is_file() and previous.read_text(encoding="utf-8") == config_text
+    if mode == "resume" and not previous.is_file():
+        raise PeftlabError(f"--resume: {out} holds no run to resume (no config.yaml)")
+    if mode == "resume" and not same:
+        raise PeftlabError(f"--resume: {previous} is a different config; resuming needs the same one (drop --resume to start over)")
+    return same and mode != "fresh"
+
+
+def prepare_output(cfg: ExperimentConfig, resume: ResumeMode = "fresh") -> tuple[Path, bool]:
+    """Create the run folder, store the resolved config in it, apply ``train.num_threads``.
+
+    Returns the folder and whether the run already in it is continued (see ``decide_resume``).
+    """
     out = Path(cfg.output_dir)
+    config_text = dump_config(cfg)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", dump_config(cfg))
+        reuse = decide_resume(out, config_text, resume)
+        for stale in COMPARISON_FILES:  # rewritten at the end: never left looking complete meanwhile
+            (out / stale).unlink(missing_ok=True)
+        atomic_write_text(out / "config.yaml", config_text)
     except OSError as exc:
         raise PeftlabError(f"output_dir {out}: cannot write ({exc.strerror or exc})") from None
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    return out
+    return out, reuse
 
 
-def run_experiment(cfg: ExperimentConfig, quiet: bool = False) -> list[RunResult]:
-    if cfg.task.modality in MODALITY_RUNNERS:
+def run_experiment(cfg: ExperimentConfig, quiet: bool = False, resume: ResumeMode = "auto") -> list[RunResult]:
+    if cfg.task.modality in MODALITY_RUNNERS:  # image runs start over each time (no checkpoints yet)
         return MODALITY_RUNNERS.get(cfg.task.modality)(cfg, quiet)
     preflight(cfg)
-    out = prepare_output(cfg)
+    out, reuse = prepare_output(cfg, resume)
     data = load_task(cfg.task, cfg.train.seed)
     tokenizer = load_tokenizer(cfg.backbone)
     train_f = encode(tokenizer, data.train, cfg.train.max_length)
@@ -82,9 +109,29 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False) -> list[RunResult
     if results:
         results[0].write(out / BASELINE)
     for params in cfg.methods:
+        done = finished_result(out / params.label, params) if reuse else None
+        if done is not None:
+            _say(quiet, f"== {params.label}: finished in an earlier run, kept")
+            results.append(done)
+            continue
+        if not reuse:
+            clear_checkpoints(out / params.label)
         results.append(run_method(cfg, params, data, tokenizer, train_f, eval_f, out, quiet))
     write_comparison(results, out)
     return results
+
+
+def finished_result(mdir: Path, params: MethodParams) -> RunResult | None:
+    """The result of an earlier run of this very method if it ended well, else None."""
+    path = mdir / RESULTS_FILE
+    if not path.is_file():
+        return None
+    try:
+        result = read_result(path)
+    except PeftlabError:
+        return None
+    same = result.method_params == params.model_dump(mode="json")
+    return result if same and result.status == "ok" and (mdir / ADAPTER_DIR).is_dir() else None
 
 
 def _say(quiet: bool, msg: str) -> None:
@@ -115,8 +162,26 @@ def _changed(before: dict[str, torch.Tensor], model: torch.nn.Module) -> bool:
     return any(not torch.equal(v, after[n].detach().flatten()[:4096].float().cpu()) for n, v in before.items() if n in after)
 
 
+class NonFiniteLoss(PeftlabError):
+    """Training diverged: the method stops and its result is marked ``nan_loss``."""
+
+
+def checkpoint_plan(cfg: ExperimentConfig, mdir: Path, model: torch.nn.Module, quiet: bool) -> CheckpointPlan | None:
+    """Checkpointing for this method, resuming from its newest complete checkpoint if there is one."""
+    if not cfg.train.checkpoints:
+        return None
+    plan = CheckpointPlan(mdir, every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints)
+    found = complete_checkpoints(mdir)
+    if found:
+        plan.resume = load_checkpoint(found[-1], model)
+        _say(quiet, f"   resuming from {found[-1].name} (epoch {plan.resume.progress.epoch}, "
+                    f"{plan.resume.progress.batches_done} batches done)")
+    return plan
+
+
 def _train(method: Any, model: torch.nn.Module, params: MethodParams, spec: Any, cfg: ExperimentConfig,
-           train_f: Features, eval_f: Features, collate: Any, acc: Any, quiet: bool) -> tuple[torch.nn.Module, FitOutcome]:
+           train_f: Features, eval_f: Features, collate: Any, acc: Any, quiet: bool,
+           plan: CheckpointPlan | None = None) -> tuple[torch.nn.Module, FitOutcome]:
     tcfg = cfg.train if params.epochs is None else cfg.train.model_copy(update={"epochs": params.epochs})
     if method.caches_features:
         heads = head_names(model, spec)
@@ -126,7 +191,7 @@ def _train(method: Any, model: torch.nn.Module, params: MethodParams, spec: Any,
         head = model.get_submodule(heads[0])
         is_decoder = bool(spec.is_decoder) if spec is not None else False
         return model, fit_head(model, head, train_f, eval_f, collate, params.lr, tcfg, acc, is_decoder)
-    return fit(model, train_f, eval_f, collate, params.lr, tcfg, acc, params.label, quiet)
+    return fit(model, train_f, eval_f, collate, params.lr, tcfg, acc, params.label, quiet, plan)
 
 
 def run_method(cfg: ExperimentConfig, params: MethodParams, data: TaskData, tokenizer: Any,
@@ -138,6 +203,7 @@ def run_method(cfg: ExperimentConfig, params: MethodParams, data: TaskData, toke
         task=data.name, backbone=cfg.backbone.name, seed=cfg.train.seed, labels=data.label_names,
         n_train=len(data.train), n_eval=len(data.eval),
     )
+    base.model_copy(update={"status": "incomplete"}).write(mdir)
     try:
         result = _run_method(cfg, method, params, data, tokenizer, train_f, eval_f, mdir, base, quiet)
     except (Exception, KeyboardInterrupt) as exc:
@@ -145,7 +211,8 @@ def run_method(cfg: ExperimentConfig, params: MethodParams, data: TaskData, toke
             raise
         if not isinstance(exc, PeftlabError):
             traceback.print_exc()
-        result = base.model_copy(update={"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        result = base.model_copy(update={"status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                                         "flags": ["nan_loss"] if isinstance(exc, NonFiniteLoss) else []})
         print(f"error: method {params.label} failed: {exc}", file=sys.stderr)
     result.write(mdir)
     return result
@@ -165,7 +232,8 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
         model = method.prepare(model, params, spec)
         trainable, total = count_params(model)
         before = _fingerprint(model)
-        model, outcome = _train(method, model, params, spec, cfg, train_f, eval_f, collate, acc, quiet)
+        plan = checkpoint_plan(cfg, mdir, model, quiet)
+        model, outcome = _train(method, model, params, spec, cfg, train_f, eval_f, collate, acc, quiet, plan)
         wall = time.perf_counter() - t0
     d_train = method.derived_trainable(params, spec) if spec is not None else None
     d_total = method.derived_total(params, spec) if spec is not None else None
@@ -176,7 +244,11 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
     pred = outcome.logits.argmax(-1)
     if is_collapsed(pred, data.num_labels):
         flags.insert(0, "collapsed")
+    if outcome.nan_loss:  # nothing saved from a diverged model; the last good checkpoint stays
+        kept = f"; last good checkpoint kept in {mdir / 'checkpoints'}" if complete_checkpoints(mdir) else ""
+        raise NonFiniteLoss(f"training loss became NaN/inf in epoch {len(outcome.epochs)}; method stopped{kept}")
     adapter_bytes = save_atomically(method, model, params, mdir / ADAPTER_DIR) if acc.is_main_process else None
+    clear_checkpoints(mdir)
     m = classification_metrics(data.eval.labels, pred, data.label_names)
     return base.model_copy(update=dict(
         epochs=outcome.epochs, accuracy=m["accuracy"], macro_f1=m["macro_f1"], per_class=m["per_class"],

@@ -63,7 +63,7 @@ def build_context(cfg: ExperimentConfig, cache_dir: Path | None, quiet: bool = T
 
 def run_image_experiment(cfg: ExperimentConfig, quiet: bool = False) -> list[RunResult]:
     kind = preflight_image(cfg)
-    out = prepare_output(cfg)
+    out, _ = prepare_output(cfg)
     ctx = build_context(cfg, out / FEATURE_CACHE, quiet)
     results = [baseline_result(cfg, ctx.data)] if cfg.baseline else []
     if results:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from peftlab.config import TrainConfig
 from peftlab.errors import PeftlabError
 from peftlab.results import EpochRecord
 from peftlab.runners.batching import Features, LengthGroupedBatches, sorted_batches
+from peftlab.runners.checkpoint import Progress, Resumed, restore_rng, save_checkpoint
 
 
 @dataclass
@@ -107,22 +109,71 @@ def epoch_record(epoch: int, loss: float | None, logits: np.ndarray, labels: np.
     )
 
 
+@dataclass
+class CheckpointPlan:
+    """Where and how often ``fit`` checkpoints, and the checkpoint it resumes from (if any)."""
+
+    directory: Path  # the method's output folder
+    every: int = 0  # optimizer steps between checkpoints; 0 = at epoch ends only
+    keep: int = 2
+    resume: Resumed | None = None
+
+
+def _restore_outcome(prog: Progress) -> FitOutcome:
+    return FitOutcome(epochs=[EpochRecord.model_validate(e) for e in prog.epochs], train_s=prog.train_s,
+                      eval_s=prog.eval_s, train_examples=prog.train_examples, eval_examples=prog.eval_examples)
+
+
+def _sync_progress(prog: Progress, outcome: FitOutcome) -> None:
+    prog.train_s, prog.eval_s = outcome.train_s, outcome.eval_s
+    prog.train_examples, prog.eval_examples = outcome.train_examples, outcome.eval_examples
+    prog.epochs = [e.model_dump(mode="json") for e in outcome.epochs]
+
+
 def fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: float,
-        tcfg: TrainConfig, acc: Accelerator, label: str, quiet: bool) -> tuple[nn.Module, FitOutcome]:
-    """Train ``model``'s trainable parameters; returns the unwrapped model and what happened."""
+        tcfg: TrainConfig, acc: Accelerator, label: str, quiet: bool,
+        ckpt: CheckpointPlan | None = None) -> tuple[nn.Module, FitOutcome]:
+    """Train ``model``'s trainable parameters; returns the unwrapped model and what happened.
+
+    With ``ckpt``, a checkpoint is written every ``ckpt.every`` optimizer steps and at each epoch
+    end; with ``ckpt.resume``, training continues from that checkpoint exactly as if never stopped:
+    the batches already trained in the epoch are skipped (the order is a function of seed and
+    epoch) and the random generators are restored just before the next step runs.
+    """
     sampler = LengthGroupedBatches(train.lengths, tcfg.batch_size, tcfg.seed, tcfg.group_by_length)
     loader = DataLoader(train, batch_sampler=sampler, collate_fn=collate)
     steps = math.ceil(len(sampler) / tcfg.grad_accum) * tcfg.epochs
     opt, sched = make_optimizer(model, lr, tcfg, steps)
     wrapped, opt, loader, sched = acc.prepare(model, opt, loader, sched)
-    outcome, labels = FitOutcome(), feature_labels(evalset)
+    labels = feature_labels(evalset)
+    resumed = ckpt.resume if ckpt is not None else None
+    prog, outcome = Progress(), FitOutcome()
+    if resumed is not None:
+        opt.load_state_dict(resumed.optimizer)
+        sched.load_state_dict(resumed.scheduler)
+        prog, outcome = resumed.progress, _restore_outcome(resumed.progress)
+        if prog.batches_done == 0:  # saved at an epoch end: generators as they were before the next epoch
+            restore_rng(resumed)
+            resumed = None
     trainable = [p for p in wrapped.parameters() if p.requires_grad]
-    for epoch in range(1, tcfg.epochs + 1):
+
+    def checkpoint() -> None:
+        if ckpt is not None and acc.is_main_process:
+            _sync_progress(prog, outcome)
+            save_checkpoint(ckpt.directory, acc.unwrap_model(wrapped), opt, sched, prog, ckpt.keep)
+
+    for epoch in range(prog.epoch, tcfg.epochs + 1):
+        sampler.epoch = epoch - 1  # the data order of this epoch, also when resuming mid-way
         wrapped.train()
-        t0, loss_sum, seen = time.perf_counter(), 0.0, 0
-        bar = tqdm(total=len(train), desc=f"{label} epoch {epoch}/{tcfg.epochs}", unit="ex",
+        t0 = time.perf_counter()
+        bar = tqdm(total=len(train), initial=prog.seen, desc=f"{label} epoch {epoch}/{tcfg.epochs}", unit="ex",
                    disable=quiet or not acc.is_local_main_process, dynamic_ncols=True)
-        for batch in loader:
+        for i, batch in enumerate(loader):
+            if i < prog.batches_done:
+                continue
+            if resumed is not None:
+                restore_rng(resumed)
+                resumed = None
             with acc.accumulate(wrapped):
                 loss = wrapped(**batch).loss
                 if not torch.isfinite(loss):
@@ -135,12 +186,18 @@ def fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: 
                 sched.step()
                 opt.zero_grad(set_to_none=True)
             n = batch["labels"].shape[0]
-            loss_sum, seen = loss_sum + float(loss.detach()) * n, seen + n
+            prog.loss_sum, prog.seen, prog.batches_done = prog.loss_sum + float(loss.detach()) * n, prog.seen + n, i + 1
             bar.update(n)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+            bar.set_postfix(loss=f"{prog.loss_sum / prog.seen:.4f}")
+            if acc.sync_gradients:
+                prog.step += 1
+                if ckpt is not None and ckpt.every and prog.step % ckpt.every == 0 and i + 1 < len(sampler):
+                    outcome.train_s += time.perf_counter() - t0
+                    checkpoint()
+                    t0 = time.perf_counter()
         bar.close()
         outcome.train_s += time.perf_counter() - t0
-        outcome.train_examples += seen
+        outcome.train_examples += prog.seen
         if outcome.nan_loss or tcfg.eval_every_epoch or epoch == tcfg.epochs:
             model_u = acc.unwrap_model(wrapped)
             t1 = time.perf_counter()
@@ -148,7 +205,10 @@ def fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: 
             outcome.eval_s += time.perf_counter() - t1
             outcome.eval_examples += len(evalset)
             outcome.logits = logits
-            outcome.epochs.append(epoch_record(epoch, loss_sum / seen if seen else None, logits, labels))
+            outcome.epochs.append(epoch_record(epoch, prog.loss_sum / prog.seen if prog.seen else None, logits, labels))
         if outcome.nan_loss:
             break
+        prog.epoch, prog.batches_done, prog.loss_sum, prog.seen = epoch + 1, 0, 0.0, 0
+        if epoch < tcfg.epochs:  # after the last one the adapter itself is saved next
+            checkpoint()
     return acc.unwrap_model(wrapped), outcome

@@ -1,0 +1,149 @@
+"""Resumable runs: a run killed anywhere and resumed ends with exactly the uninterrupted metrics.
+
+In process, a save hook interrupts training right after its k-th checkpoint (mid-epoch step
+checkpoints and epoch-end ones); in a subprocess, the real CLI is killed with SIGKILL at several
+points. Either way the resumed results.json must equal an uninterrupted run's, number for number.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from peftlab.config import validate_raw
+from peftlab.errors import PeftlabError
+from peftlab.runners import train as train_mod
+from peftlab.runners.checkpoint import complete_checkpoints
+from peftlab.runners.experiment import run_experiment
+
+#: everything of a result that training determines (timings and environment excluded)
+METRIC_KEYS = ("accuracy", "macro_f1", "per_class", "confusion_matrix", "epochs", "flags", "params", "status")
+
+
+def metrics(run_dir: Path, name: str) -> dict:
+    r = json.loads((run_dir / name / "results.json").read_text())
+    return {k: r[k] for k in METRIC_KEYS}
+
+
+def raw_config(tiny_bert: str, tiny_csv, out: Path, **train) -> dict:
+    train_file, eval_file = tiny_csv
+    return {
+        "name": "resume",
+        "backbone": tiny_bert,
+        "task": {"source": "csv", "train_file": str(train_file), "eval_file": str(eval_file)},
+        "methods": [{"method": "full", "lr": 3e-3}, {"method": "lora", "r": 4, "lr": 1e-2, "dropout": 0.1}],
+        "train": {"epochs": 3, "batch_size": 8, "max_length": 32, "checkpoint_every": 2, "device": "cpu",
+                  "num_threads": 1, **train},  # one thread: the same float order in and out of process
+        "output_dir": str(out),
+    }
+
+
+class Interrupt(KeyboardInterrupt):
+    """Stands in for a kill: KeyboardInterrupt is the one exception the runner lets through."""
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_bert, tmp_path_factory) -> Path:
+    from conftest import tiny_rows
+
+    root = tmp_path_factory.mktemp("ref")
+    files = []
+    for name, rows in (("train.csv", tiny_rows(48, 1)), ("eval.csv", tiny_rows(24, 2))):
+        (root / name).write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in rows))
+        files.append(root / name)
+    run_experiment(validate_raw(raw_config(tiny_bert, files, root / "run")), quiet=True)
+    return root
+
+
+def test_same_config_twice_gives_identical_metrics(tiny_bert, reference, tmp_path):
+    files = (reference / "train.csv", reference / "eval.csv")
+    run_experiment(validate_raw(raw_config(tiny_bert, files, tmp_path / "again")), quiet=True)
+    for name in ("full", "lora"):
+        assert metrics(tmp_path / "again", name) == metrics(reference / "run", name)
+
+
+@pytest.mark.parametrize("stop_after", [3, 4])  # 6 steps/epoch, every 2: saves 1,2 mid-epoch 1, 3 at its end, 4 mid-epoch 2
+def test_interrupted_then_resumed_equals_uninterrupted(tiny_bert, reference, tmp_path, monkeypatch, stop_after):
+    files = (reference / "train.csv", reference / "eval.csv")
+    cfg = validate_raw(raw_config(tiny_bert, files, tmp_path / "run"))
+    real_save, saves = train_mod.save_checkpoint, []
+
+    def save_then_die(method_dir, *args, **kwargs):
+        path = real_save(method_dir, *args, **kwargs)
+        saves.append(path)
+        if method_dir.name == "lora" and len([p for p in saves if p.parent.parent.name == "lora"]) == stop_after:
+            raise Interrupt
+        return path
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    with pytest.raises(Interrupt):
+        run_experiment(cfg, quiet=True)
+    out = tmp_path / "run"
+    assert json.loads((out / "lora" / "results.json").read_text())["status"] == "incomplete"
+    assert not (out / "comparison.md").exists()
+    assert complete_checkpoints(out / "lora")
+    full_before = (out / "full" / "results.json").read_text()
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    run_experiment(cfg, quiet=True)  # the same config on the same dir: continues
+    assert (out / "full" / "results.json").read_text() == full_before  # finished method not re-run
+    assert metrics(out, "lora") == metrics(reference / "run", "lora")
+    assert not complete_checkpoints(out / "lora")  # cleared once the adapter is saved
+    assert (out / "comparison.md").is_file()
+
+
+def test_resume_flag_refuses_a_different_config(tiny_bert, reference, tmp_path):
+    files = (reference / "train.csv", reference / "eval.csv")
+    raw = raw_config(tiny_bert, files, tmp_path / "run", epochs=1)
+    with pytest.raises(PeftlabError, match="no run to resume"):
+        run_experiment(validate_raw(raw), quiet=True, resume="resume")
+    run_experiment(validate_raw(raw), quiet=True)
+    raw["train"]["epochs"] = 2
+    with pytest.raises(PeftlabError, match="different config"):
+        run_experiment(validate_raw(raw), quiet=True, resume="resume")
+
+
+def _start(config: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "peftlab", "run", str(config), "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _kill_when(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(f"run ended before the kill point: {proc.stderr.read()[-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("kill point never reached")
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_sigkill_at_several_points_then_resume(tiny_bert, reference, tmp_path):
+    files = (reference / "train.csv", reference / "eval.csv")
+    raw = raw_config(tiny_bert, files, tmp_path / "run", checkpoint_every=1)  # how often never changes the numbers
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+
+    def steps(name: str) -> list[int]:
+        return [int(p.name.split("-")[1]) for p in complete_checkpoints(out / name)]
+
+    # 1: during the first method; 2: during the second, after the first finished
+    _kill_when(_start(config), lambda: any(s >= 4 for s in steps("full")))
+    _kill_when(_start(config), lambda: any(s >= 8 for s in steps("lora")))
+    assert json.loads((out / "lora" / "results.json").read_text())["status"] == "incomplete"
+    done = subprocess.run([sys.executable, "-m", "peftlab", "run", str(config), "-q"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name in ("full", "lora"):
+        assert metrics(out, name) == metrics(reference / "run", name)
