@@ -60,7 +60,8 @@ def validate(config: Path, overrides: Overrides = None) -> None:
 @app.command()
 def predict(method_dir: Path, texts: Annotated[Optional[list[str]], typer.Argument()] = None,
             file: Annotated[Optional[Path], typer.Option("--file", "-f", help="one text per line")] = None,
-            as_json: Annotated[bool, typer.Option("--json", help="JSON lines output")] = False) -> None:
+            as_json: Annotated[bool, typer.Option("--json", help="JSON lines output")] = False,
+            force_base: Annotated[bool, typer.Option("--force-base", help="load the adapter even if it was trained on another base model")] = False) -> None:
     """Classify TEXTS (or the lines of --file) with a trained RUN_DIR/METHOD; image runs take image paths."""
     if not (method_dir / "results.json").is_file() or not (method_dir.parent / "config.yaml").is_file():
         raise PeftlabError(f"{method_dir} is not a method folder of a peftlab run (expected RUN_DIR/METHOD)")
@@ -82,7 +83,7 @@ def predict(method_dir: Path, texts: Annotated[Optional[list[str]], typer.Argume
 
         pred = load_image_predictor(method_dir)
     else:
-        pred = load_predictor(method_dir)
+        pred = load_predictor(method_dir, force_base)
     probs = pred.probabilities(items)
     for text, p in zip(items, probs):
         best = int(p.argmax())
@@ -127,6 +128,10 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    except OSError as exc:  # a full disk, a read-only or vanished folder: one line, not a traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        sys.exit(2)
     except Exception as exc:  # click usage errors come here in non-standalone mode
         import click
 

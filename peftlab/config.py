@@ -245,6 +245,8 @@ def _list_index(items: list[Any], part: str, where: str) -> int:
 
 def load_raw(path: str | Path) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        raise PeftlabError(f"config {p} is a folder, not a YAML file")
     if not p.is_file():
         raise PeftlabError(f"config file not found: {p}")
     try:
@@ -255,6 +257,8 @@ def load_raw(path: str | Path) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise PeftlabError(f"config {p}: malformed YAML{where}") from None
+    if raw is None:
+        raise PeftlabError(f"config {p} is empty")
     if not isinstance(raw, dict):
         raise PeftlabError(f"config {p}: top level must be a mapping of keys to values")
     return raw

@@ -8,11 +8,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from transformers import DataCollatorWithPadding
 
 from peftlab.backbones import load_classifier, load_tokenizer, method_load_kwargs
 from peftlab.config import ExperimentConfig, load_config
 from peftlab.errors import PeftlabError
+from peftlab.fingerprint import base_fingerprint, check_base
 from peftlab.methods import METHODS
 from peftlab.params import arch_spec
 from peftlab.results import RESULTS_FILE, read_result
@@ -45,7 +47,18 @@ class Predictor:
         return torch.softmax(torch.from_numpy(logits), -1).numpy()
 
 
-def load_predictor(method_dir: str | Path) -> Predictor:
+def load_adapter(method: Any, model: Any, params: Any, adapter_dir: Path) -> Any:
+    """``method.load``, with a damaged or mismatched adapter turned into one line naming it."""
+    try:
+        return method.load(model, params, arch_spec(model.config), adapter_dir)
+    except PeftlabError:
+        raise
+    except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PeftlabError(f"{adapter_dir}: cannot load the adapter ({first[:200]})") from None
+
+
+def load_predictor(method_dir: str | Path, force_base: bool = False) -> Predictor:
     mdir = Path(method_dir)
     run_dir = mdir.parent
     if not (mdir / RESULTS_FILE).is_file() or not (run_dir / "config.yaml").is_file():
@@ -59,6 +72,7 @@ def load_predictor(method_dir: str | Path) -> Predictor:
     tokenizer = load_tokenizer(cfg.backbone)
     extra = method_load_kwargs(cfg.backbone, method, params, len(result.labels))
     model = load_classifier(cfg.backbone, result.labels, tokenizer, extra)
-    model = method.load(model, params, arch_spec(model.config), mdir / ADAPTER_DIR)
+    check_base(mdir / ADAPTER_DIR, base_fingerprint(model, cfg.backbone.name), force_base)
+    model = load_adapter(method, model, params, mdir / ADAPTER_DIR)
     model.eval()
     return Predictor(cfg=cfg, labels=result.labels, model=model, tokenizer=tokenizer)

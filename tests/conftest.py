@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,3 +110,24 @@ def _fresh_accelerate_state():
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The CLI's own entry point (``peftlab.cli.main``) in this process: interpreter start-up and the
+    torch/transformers imports cost ~8 CPU-seconds per subprocess, too much for many calls."""
+    from peftlab.cli import main
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    old_argv, old_env = sys.argv, dict(os.environ)
+    sys.argv = ["peftlab", *args]
+    os.environ.update(env or {})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    finally:
+        sys.argv = old_argv
+        os.environ.clear()
+        os.environ.update(old_env)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())

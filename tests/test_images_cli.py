@@ -2,39 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_cli
 from tiny_images import CLASSES, make_tiny_clip, make_tiny_vit, write_image_folder
 
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """The CLI's own entry point (``peftlab.cli.main``) in this process: interpreter start-up and the
-    torch/transformers imports cost ~8 CPU-seconds per subprocess, too much for several calls."""
-    from peftlab.cli import main
-
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    old_argv, old_env = sys.argv, dict(os.environ)
-    sys.argv = ["peftlab", *args]
-    os.environ.update(env or {})
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = old_argv
-        os.environ.clear()
-        os.environ.update(old_env)
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+cli = run_cli
 
 
 def reproduces_run_accuracy(run: Path, method: str) -> None:

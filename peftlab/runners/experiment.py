@@ -23,6 +23,7 @@ from peftlab.backbones import load_classifier, load_hf_config, load_tokenizer, m
 from peftlab.config import ExperimentConfig, dump_config
 from peftlab.config_base import MethodParams
 from peftlab.errors import PeftlabError
+from peftlab.fingerprint import base_fingerprint, write_fingerprint
 from peftlab.io import atomic_write_text, dir_size_bytes
 from peftlab.methods import METHODS
 from peftlab.methods.base import head_names
@@ -228,6 +229,7 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
         t0 = time.perf_counter()
         extra = method_load_kwargs(cfg.backbone, method, params, data.num_labels)
         model = load_classifier(cfg.backbone, data.label_names, tokenizer, extra)
+        fingerprint = base_fingerprint(model, cfg.backbone.name)
         spec = arch_spec(model.config)
         model = method.prepare(model, params, spec)
         trainable, total = count_params(model)
@@ -247,7 +249,8 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
     if outcome.nan_loss:  # nothing saved from a diverged model; the last good checkpoint stays
         kept = f"; last good checkpoint kept in {mdir / 'checkpoints'}" if complete_checkpoints(mdir) else ""
         raise NonFiniteLoss(f"training loss became NaN/inf in epoch {len(outcome.epochs)}; method stopped{kept}")
-    adapter_bytes = save_atomically(method, model, params, mdir / ADAPTER_DIR) if acc.is_main_process else None
+    adapter_bytes = (save_atomically(method, model, params, mdir / ADAPTER_DIR, fingerprint)
+                     if acc.is_main_process else None)
     clear_checkpoints(mdir)
     m = classification_metrics(data.eval.labels, pred, data.label_names)
     return base.model_copy(update=dict(
@@ -266,11 +269,14 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
     ))
 
 
-def save_atomically(method: Any, model: torch.nn.Module, params: MethodParams, target: Path) -> int:
+def save_atomically(method: Any, model: torch.nn.Module, params: MethodParams, target: Path,
+                    fingerprint: dict[str, str] | None = None) -> int:
     """Save into a temp folder, then swap it in: a saved adapter is complete or absent."""
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     method.save(model, params, tmp)
+    if fingerprint is not None:
+        write_fingerprint(tmp, fingerprint)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     return dir_size_bytes(target)

@@ -90,16 +90,24 @@ def _column(frame: pd.DataFrame, col: str, field: str, where: str) -> list[Any]:
     return frame[col].tolist()
 
 
+#: longer than any document a classifier is fed: such a "text" is a broken file (an unclosed quote
+#: swallowing the rows after it), not data, and tokenising it would take minutes before truncation
+MAX_TEXT_CHARS = 1_000_000
+
+
 def _texts(values: list[Any], col: str, where: str) -> list[str]:
     for i, v in enumerate(values):
         if not isinstance(v, str) or not v.strip():
             what = "empty" if isinstance(v, str) else f"not text ({v!r})"
             raise PeftlabError(f"{where}: column {col!r} row {i + 1} is {what}")
+        if len(v) > MAX_TEXT_CHARS:
+            raise PeftlabError(f"{where}: column {col!r} row {i + 1} is {len(v):,} characters long "
+                               f"(limit {MAX_TEXT_CHARS:,}; an unclosed quote?)")
     return values
 
 
 def _is_missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
+    return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip())
 
 
 def _label_ids(values: list[Any], names: list[str], where: str, drop_negative: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -145,6 +153,8 @@ def _int_names(n: int) -> list[str]:
 
 
 def _infer_names(values: list[Any]) -> list[str]:
+    if not values:
+        raise PeftlabError("train data: no rows")
     ints = [_as_int(v) for v in values]
     if all(i is not None for i in ints):
         top = max(i for i in ints if i is not None)
@@ -188,7 +198,11 @@ def load_task(cfg: TaskConfig, seed: int) -> TaskData:
 
 
 def check_task(cfg: TaskConfig) -> None:
-    """Cheap checks for ``validate``: files exist, parse, and have the named columns."""
+    """Checks for ``validate``: files exist, parse, have the named columns, and every row is usable.
+
+    Local files are read whole (cheap next to any training): an empty split, an empty text or a
+    label outside the label set is reported here rather than after the first model has loaded.
+    """
     if cfg.modality == "image":
         from peftlab.tasks.images import check_image_task
 
@@ -205,6 +219,7 @@ def check_task(cfg: TaskConfig) -> None:
         head = _read_file(cfg.source, path, nrows=5)
         for field, col in cols:
             _column(head, col, field, path)
+    load_task(cfg, seed=0)
 
 
 __all__ = ["SOURCES", "load_task", "check_task"]
