@@ -1,4 +1,4 @@
-"""The ``peftlab`` command line: run, validate, predict, list.
+"""The ``peftlab`` command line: run, validate, predict, report, list.
 
 User errors (PeftlabError) print one line and exit with code 2; no traceback.
 """
@@ -76,6 +76,17 @@ def predict(method_dir: Path, texts: Annotated[Optional[list[str]], typer.Argume
         else:
             dist = "  ".join(f"{n}={v:.3f}" for n, v in zip(pred.labels, p))
             print(f"{pred.labels[best]}\t{dist}\t{text[:80]}")
+
+
+@app.command()
+def report(run_dirs: Annotated[list[Path], typer.Argument(help="run folders (or method folders) to compare")],
+           out: Annotated[Optional[Path], typer.Option("--out", "-o", help="folder for report.md and report.html "
+                                                        "(default: the run folder; ./report for several)")] = None) -> None:
+    """Write report.md and report.html (self-contained, no network) for one or more runs."""
+    from peftlab.report.write import write_report
+
+    md, html = write_report(run_dirs, out)
+    print(f"wrote {md}\nwrote {html}")
 
 
 @app.command("list")

@@ -67,7 +67,20 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False) -> list[RunResult
     for params in cfg.methods:
         results.append(run_method(cfg, params, data, tokenizer, train_f, eval_f, out, quiet))
     write_comparison(results, out)
+    write_run_report(out, quiet)
     return results
+
+
+def write_run_report(out: Path, quiet: bool) -> None:
+    """report.md / report.html beside the results; results are already safe if this fails."""
+    from peftlab.report.write import write_report
+
+    try:
+        _, html = write_report([out], out)
+        _say(quiet, f"report: {html}")
+    except Exception as exc:  # a report bug must not turn a finished run into a failed one
+        traceback.print_exc()
+        print(f"error: report not written ({exc}); retry with: peftlab report {out}", file=sys.stderr)
 
 
 def _say(quiet: bool, msg: str) -> None:
