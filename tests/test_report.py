@@ -185,3 +185,57 @@ def test_pareto_frontier():
     page = parse(pareto_svg(pts, baseline=0.33))
     assert sum(1 for t, _ in page.tags if t == "circle") == len(pts)
     assert any(a.get("class") == "frontier" for t, a in page.tags if t == "polyline")
+
+
+def _browser() -> tuple[str, str]:
+    """Chromium and its driver, or a skip that says how to get them."""
+    import shutil as sh
+
+    browser = next((p for n in ("chromium", "chromium-browser", "google-chrome") if (p := sh.which(n))), None)
+    driver = sh.which("chromedriver")
+    if browser is None or driver is None:
+        pytest.skip("browser test: Chromium or chromedriver not installed and not installable here "
+                    "(Debian: apt-get install chromium chromium-driver; .ci/run does this)")
+    return browser, driver
+
+
+def test_report_in_headless_chromium(tiny_run: Path, tmp_path: Path):
+    """A real browser opens the file URL: no console errors, every figure laid out with a size."""
+    browser, driver_path = _browser()
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium missing: pip install -e '.[test]'")
+    from selenium.webdriver.chrome.service import Service
+
+    a = tmp_path / "a"
+    shutil.copytree(tiny_run, a, ignore=shutil.ignore_patterns("adapter"))
+    add_other_rows(a)  # the zero-trainable and failed rows must render too
+    from peftlab.report.write import write_report
+
+    _, html = write_report([a])
+    opts = webdriver.ChromeOptions()
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--window-size=1280,900", "--disable-dev-shm-usage"):
+        opts.add_argument(arg)
+    opts.binary_location = browser
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    drv = webdriver.Chrome(service=Service(driver_path), options=opts)
+    try:
+        drv.set_page_load_timeout(20)
+        drv.get(html.as_uri())
+        assert drv.title.startswith("peftlab report")
+        shot = drv.get_screenshot_as_png()
+        (tmp_path / "report.png").write_bytes(shot)
+        sizes = drv.execute_script(
+            "return [...document.querySelectorAll('figure.fig')].map(f => {"
+            " const r = f.querySelector('svg').getBoundingClientRect();"
+            " return [f.dataset.kind, f.dataset.method || '', r.width, r.height]; })")
+        n_scripts = drv.execute_script("return document.scripts.length")
+        errors = [e for e in drv.get_log("browser") if e.get("level") in ("SEVERE", "ERROR")]
+    finally:
+        drv.quit()
+    assert shot[:8] == b"\x89PNG\r\n\x1a\n" and len(shot) > 20_000
+    assert errors == []
+    assert n_scripts == 0
+    kinds = {k for k, *_ in sizes}
+    assert {"pareto", "time", "memory", "curves", "confusion", "per-class-f1"} <= kinds
+    assert len(sizes) >= 10
+    assert all(w > 50 and h > 30 for _, _, w, h in sizes), sizes
