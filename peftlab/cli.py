@@ -46,6 +46,9 @@ def validate(config: Path, overrides: Overrides = None) -> None:
 
     cfg = load_config(config, overrides)
     check_task(cfg.task)
+    from peftlab.tracking import check_trackers
+
+    check_trackers(cfg.train.log_to)
     print(f"ok: {config} ({len(cfg.methods)} methods: {', '.join(m.label for m in cfg.methods)})")
 
 

@@ -83,6 +83,15 @@ class TrainConfig(StrictModel):
     #: "auto" uses CUDA when present; "cpu" forces the CPU even there (exact fp32 comparisons)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(default=None, ge=1)
+    #: optional experiment trackers, e.g. [tensorboard, mlflow] (see peftlab.tracking)
+    log_to: list[str] = Field(default_factory=list)
+
+    @field_validator("log_to", mode="before")
+    @classmethod
+    def _trackers(cls, v: Any) -> list[str]:
+        from peftlab.tracking import tracker_names
+
+        return tracker_names(v)
 
 
 @lru_cache(maxsize=1)

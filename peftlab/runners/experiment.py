@@ -33,6 +33,7 @@ from peftlab.runners.cached import fit_head
 from peftlab.runners.measure import PeakMemory
 from peftlab.runners.train import FitOutcome, fit, make_accelerator
 from peftlab.tasks import TaskData, load_task
+from peftlab.tracking import check_trackers, log_result
 
 ADAPTER_DIR = "adapter"
 BASELINE = "majority_class"
@@ -44,6 +45,7 @@ def preflight(cfg: ExperimentConfig) -> None:
     spec = arch_spec(conf)
     for params in cfg.methods:
         METHODS.get(params.method).check(params, spec, conf.model_type)
+    check_trackers(cfg.train.log_to)
 
 
 def run_experiment(cfg: ExperimentConfig, quiet: bool = False) -> list[RunResult]:
@@ -121,7 +123,7 @@ def _train(method: Any, model: torch.nn.Module, params: MethodParams, spec: Any,
         model.to(acc.device)
         head = model.get_submodule(heads[0])
         is_decoder = bool(spec.is_decoder) if spec is not None else False
-        return model, fit_head(model, head, train_f, eval_f, collate, params.lr, tcfg, acc, is_decoder)
+        return model, fit_head(model, head, train_f, eval_f, collate, params.lr, tcfg, acc, is_decoder, params.label, quiet)
     return fit(model, train_f, eval_f, collate, params.lr, tcfg, acc, params.label, quiet)
 
 
@@ -144,6 +146,7 @@ def run_method(cfg: ExperimentConfig, params: MethodParams, data: TaskData, toke
         result = base.model_copy(update={"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
         print(f"error: method {params.label} failed: {exc}", file=sys.stderr)
     result.write(mdir)
+    log_result(cfg.train.log_to, out, cfg.name, result)
     return result
 
 

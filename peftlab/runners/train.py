@@ -17,13 +17,14 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from peftlab.config import TrainConfig
 from peftlab.errors import PeftlabError
 from peftlab.results import EpochRecord
 from peftlab.runners.batching import Features, LengthGroupedBatches, sorted_batches
+from peftlab.runners.progress import bar as progress_bar
+from peftlab.runners.progress import metrics_text, say, track
 
 
 @dataclass
@@ -66,11 +67,15 @@ def make_optimizer(model: nn.Module, lr: float, tcfg: TrainConfig, steps: int) -
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, feats: Features, collate: Any, batch_size: int,
-                   device: torch.device, autocast: Any = None) -> np.ndarray:
-    """Logits for every item, batched longest-first, returned in the original order."""
+                   device: torch.device, autocast: Any = None, progress: str | None = None) -> np.ndarray:
+    """Logits for every item, batched longest-first, returned in the original order.
+
+    ``progress``: a bar description to show a bar (ETA, examples/s); None for no bar.
+    """
     model.eval()
     out: list[np.ndarray] = [np.empty(0)] * len(feats)
-    for idx in sorted_batches(feats.lengths, batch_size):
+    batches = sorted_batches(feats.lengths, batch_size)
+    for idx in track(batches, len(feats), progress or "", progress is None, sizes=map(len, batches)):
         batch = collate([{k: v for k, v in feats[i].items() if k != "labels"} for i in idx])
         batch = {k: v.to(device) for k, v in batch.items()}
         with autocast() if autocast is not None else _null():
@@ -107,6 +112,12 @@ def epoch_record(epoch: int, loss: float | None, logits: np.ndarray, labels: np.
     )
 
 
+def epoch_line(label: str, rec: EpochRecord, epochs: int) -> str:
+    """The epoch's metrics as one line, so the last metric stays on screen after its bar."""
+    return f"{label} epoch {rec.epoch}/{epochs}: " + metrics_text(
+        {"train loss": rec.train_loss, "eval loss": rec.eval_loss, "acc": rec.accuracy, "macro-F1": rec.macro_f1})
+
+
 def fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: float,
         tcfg: TrainConfig, acc: Accelerator, label: str, quiet: bool) -> tuple[nn.Module, FitOutcome]:
     """Train ``model``'s trainable parameters; returns the unwrapped model and what happened."""
@@ -120,8 +131,9 @@ def fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: 
     for epoch in range(1, tcfg.epochs + 1):
         wrapped.train()
         t0, loss_sum, seen = time.perf_counter(), 0.0, 0
-        bar = tqdm(total=len(train), desc=f"{label} epoch {epoch}/{tcfg.epochs}", unit="ex",
-                   disable=quiet or not acc.is_local_main_process, dynamic_ncols=True)
+        silent = quiet or not acc.is_local_main_process
+        bar = progress_bar(len(train), f"{label} epoch {epoch}/{tcfg.epochs}", silent)
+        last = outcome.epochs[-1] if outcome.epochs else None
         for batch in loader:
             with acc.accumulate(wrapped):
                 loss = wrapped(**batch).loss
@@ -137,18 +149,20 @@ def fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: 
             n = batch["labels"].shape[0]
             loss_sum, seen = loss_sum + float(loss.detach()) * n, seen + n
             bar.update(n)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+            bar.set_postfix_str(metrics_text({"loss": loss_sum / seen, "last eval acc": last and last.accuracy}))
         bar.close()
         outcome.train_s += time.perf_counter() - t0
         outcome.train_examples += seen
         if outcome.nan_loss or tcfg.eval_every_epoch or epoch == tcfg.epochs:
             model_u = acc.unwrap_model(wrapped)
             t1 = time.perf_counter()
-            logits = predict_logits(model_u, evalset, collate, tcfg.eval_batch_size, acc.device, acc.autocast)
+            logits = predict_logits(model_u, evalset, collate, tcfg.eval_batch_size, acc.device, acc.autocast,
+                                    None if silent else f"{label} eval {epoch}/{tcfg.epochs}")
             outcome.eval_s += time.perf_counter() - t1
             outcome.eval_examples += len(evalset)
             outcome.logits = logits
             outcome.epochs.append(epoch_record(epoch, loss_sum / seen if seen else None, logits, labels))
+            say(silent, epoch_line(label, outcome.epochs[-1], tcfg.epochs))
         if outcome.nan_loss:
             break
     return acc.unwrap_model(wrapped), outcome
