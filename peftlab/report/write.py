@@ -15,10 +15,9 @@ REPORT_HTML = "report.html"
 
 
 def default_out(paths: list[Path]) -> Path:
-    """One run folder: the report lives beside its results; several: ./report in the cwd."""
+    """One folder: the report lives in it (beside the results); several: ./report in the cwd."""
     if len(paths) == 1:
-        p = paths[0]
-        return p.parent if p.is_file() or (p / "results.json").is_file() and not (p / "config.yaml").is_file() else p
+        return paths[0].parent if paths[0].is_file() else paths[0]
     return Path("report")
 
 
