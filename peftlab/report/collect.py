@@ -57,6 +57,15 @@ class Row:
         return self.result.method == BASELINE_METHOD
 
 
+def reproduce_note(run: RunDir) -> str:
+    """What the reader must know to rerun the command: overrides are baked in; where to stand."""
+    note = "config.yaml is the resolved config (overrides applied); timings and memory depend on the hardware."
+    out = run.config.get("output_dir")
+    if isinstance(out, str) and not Path(out).is_absolute():
+        note += f" Its output_dir ({out}) is relative: run it from the folder the original run started in."
+    return note
+
+
 def _shell_quote(s: str) -> str:
     import shlex
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from peftlab.report.collect import Row, RunDir
 from peftlab.report.plots import Point, pareto_frontier
+from peftlab.report.svg import colour
 
 #: environment keys shown as "hardware" rather than "versions"
 HARDWARE_KEYS = ("device", "cuda", "threads", "platform")
@@ -20,14 +21,27 @@ def ok_rows(rows: list[Row]) -> list[Row]:
     return [r for r in rows if r.result.status == "ok"]
 
 
+def row_colours(rows: list[Row]) -> dict[str, str]:
+    """One colour per row, the same in every figure of the report (the baseline is grey)."""
+    out, i = {}, 0
+    for r in rows:
+        if r.is_baseline:
+            out[r.label] = "#9a9a9a"
+        else:
+            out[r.label] = colour(i)
+            i += 1
+    return out
+
+
 def pareto_points(rows: list[Row]) -> list[tuple[Row, Point]]:
     """Finished, non-baseline rows that have both an accuracy and a parameter count."""
     out = []
+    colours = row_colours(rows)
     for r in ok_rows(rows):
         res = r.result
         if r.is_baseline or res.accuracy is None or res.params is None:
             continue
-        out.append((r, Point(r.label, res.params.trainable, res.accuracy)))
+        out.append((r, Point(r.label, res.params.trainable, res.accuracy, colours[r.label])))
     return out
 
 
@@ -84,6 +98,15 @@ class TaskSummary:
     labels: list[str]
     backbones: list[str]
     seeds: list[int]
+
+    def describe(self) -> str:
+        """One line: data sizes (when recorded), labels, backbones, seeds."""
+        parts = []
+        if self.n_train or self.n_eval:
+            parts.append(f"{'/'.join(map(str, self.n_train)) or '-'} train / {'/'.join(map(str, self.n_eval)) or '-'} eval examples")
+        parts += [f"labels: {', '.join(self.labels) or '-'}", f"backbone: {', '.join(self.backbones) or '-'}",
+                  f"seed: {', '.join(map(str, self.seeds))}"]
+        return "; ".join(parts)
 
 
 def _distinct(values: list[Any]) -> list[Any]:

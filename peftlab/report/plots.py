@@ -18,6 +18,7 @@ class Point:
     label: str
     params: int  # trainable parameters; 0 = nothing trained (in-context, zero-shot)
     accuracy: float
+    colour: str | None = None  # the row's colour in every figure (default: by position)
 
 
 def pareto_frontier(points: list[Point]) -> list[int]:
@@ -83,14 +84,27 @@ def pareto_svg(points: list[Point], baseline: float | None = None, title: str = 
     if stairs:
         stairs.append((W - R, stairs[-1][1]))
         body.append(polyline(stairs, "#D55E00", 1.5, ' stroke-dasharray="6 3" class="frontier"'))
+    placed = [(px(p.params) - 5, py(p.accuracy) + 4, 10.0) for p in points]  # labels avoid the points too
     for i, p in enumerate(points):
         x, y = px(p.params), py(p.accuracy)
         on = i in front
-        body += [circle(x, y, 5 if on else 4, colour(i), f"{p.label}: accuracy {p.accuracy:.4f}, {p.params:,} trainable",
+        name = short(p.label, 22)
+        body += [circle(x, y, 5 if on else 4, p.colour or colour(i), f"{p.label}: accuracy {p.accuracy:.4f}, {p.params:,} trainable",
                         ' stroke="#000" stroke-width="1.2"' if on else ""),
-                 text(x + 7, y - 6, short(p.label, 22), size=10)]
+                 text(x + 7, label_y(placed, x + 7, y - 6, 6.0 * len(name)), name, size=10)]
     body.append(text(W - R + 4, T + 10, "- - frontier", size=10, extra=' fill="#D55E00"'))
     return svg(W, H, body, title)
+
+
+def label_y(placed: list[tuple[float, float, float]], x: float, y: float, width: float) -> float:
+    """A baseline for a point's label that does not overlap labels already placed (nearest free slot)."""
+    for dy in (0, 12, -12, 24, -24, 36, -36, 48, -48):
+        cand = y + dy
+        if not any(abs(cand - py) < 11 and x < px + pw and px < x + width for px, py, pw in placed):
+            placed.append((x, cand, width))
+            return cand
+    placed.append((x, y, width))
+    return y
 
 
 def line_svg(series: dict[str, list[tuple[float, float]]], title: str, xlabel: str, ylabel: str,
@@ -130,9 +144,11 @@ def line_svg(series: dict[str, list[tuple[float, float]]], title: str, xlabel: s
     return svg(W, H, body, f"{title} ({ylabel})")
 
 
-def hbar_svg(items: list[tuple[str, float]], title: str, unit: str, fmt: str = ".1f") -> str:
+def hbar_svg(items: list[tuple[str, float]], title: str, unit: str, fmt: str = ".1f",
+             colours: dict[str, str] | None = None) -> str:
     """Horizontal bars, one per row: long labels fit, and bars compare by length at a glance."""
     items = [(k, v) for k, v in items if v is not None and math.isfinite(v)]
+    colours = colours or {}
     W, row_h, L, R, T = 420, 20, 130, 70, 26
     if not items:
         return svg(W, 50, [text(10, 30, f"{title}: no values")], title)
@@ -143,7 +159,7 @@ def hbar_svg(items: list[tuple[str, float]], title: str, unit: str, fmt: str = "
         y = T + i * row_h
         w = (W - L - R) * max(v, 0) / top
         body += [text(L - 6, y + 13, short(label, 20), "end", 10),
-                 rect(L, y + 3, w, row_h - 6, colour(i), f"{label}: {v:{fmt}} {unit}"),
+                 rect(L, y + 3, w, row_h - 6, colours.get(label, colour(i)), f"{label}: {v:{fmt}} {unit}"),
                  text(L + w + 4, y + 13, f"{v:{fmt}}", size=10)]
     return svg(W, H, body, f"{title} ({unit})")
 

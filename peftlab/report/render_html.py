@@ -12,7 +12,7 @@ import zlib
 from html import escape
 
 from peftlab.report import facts
-from peftlab.report.collect import Row, RunDir, group_by_task, run_dirs
+from peftlab.report.collect import Row, RunDir, group_by_task, reproduce_note, run_dirs
 from peftlab.report.plots import confusion_svg, hbar_svg, line_svg, nothing_svg, pareto_svg
 from peftlab.report.table import COLUMNS, legend, table
 
@@ -25,8 +25,8 @@ h1{font-size:26px;margin:0 0 4px}h2{font-size:21px;border-bottom:2px solid var(-
 margin-top:36px}h3{font-size:16px;margin:22px 0 8px}h4{margin:14px 0 6px}
 .mute{color:var(--mute)}nav a{margin-right:12px}
 table{border-collapse:collapse;font-size:12.5px;margin:6px 0}
-th,td{border:1px solid var(--line);padding:3px 7px;text-align:right;white-space:nowrap}
-th{background:#f3f5f7}td.txt,th.txt{text-align:left}td.wrap{white-space:normal;max-width:340px}
+th,td{border:1px solid var(--line);padding:3px 6px;text-align:right;white-space:nowrap}
+th{background:#f3f5f7;white-space:normal;vertical-align:bottom}td.txt,th.txt{text-align:left}td.wrap{white-space:normal;max-width:340px}
 td.best{background:var(--best);font-weight:700}td.best::after{content:" \\2605";color:#2b8a3e}
 tr.baseline td{color:var(--mute);font-style:italic}tr.failed td{background:var(--bad)}
 .flag{display:inline-block;border-radius:8px;padding:0 6px;margin:1px;font-size:11px;background:var(--warn)}
@@ -95,9 +95,11 @@ def pareto_section(rows: list[Row], task: str) -> str:
 def cost_section(rows: list[Row]) -> str:
     kinds = facts.memory_kinds(rows)
     mem_note = f"peak memory as {', '.join(kinds)}" if kinds else "peak memory"
+    colours = facts.row_colours(rows)
     return ('<div class="figs">'
-            + figure("time", hbar_svg(facts.time_items(rows), "Train + eval time", "s"), "Wall time spent training and evaluating.")
-            + figure("memory", hbar_svg(facts.memory_items(rows), "Peak memory", "MB", ".0f"),
+            + figure("time", hbar_svg(facts.time_items(rows), "Train + eval time", "s", colours=colours),
+                     "Time spent training and evaluating.")
+            + figure("memory", hbar_svg(facts.memory_items(rows), "Peak memory", "MB", ".0f", colours),
                      f"{mem_note} (rss = whole process on CPU; cuda_max_allocated = tensors on the GPU).")
             + "</div>")
 
@@ -116,7 +118,7 @@ def method_section(row: Row) -> str:
         curves = (line_svg(losses, "loss", "epoch", "cross-entropy") if losses else "") + \
                  (line_svg(scores, "eval scores", "epoch", "score", 0.0, 1.0) if scores else "")
         figs.append(figure("curves", f'<div class="figs">{curves}</div>', "Per epoch: train and eval loss; eval accuracy and macro-F1.", row.label))
-    elif not row.is_baseline:
+    elif not row.is_baseline and res.status == "ok":
         figs.append(figure("curves", nothing_svg("no per-epoch record (nothing trained by epochs)"), "No training curve.", row.label))
     if res.confusion_matrix:
         figs.append(figure("confusion", confusion_svg(res.labels, res.confusion_matrix, f"{row.label}: confusion matrix"),
@@ -129,16 +131,13 @@ def method_section(row: Row) -> str:
 
 
 def task_section(i: int, task: str, rows: list[Row]) -> str:
-    s = facts.task_summary(task, rows)
-    meta = [f"{'/'.join(map(str, s.n_train)) or '?'} train / {'/'.join(map(str, s.n_eval)) or '?'} eval examples",
-            f"labels: {', '.join(s.labels)}", f"backbone: {', '.join(s.backbones) or '-'}",
-            f"seed: {', '.join(map(str, s.seeds))}"]
+    meta = facts.task_summary(task, rows).describe()
     notes = facts.health_notes(rows)
     warn = (f'<div class="notes"><b>Needs attention:</b><ul>{"".join(f"<li>{e(n)}</li>" for n in notes)}</ul></div>'
             if notes else "")
     methods = "".join(method_section(r) for r in rows)
     return (f'<section class="task" id="task-{i}"><h2>Task: {e(task)}</h2>'
-            f'<p class="mute">{e("; ".join(meta))}</p>{warn}'
+            f'<p class="mute">{e(meta)}</p>{warn}'
             f"<h3>Comparison</h3>{comparison_table(rows)}"
             f"<h3>Accuracy vs trainable parameters</h3>{pareto_section(rows, task)}"
             f"<h3>Time and memory</h3>{cost_section(rows)}"
@@ -151,8 +150,7 @@ def reproduce_section(runs: list[RunDir], rows: list[Row]) -> str:
         parts.append(f"<h3>{e(run.path)}</h3>")
         if run.command:
             parts.append(f"<p>Every number from this folder comes from:</p><pre><code>{e(run.command)}</code></pre>"
-                         "<p class=\"mute\">config.yaml is the resolved config (overrides applied); "
-                         "timings and memory depend on the hardware below.</p>"
+                         f"<p class=\"mute\">{e(reproduce_note(run))}</p>"
                          f"<details><summary>config.yaml</summary><pre><code>{e(run.config_text)}</code></pre></details>")
         else:
             parts.append('<p class="notes">No config.yaml next to these results: the command cannot be reconstructed.</p>')

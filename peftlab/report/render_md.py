@@ -12,7 +12,7 @@ import re
 from html import escape
 
 from peftlab.report import facts
-from peftlab.report.collect import Row, RunDir, group_by_task, run_dirs
+from peftlab.report.collect import Row, RunDir, group_by_task, reproduce_note, run_dirs
 from peftlab.report.table import COLUMNS, legend, table
 
 
@@ -58,11 +58,7 @@ def method_block(row: Row) -> list[str]:
 
 
 def task_block(task: str, rows: list[Row]) -> list[str]:
-    s = facts.task_summary(task, rows)
-    out = [f"## Task: {cell(task)}", "",
-           cell(f"{'/'.join(map(str, s.n_train)) or '?'} train / {'/'.join(map(str, s.n_eval)) or '?'} eval examples; "
-                f"labels: {', '.join(s.labels)}; backbone: {', '.join(s.backbones) or '-'}; "
-                f"seed: {', '.join(map(str, s.seeds))}."), ""]
+    out = [f"## Task: {cell(task)}", "", cell(facts.task_summary(task, rows).describe()) + ".", ""]
     notes = facts.health_notes(rows)
     if notes:
         out += ["**Needs attention:**", ""] + [f"- {cell(n)}" for n in notes] + [""]
@@ -81,7 +77,7 @@ def reproduce_block(runs: list[RunDir], rows: list[Row]) -> list[str]:
         out += [f"### {cell(run.path)}", ""]
         if run.command:
             out += ["Every number from this folder comes from:", "", fenced(run.command, "bash"), "",
-                    "config.yaml (resolved, overrides applied):", "", fenced(run.config_text or "", "yaml"), ""]
+                    cell(reproduce_note(run)), "", fenced(run.config_text or "", "yaml"), ""]
         else:
             out += ["No config.yaml next to these results: the command cannot be reconstructed.", ""]
         out += md_table(["", "value"], [[cell(k), cell(v)] for k, v in facts.environment_table(facts.rows_of(run, rows))])
