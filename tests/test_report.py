@@ -96,6 +96,8 @@ def add_other_rows(run: Path) -> None:
     icl.write(run / "icl-4shot")
     RunResult(name="broken", method="lora", task=base.task, backbone="x", seed=0, status="failed",
               error=f"ValueError: bad {EVIL}").write(run / "broken")
+    RunResult(name="zs-no-params", method="zeroshot", task=base.task, backbone="clip", seed=0, accuracy=0.4,
+              labels=base.labels).write(run / "zs-no-params")
 
 
 def test_run_writes_report(tiny_run: Path):
@@ -147,8 +149,9 @@ def test_report_cli_mixed_rows_and_tasks(tiny_run: Path, tmp_path: Path):
     html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     page = parse(html)
     rows = [a_["data-method"] for t, a_ in page.tags if t == "tr" and "data-method" in a_]
-    assert set(rows) == {"a/majority_class", "a/linear_probe", "a/lora", "a/icl-4shot", "a/broken",
+    assert set(rows) == {"a/majority_class", "a/linear_probe", "a/lora", "a/icl-4shot", "a/broken", "a/zs-no-params",
                          "b/majority_class", "b/linear_probe", "b/lora"}
+    assert "Not plotted (no accuracy or parameter count recorded): a/zs-no-params." in html
     assert [a_.get("id") for t, a_ in page.tags if t == "section" and "task" in (a_.get("class") or "")] == ["task-0", "task-1"]
     assert len(page.figures("pareto")) == 2
     assert "a/icl-4shot: accuracy 0.5000, 0 trainable" in "".join(page.text)  # plotted in the zero slot

@@ -45,6 +45,12 @@ def pareto_points(rows: list[Row]) -> list[tuple[Row, Point]]:
     return out
 
 
+def unplotted_labels(rows: list[Row]) -> list[str]:
+    """Finished rows missing from the Pareto plot (no accuracy or no parameter count), to name them."""
+    plotted = {r.label for r, _ in pareto_points(rows)}
+    return [r.label for r in ok_rows(rows) if not r.is_baseline and r.label not in plotted]
+
+
 def frontier_labels(rows: list[Row]) -> list[str]:
     pts = [p for _, p in pareto_points(rows)]
     return [pts[i].label for i in pareto_frontier(pts)]

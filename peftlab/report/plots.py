@@ -13,6 +13,10 @@ from peftlab.report.svg import (circle, colour, fmt_tick, line, nice_ticks, padd
                                 rect, short, svg, text)
 
 
+#: above this many classes a confusion matrix stops being readable on a page
+MAX_CONFUSION_CLASSES = 40
+
+
 @dataclass(frozen=True)
 class Point:
     label: str
@@ -169,6 +173,8 @@ def confusion_svg(labels: list[str], matrix: list[list[int]], title: str = "Conf
     n = len(matrix)
     if n == 0 or any(len(r) != n for r in matrix):
         return svg(300, 50, [text(10, 30, "no confusion matrix recorded")], title)
+    if n > MAX_CONFUSION_CLASSES:
+        return nothing_svg(f"{n} classes: too many to draw a readable matrix (see results.json)")
     names = labels if len(labels) == n else [str(i) for i in range(n)]
     cell = max(22, min(48, 360 // n))
     L, T = 110, 40

@@ -88,6 +88,9 @@ def pareto_section(rows: list[Row], task: str) -> str:
     front = facts.frontier_labels(rows)
     caption = ("Accuracy against trainable parameters (log scale); runs that train nothing sit at 0. "
                f"Frontier (no other run is both smaller and more accurate): {', '.join(front) or 'none'}.")
+    missing = facts.unplotted_labels(rows)
+    if missing:
+        caption += f" Not plotted (no accuracy or parameter count recorded): {', '.join(missing)}."
     return figure("pareto", pareto_svg(pts, facts.baseline_accuracy(rows), f"{task}: accuracy vs trainable parameters"),
                   caption)
 
