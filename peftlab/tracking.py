@@ -1,8 +1,8 @@
 """Optional experiment tracking: TensorBoard and MLflow (local file store), only when asked for.
 
 ``train.log_to: [tensorboard, mlflow]`` sends every finished method's per-epoch curves, final
-metrics, costs and hyperparameters to these tools, under the run folder (``tensorboard/`` and
-``mlruns/``). The packages are optional: asking for one that is not installed is a one-line
+metrics, costs and hyperparameters to these tools, under the run folder (``tensorboard/``, and
+``mlflow.db``, a local SQLite store: ``mlflow ui --backend-store-uri sqlite:///RUN_DIR/mlflow.db``). The packages are optional: asking for one that is not installed is a one-line
 config error before anything trains, never a crash after an hour of training. The RunResult
 stays the source of truth; trackers receive a copy of what it records.
 """
@@ -78,15 +78,22 @@ class TensorBoard:
             writer.close()
 
 
+def mlflow_uri(out: Path) -> str:
+    """A local SQLite store in the run folder (MLflow 3.10+ dropped plain-directory stores)."""
+    return f"sqlite:///{(out / 'mlflow.db').resolve()}"
+
+
 class MLflow:
     package = "mlflow"
 
     def log(self, out: Path, experiment: str, result: RunResult) -> None:
         import mlflow
 
-        mlflow.set_tracking_uri((out / "mlruns").resolve().as_uri())
-        mlflow.set_experiment(experiment)
-        with mlflow.start_run(run_name=result.name):
+        mlflow.set_tracking_uri(mlflow_uri(out))
+        exp = mlflow.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp is not None else mlflow.create_experiment(
+            experiment, artifact_location=(out / "mlartifacts").resolve().as_uri())
+        with mlflow.start_run(experiment_id=exp_id, run_name=result.name):
             mlflow.log_params(flat_params(result))
             for epoch, vals in epoch_metrics(result):
                 mlflow.log_metrics(vals, step=epoch)

@@ -65,16 +65,17 @@ def test_mlflow_gets_curves_metrics_and_params(monkeypatch, tmp_path: Path):
             calls.append(("end",))
 
     fake.set_tracking_uri = lambda uri: calls.append(("uri", uri))
-    fake.set_experiment = lambda name: calls.append(("experiment", name))
-    fake.start_run = lambda run_name: (calls.append(("start", run_name)), _Run())[1]
+    fake.get_experiment_by_name = lambda name: None
+    fake.create_experiment = lambda name, artifact_location: calls.append(("experiment", name)) or "7"
+    fake.start_run = lambda experiment_id, run_name: (calls.append(("start", experiment_id, run_name)), _Run())[1]
     fake.log_params = lambda p: calls.append(("params", p))
     fake.log_metrics = lambda m, step=None: calls.append(("metrics", m, step))
     fake.set_tags = lambda t: calls.append(("tags", t))
     monkeypatch.setitem(sys.modules, "mlflow", fake)
     check_trackers(["mlflow"])
     log_result(["mlflow"], tmp_path, "exp", result())
-    assert calls[0] == ("uri", (tmp_path / "mlruns").resolve().as_uri()) and calls[1] == ("experiment", "exp")
-    assert calls[2] == ("start", "lora") and calls[-1] == ("end",)
+    assert calls[0] == ("uri", f"sqlite:///{tmp_path.resolve()}/mlflow.db") and calls[1] == ("experiment", "exp")
+    assert calls[2] == ("start", "7", "lora") and calls[-1] == ("end",)
     per_epoch = [(c[2], c[1]["eval/accuracy"]) for c in calls if c[0] == "metrics" and c[2] is not None]
     assert per_epoch == [(1, 0.5), (2, 0.75)]
     final = next(c[1] for c in calls if c[0] == "metrics" and c[2] is None)

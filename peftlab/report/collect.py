@@ -19,7 +19,7 @@ from peftlab.results import RESULTS_FILE, RunResult, read_result
 CONFIG_FILE = "config.yaml"
 BASELINE_METHOD = "majority_class"
 #: folders that hold saved weights, never results worth a row
-_SKIP_DIRS = {"adapter", "adapter.tmp", "mlruns", "tensorboard", "__pycache__"}
+_SKIP_DIRS = {"adapter", "adapter.tmp", "mlruns", "mlartifacts", "tensorboard", "__pycache__"}
 
 
 @dataclass
