@@ -30,7 +30,7 @@ def run(config: Path, overrides: Overrides = None,
     from peftlab.runners.experiment import run_experiment
 
     cfg = load_config(config, overrides)
-    results = run_experiment(cfg, quiet=quiet)
+    results = run_experiment(cfg, quiet=quiet, command=["peftlab", *sys.argv[1:]])
     print((Path(cfg.output_dir) / "comparison.md").read_text(encoding="utf-8"))
     failed = [r.name for r in results if r.status != "ok"]
     if failed:

@@ -82,7 +82,7 @@ def tiny_run(tiny_bert: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
         "train": {"epochs": 2, "batch_size": 16, "max_length": 32, "device": "cpu"},
         "output_dir": str(root / "run"),
     })
-    results = run_experiment(cfg, quiet=True)
+    results = run_experiment(cfg, quiet=True, command=["peftlab", "run", "c.yaml", f"task.label_names={EVIL}"])
     assert [r.status for r in results] == ["ok"] * 3
     return root / "run"
 
@@ -112,6 +112,7 @@ def test_run_writes_report(tiny_run: Path):
     for name in ("linear_probe", "lora", "majority_class"):
         assert f"| {name} |" in md
     assert f"peftlab run {tiny_run / 'config.yaml'}" in html and "torch" in html
+    assert "Originally started as <code>peftlab run c.yaml" in html  # the recorded command line
 
 
 def test_no_external_url_and_no_script(tiny_run: Path):
@@ -125,11 +126,20 @@ def test_no_external_url_and_no_script(tiny_run: Path):
     assert "http://" not in html and "https://" not in html and "url(" not in html
 
 
+def outside_code_fences(md: str) -> str:
+    """Markdown without its fenced blocks (a renderer shows those verbatim, as text)."""
+    import re
+
+    return re.sub(r"(?ms)^(`{3,})[^\n]*\n.*?^\1\s*$", "", md)
+
+
 def test_labels_are_escaped(tiny_run: Path):
-    for name in ("report.html", "report.md"):
-        text = (tiny_run / name).read_text(encoding="utf-8")
+    html = (tiny_run / "report.html").read_text(encoding="utf-8")
+    md = (tiny_run / "report.md").read_text(encoding="utf-8")
+    for name, text in (("report.html", html), ("report.md", outside_code_fences(md))):
         assert EVIL not in text, name
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text, name
+    assert EVIL in md  # inside the fenced command, where Markdown shows it verbatim
     page = parse((tiny_run / "report.html").read_text(encoding="utf-8"))
     assert EVIL in "".join(page.text)  # shown to the reader as text
 
@@ -156,7 +166,7 @@ def test_report_cli_mixed_rows_and_tasks(tiny_run: Path, tmp_path: Path):
     assert len(page.figures("pareto")) == 2
     assert "a/icl-4shot: accuracy 0.5000, 0 trainable" in "".join(page.text)  # plotted in the zero slot
     assert "no per-epoch record" in html and "failed: ValueError: bad &lt;script&gt;" in html
-    assert EVIL not in html and EVIL not in (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert EVIL not in html and EVIL not in outside_code_fences((tmp_path / "out" / "report.md").read_text(encoding="utf-8"))
 
 
 def test_report_cli_bad_folder(tmp_path: Path):
@@ -242,3 +252,12 @@ def test_report_in_headless_chromium(tiny_run: Path, tmp_path: Path):
     assert {"pareto", "time", "memory", "curves", "confusion", "per-class-f1"} <= kinds
     assert len(sizes) >= 10
     assert all(w > 50 and h > 30 for _, _, w, h in sizes), sizes
+
+
+def test_code_fence_cannot_be_closed_by_its_content():
+    from peftlab.report.render_md import cell, fenced
+
+    block = fenced("label: x\n```\n<b>out</b>", "yaml")
+    assert block.startswith("````yaml\n") and block.endswith("\n````")
+    assert outside_code_fences("before\n" + block + "\nafter") == "before\n\nafter"
+    assert cell("a|b\n<i>") == "a\\|b &lt;i&gt;"

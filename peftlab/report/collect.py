@@ -7,6 +7,7 @@ a composition sweep), so it reads only the RunResult schema and the run folder's
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from peftlab.errors import PeftlabError
 from peftlab.results import RESULTS_FILE, RunResult, read_result
 
 CONFIG_FILE = "config.yaml"
+#: the command line that started a run and its working folder (written by ``peftlab run``)
+COMMAND_FILE = "command.json"
 BASELINE_METHOD = "majority_class"
 #: folders that hold saved weights, never results worth a row
 _SKIP_DIRS = {"adapter", "adapter.tmp", "mlruns", "mlartifacts", "tensorboard", "__pycache__"}
@@ -29,6 +32,8 @@ class RunDir:
     path: Path
     config_text: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    #: (command line, working folder) as the user typed it, when recorded
+    original: tuple[str, str] | None = None
 
     @property
     def label(self) -> str:
@@ -101,7 +106,19 @@ def load_run_dir(path: Path) -> tuple[RunDir, list[Path]]:
         except yaml.YAMLError:
             loaded = None
         run.config = loaded if isinstance(loaded, dict) else {}
+        run.original = _original_command(run.path / COMMAND_FILE)
     return run, _order(files, run)
+
+
+def _original_command(path: Path) -> tuple[str, str] | None:
+    """The recorded command line, or None when absent or unreadable (it is a courtesy, not data)."""
+    import shlex
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return shlex.join(str(a) for a in data["argv"]), str(data.get("cwd", ""))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _config_labels(config: dict[str, Any]) -> list[str]:

@@ -147,19 +147,24 @@ def task_section(i: int, task: str, rows: list[Row]) -> str:
             f"<h3>Per method</h3>{methods}</section>")
 
 
+def command_block(run: RunDir) -> str:
+    """The reproducing command, what the user originally typed, and the resolved config."""
+    if not run.command:
+        return '<p class="notes">No config.yaml next to these results: the command cannot be reconstructed.</p>'
+    original = (f"<p>Originally started as <code>{e(run.original[0])}</code> in <code>{e(run.original[1])}</code>.</p>"
+                if run.original else "")
+    return (f"<p>Every number from this folder comes from:</p><pre><code>{e(run.command)}</code></pre>"
+            f'<p class="mute">{e(reproduce_note(run))}</p>{original}'
+            f"<details><summary>config.yaml</summary><pre><code>{e(run.config_text)}</code></pre></details>")
+
+
 def reproduce_section(runs: list[RunDir], rows: list[Row]) -> str:
     parts = ['<section id="reproduce"><h2>Reproduce</h2>']
     for run in runs:
-        parts.append(f"<h3>{e(run.path)}</h3>")
-        if run.command:
-            parts.append(f"<p>Every number from this folder comes from:</p><pre><code>{e(run.command)}</code></pre>"
-                         f"<p class=\"mute\">{e(reproduce_note(run))}</p>"
-                         f"<details><summary>config.yaml</summary><pre><code>{e(run.config_text)}</code></pre></details>")
-        else:
-            parts.append('<p class="notes">No config.yaml next to these results: the command cannot be reconstructed.</p>')
         env = "".join(f'<tr><th class="txt">{e(k)}</th><td class="txt wrap">{e(v)}</td></tr>'
                       for k, v in facts.environment_table(facts.rows_of(run, rows)))
-        parts.append(f"<h4>Versions, seed and hardware</h4><table class=\"env\">{env}</table>")
+        parts.append(f"<h3>{e(run.path)}</h3>{command_block(run)}"
+                     f'<h4>Versions, seed and hardware</h4><table class="env">{env}</table>')
     parts.append("</section>")
     return "".join(parts)
 

@@ -77,7 +77,10 @@ def reproduce_block(runs: list[RunDir], rows: list[Row]) -> list[str]:
         out += [f"### {cell(run.path)}", ""]
         if run.command:
             out += ["Every number from this folder comes from:", "", fenced(run.command, "bash"), "",
-                    cell(reproduce_note(run)), "", fenced(run.config_text or "", "yaml"), ""]
+                    cell(reproduce_note(run)), ""]
+            if run.original:
+                out += [f"Originally started as (in {cell(run.original[1])}):", "", fenced(run.original[0], "bash"), ""]
+            out += [fenced(run.config_text or "", "yaml"), ""]
         else:
             out += ["No config.yaml next to these results: the command cannot be reconstructed.", ""]
         out += md_table(["", "value"], [[cell(k), cell(v)] for k, v in facts.environment_table(facts.rows_of(run, rows))])

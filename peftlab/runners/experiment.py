@@ -21,11 +21,12 @@ from peftlab.backbones import load_classifier, load_hf_config, load_tokenizer, m
 from peftlab.config import ExperimentConfig, dump_config
 from peftlab.config_base import MethodParams
 from peftlab.errors import PeftlabError
-from peftlab.io import atomic_write_text, dir_size_bytes
+from peftlab.io import atomic_write_json, atomic_write_text, dir_size_bytes
 from peftlab.methods import METHODS
 from peftlab.methods.base import head_names
 from peftlab.metrics import classification_metrics, is_collapsed, majority_class
 from peftlab.params import arch_spec, count_params
+from peftlab.report.collect import COMMAND_FILE
 from peftlab.report.compare import write_comparison
 from peftlab.results import ParamCounts, RunResult, Timing, environment
 from peftlab.runners.batching import Features, encode
@@ -48,12 +49,15 @@ def preflight(cfg: ExperimentConfig) -> None:
     check_trackers(cfg.train.log_to)
 
 
-def run_experiment(cfg: ExperimentConfig, quiet: bool = False) -> list[RunResult]:
+def run_experiment(cfg: ExperimentConfig, quiet: bool = False, command: list[str] | None = None) -> list[RunResult]:
+    """``command``: the command line that started the run, recorded for the report."""
     preflight(cfg)
     out = Path(cfg.output_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", dump_config(cfg))
+        if command:
+            atomic_write_json(out / COMMAND_FILE, {"argv": command, "cwd": str(Path.cwd())})
     except OSError as exc:
         raise PeftlabError(f"output_dir {out}: cannot write ({exc.strerror or exc})") from None
     if cfg.train.num_threads:
