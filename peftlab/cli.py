@@ -1,4 +1,4 @@
-"""The ``peftlab`` command line: run, validate, predict, list.
+"""The ``peftlab`` command line: run, validate, predict, report, list.
 
 User errors (PeftlabError) print one line and exit with code 2; no traceback.
 """
@@ -38,7 +38,8 @@ def run(config: Path, overrides: Overrides = None,
     if resume and fresh:
         raise PeftlabError("--resume and --fresh contradict each other; give one")
     cfg = load_config(config, overrides)
-    results = run_experiment(cfg, quiet=quiet, resume="resume" if resume else "fresh" if fresh else "auto")
+    results = run_experiment(cfg, quiet=quiet, resume="resume" if resume else "fresh" if fresh else "auto",
+                             command=["peftlab", *sys.argv[1:]])
     print((Path(cfg.output_dir) / "comparison.md").read_text(encoding="utf-8"))
     failed = [r.name for r in results if r.status != "ok"]
     if failed:
@@ -54,6 +55,9 @@ def validate(config: Path, overrides: Overrides = None) -> None:
 
     cfg = load_config(config, overrides)
     check_task(cfg.task)
+    from peftlab.tracking import check_trackers
+
+    check_trackers(cfg.train.log_to)
     print(f"ok: {config} ({len(cfg.methods)} methods: {', '.join(m.label for m in cfg.methods)})")
 
 
@@ -93,6 +97,17 @@ def predict(method_dir: Path, texts: Annotated[Optional[list[str]], typer.Argume
         else:
             dist = "  ".join(f"{n}={v:.3f}" for n, v in zip(pred.labels, p))
             print(f"{pred.labels[best]}\t{dist}\t{text[:80]}")
+
+
+@app.command()
+def report(run_dirs: Annotated[list[Path], typer.Argument(help="run folders (or method folders) to compare")],
+           out: Annotated[Optional[Path], typer.Option("--out", "-o", help="folder for report.md and report.html "
+                                                        "(default: the run folder; ./report for several)")] = None) -> None:
+    """Write report.md and report.html (self-contained, no network) for one or more runs."""
+    from peftlab.report.write import write_report
+
+    md, html = write_report(run_dirs, out)
+    print(f"wrote {md}\nwrote {html}")
 
 
 @app.command("list")

@@ -109,6 +109,15 @@ class TrainConfig(StrictModel):
     checkpoints: bool = True
     checkpoint_every: int = Field(default=0, ge=0)
     keep_checkpoints: int = Field(default=2, ge=1)
+    #: optional experiment trackers, e.g. [tensorboard, mlflow] (see peftlab.tracking)
+    log_to: list[str] = Field(default_factory=list)
+
+    @field_validator("log_to", mode="before")
+    @classmethod
+    def _trackers(cls, v: Any) -> list[str]:
+        from peftlab.tracking import tracker_names
+
+        return tracker_names(v)
 
 
 @lru_cache(maxsize=1)

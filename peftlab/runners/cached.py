@@ -19,12 +19,14 @@ from torch import nn
 
 from peftlab.config import TrainConfig
 from peftlab.runners.batching import Features, sorted_batches
-from peftlab.runners.train import FitOutcome, feature_labels, epoch_record, make_optimizer
+from peftlab.runners.progress import bar as progress_bar
+from peftlab.runners.progress import metrics_text, say, track
+from peftlab.runners.train import FitOutcome, epoch_line, epoch_record, feature_labels, make_optimizer
 
 
 @torch.no_grad()
 def head_inputs(model: nn.Module, head: nn.Module, feats: Features, collate: Any, batch_size: int,
-                device: torch.device, is_decoder: bool) -> torch.Tensor:
+                device: torch.device, is_decoder: bool, progress: str | None = None) -> torch.Tensor:
     """What ``head`` receives for each item, reduced to what the head actually reads.
 
     A 3-d input (batch, tokens, hidden) is cut to the token the head pools: the last non-pad
@@ -40,7 +42,8 @@ def head_inputs(model: nn.Module, head: nn.Module, feats: Features, collate: Any
     handle = head.register_forward_pre_hook(grab)
     out: list[torch.Tensor | None] = [None] * len(feats)
     try:
-        for idx in sorted_batches(feats.lengths, batch_size):
+        batches = sorted_batches(feats.lengths, batch_size)
+        for idx in track(batches, len(feats), progress or "", progress is None, sizes=map(len, batches)):
             batch = collate([{k: v for k, v in feats[i].items() if k != "labels"} for i in idx])
             batch = {k: v.to(device) for k, v in batch.items()}
             captured.clear()
@@ -61,21 +64,26 @@ def head_inputs(model: nn.Module, head: nn.Module, feats: Features, collate: Any
 
 
 def fit_head(model: nn.Module, head: nn.Module, train: Features, evalset: Features, collate: Any,
-             lr: float, tcfg: TrainConfig, acc: Accelerator, is_decoder: bool) -> FitOutcome:
+             lr: float, tcfg: TrainConfig, acc: Accelerator, is_decoder: bool, label: str = "head",
+             quiet: bool = True) -> FitOutcome:
     """Extract features once (counted as eval/feature time), then train only ``head``."""
     device = acc.device
     t0 = time.perf_counter()
-    x_train = head_inputs(model, head, train, collate, tcfg.eval_batch_size, device, is_decoder)
-    x_eval = head_inputs(model, head, evalset, collate, tcfg.eval_batch_size, device, is_decoder)
+    quiet = quiet or not acc.is_local_main_process
+    x_train = head_inputs(model, head, train, collate, tcfg.eval_batch_size, device, is_decoder,
+                          None if quiet else f"{label} features (train)")
+    x_eval = head_inputs(model, head, evalset, collate, tcfg.eval_batch_size, device, is_decoder,
+                         None if quiet else f"{label} features (eval)")
     feature_s = time.perf_counter() - t0
     return fit_tensors(head, head, x_train, feature_labels(train), x_eval, feature_labels(evalset),
-                       lr, tcfg, device, start_s=feature_s)
+                       lr, tcfg, device, start_s=feature_s, label=label, quiet=quiet)
 
 
 def fit_tensors(trainable: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
                 x_train: torch.Tensor, y_train: np.ndarray, x_eval: torch.Tensor, y_eval: np.ndarray,
                 lr: float, tcfg: TrainConfig, device: torch.device, start_s: float = 0.0,
-                train_mode: Callable[[], Any] | None = None) -> FitOutcome:
+                train_mode: Callable[[], Any] | None = None, label: str = "head",
+                quiet: bool = True) -> FitOutcome:
     """Train ``trainable``'s parameters on in-memory inputs (cached features, or pixel tensors).
 
     ``forward`` maps a batch of inputs to logits; ``train_mode`` (default ``trainable.train()``)
@@ -88,8 +96,9 @@ def fit_tensors(trainable: nn.Module, forward: Callable[[torch.Tensor], torch.Te
     steps = math.ceil(math.ceil(n / bs) / tcfg.grad_accum) * tcfg.epochs
     opt, sched = make_optimizer(trainable, lr, tcfg, steps)
     gen = torch.Generator().manual_seed(tcfg.seed)
-    outcome.train_s = start_s
+    outcome.train_s = start_s  # the one pass over the backbone is part of training's cost
     params = [p for p in trainable.parameters() if p.requires_grad]
+    bar = progress_bar(tcfg.epochs, f"{label} head epochs", quiet, unit="epoch")
     for epoch in range(1, tcfg.epochs + 1):
         (train_mode or trainable.train)()
         t1, loss_sum = time.perf_counter(), 0.0
@@ -117,8 +126,12 @@ def fit_tensors(trainable: nn.Module, forward: Callable[[torch.Tensor], torch.Te
         outcome.eval_examples += len(x_eval)
         outcome.logits = logits_eval
         outcome.epochs.append(epoch_record(epoch, loss_sum / n, logits_eval, np.asarray(y_eval)))
+        bar.update(1)
+        bar.set_postfix_str(metrics_text({"loss": loss_sum / n, "eval acc": outcome.epochs[-1].accuracy}))
         if outcome.nan_loss:
             break
+    bar.close()
+    say(quiet, epoch_line(label, outcome.epochs[-1], tcfg.epochs))
     return outcome
 
 

@@ -24,12 +24,13 @@ from peftlab.config import ExperimentConfig, dump_config
 from peftlab.config_base import MethodParams
 from peftlab.errors import PeftlabError
 from peftlab.fingerprint import base_fingerprint, write_fingerprint
-from peftlab.io import atomic_write_text, dir_size_bytes
+from peftlab.io import atomic_write_json, atomic_write_text, dir_size_bytes
 from peftlab.methods import METHODS
 from peftlab.methods.base import head_names
 from peftlab.metrics import classification_metrics, is_collapsed, majority_class
 from peftlab.params import arch_spec, count_params
 from peftlab.registry import Registry
+from peftlab.report.collect import COMMAND_FILE
 from peftlab.report.compare import write_comparison
 from peftlab.results import RESULTS_FILE, ParamCounts, RunResult, Timing, environment, read_result
 from peftlab.runners.batching import Features, encode
@@ -38,10 +39,12 @@ from peftlab.runners.measure import PeakMemory
 from peftlab.runners.checkpoint import clear_checkpoints, complete_checkpoints, load_checkpoint
 from peftlab.runners.train import CheckpointPlan, FitOutcome, fit, make_accelerator
 from peftlab.tasks import TaskData, load_task
+from peftlab.tracking import check_trackers, log_result
 
 ADAPTER_DIR = "adapter"
 BASELINE = "majority_class"
-COMPARISON_FILES = ("comparison.md", "comparison.csv")
+#: whole-run summaries, rewritten at the end of every run
+COMPARISON_FILES = ("comparison.md", "comparison.csv", "report.md", "report.html")
 
 
 def preflight(cfg: ExperimentConfig) -> None:
@@ -50,6 +53,7 @@ def preflight(cfg: ExperimentConfig) -> None:
     spec = arch_spec(conf)
     for params in cfg.methods:
         METHODS.get(params.method).check(params, spec, conf.model_type)
+    check_trackers(cfg.train.log_to)
 
 
 #: Experiment runners by task modality; the text runner is this module's own ``run_experiment``.
@@ -76,7 +80,8 @@ def decide_resume(out: Path, config_text: str, mode: ResumeMode) -> bool:
     return same and mode != "fresh"
 
 
-def prepare_output(cfg: ExperimentConfig, resume: ResumeMode = "fresh") -> tuple[Path, bool]:
+def prepare_output(cfg: ExperimentConfig, resume: ResumeMode = "fresh",
+                   command: list[str] | None = None) -> tuple[Path, bool]:
     """Create the run folder, store the resolved config in it, apply ``train.num_threads``.
 
     Returns the folder and whether the run already in it is continued (see ``decide_resume``).
@@ -89,6 +94,8 @@ def prepare_output(cfg: ExperimentConfig, resume: ResumeMode = "fresh") -> tuple
         for stale in COMPARISON_FILES:  # rewritten at the end: never left looking complete meanwhile
             (out / stale).unlink(missing_ok=True)
         atomic_write_text(out / "config.yaml", config_text)
+        if command:
+            atomic_write_json(out / COMMAND_FILE, {"argv": command, "cwd": str(Path.cwd())})
     except OSError as exc:
         raise PeftlabError(f"output_dir {out}: cannot write ({exc.strerror or exc})") from None
     if cfg.train.num_threads:
@@ -96,11 +103,13 @@ def prepare_output(cfg: ExperimentConfig, resume: ResumeMode = "fresh") -> tuple
     return out, reuse
 
 
-def run_experiment(cfg: ExperimentConfig, quiet: bool = False, resume: ResumeMode = "auto") -> list[RunResult]:
+def run_experiment(cfg: ExperimentConfig, quiet: bool = False, resume: ResumeMode = "auto",
+                   command: list[str] | None = None) -> list[RunResult]:
+    """Every method of ``cfg``; ``command`` is the command line that started it (for the report)."""
     if cfg.task.modality in MODALITY_RUNNERS:  # image runs start over each time (no checkpoints yet)
         return MODALITY_RUNNERS.get(cfg.task.modality)(cfg, quiet)
     preflight(cfg)
-    out, reuse = prepare_output(cfg, resume)
+    out, reuse = prepare_output(cfg, resume, command)
     data = load_task(cfg.task, cfg.train.seed)
     tokenizer = load_tokenizer(cfg.backbone)
     train_f = encode(tokenizer, data.train, cfg.train.max_length)
@@ -119,6 +128,7 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False, resume: ResumeMod
             clear_checkpoints(out / params.label)
         results.append(run_method(cfg, params, data, tokenizer, train_f, eval_f, out, quiet))
     write_comparison(results, out)
+    write_run_report(out, quiet)
     return results
 
 
@@ -133,6 +143,18 @@ def finished_result(mdir: Path, params: MethodParams) -> RunResult | None:
         return None
     same = result.method_params == params.model_dump(mode="json")
     return result if same and result.status == "ok" and (mdir / ADAPTER_DIR).is_dir() else None
+
+
+def write_run_report(out: Path, quiet: bool) -> None:
+    """report.md / report.html beside the results; results are already safe if this fails."""
+    from peftlab.report.write import write_report
+
+    try:
+        _, html = write_report([out], out)
+        _say(quiet, f"report: {html}")
+    except Exception as exc:  # a report bug must not turn a finished run into a failed one
+        traceback.print_exc()
+        print(f"error: report not written ({exc}); retry with: peftlab report {out}", file=sys.stderr)
 
 
 def _say(quiet: bool, msg: str) -> None:
@@ -191,7 +213,7 @@ def _train(method: Any, model: torch.nn.Module, params: MethodParams, spec: Any,
         model.to(acc.device)
         head = model.get_submodule(heads[0])
         is_decoder = bool(spec.is_decoder) if spec is not None else False
-        return model, fit_head(model, head, train_f, eval_f, collate, params.lr, tcfg, acc, is_decoder)
+        return model, fit_head(model, head, train_f, eval_f, collate, params.lr, tcfg, acc, is_decoder, params.label, quiet)
     return fit(model, train_f, eval_f, collate, params.lr, tcfg, acc, params.label, quiet, plan)
 
 
@@ -216,6 +238,7 @@ def run_method(cfg: ExperimentConfig, params: MethodParams, data: TaskData, toke
                                          "flags": ["nan_loss"] if isinstance(exc, NonFiniteLoss) else []})
         print(f"error: method {params.label} failed: {exc}", file=sys.stderr)
     result.write(mdir)
+    log_result(cfg.train.log_to, out, cfg.name, result)
     return result
 
 

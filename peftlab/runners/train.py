@@ -18,7 +18,6 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from peftlab.config import TrainConfig
@@ -26,6 +25,8 @@ from peftlab.errors import PeftlabError
 from peftlab.results import EpochRecord
 from peftlab.runners.batching import Features, LengthGroupedBatches, sorted_batches
 from peftlab.runners.checkpoint import Progress, Resumed, restore_rng, save_checkpoint
+from peftlab.runners.progress import bar as progress_bar
+from peftlab.runners.progress import metrics_text, say, track
 
 
 @dataclass
@@ -68,11 +69,15 @@ def make_optimizer(model: nn.Module, lr: float, tcfg: TrainConfig, steps: int) -
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, feats: Features, collate: Any, batch_size: int,
-                   device: torch.device, autocast: Any = None) -> np.ndarray:
-    """Logits for every item, batched longest-first, returned in the original order."""
+                   device: torch.device, autocast: Any = None, progress: str | None = None) -> np.ndarray:
+    """Logits for every item, batched longest-first, returned in the original order.
+
+    ``progress``: a bar description to show a bar (ETA, examples/s); None for no bar.
+    """
     model.eval()
     out: list[np.ndarray] = [np.empty(0)] * len(feats)
-    for idx in sorted_batches(feats.lengths, batch_size):
+    batches = sorted_batches(feats.lengths, batch_size)
+    for idx in track(batches, len(feats), progress or "", progress is None, sizes=map(len, batches)):
         batch = collate([{k: v for k, v in feats[i].items() if k != "labels"} for i in idx])
         batch = {k: v.to(device) for k, v in batch.items()}
         with autocast() if autocast is not None else _null():
@@ -130,6 +135,12 @@ def _sync_progress(prog: Progress, outcome: FitOutcome) -> None:
     prog.epochs = [e.model_dump(mode="json") for e in outcome.epochs]
 
 
+def epoch_line(label: str, rec: EpochRecord, epochs: int) -> str:
+    """The epoch's metrics as one line, so the last metric stays on screen after its bar."""
+    return f"{label} epoch {rec.epoch}/{epochs}: " + metrics_text(
+        {"train loss": rec.train_loss, "eval loss": rec.eval_loss, "acc": rec.accuracy, "macro-F1": rec.macro_f1})
+
+
 def fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: float,
         tcfg: TrainConfig, acc: Accelerator, label: str, quiet: bool,
         ckpt: CheckpointPlan | None = None) -> tuple[nn.Module, FitOutcome]:
@@ -166,8 +177,10 @@ def fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: 
         sampler.epoch = epoch - 1  # the data order of this epoch, also when resuming mid-way
         wrapped.train()
         t0 = time.perf_counter()
-        bar = tqdm(total=len(train), initial=prog.seen, desc=f"{label} epoch {epoch}/{tcfg.epochs}", unit="ex",
-                   disable=quiet or not acc.is_local_main_process, dynamic_ncols=True)
+        silent = quiet or not acc.is_local_main_process
+        bar = progress_bar(len(train), f"{label} epoch {epoch}/{tcfg.epochs}", silent)
+        bar.update(prog.seen)
+        last = outcome.epochs[-1] if outcome.epochs else None
         for i, batch in enumerate(loader):
             if i < prog.batches_done:
                 continue
@@ -188,7 +201,7 @@ def fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: 
             n = batch["labels"].shape[0]
             prog.loss_sum, prog.seen, prog.batches_done = prog.loss_sum + float(loss.detach()) * n, prog.seen + n, i + 1
             bar.update(n)
-            bar.set_postfix(loss=f"{prog.loss_sum / prog.seen:.4f}")
+            bar.set_postfix_str(metrics_text({"loss": prog.loss_sum / prog.seen, "last eval acc": last and last.accuracy}))
             if acc.sync_gradients:
                 prog.step += 1
                 if ckpt is not None and ckpt.every and prog.step % ckpt.every == 0 and i + 1 < len(sampler):
@@ -201,11 +214,13 @@ def fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: 
         if outcome.nan_loss or tcfg.eval_every_epoch or epoch == tcfg.epochs:
             model_u = acc.unwrap_model(wrapped)
             t1 = time.perf_counter()
-            logits = predict_logits(model_u, evalset, collate, tcfg.eval_batch_size, acc.device, acc.autocast)
+            logits = predict_logits(model_u, evalset, collate, tcfg.eval_batch_size, acc.device, acc.autocast,
+                                    None if silent else f"{label} eval {epoch}/{tcfg.epochs}")
             outcome.eval_s += time.perf_counter() - t1
             outcome.eval_examples += len(evalset)
             outcome.logits = logits
             outcome.epochs.append(epoch_record(epoch, prog.loss_sum / prog.seen if prog.seen else None, logits, labels))
+            say(silent, epoch_line(label, outcome.epochs[-1], tcfg.epochs))
         if outcome.nan_loss:
             break
         prog.epoch, prog.batches_done, prog.loss_sum, prog.seen = epoch + 1, 0, 0.0, 0

@@ -1,0 +1,143 @@
+"""The comparison table both renderers draw: columns, better directions, best value per column.
+
+Kept free of any output format so the Markdown and the HTML report cannot disagree about which
+value is best. The majority-class baseline is a reference floor, never a candidate for "best"
+(its 0 trainable parameters would otherwise win that column every time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+from peftlab.report.collect import Row
+from peftlab.results import RunResult
+
+Better = Literal["max", "min"]
+ARROW = {"max": "\u2191", "min": "\u2193"}  # up / down arrows: which direction is better
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    header: str
+    #: the number compared for "best" (None: no value, or a text column)
+    number: Callable[[RunResult], float | None]
+    fmt: Callable[[float], str]
+    better: Better | None = None
+    text: Callable[[Row], str] | None = None
+    note: str = ""
+
+    @property
+    def title(self) -> str:
+        return f"{self.header} {ARROW[self.better]}" if self.better else self.header
+
+
+@dataclass(frozen=True)
+class Cell:
+    text: str
+    best: bool = False
+
+
+def _none(_: RunResult) -> None:
+    return None
+
+
+def _mb(b: int | None) -> float | None:
+    return None if b is None else b / 2**20
+
+
+def params_check(r: RunResult) -> str:
+    """Counted vs closed-form parameter numbers, said in words a reader can check."""
+    p = r.params
+    if p is None or r.method == "majority_class":
+        return ""
+    if p.agree is None:
+        return "no formula"
+    if p.agree:
+        return "ok"
+    return f"MISMATCH: counted {p.trainable:,}/{p.total:,}, derived {p.derived_trainable}/{p.derived_total}"
+
+
+def flags_text(r: RunResult) -> str:
+    if r.status != "ok":
+        return f"failed: {r.error or 'no error recorded'}"
+    return " ".join(r.flags)
+
+
+def _timing(attr: str) -> Callable[[RunResult], float | None]:
+    return lambda r: None if r.timing is None else getattr(r.timing, attr)
+
+
+COLUMNS: list[Column] = [
+    Column("method", "method", _none, str, text=lambda row: row.label),
+    Column("kind", "kind", _none, str, text=lambda row: row.result.method),
+    Column("accuracy", "accuracy", lambda r: r.accuracy, lambda v: f"{v:.4f}", "max"),
+    Column("macro_f1", "macro-F1", lambda r: r.macro_f1, lambda v: f"{v:.4f}", "max"),
+    Column("trainable", "trainable", lambda r: None if r.params is None else r.params.trainable,
+           lambda v: f"{int(v):,}", "min"),
+    Column("pct_trainable", "% trainable", lambda r: None if r.params is None else r.params.percent_trainable,
+           lambda v: f"{v:.3f}", "min"),
+    Column("params_check", "counted vs derived", _none, str, text=lambda row: params_check(row.result),
+           note="trainable and total parameters counted on the model equal the closed-form formula (ok), "
+                "differ (MISMATCH), or no formula exists for this architecture"),
+    Column("train_s", "train s", _timing("train_s"), lambda v: f"{v:.1f}", "min"),
+    Column("eval_s", "eval s", _timing("eval_s"), lambda v: f"{v:.2f}", "min"),
+    Column("peak_mb", "peak MB", lambda r: _mb(r.peak_memory_bytes), lambda v: f"{v:.0f}", "min",
+           note="process RSS on CPU, max allocated on CUDA"),
+    Column("train_ex_s", "train ex/s", _timing("train_examples_per_s"), lambda v: f"{v:.1f}", "max"),
+    Column("eval_ex_s", "eval ex/s", _timing("eval_examples_per_s"), lambda v: f"{v:.1f}", "max"),
+    Column("adapter_mb", "adapter MB", lambda r: _mb(r.adapter_bytes), lambda v: f"{v:.3f}", "min"),
+    Column("flags", "health", _none, str, text=lambda row: flags_text(row.result),
+           note="collapsed = every eval prediction is one class; nan_loss = training stopped on a "
+                "non-finite loss; params_unchanged = trainable weights never moved; "
+                "params_mismatch = counted and derived parameter numbers differ"),
+]
+
+
+def _candidate(row: Row) -> bool:
+    return row.result.status == "ok" and not row.is_baseline
+
+
+def best_values(rows: list[Row], columns: list[Column] = COLUMNS) -> dict[str, float]:
+    """Per column with a better direction, the best value among ok, non-baseline rows.
+
+    A column gets no best when fewer than two rows have a value, or when all shown values are
+    equal: marking every row says nothing.
+    """
+    best: dict[str, float] = {}
+    for col in columns:
+        if col.better is None:
+            continue
+        values = [v for row in rows if _candidate(row) and (v := col.number(row.result)) is not None]
+        if len(values) >= 2 and len({col.fmt(v) for v in values}) > 1:
+            best[col.key] = max(values) if col.better == "max" else min(values)
+    return best
+
+
+def table(rows: list[Row], columns: list[Column] = COLUMNS) -> list[list[Cell]]:
+    """Formatted cells, one list per row, with the best value per column marked."""
+    best = best_values(rows, columns)
+    out = []
+    for row in rows:
+        cells = []
+        for col in columns:
+            if col.text is not None:
+                cells.append(Cell(col.text(row)))
+                continue
+            v = col.number(row.result)
+            if v is None:
+                cells.append(Cell(""))
+                continue
+            is_best = col.key in best and _candidate(row) and col.fmt(v) == col.fmt(best[col.key])
+            cells.append(Cell(col.fmt(v), is_best))
+        out.append(cells)
+    return out
+
+
+def legend(columns: list[Column] = COLUMNS) -> list[str]:
+    """What the arrows, the best mark and the less obvious columns mean."""
+    lines = ["\u2191 higher is better, \u2193 lower is better; the best value of each column "
+             "(ok rows, baseline excluded) is marked."]
+    lines += [f"{c.header}: {c.note}" for c in columns if c.note]
+    return lines
