@@ -228,3 +228,42 @@ def test_bad_input_gets_one_line_and_exit_2(case, tiny_bert, trained, tmp_path):
     assert words.lower() in lines[0].lower(), (case, lines[0])
     results = list(s.out.rglob("results.json")) if s.out.exists() else []
     assert not (s.out / "comparison.md").exists() and not results, (case, "left outputs behind")
+
+
+def test_full_disk_gives_one_line_and_leaves_nothing(tiny_bert, trained, tmp_path, monkeypatch):
+    """ENOSPC while writing: one line naming it, exit 2, and no file (not even a temp file) left."""
+    import errno
+
+    import peftlab.io as pio
+
+    real_fdopen = pio.os.fdopen
+
+    class FullDisk:
+        def __init__(self, fd, *a, **k):
+            self.f = real_fdopen(fd, *a, **k)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, _text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pio.os, "fdopen", FullDisk)
+    s = Setup(tmp_path, tiny_bert, trained)
+    proc = run_cli("run", s.config(), "-q")
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-1500:]
+    assert "No space left on device" in lines[0]
+    assert not [p for p in s.out.rglob("*") if p.is_file()], "a partial file was left behind"
+
+
+def test_force_base_loads_an_adapter_from_another_base(tiny_bert, trained, tmp_path):
+    s = Setup(tmp_path, tiny_bert, trained)
+    args = _other_base(s)
+    assert run_cli(*args).returncode == 2
+    proc = run_cli(*args, "--force-base")
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    assert proc.stdout.split("\t")[0] in {"positive", "negative", "neutral"}
