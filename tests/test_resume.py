@@ -147,3 +147,29 @@ def test_sigkill_at_several_points_then_resume(tiny_bert, reference, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     for name in ("full", "lora"):
         assert metrics(out, name) == metrics(reference / "run", name)
+
+
+def test_nan_loss_stops_the_method_and_keeps_the_last_good_checkpoint(tiny_bert, reference, tmp_path, monkeypatch):
+    from transformers import BertForSequenceClassification
+
+    real_forward, calls = BertForSequenceClassification.forward, {"train": 0}
+
+    def forward(self, *args, **kwargs):
+        out = real_forward(self, *args, **kwargs)
+        if self.training and out.loss is not None:
+            calls["train"] += 1
+            if calls["train"] >= 4:  # the 4th training step diverges
+                out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(BertForSequenceClassification, "forward", forward)
+    files = (reference / "train.csv", reference / "eval.csv")
+    raw = raw_config(tiny_bert, files, tmp_path / "run", checkpoint_every=1)
+    raw["methods"] = [{"method": "full", "lr": 3e-3}]
+    results = run_experiment(validate_raw(raw), quiet=True)
+    r = results[-1]
+    assert r.status == "failed" and r.flags == ["nan_loss"]
+    assert "NaN" in (r.error or "") and "checkpoint" in (r.error or "")
+    kept = complete_checkpoints(tmp_path / "run" / "full")
+    assert [p.name for p in kept][-1] == "step-00000003"  # steps 1-3 were good
+    assert not (tmp_path / "run" / "full" / "adapter").exists()  # nothing saved from a diverged model
