@@ -42,10 +42,10 @@ def labels_of(ad: Adapter) -> list[str]:
     return [f"LABEL_{i}" for i in range(min(int(m.shape[0]) for m in mats))]
 
 
-def load_with_adapter(adapter_dir: Path, ad: Adapter, base: str | None = None) -> tuple[Any, Any]:
+def load_with_adapter(adapter_dir: Path, ad: Adapter, base: str | None = None, tok: Any = None) -> tuple[Any, Any]:
     """(PeftModel in eval mode, tokenizer) for the adapter saved at ``adapter_dir``."""
     backbone = backbone_of(ad, base)
-    tok = load_tokenizer(backbone)
+    tok = tok if tok is not None else load_tokenizer(backbone)
     model = load_classifier(backbone, labels_of(ad), tok)
     model = load_peft(model, adapter_dir)
     model.eval()
