@@ -67,3 +67,18 @@ def _sweep(expression: str, pool: dict, sweep: str, eval_arg: str, free: list[st
     print((out / "sweep.md").read_text(encoding="utf-8"))
     print(f"best {var} = {values[best]:g}; table and plot in {out}/sweep.md, sweep.png", file=sys.stderr)
     return {var: values[best]}
+
+
+def scenario_command(
+    config: Annotated[Path, typer.Argument(help="a configs/compose_*.yaml scenario")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides, e.g. n_train=120")] = None,
+    reuse: Annotated[bool, typer.Option("--reuse", help="keep modules already trained in OUTPUT_DIR")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Run a composition scenario (generalisation, negation, analogy): train, compose, sweep, report."""
+    from peftlab.compose.scenario_run import run_scenario
+    from peftlab.compose.scenarios import load_scenario
+
+    cfg = load_scenario(config, overrides)
+    command = " ".join(["peftlab compose-scenario", str(config), *(overrides or [])])
+    print(run_scenario(cfg, reuse=reuse, quiet=quiet, command=command))
