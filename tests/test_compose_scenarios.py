@@ -33,8 +33,8 @@ def test_scenario_plans(path):
     for row in plan.rows:  # every row is a well-formed expression over the modules
         assert set(linear_form(row.expression, names, {"lambda": 0.5})) <= names
     if cfg.scenario == "generalisation":
-        a, b = (np.bincount(m.train.labels, minlength=3) for m in plan.modules[:2])
-        assert a[0] / a.sum() > b[0] / b.sum() and a[2] / a.sum() < b[2] / b.sum()  # opposite skews
+        a, b = (np.bincount(m.train.labels, minlength=len(plan.labels)) for m in plan.modules[:2])
+        assert a[0] / a.sum() > b[0] / b.sum() and a[-1] / a.sum() < b[-1] / b.sum()  # opposite skews
         assert a.sum() + b.sum() == len(plan.modules[2].train) == cfg.n_train
 
 
@@ -65,7 +65,7 @@ def test_generalisation_runs_end_to_end(tiny_bert, tmp_path):
 
     cfg = load_scenario(CONFIGS[[p.stem for p in CONFIGS].index("compose_generalisation")], [
         f"backbone={tiny_bert}", "n_train=24", "n_test=12", "val_fraction=0.05", "train.epochs=1",
-        "train.max_length=16", "sweep=lambda=0,1", f"output_dir={tmp_path}", "lora.r=2",
+        "train.max_length=16", "sweep=lambda=0,1", "n_val=12", f"output_dir={tmp_path}", "lora.r=2",
     ])
     md = run_scenario(cfg, quiet=True)
     assert "trained on all" in md and "mix (weight)" in md

@@ -44,8 +44,10 @@ class ScenarioConfig(StrictModel):
     #: LoRA hyperparameters of every module (LoraParams fields: r, alpha, dropout, lr, ...)
     lora: dict[str, Any] = Field(default_factory=dict)
     train: TrainConfig = TrainConfig(epochs=2, num_threads=1)
-    #: subsample of the training pool (after the validation hold-out); null = all of it
+    #: subsample of the training pool (after the validation hold-out; analogy: of each domain)
     n_train: int | None = Field(default=None, ge=6)
+    #: stratified subsamples of the validation split (chooses lambda) and the test split (CPU time)
+    n_val: int | None = Field(default=None, ge=3)
     n_test: int | None = Field(default=None, ge=3)
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
     sweep: str = "lambda=0:1:0.25"
@@ -101,17 +103,22 @@ class Plan:
 SCENARIOS: Registry[Callable[[ScenarioConfig], Plan]] = Registry("composition scenario")
 
 
-def _splits(cfg: ScenarioConfig) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+def _cap(idx: np.ndarray, labels: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """A stratified subsample of ``idx`` (indices into ``labels``) of at most ``n``."""
+    return idx if n is None else idx[stratified_indices(labels[idx], n, seed)]
+
+
+def _splits(cfg: ScenarioConfig, cap: bool = True) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
     """(task data, pool idx, val idx, test idx): val is held out of train, test is the task's eval."""
     from peftlab.tasks import load_task
 
     data = load_task(TaskConfig(source="builtin", name=cfg.task), cfg.train.seed)
     pool, val = stratified_split(data.train.labels, cfg.val_fraction, cfg.train.seed)
-    if cfg.n_train is not None:
-        pool = pool[stratified_indices(data.train.labels[pool], cfg.n_train, cfg.train.seed)]
-    test = np.arange(len(data.eval))
-    if cfg.n_test is not None:
-        test = stratified_indices(data.eval.labels, cfg.n_test, cfg.train.seed)
+    s = cfg.train.seed
+    if cap:  # the analogy caps each domain instead
+        pool = _cap(pool, data.train.labels, cfg.n_train, s)
+        val = _cap(val, data.train.labels, cfg.n_val, s)
+    test = _cap(np.arange(len(data.eval)), data.eval.labels, cfg.n_test, s)
     return data, pool, val, test
 
 
@@ -155,17 +162,18 @@ def negation(cfg: ScenarioConfig) -> Plan:
 
 @SCENARIOS.register("analogy")
 def analogy(cfg: ScenarioConfig) -> Plan:
-    data, pool, val, test = _splits(cfg)
+    data, pool, val, test = _splits(cfg, cap=False)
     cond_train, cond_test = sd.drug_conditions()
     if len(cond_train) != len(data.train) or len(cond_test) != len(data.eval):
         raise PeftlabError("drugreview: condition column does not line up with the task rows")
     in_a = np.isin(np.asarray(cond_train), cfg.domain)
-    pa, pb = pool[in_a[pool]], pool[~in_a[pool]]
-    va, vb = val[in_a[val]], val[~in_a[val]]
+    y, s = data.train.labels, cfg.train.seed
+    pa, pb = _cap(pool[in_a[pool]], y, cfg.n_train, s), _cap(pool[~in_a[pool]], y, cfg.n_train, s)
+    va, vb = _cap(val[in_a[val]], y, cfg.n_val, s), _cap(val[~in_a[val]], y, cfg.n_val, s)
     tb = test[~np.isin(np.asarray(cond_test)[test], cfg.domain)]
     if min(len(pa), len(pb), len(va), len(vb), len(tb)) == 0:
         raise PeftlabError(f"analogy: domain {cfg.domain} leaves an empty split; choose other conditions")
-    t, s = data.train, cfg.train.seed
+    t = data.train
     shuf = sd.SHUFFLE_LABELS
     mods = [Module("sent_a", t.take(pa), t.take(va), data.label_names),
             Module("dom_a", sd.shuffle_task(t.take(pa).texts, s), sd.shuffle_task(t.take(va).texts, s + 1), shuf),
