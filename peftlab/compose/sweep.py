@@ -21,7 +21,7 @@ from peftlab.compose.core import compose, write
 from peftlab.compose.model import evaluate, labels_of, load_with_adapter
 from peftlab.errors import PeftlabError
 from peftlab.io import atomic_write_text
-from peftlab.results import RunResult, Timing
+from peftlab.results import EpochRecord, RunResult, Timing, environment
 from peftlab.tasks.base import Split
 
 
@@ -105,7 +105,9 @@ def score(composed: Adapter, record: dict[str, Any], val: Validation, name: str,
         per_class=m["per_class"], confusion_matrix=m["confusion_matrix"],
         timing=Timing(wall_s=time.perf_counter() - t0, eval_s=eval_s,
                       eval_examples_per_s=len(val.split) / eval_s if eval_s else None),
-        environment={"eval_loss": m["eval_loss"]},
+        # nothing is trained: one evaluation, recorded as epoch 0
+        epochs=[EpochRecord(epoch=0, eval_loss=m["eval_loss"], accuracy=m["accuracy"], macro_f1=m["macro_f1"])],
+        environment=environment("cpu"),
     )
 
 
@@ -143,13 +145,13 @@ def sweep_table(results: list[RunResult], var: str, best: int, text: str) -> str
     for i, r in enumerate(results):
         v = r.method_params["variables"][var]
         mark = "best" if i == best else ""
-        lines.append(f"| {v:g} | {r.accuracy:.4f} | {r.macro_f1:.4f} | {r.environment['eval_loss']:.4f} | {mark} |")
+        lines.append(f"| {v:g} | {r.accuracy:.4f} | {r.macro_f1:.4f} | {r.epochs[0].eval_loss:.4f} | {mark} |")
     return "\n".join(lines) + "\n"
 
 
 def sweep_csv(results: list[RunResult], var: str) -> str:
     rows = [f"{var},accuracy,macro_f1,eval_loss"]
-    rows += [f"{r.method_params['variables'][var]:g},{r.accuracy:.6f},{r.macro_f1:.6f},{r.environment['eval_loss']:.6f}"
+    rows += [f"{r.method_params['variables'][var]:g},{r.accuracy:.6f},{r.macro_f1:.6f},{r.epochs[0].eval_loss:.6f}"
              for r in results]
     return "\n".join(rows) + "\n"
 

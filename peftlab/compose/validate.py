@@ -32,13 +32,18 @@ def _base_of(ad: Adapter) -> str:
     return str(ad.meta.get("backbone") or ad.meta.get("base_model"))
 
 
+def _same_base(a: Adapter, b: Adapter) -> bool:
+    """peftlab runs name their backbone (an alias works on any machine); else peft's base path/id."""
+    if a.meta.get("backbone") and b.meta.get("backbone"):
+        return a.meta["backbone"] == b.meta["backbone"]
+    return same_base(a.meta.get("base_model"), b.meta.get("base_model"))
+
+
 def check_pair(a: Adapter, b: Adapter, mode: str) -> None:
     """``b`` can be composed with ``a``; else one PeftlabError line naming both."""
     if a.method != b.method:
         raise PeftlabError(f"cannot compose different methods: {a.name} is {a.method}, {b.name} is {b.method}")
-    if not same_base(a.meta.get("base_model"), b.meta.get("base_model")) or (
-        a.meta.get("backbone") and b.meta.get("backbone") and a.meta["backbone"] != b.meta["backbone"]
-    ):
+    if not _same_base(a, b):
         raise PeftlabError(f"different base models: {a.name} was trained on {_base_of(a)}, {b.name} on {_base_of(b)}")
     if a.meta.get("revision") != b.meta.get("revision") or a.config.get("revision") != b.config.get("revision"):
         raise PeftlabError(f"different base model revisions: {a.name} and {b.name}")
