@@ -239,6 +239,11 @@ def test_refusals(adapters, tmp_path):
     p = {"a": load_adapter("a", adapters["a"]), "o": load_adapter("o", other)}
     with pytest.raises(PeftlabError, match="different base models"):
         compose("a + o", p)
+    for key, value, msg in (("use_dora", True, "DoRA"), ("bias", "all", "bias='all'"),
+                            ("rank_pattern", {"query": 2}, "rank_pattern")):
+        (other / "adapter_config.json").write_text(json.dumps({**conf, "base_model_name_or_path": p["a"].config["base_model_name_or_path"], key: value}))
+        with pytest.raises(PeftlabError, match=re.escape(msg)):
+            compose("a + o", {"a": p["a"], "o": load_adapter("o", other)})
     conf["peft_type"] = "PROMPT_TUNING"
     (other / "adapter_config.json").write_text(json.dumps(conf))
     with pytest.raises(PeftlabError, match="supports lora and ia3"):

@@ -156,7 +156,9 @@ def negation(cfg: ScenarioConfig) -> Plan:
     rows = [Row("sent alone", "sent"), Row("flip alone", "flip"),
             Row("sent - lambda*flip (parameter)", "sent - lambda*flip", head="sent"),
             Row("sent - lambda*flip (weight)", "sent - lambda*flip", head="sent", mode="weight")]
-    note = f"flip is trained on labels reversed ({' <-> '.join(data.label_names[::-1])} order)"
+    names = data.label_names
+    pairs = [f"{names[i]} <-> {names[k - 1 - i]}" for i in range(k // 2)] + ([f"{names[k // 2]} stays"] if k % 2 else [])
+    note = f"flip is trained on reversed labels: {', '.join(pairs)}"
     return Plan(mods, rows, vsplit, data.eval.take(test), data.label_names, note)
 
 
