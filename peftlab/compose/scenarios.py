@@ -9,11 +9,11 @@ training data, and reports every row on the task's test split in one comparison 
   each alone, their mixes (parameter and weight space, lambda chosen on validation), their plain
   weight-space sum, and one LoRA trained on all of it.
 * ``negation``: a LoRA trained on the task with flipped labels, subtracted from the task LoRA.
-* ``analogy``: drug reviews split into two condition domains (``domain`` lists domain A's
-  conditions). Sentiment is learnt on A only; domain modules learn a label-free task on each
-  domain's text (word-shuffle detection, standing in for the paper's language-model modules);
-  ``sent_a + lambda*(dom_b - dom_a)`` is scored on domain B against the vanilla transfer
-  (``sent_a`` alone) and an in-domain reference (``sent_b``, trained on B's labels).
+* ``analogy``: two domains of one task (``DOMAINS``: BBC article leads vs closing paragraphs, or
+  drug reviews of some conditions vs the rest). The task is learnt on domain A only; domain
+  modules learn a label-free task on each domain's text (word-shuffle detection, standing in for
+  the paper's language-model modules); ``task_a + lambda*(dom_b - dom_a)`` is scored on domain B
+  against the vanilla transfer (``task_a`` alone) and an in-domain reference (``task_b``).
 """
 
 from __future__ import annotations
@@ -53,15 +53,13 @@ class ScenarioConfig(StrictModel):
     sweep: str = "lambda=0:1:0.25"
     #: generalisation: fraction of the first class in half A (the last class gets 1 - skew)
     skew: float = Field(default=0.8, ge=0.5, lt=1)
-    #: analogy: the conditions that make domain A (the rest is domain B)
+    #: analogy on drugreview: the conditions that make domain A (the rest is domain B)
     domain: list[str] = Field(default_factory=lambda: ["Birth Control", "Emergency Contraception"])
     output_dir: str = "runs/compose"
 
     @model_validator(mode="after")
     def _check(self) -> "ScenarioConfig":
         LoraParams(**{**self.lora, "method": "lora"})
-        if self.scenario == "analogy" and self.task != "drugreview":
-            raise ValueError("scenario analogy needs task drugreview (domains are its conditions)")
         return self
 
 
@@ -162,9 +160,25 @@ def negation(cfg: ScenarioConfig) -> Plan:
     return Plan(mods, rows, vsplit, data.eval.take(test), data.label_names, note)
 
 
-@SCENARIOS.register("analogy")
-def analogy(cfg: ScenarioConfig) -> Plan:
-    data, pool, val, test = _splits(cfg, cap=False)
+@dataclass
+class Domains:
+    """Labelled splits of two domains: A (where the task is learnt) and B (where it is used)."""
+
+    a_train: Split
+    a_val: Split
+    b_train: Split
+    b_val: Split  # chooses lambda
+    b_test: Split  # reports
+    note: str
+
+
+#: task -> how its data splits into two domains (from the task data and pool/val/test indices)
+DOMAINS: Registry[Callable[[ScenarioConfig, Any, np.ndarray, np.ndarray, np.ndarray], Domains]] = Registry("analogy task")
+
+
+@DOMAINS.register("drugreview")
+def drug_condition_domains(cfg: ScenarioConfig, data: Any, pool: np.ndarray, val: np.ndarray, test: np.ndarray) -> Domains:
+    """Domain A: reviews for the conditions in ``cfg.domain``; domain B: all other conditions."""
     cond_train, cond_test = sd.drug_conditions()
     if len(cond_train) != len(data.train) or len(cond_test) != len(data.eval):
         raise PeftlabError("drugreview: condition column does not line up with the task rows")
@@ -176,18 +190,48 @@ def analogy(cfg: ScenarioConfig) -> Plan:
     if min(len(pa), len(pb), len(va), len(vb), len(tb)) == 0:
         raise PeftlabError(f"analogy: domain {cfg.domain} leaves an empty split; choose other conditions")
     t = data.train
-    shuf = sd.SHUFFLE_LABELS
-    mods = [Module("sent_a", t.take(pa), t.take(va), data.label_names),
-            Module("dom_a", sd.shuffle_task(t.take(pa).texts, s), sd.shuffle_task(t.take(va).texts, s + 1), shuf),
-            Module("dom_b", sd.shuffle_task(t.take(pb).texts, s), sd.shuffle_task(t.take(vb).texts, s + 1), shuf),
-            Module("sent_b", t.take(pb), t.take(vb), data.label_names)]
-    expr = "sent_a + lambda*(dom_b - dom_a)"
-    rows = [Row("sent_a alone (vanilla transfer)", "sent_a"),
-            Row("analogy (parameter)", expr, head="sent_a"), Row("analogy (weight)", expr, head="sent_a", mode="weight"),
-            Row("sent_b (in-domain reference)", "sent_b")]
-    note = (f"domain A = {cfg.domain} ({len(pa)} train), domain B = the other conditions ({len(pb)} train); "
-            f"lambda chosen on {len(vb)} domain-B validation reviews, scored on {len(tb)} domain-B test reviews")
-    return Plan(mods, rows, t.take(vb), data.eval.take(tb), data.label_names, note)
+    note = f"domain A = reviews for {cfg.domain}, domain B = reviews for the other conditions"
+    return Domains(t.take(pa), t.take(va), t.take(pb), t.take(vb), data.eval.take(tb), note)
+
+
+@DOMAINS.register("bbcnews")
+def bbc_section_domains(cfg: ScenarioConfig, data: Any, pool: np.ndarray, val: np.ndarray, test: np.ndarray) -> Domains:
+    """Domain A: article leads (headline + first paragraph); domain B: closing paragraphs.
+
+    The training articles are halved (stratified): one half gives domain A's leads, the other
+    domain B's closings, so no article is seen in both domains.
+    """
+    y, s = data.train.labels, cfg.train.seed
+    half_a, half_b = stratified_split(y[pool], 0.5, s)
+    pa, pb = _cap(pool[half_a], y, cfg.n_train, s), _cap(pool[half_b], y, cfg.n_train, s)
+    va = vb = _cap(val, y, cfg.n_val, s)
+
+    def section(split: Split, which: int) -> Split:
+        return Split(texts=[sd.bbc_sections(t)[which] for t in split.texts], labels=split.labels)
+
+    t = data.train
+    note = "domain A = BBC article leads (headline + first paragraph), domain B = closing paragraphs of other articles"
+    return Domains(section(t.take(pa), 0), section(t.take(va), 0), section(t.take(pb), 1), section(t.take(vb), 1),
+                   section(data.eval.take(test), 1), note)
+
+
+@SCENARIOS.register("analogy")
+def analogy(cfg: ScenarioConfig) -> Plan:
+    data, pool, val, test = _splits(cfg, cap=False)
+    test = _cap(test, data.eval.labels, cfg.n_test, cfg.train.seed)
+    d = DOMAINS.get(cfg.task)(cfg, data, pool, val, test)
+    s, shuf, names = cfg.train.seed, sd.SHUFFLE_LABELS, data.label_names
+    mods = [Module("task_a", d.a_train, d.a_val, names),
+            Module("dom_a", sd.shuffle_task(d.a_train.texts, s), sd.shuffle_task(d.a_val.texts, s + 1), shuf),
+            Module("dom_b", sd.shuffle_task(d.b_train.texts, s), sd.shuffle_task(d.b_val.texts, s + 1), shuf),
+            Module("task_b", d.b_train, d.b_val, names)]
+    expr = "task_a + lambda*(dom_b - dom_a)"
+    rows = [Row("task_a alone (vanilla transfer)", "task_a"),
+            Row("analogy (parameter)", expr, head="task_a"), Row("analogy (weight)", expr, head="task_a", mode="weight"),
+            Row("task_b (in-domain reference)", "task_b")]
+    note = (f"{d.note}: {len(d.a_train)} / {len(d.b_train)} train; lambda chosen on {len(d.b_val)} domain-B "
+            f"validation examples, scored on {len(d.b_test)} domain-B test examples")
+    return Plan(mods, rows, d.b_val, d.b_test, names, note)
 
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> ScenarioConfig:
