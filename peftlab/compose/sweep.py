@@ -20,7 +20,7 @@ from peftlab.compose.adapter import Adapter
 from peftlab.compose.core import compose, write
 from peftlab.compose.model import evaluate, labels_of, load_with_adapter
 from peftlab.errors import PeftlabError
-from peftlab.io import atomic_write_text
+from peftlab.io import atomic_write_text, dir_size_bytes
 from peftlab.results import EpochRecord, RunResult, Timing, environment
 from peftlab.tasks.base import Split
 
@@ -94,6 +94,7 @@ def score(composed: Adapter, record: dict[str, Any], val: Validation, name: str,
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="peftlab-compose-") as tmp:
         write(composed, record, tmp)
+        size = dir_size_bytes(tmp)
         model, tok = load_with_adapter(Path(tmp), composed, base, tok)
         t1 = time.perf_counter()
         m = evaluate(model, tok, val.split, val.labels, val.max_length, val.batch_size)
@@ -107,7 +108,8 @@ def score(composed: Adapter, record: dict[str, Any], val: Validation, name: str,
                       eval_examples_per_s=len(val.split) / eval_s if eval_s else None),
         # nothing is trained: one evaluation, recorded as epoch 0
         epochs=[EpochRecord(epoch=0, eval_loss=m["eval_loss"], accuracy=m["accuracy"], macro_f1=m["macro_f1"])],
-        environment=environment("cpu"),
+        environment=environment("cpu"), adapter_bytes=size,
+        flags=["collapsed"] if sum(any(col) for col in zip(*m["confusion_matrix"])) <= 1 else [],
     )
 
 
