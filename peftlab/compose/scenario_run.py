@@ -86,10 +86,10 @@ def report(cfg: ScenarioConfig, plan: Plan, modules: dict[str, RunResult], rows:
     """scenario.md: what was trained, and every row with its chosen lambda."""
     lines = [f"# Composition scenario: {cfg.scenario} ({cfg.name})", "", f"Reproduce: `{command}`", "",
              plan.note, "", "## Modules (LoRA, each an ordinary peftlab run)", "",
-             "| module | train | validation acc | train s |", "|---|---|---|---|"]
+             "| module | train | validation acc | train s | flags |", "|---|---|---|---|---|"]
     for name, r in modules.items():
         train_s = f"{r.timing.train_s:.0f}" if r.timing else ""
-        lines.append(f"| {name} | {r.n_train} | {r.accuracy:.4f} | {train_s} |")
+        lines.append(f"| {name} | {r.n_train} | {r.accuracy:.4f} | {train_s} | {' '.join(r.flags)} |")
     lines += ["", f"## Rows on the test split ({len(plan.test)} examples; lambda chosen on {len(plan.val)} validation examples)", "",
               "| row | expression | mode | head | lambda | val acc | test acc | test macro-F1 |",
               "|---|---|---|---|---|---|---|---|"]
