@@ -80,3 +80,21 @@ def test_generalisation_runs_end_to_end(tiny_bert, tmp_path):
     if mix["method_params"]["variables"]["lambda"] == 0:
         assert mix["accuracy"] == alone
     assert (tmp_path / "comparison.md").is_file() and (tmp_path / "sweeps" / "mix__weight" / "sweep.png").is_file()
+
+
+def test_sweep_grid_and_builtin_validation_is_held_out_of_train():
+    from peftlab.compose.sweep import load_validation, parse_sweep
+
+    assert parse_sweep("lambda=0:1:0.25") == ("lambda", [0.0, 0.25, 0.5, 0.75, 1.0])
+    assert parse_sweep("w=0.1,2") == ("w", [0.1, 2.0])
+    for bad in ("lambda=1:0:0.1", "lambda=0:1:0", "=0:1:1", "lambda=a,b"):
+        with pytest.raises(PeftlabError, match="--sweep"):
+            parse_sweep(bad)
+    val = load_validation("drugreview")  # 20% of the 600 training reviews, never the 379 test ones
+    assert len(val.split) == 120 and val.labels == ["negative", "neutral", "positive"]
+    from peftlab.tasks.builtin import drugreview
+
+    train, test, _ = drugreview()
+    assert set(val.split.texts) <= set(train.text) and not set(val.split.texts) & set(test.text)
+    with pytest.raises(PeftlabError, match="not a config file"):
+        load_validation("nosuchtask")
