@@ -125,6 +125,13 @@ def list_() -> None:
     print("builtin tasks:  " + ", ".join(BUILTIN_TASKS.names()))
 
 
+# peftlab compose EXPR --adapters NAME=PATH ... --out DIR (arithmetic on trained modules, issue 6)
+from peftlab.compose.cli import compose_command, scenario_command  # noqa: E402
+
+app.command("compose")(compose_command)
+app.command("compose-scenario")(scenario_command)
+
+
 def _quiet_libraries() -> None:
     """bitsandbytes warns at import that its optional CPU kernel (a Hub download) is missing."""
     import logging

@@ -1,0 +1,75 @@
+"""Put a composed adapter on its base model: evaluate it, or merge it and save the weights.
+
+The base comes from the adapter's fingerprint (the peftlab run's backbone, so offline aliases
+work) or its ``base_model_name_or_path``, unless the user names one; the label names come from
+the run, or ``LABEL_i`` sized by the saved head.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import DataCollatorWithPadding
+
+from peftlab.backbones import load_classifier, load_tokenizer
+from peftlab.compose.adapter import COMPOSE_FILE, Adapter, head_tensors
+from peftlab.config import BackboneConfig
+from peftlab.errors import PeftlabError
+from peftlab.methods.peft_common import load_peft
+from peftlab.metrics import classification_metrics
+from peftlab.runners.batching import encode
+from peftlab.runners.train import cross_entropy, predict_logits
+from peftlab.tasks.base import Split
+
+
+def backbone_of(ad: Adapter, base: str | None = None) -> BackboneConfig:
+    name = base or ad.meta.get("backbone") or ad.meta.get("base_model")
+    if not name:
+        raise PeftlabError(f"adapter {ad.name} does not name its base model; pass --base")
+    return BackboneConfig(name=str(name), revision=ad.meta.get("revision"))
+
+
+def labels_of(ad: Adapter) -> list[str]:
+    if ad.meta.get("labels"):
+        return list(ad.meta["labels"])
+    mats = [v for k, v in head_tensors(ad).items() if k.endswith(".weight") and v.ndim == 2]
+    if not mats:
+        raise PeftlabError(f"adapter {ad.name}: no saved head and no label names; cannot build a classifier")
+    return [f"LABEL_{i}" for i in range(min(int(m.shape[0]) for m in mats))]
+
+
+def load_with_adapter(adapter_dir: Path, ad: Adapter, base: str | None = None, tok: Any = None) -> tuple[Any, Any]:
+    """(PeftModel in eval mode, tokenizer) for the adapter saved at ``adapter_dir``."""
+    backbone = backbone_of(ad, base)
+    tok = tok if tok is not None else load_tokenizer(backbone)
+    model = load_classifier(backbone, labels_of(ad), tok)
+    model = load_peft(model, adapter_dir)
+    model.eval()
+    return model, tok
+
+
+def merge_to(adapter_dir: Path, ad: Adapter, out: Path, base: str | None = None) -> Path:
+    """Merge into the base weights (peft ``merge_and_unload``) and save model + tokenizer (safetensors)."""
+    model, tok = load_with_adapter(adapter_dir, ad, base)
+    merged = model.merge_and_unload()
+    try:
+        merged.save_pretrained(str(out), safe_serialization=True)
+        tok.save_pretrained(str(out))
+        if (adapter_dir / COMPOSE_FILE).is_file():
+            shutil.copy(adapter_dir / COMPOSE_FILE, out / COMPOSE_FILE)
+    except OSError as exc:
+        raise PeftlabError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
+    return out
+
+
+def evaluate(model: Any, tok: Any, split: Split, labels: list[str], max_length: int, batch_size: int = 64) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class report, confusion matrix and loss on ``split``."""
+    feats = encode(tok, split, max_length)
+    logits = predict_logits(model, feats, DataCollatorWithPadding(tok), batch_size, torch.device("cpu"))
+    m = classification_metrics(split.labels, logits.argmax(-1), labels)
+    m["eval_loss"] = cross_entropy(logits.astype(np.float32), split.labels)
+    return m
