@@ -85,7 +85,7 @@ def predict(method_dir: Path, texts: Annotated[Optional[list[str]], typer.Argume
     if key == "image":  # the items are image paths
         from peftlab.images.predict import load_image_predictor
 
-        pred = load_image_predictor(method_dir)
+        pred = load_image_predictor(method_dir, force_base)
     else:
         pred = load_predictor(method_dir, force_base)
     probs = pred.probabilities(items)

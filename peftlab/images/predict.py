@@ -15,6 +15,7 @@ import peftlab.images.methods_classifier  # noqa: F401  (registers the classifie
 import peftlab.images.methods_clip  # noqa: F401  (registers the CLIP methods)
 from peftlab.config import load_config
 from peftlab.errors import PeftlabError
+from peftlab.fingerprint import check_base, image_base_fingerprint
 from peftlab.images.backbones import backbone_kind, load_image_backbone
 from peftlab.images.method_base import Forward, image_method
 from peftlab.images.preprocess import Preprocess
@@ -37,7 +38,7 @@ class ImagePredictor:
         return torch.softmax(logits.float(), -1).numpy()
 
 
-def load_image_predictor(method_dir: str | Path) -> ImagePredictor:
+def load_image_predictor(method_dir: str | Path, force_base: bool = False) -> ImagePredictor:
     mdir = Path(method_dir)
     result = read_result(mdir / RESULTS_FILE)
     if result.status != "ok":
@@ -46,6 +47,7 @@ def load_image_predictor(method_dir: str | Path) -> ImagePredictor:
     params = cfg.method(mdir.name)
     method = image_method(params.method, backbone_kind(cfg.backbone))
     backbone = load_image_backbone(cfg.backbone)
+    check_base(mdir / ADAPTER_DIR, image_base_fingerprint(backbone, result.labels, cfg.train.seed), force_base)
     forward = method.predictor(backbone, params, result.labels, mdir / ADAPTER_DIR, cfg.train.seed)
     return ImagePredictor(result.labels, forward, backbone.preprocess.with_size(cfg.task.image_size))
 

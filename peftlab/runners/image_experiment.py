@@ -21,6 +21,7 @@ import peftlab.images.methods_clip  # noqa: F401  (registers the CLIP methods)
 from peftlab.config import ExperimentConfig
 from peftlab.config_base import MethodParams
 from peftlab.errors import PeftlabError
+from peftlab.fingerprint import image_base_fingerprint
 from peftlab.images.backbones import backbone_kind, load_image_backbone
 from peftlab.images.method_base import Built, ImageContext, image_method
 from peftlab.images.report import per_class_summary, report_lines
@@ -57,8 +58,9 @@ def build_context(cfg: ExperimentConfig, cache_dir: Path | None, quiet: bool = T
     x_train, x_eval = prep.batch(data.train.images), prep.batch(data.eval.images)
     _say(quiet, f"task {data.name}: {len(data.train)} train / {len(data.eval)} eval images at {prep.size}px "
                 f"({time.perf_counter() - t0:.1f} s to preprocess), labels {data.label_names}")
+    fingerprint = image_base_fingerprint(backbone, data.label_names, cfg.train.seed)
     return ImageContext(backbone=backbone, data=data, x_train=x_train, x_eval=x_eval, tcfg=cfg.train,
-                        device=device, cache_dir=cache_dir)
+                        device=device, cache_dir=cache_dir, fingerprint=fingerprint)
 
 
 def run_image_experiment(cfg: ExperimentConfig, quiet: bool = False) -> list[RunResult]:
@@ -134,7 +136,7 @@ def _run(ctx: ImageContext, cfg: ExperimentConfig, params: MethodParams, kind: s
     if is_collapsed(pred, ctx.data.num_labels):
         flags.insert(0, "collapsed")
     saver: Any = SimpleNamespace(save=lambda _model, _params, d: built.save(d))
-    adapter_bytes = save_atomically(saver, built.model, params, mdir / ADAPTER_DIR)
+    adapter_bytes = save_atomically(saver, built.model, params, mdir / ADAPTER_DIR, ctx.fingerprint)
     m = classification_metrics(ctx.data.eval.labels, pred, ctx.data.label_names)
     details = {**per_class_summary(m["per_class"]), **built.details}
     details["report_lines"] = report_lines(details)
