@@ -10,6 +10,7 @@ import shutil
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 from transformers import DataCollatorWithPadding, set_seed
 
 from peftlab.backbones import load_classifier, load_hf_config, load_tokenizer, method_load_kwargs
-from peftlab.config import ExperimentConfig, dump_config
+from peftlab.config import BackboneConfig, ExperimentConfig, dump_config
 from peftlab.config_base import MethodParams
 from peftlab.errors import PeftlabError
 from peftlab.io import atomic_write_text, dir_size_bytes
@@ -26,10 +27,12 @@ from peftlab.methods import METHODS
 from peftlab.methods.base import head_names
 from peftlab.metrics import classification_metrics, is_collapsed, majority_class
 from peftlab.params import arch_spec, count_params
+from peftlab.registry import Registry
 from peftlab.report.compare import write_comparison
 from peftlab.results import ParamCounts, RunResult, Timing, environment
 from peftlab.runners.batching import Features, encode
 from peftlab.runners.cached import fit_head
+from peftlab.runners.icl import run_icl
 from peftlab.runners.measure import PeakMemory
 from peftlab.runners.train import FitOutcome, fit, make_accelerator
 from peftlab.tasks import TaskData, load_task
@@ -39,11 +42,32 @@ BASELINE = "majority_class"
 
 
 def preflight(cfg: ExperimentConfig) -> None:
-    """Checks that need the backbone's config (no weights): refuse before anything trains."""
-    conf = load_hf_config(cfg.backbone, num_labels=len(cfg.task.label_names or [0, 1]))
-    spec = arch_spec(conf)
+    """Checks that need each row's backbone config (no weights): refuse before anything trains."""
+    confs: dict[str, Any] = {}
     for params in cfg.methods:
-        METHODS.get(params.method).check(params, spec, conf.model_type)
+        bb = cfg.backbone_for(params)
+        if bb.name not in confs:
+            confs[bb.name] = load_hf_config(bb, num_labels=len(cfg.task.label_names or [0, 1]))
+        METHODS.get(params.method).check(params, arch_spec(confs[bb.name]), confs[bb.name].model_type)
+
+
+class Encodings:
+    """Tokenizer and tokenised splits per backbone, built the first time a row needs them."""
+
+    def __init__(self, cfg: ExperimentConfig, data: TaskData) -> None:
+        self.cfg, self.data = cfg, data
+        self._done: dict[str, tuple[Any, Features, Features]] = {}
+
+    def get(self, bb: BackboneConfig) -> tuple[Any, Features, Features]:
+        if bb.name not in self._done:
+            tok = load_tokenizer(bb)
+            n = self.cfg.train.max_length
+            self._done[bb.name] = (tok, encode(tok, self.data.train, n), encode(tok, self.data.eval, n))
+        return self._done[bb.name]
+
+
+#: runner name (``Method.runner``) -> function(cfg, params, data, encodings, out, quiet) -> RunResult
+RUNNERS: Registry[Callable[..., RunResult]] = Registry("runner")
 
 
 def run_experiment(cfg: ExperimentConfig, quiet: bool = False) -> list[RunResult]:
@@ -57,15 +81,14 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False) -> list[RunResult
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     data = load_task(cfg.task, cfg.train.seed)
-    tokenizer = load_tokenizer(cfg.backbone)
-    train_f = encode(tokenizer, data.train, cfg.train.max_length)
-    eval_f = encode(tokenizer, data.eval, cfg.train.max_length)
+    encodings = Encodings(cfg, data)
     _say(quiet, f"task {data.name}: {len(data.train)} train / {len(data.eval)} eval, labels {data.label_names}")
     results = [baseline_result(cfg, data)] if cfg.baseline else []
     if results:
         results[0].write(out / BASELINE)
     for params in cfg.methods:
-        results.append(run_method(cfg, params, data, tokenizer, train_f, eval_f, out, quiet))
+        runner = RUNNERS.get(METHODS.get(params.method).runner)
+        results.append(runner(cfg, params, data, encodings, out, quiet))
     write_comparison(results, out)
     return results
 
@@ -115,14 +138,22 @@ def _train(method: Any, model: torch.nn.Module, params: MethodParams, spec: Any,
 def run_method(cfg: ExperimentConfig, params: MethodParams, data: TaskData, tokenizer: Any,
                train_f: Features, eval_f: Features, out: Path, quiet: bool) -> RunResult:
     method = METHODS.get(params.method)
+    return guarded(cfg, params, data, out, lambda base, mdir: _run_method(
+        cfg, method, params, data, tokenizer, train_f, eval_f, mdir, base, quiet))
+
+
+def guarded(cfg: ExperimentConfig, params: MethodParams, data: TaskData, out: Path,
+            work: Callable[[RunResult, Path], RunResult]) -> RunResult:
+    """Run one row; a failure becomes a ``failed`` result (with the error) instead of ending
+    the experiment. The result is written to ``out/<row>/results.json`` either way."""
     mdir = out / params.label
     base = RunResult(
         name=params.label, method=params.method, method_params=params.model_dump(mode="json"),
-        task=data.name, backbone=cfg.backbone.name, seed=cfg.train.seed, labels=data.label_names,
+        task=data.name, backbone=cfg.backbone_for(params).name, seed=cfg.train.seed, labels=data.label_names,
         n_train=len(data.train), n_eval=len(data.eval),
     )
     try:
-        result = _run_method(cfg, method, params, data, tokenizer, train_f, eval_f, mdir, base, quiet)
+        result = work(base, mdir)
     except (Exception, KeyboardInterrupt) as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
@@ -134,6 +165,28 @@ def run_method(cfg: ExperimentConfig, params: MethodParams, data: TaskData, toke
     return result
 
 
+def _run_trained(cfg: ExperimentConfig, params: MethodParams, data: TaskData, encodings: Encodings,
+                 out: Path, quiet: bool) -> RunResult:
+    return run_method(cfg, params, data, *encodings.get(cfg.backbone_for(params)), out, quiet)
+
+
+def _run_icl(cfg: ExperimentConfig, params: MethodParams, data: TaskData, encodings: Encodings,
+             out: Path, quiet: bool) -> RunResult:
+    _say(quiet, f"== {params.label} ({params.method} on {cfg.backbone_for(params).name})")
+    method = METHODS.get(params.method)
+
+    def work(base: RunResult, mdir: Path) -> RunResult:
+        save = (lambda m: save_atomically(method, m, params, mdir / ADAPTER_DIR)) if method.saves_adapter else None
+        result = run_icl(cfg, method, params, data, base, quiet, save)
+        return result.model_copy(update={"adapter_path": f"{mdir.name}/{ADAPTER_DIR}"}) if save else result
+
+    return guarded(cfg, params, data, out, work)
+
+
+RUNNERS.add("train", _run_trained)
+RUNNERS.add("icl", _run_icl)
+
+
 def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: TaskData, tokenizer: Any,
                 train_f: Features, eval_f: Features, mdir: Path, base: RunResult, quiet: bool) -> RunResult:
     set_seed(cfg.train.seed)
@@ -142,8 +195,9 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
     _say(quiet, f"== {params.label} ({params.method}, lr={params.lr:g})")
     with PeakMemory(acc.device) as mem:
         t0 = time.perf_counter()
-        extra = method_load_kwargs(cfg.backbone, method, params, data.num_labels)
-        model = load_classifier(cfg.backbone, data.label_names, tokenizer, extra)
+        bb = cfg.backbone_for(params)
+        extra = method_load_kwargs(bb, method, params, data.num_labels)
+        model = load_classifier(bb, data.label_names, tokenizer, extra)
         spec = arch_spec(model.config)
         model = method.prepare(model, params, spec)
         trainable, total = count_params(model)
