@@ -74,3 +74,17 @@ def test_common_prefix_leaves_one_token_per_suffix():
     assert common_prefix_len([[1, 2, 3, 4], [1, 2, 5]]) == 2
     assert common_prefix_len([[7], [1, 2]]) == 0
     assert common_prefix_len(Encoded([[1]], [[[2]]]).contexts) == 0
+
+
+def test_choices_sharing_leading_tokens(tiny_lm):
+    """Chat answers all start with the same token(s); the shared part runs with the suffix."""
+    model, tok = tiny_lm
+    contexts, _ = _requests(6, 2)
+    choices = [[" the drug good", " the drug not very bad", " the good"]] * 6
+    enc = encode_requests(tok, contexts, choices)
+    brute = torch.tensor(score_brute(model, enc))
+    cached = torch.tensor(PrefixScorer(model, pad_id=0, batch_size=4).score(enc))
+    torch.testing.assert_close(cached, brute, atol=1e-4, rtol=1e-5)
+    from peftlab.icl.scoring import shared_len
+    assert shared_len(enc.continuations[0]) == 1
+    assert shared_len([[1, 2], [1, 2]]) == 1 and shared_len([[1], [1, 2]]) == 0

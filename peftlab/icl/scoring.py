@@ -8,10 +8,11 @@ the joint encoding after the context's). Three passes keep the work close to the
 1. the longest token prefix shared by every context (instruction + demonstrations) runs once;
    its KV cache is reused by every batch;
 2. each batch of examples runs only its own suffix, left-padded *between* prefix and suffix
-   (an attention mask hides the holes, explicit position ids keep positions exact); the last
-   position's logits score every choice's first token at once;
-3. only choices longer than one token run again: the suffix cache is expanded to one row per
-   (example, choice) and the continuation tokens (all but the last) are fed in one batch.
+   (an attention mask hides the holes, explicit position ids keep positions exact), followed by
+   the tokens all its choices start with; the last position's logits score every choice's first
+   distinct token at once;
+3. only choices with more tokens after that run again: the batch's cache is expanded to one row
+   per (example, choice) and their remaining tokens (all but the last) are fed in one batch.
 
 ``score_brute`` is the plain one-forward-per-(example, choice) definition the tests compare to.
 """
@@ -73,6 +74,12 @@ def common_prefix_len(seqs: Sequence[Ids]) -> int:
             k += 1
         n = k
     return max(n, 0)
+
+
+def _repeat(cache: DynamicCache, n: int) -> DynamicCache:
+    """``n`` rows of a one-row cache, as views: the first update concatenates into new memory."""
+    return DynamicCache(ddp_cache_data=[(layer.keys.expand(n, -1, -1, -1), layer.values.expand(n, -1, -1, -1))
+                                        for layer in cache.layers])
 
 
 def _select(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
@@ -142,34 +149,53 @@ class PrefixScorer:
     def _score_batch(self, suffixes: list[Ids], conts: list[list[Ids]], n_prefix: int,
                      prefix_cache: DynamicCache | None) -> list[list[float]]:
         dev = self.device
-        ids, smask = _pad_left(suffixes, self.pad_id, dev)
         b = len(suffixes)
+        # tokens every choice of a row starts with (chat answers all open with "\n") are run
+        # with the suffix, so usually only the first *distinct* token is left to score
+        shared = [shared_len(c) for c in conts]
+        ids, smask = _pad_left([s + c[0][:k] for s, c, k in zip(suffixes, conts, shared)], self.pad_id, dev)
         attn = torch.cat([torch.ones((b, n_prefix), dtype=torch.long, device=dev), smask], dim=1)
-        cache = _select(prefix_cache, torch.zeros(b, dtype=torch.long, device=dev)) if prefix_cache else DynamicCache()
+        cache = _repeat(prefix_cache, b) if prefix_cache is not None else DynamicCache()
+        keep = max(shared) + 1
         out = self.model(input_ids=ids, attention_mask=attn, position_ids=_positions(smask, n_prefix),
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
-        first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V): predicts each choice's first token
-        sums = [[float(first[r, c[0]]) for c in conts[r]] for r in range(b)]
-        rows = [(r, k) for r in range(b) for k, c in enumerate(conts[r]) if len(c) > 1]
-        if rows:
-            self._add_tails(sums, rows, conts, out.past_key_values, attn, n_prefix + smask.sum(1))
+                         past_key_values=cache, use_cache=True, logits_to_keep=keep)
+        logp = torch.log_softmax(out.logits[:, -keep:].float(), dim=-1)  # (B, keep, V), rows end-aligned
+        sums = []
+        for r, (c, k) in enumerate(zip(conts, shared)):
+            common = sum(float(logp[r, keep - k + j - 1, c[0][j]]) for j in range(k))
+            sums.append([common + float(logp[r, keep - 1, ch[k]]) for ch in c])
+        tails = [(r, j) for r in range(b) for j, ch in enumerate(conts[r]) if len(ch) > shared[r] + 1]
+        if tails:
+            feeds = [conts[r][j][shared[r]:] for r, j in tails]  # from the first distinct token on
+            self._add_tails(sums, tails, feeds, out.past_key_values, attn, n_prefix + smask.sum(1))
         return sums
 
-    def _add_tails(self, sums: list[list[float]], rows: list[tuple[int, int]], conts: list[list[Ids]],
+    def _add_tails(self, sums: list[list[float]], rows: list[tuple[int, int]], feeds: list[Ids],
                    cache: DynamicCache, attn: torch.Tensor, next_pos: torch.Tensor) -> None:
-        """Tokens 2.. of multi-token continuations, one row per (example, choice), from the cache."""
+        """The remaining tokens of multi-token continuations, one row per (example, choice),
+        continuing from the batch's cache: feed tokens t..n-1, score tokens t+1..n."""
         dev = self.device
-        for start in range(0, len(rows), self.batch_size * 4):
-            chunk = rows[start : start + self.batch_size * 4]
+        step = self.batch_size * 4
+        for start in range(0, len(rows), step):
+            chunk, tokens = rows[start : start + step], feeds[start : start + step]
             sel = torch.tensor([r for r, _ in chunk], dtype=torch.long, device=dev)
-            feed, cmask = _pad_right([conts[r][k][:-1] for r, k in chunk], self.pad_id, dev)
+            feed, cmask = _pad_right([t[:-1] for t in tokens], self.pad_id, dev)
             out = self.model(input_ids=feed, attention_mask=torch.cat([attn[sel], cmask], dim=1),
                              position_ids=next_pos[sel, None] + torch.arange(feed.shape[1], device=dev),
                              past_key_values=_select(cache, sel), use_cache=True)
             logp = torch.log_softmax(out.logits.float(), dim=-1)
-            for j, (r, k) in enumerate(chunk):
-                target = torch.tensor(conts[r][k][1:], device=dev)
-                sums[r][k] += float(logp[j, torch.arange(len(target), device=dev), target].sum())
+            for row, ((r, j), t) in enumerate(zip(chunk, tokens)):
+                target = torch.tensor(t[1:], device=dev)
+                sums[r][j] += float(logp[row, torch.arange(len(target), device=dev), target].sum())
+
+
+def shared_len(conts: Sequence[Ids]) -> int:
+    """Leading tokens common to every continuation, leaving each at least one of its own."""
+    n = min(len(c) for c in conts) - 1
+    for k in range(max(n, 0)):
+        if any(c[k] != conts[0][k] for c in conts):
+            return k
+    return max(n, 0)
 
 
 @torch.no_grad()
