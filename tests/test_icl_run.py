@@ -132,3 +132,13 @@ def test_gguf_cache_builds_once_atomically(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         cached_folder("n", broken)
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["m"]  # no half-built folder left
+
+
+def test_shipped_icl_config_validates():
+    from peftlab.config import load_config
+
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "icl_drugreview.yaml")
+    rows = {m.label: m for m in cfg.methods}
+    assert [rows[n].shots for n in ("zero_shot", "one_shot", "four_shot")] == [0, 1, 4]
+    assert cfg.backbone_for(rows["lora_smollm2"]).name == "smollm2-135m"
+    assert cfg.backbone_for(rows["lora_minilm"]).name == "minilm-l6"

@@ -66,9 +66,9 @@ def _md_cell(s: str) -> str:
 
 def to_markdown(results: list[RunResult]) -> str:
     heads = ["method", "backbone", "accuracy", "macro-F1", "trainable", "% trainable", "params check", "train s",
-             "peak MB", "train ex/s", "adapter MB", "flags"]
+             "peak MB", "train ex/s", "eval ex/s", "adapter MB", "flags"]
     keys = ["method", "backbone", "accuracy", "macro_f1", "trainable", "pct_trainable", "params_check", "train_s",
-            "peak_mem_mb", "train_ex_per_s", "adapter_mb", "flags"]
+            "peak_mem_mb", "train_ex_per_s", "eval_ex_per_s", "adapter_mb", "flags"]
     task = results[0].task if results else ""
     lines = [f"# Comparison: {task}", ""]
     if results:
