@@ -56,9 +56,13 @@ def load_predictor(method_dir: str | Path) -> Predictor:
     cfg = load_config(run_dir / "config.yaml")
     params = cfg.method(mdir.name)
     method = METHODS.get(params.method)
-    tokenizer = load_tokenizer(cfg.backbone)
-    extra = method_load_kwargs(cfg.backbone, method, params, len(result.labels))
-    model = load_classifier(cfg.backbone, result.labels, tokenizer, extra)
+    if method.runner != "train":
+        raise PeftlabError(f"{mdir}: predict serves fine-tuned classifiers; {params.method!r} rows prompt an LM "
+                           "(re-run the config with the texts as the eval data)")
+    bb = cfg.backbone_for(params)
+    tokenizer = load_tokenizer(bb)
+    extra = method_load_kwargs(bb, method, params, len(result.labels))
+    model = load_classifier(bb, result.labels, tokenizer, extra)
     model = method.load(model, params, arch_spec(model.config), mdir / ADAPTER_DIR)
     model.eval()
     return Predictor(cfg=cfg, labels=result.labels, model=model, tokenizer=tokenizer)

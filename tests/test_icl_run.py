@@ -90,6 +90,12 @@ def test_icl_rows_sit_next_to_lora_rows(tiny_causal, tiny_bert, tiny_csv, tmp_pa
     assert zs.accuracy == pytest.approx(float((pred == data.eval.labels).mean()))
     stored = json.loads((tmp_path / "run" / "two_shot" / "results.json").read_text())
     assert stored["seed_accuracy"] == two.seed_accuracy
+    # predict reloads a LoRA row on its own backbone, and refuses prompting rows in one line
+    from peftlab.predict import load_predictor
+
+    assert load_predictor(tmp_path / "run" / "lora_llama").probabilities(["good drug"]).shape == (1, 3)
+    with pytest.raises(PeftlabError, match="prompt an LM"):
+        load_predictor(tmp_path / "run" / "zero_shot")
 
 
 def test_reasoning_rows_run(tiny_causal, tiny_bert, tiny_csv, tmp_path):
