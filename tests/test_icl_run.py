@@ -117,6 +117,10 @@ def test_icl_config_errors_name_the_field(tiny_bert, tiny_csv, tmp_path):
         validate_raw({**base, "methods": [{"method": "icl", "selection": "closest"}]})
     with pytest.raises(PeftlabError, match=r"methods\[0\]\.backbone"):
         validate_raw({**base, "methods": [{"method": "lora", "backbone": ""}]})
+    from peftlab.runners.experiment import preflight
+
+    with pytest.raises(PeftlabError, match="needs a causal LM backbone"):
+        preflight(validate_raw({**base, "methods": [{"method": "icl"}]}))  # the experiment's BERT
 
 
 def test_gguf_cache_builds_once_atomically(tmp_path, monkeypatch):

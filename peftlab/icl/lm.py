@@ -16,10 +16,13 @@ def quantization_kwargs(quantize: str, device: torch.device) -> dict[str, Any]:
         return {}
     from transformers import BitsAndBytesConfig
 
+    # the output head stays fp32: label log-probabilities come straight from it
+    skip = ["lm_head"]
     if quantize == "4bit":
-        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32,
+                               llm_int8_skip_modules=skip)
     else:
-        q = BitsAndBytesConfig(load_in_8bit=True)
+        q = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     return {"quantization_config": q, "device_map": {"": str(device) if device.type == "cuda" else "cpu"}}
 
 

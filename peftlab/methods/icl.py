@@ -57,8 +57,12 @@ class Icl(Method):
     saves_adapter: ClassVar[bool] = False
 
     def check(self, params: Any, spec: ArchSpec | None, model_type: str) -> None:
+        from peftlab.errors import PeftlabError
         from peftlab.prompts import load_template
 
+        if spec is not None and not spec.is_decoder:
+            raise PeftlabError(f"config error: {params.label}: {params.method} needs a causal LM backbone, "
+                               f"and {model_type} is an encoder (set the row's backbone, e.g. smollm2-135m)")
         load_template(params.template, template_overrides(params))
 
     def prepare_lm(self, model: Any, params: Any, ctx: Any) -> tuple[Any, Any]:
