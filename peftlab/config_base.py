@@ -40,6 +40,9 @@ class MethodParams(StrictModel):
     lr: PositiveFloat = 1e-4
     #: overrides ``train.epochs`` for this method (a cached linear probe can afford many more)
     epochs: int | None = Field(default=None, ge=1)
+    #: this row's backbone (alias, path or hub id) instead of the experiment's, so one config can
+    #: compare e.g. LoRA on MiniLM with LoRA and in-context learning on SmolLM2
+    backbone: str | None = Field(default=None, min_length=1)
 
     @property
     def label(self) -> str:

@@ -69,10 +69,14 @@ def load_predictor(method_dir: str | Path, force_base: bool = False) -> Predicto
     cfg = load_config(run_dir / "config.yaml")
     params = cfg.method(mdir.name)
     method = METHODS.get(params.method)
-    tokenizer = load_tokenizer(cfg.backbone)
-    extra = method_load_kwargs(cfg.backbone, method, params, len(result.labels))
-    model = load_classifier(cfg.backbone, result.labels, tokenizer, extra)
-    check_base(mdir / ADAPTER_DIR, base_fingerprint(model, cfg.backbone.name), force_base)
+    if method.runner != "train":
+        raise PeftlabError(f"{mdir}: predict serves fine-tuned classifiers; {params.method!r} rows prompt an LM "
+                           "(re-run the config with the texts as the eval data)")
+    bb = cfg.backbone_for(params)
+    tokenizer = load_tokenizer(bb)
+    extra = method_load_kwargs(bb, method, params, len(result.labels))
+    model = load_classifier(bb, result.labels, tokenizer, extra)
+    check_base(mdir / ADAPTER_DIR, base_fingerprint(model, bb.name), force_base)
     model = load_adapter(method, model, params, mdir / ADAPTER_DIR)
     model.eval()
     return Predictor(cfg=cfg, labels=result.labels, model=model, tokenizer=tokenizer)

@@ -74,6 +74,13 @@ class RunResult(BaseModel):
     #: method-specific diagnostics (zero-shot: accuracy per template, worst class, template search);
     #: ``report_lines`` (Markdown lines) are printed under the comparison table
     details: dict[str, Any] = Field(default_factory=dict)
+    #: rows run over several seeds (in-context demonstrations): accuracy/macro_f1 are the means,
+    #: these the sample standard deviations and the per-seed values
+    seeds: list[int] = Field(default_factory=list)
+    accuracy_std: float | None = None
+    macro_f1_std: float | None = None
+    seed_accuracy: list[float] = Field(default_factory=list)
+    seed_macro_f1: list[float] = Field(default_factory=list)
 
     def write(self, directory: Path) -> None:
         atomic_write_json(directory / RESULTS_FILE, self.model_dump(mode="json"))

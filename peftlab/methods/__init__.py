@@ -7,7 +7,9 @@ from peftlab.methods.clip_methods import ClassEmbeddings, ClipZeroShot, Coop
 from peftlab.methods.full import Full
 from peftlab.methods.houlsby import Houlsby
 from peftlab.methods.ia3 import Ia3
+from peftlab.methods.icl import Icl
 from peftlab.methods.linear_probe import LinearProbe
+from peftlab.methods.lm_lora import LmLora
 from peftlab.methods.lora import Lora
 from peftlab.methods.p_tuning import PTuning
 from peftlab.methods.partial import Partial
@@ -19,7 +21,7 @@ from peftlab.registry import Registry
 
 METHODS: Registry[Method] = Registry("method")
 for _cls in (Full, Partial, LinearProbe, Lora, Qlora, Ia3, PromptTuning, PTuning, PrefixTuning, Houlsby, Pfeiffer,
-             ClipZeroShot, Coop, ClassEmbeddings):
+             ClipZeroShot, Coop, ClassEmbeddings, Icl, LmLora):
     METHODS.add(_cls.name, _cls())
 
 __all__ = ["METHODS", "Method"]

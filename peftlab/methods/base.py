@@ -31,6 +31,9 @@ class Method:
     Params: ClassVar[type[MethodParams]]
     #: the runner trains the head on cached frozen features instead of running the backbone
     caches_features: ClassVar[bool] = False
+    #: which runner in ``runners.experiment.RUNNERS`` runs it: "train" (a classifier is
+    #: fine-tuned) or "icl" (a causal LM scores label verbalizers)
+    runner: ClassVar[str] = "train"
 
     def check(self, params: Any, spec: ArchSpec | None, model_type: str) -> None:
         """Refuse impossible combinations before any weights are loaded (raise PeftlabError)."""

@@ -12,7 +12,7 @@ from peftlab.results import RunResult
 COLUMNS = [
     "method", "kind", "status", "accuracy", "macro_f1", "trainable", "total", "pct_trainable",
     "derived_trainable", "params_check", "train_s", "peak_mem_mb", "train_ex_per_s",
-    "eval_ex_per_s", "adapter_mb", "flags",
+    "eval_ex_per_s", "adapter_mb", "flags", "accuracy_std", "macro_f1_std", "backbone",
 ]
 
 
@@ -40,7 +40,15 @@ def row(r: RunResult) -> dict[str, str]:
         "eval_ex_per_s": "" if t is None else _fmt(t.eval_examples_per_s, ".1f"),
         "adapter_mb": _fmt(None if r.adapter_bytes is None else r.adapter_bytes / 2**20, ".3f"),
         "flags": " ".join(r.flags) if r.status == "ok" else f"{r.status}: {r.error or ''}",
+        "accuracy_std": _fmt(r.accuracy_std, ".4f"),
+        "macro_f1_std": _fmt(r.macro_f1_std, ".4f"),
+        "backbone": r.backbone,
     }
+
+
+def _with_spread(mean: str, std: str) -> str:
+    """``0.6123 ± 0.0210`` for rows averaged over several seeds."""
+    return f"{mean} ± {std}" if std else mean
 
 
 def to_csv(results: list[RunResult]) -> str:
@@ -57,10 +65,10 @@ def _md_cell(s: str) -> str:
 
 
 def to_markdown(results: list[RunResult]) -> str:
-    heads = ["method", "accuracy", "macro-F1", "trainable", "% trainable", "params check", "train s",
-             "peak MB", "train ex/s", "adapter MB", "flags"]
-    keys = ["method", "accuracy", "macro_f1", "trainable", "pct_trainable", "params_check", "train_s",
-            "peak_mem_mb", "train_ex_per_s", "adapter_mb", "flags"]
+    heads = ["method", "backbone", "accuracy", "macro-F1", "trainable", "% trainable", "params check", "train s",
+             "peak MB", "train ex/s", "eval ex/s", "adapter MB", "flags"]
+    keys = ["method", "backbone", "accuracy", "macro_f1", "trainable", "pct_trainable", "params_check", "train_s",
+            "peak_mem_mb", "train_ex_per_s", "eval_ex_per_s", "adapter_mb", "flags"]
     task = results[0].task if results else ""
     lines = [f"# Comparison: {task}", ""]
     if results:
@@ -69,11 +77,14 @@ def to_markdown(results: list[RunResult]) -> str:
     lines += ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for r in results:
         cells = row(r)
+        cells["accuracy"] = _with_spread(cells["accuracy"], cells["accuracy_std"])
+        cells["macro_f1"] = _with_spread(cells["macro_f1"], cells["macro_f1_std"])
         lines.append("| " + " | ".join(_md_cell(cells[k]) for k in keys) + " |")
     lines += ["", "params check: counted trainable and total parameters equal the closed-form formula "
               "(ok), differ (MISMATCH), or no formula for this architecture (blank). "
               "Flags: collapsed = every eval prediction is one class; nan_loss = training stopped on a "
-              "non-finite loss; params_unchanged = trainable weights never moved.", ""]
+              "non-finite loss; params_unchanged = trainable weights never moved. "
+              "a ± b: mean and standard deviation over demonstration seeds.", ""]
     for r in results:  # method-specific diagnostics, e.g. zero-shot's worst class and template search
         if r.details.get("report_lines"):
             lines += [f"## {r.name}", "", *r.details["report_lines"], ""]

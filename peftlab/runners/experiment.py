@@ -20,7 +20,7 @@ import torch
 from transformers import DataCollatorWithPadding, set_seed
 
 from peftlab.backbones import load_classifier, load_hf_config, load_tokenizer, method_load_kwargs
-from peftlab.config import ExperimentConfig, dump_config
+from peftlab.config import BackboneConfig, ExperimentConfig, dump_config
 from peftlab.config_base import MethodParams
 from peftlab.errors import PeftlabError
 from peftlab.fingerprint import base_fingerprint, write_fingerprint
@@ -35,6 +35,7 @@ from peftlab.report.compare import write_comparison
 from peftlab.results import RESULTS_FILE, ParamCounts, RunResult, Timing, environment, read_result
 from peftlab.runners.batching import Features, encode
 from peftlab.runners.cached import fit_head
+from peftlab.runners.icl import run_icl
 from peftlab.runners.measure import PeakMemory
 from peftlab.runners.checkpoint import clear_checkpoints, complete_checkpoints, load_checkpoint
 from peftlab.runners.train import CheckpointPlan, FitOutcome, fit, make_accelerator
@@ -48,12 +49,33 @@ COMPARISON_FILES = ("comparison.md", "comparison.csv", "report.md", "report.html
 
 
 def preflight(cfg: ExperimentConfig) -> None:
-    """Checks that need the backbone's config (no weights): refuse before anything trains."""
-    conf = load_hf_config(cfg.backbone, num_labels=len(cfg.task.label_names or [0, 1]))
-    spec = arch_spec(conf)
+    """Checks that need each row's backbone config (no weights): refuse before anything trains."""
+    confs: dict[str, Any] = {}
     for params in cfg.methods:
-        METHODS.get(params.method).check(params, spec, conf.model_type)
+        bb = cfg.backbone_for(params)
+        if bb.name not in confs:
+            confs[bb.name] = load_hf_config(bb, num_labels=len(cfg.task.label_names or [0, 1]))
+        METHODS.get(params.method).check(params, arch_spec(confs[bb.name]), confs[bb.name].model_type)
     check_trackers(cfg.train.log_to)
+
+
+class Encodings:
+    """Tokenizer and tokenised splits per backbone, built the first time a row needs them."""
+
+    def __init__(self, cfg: ExperimentConfig, data: TaskData) -> None:
+        self.cfg, self.data = cfg, data
+        self._done: dict[str, tuple[Any, Features, Features]] = {}
+
+    def get(self, bb: BackboneConfig) -> tuple[Any, Features, Features]:
+        if bb.name not in self._done:
+            tok = load_tokenizer(bb)
+            n = self.cfg.train.max_length
+            self._done[bb.name] = (tok, encode(tok, self.data.train, n), encode(tok, self.data.eval, n))
+        return self._done[bb.name]
+
+
+#: runner name (``Method.runner``) -> function(cfg, params, data, encodings, out, quiet) -> RunResult
+RUNNERS: Registry[Callable[..., RunResult]] = Registry("runner")
 
 
 #: Experiment runners by task modality; the text runner is this module's own ``run_experiment``.
@@ -111,9 +133,7 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False, resume: ResumeMod
     preflight(cfg)
     out, reuse = prepare_output(cfg, resume, command)
     data = load_task(cfg.task, cfg.train.seed)
-    tokenizer = load_tokenizer(cfg.backbone)
-    train_f = encode(tokenizer, data.train, cfg.train.max_length)
-    eval_f = encode(tokenizer, data.eval, cfg.train.max_length)
+    encodings = Encodings(cfg, data)
     _say(quiet, f"task {data.name}: {len(data.train)} train / {len(data.eval)} eval, labels {data.label_names}")
     results = [baseline_result(cfg, data)] if cfg.baseline else []
     if results:
@@ -126,7 +146,8 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False, resume: ResumeMod
             continue
         if not reuse:
             clear_checkpoints(out / params.label)
-        results.append(run_method(cfg, params, data, tokenizer, train_f, eval_f, out, quiet))
+        runner = RUNNERS.get(METHODS.get(params.method).runner)
+        results.append(runner(cfg, params, data, encodings, out, quiet))
     write_comparison(results, out)
     write_run_report(out, quiet)
     return results
@@ -142,7 +163,8 @@ def finished_result(mdir: Path, params: MethodParams) -> RunResult | None:
     except PeftlabError:
         return None
     same = result.method_params == params.model_dump(mode="json")
-    return result if same and result.status == "ok" and (mdir / ADAPTER_DIR).is_dir() else None
+    saved = result.adapter_path is None or (mdir / ADAPTER_DIR).is_dir()  # in-context rows save nothing
+    return result if same and result.status == "ok" and saved else None
 
 
 def write_run_report(out: Path, quiet: bool) -> None:
@@ -220,15 +242,23 @@ def _train(method: Any, model: torch.nn.Module, params: MethodParams, spec: Any,
 def run_method(cfg: ExperimentConfig, params: MethodParams, data: TaskData, tokenizer: Any,
                train_f: Features, eval_f: Features, out: Path, quiet: bool) -> RunResult:
     method = METHODS.get(params.method)
+    return guarded(cfg, params, data, out, lambda base, mdir: _run_method(
+        cfg, method, params, data, tokenizer, train_f, eval_f, mdir, base, quiet))
+
+
+def guarded(cfg: ExperimentConfig, params: MethodParams, data: TaskData, out: Path,
+            work: Callable[[RunResult, Path], RunResult]) -> RunResult:
+    """Run one row; a failure becomes a ``failed`` result (with the error) instead of ending
+    the experiment. The result is written to ``out/<row>/results.json`` either way."""
     mdir = out / params.label
     base = RunResult(
         name=params.label, method=params.method, method_params=params.model_dump(mode="json"),
-        task=data.name, backbone=cfg.backbone.name, seed=cfg.train.seed, labels=data.label_names,
+        task=data.name, backbone=cfg.backbone_for(params).name, seed=cfg.train.seed, labels=data.label_names,
         n_train=len(data.train), n_eval=len(data.eval),
     )
     base.model_copy(update={"status": "incomplete"}).write(mdir)
     try:
-        result = _run_method(cfg, method, params, data, tokenizer, train_f, eval_f, mdir, base, quiet)
+        result = work(base, mdir)
     except (Exception, KeyboardInterrupt) as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
@@ -242,6 +272,28 @@ def run_method(cfg: ExperimentConfig, params: MethodParams, data: TaskData, toke
     return result
 
 
+def _run_trained(cfg: ExperimentConfig, params: MethodParams, data: TaskData, encodings: Encodings,
+                 out: Path, quiet: bool) -> RunResult:
+    return run_method(cfg, params, data, *encodings.get(cfg.backbone_for(params)), out, quiet)
+
+
+def _run_icl(cfg: ExperimentConfig, params: MethodParams, data: TaskData, encodings: Encodings,
+             out: Path, quiet: bool) -> RunResult:
+    _say(quiet, f"== {params.label} ({params.method} on {cfg.backbone_for(params).name})")
+    method = METHODS.get(params.method)
+
+    def work(base: RunResult, mdir: Path) -> RunResult:
+        save = (lambda m: save_atomically(method, m, params, mdir / ADAPTER_DIR)) if method.saves_adapter else None
+        result = run_icl(cfg, method, params, data, base, quiet, save)
+        return result.model_copy(update={"adapter_path": f"{mdir.name}/{ADAPTER_DIR}"}) if save else result
+
+    return guarded(cfg, params, data, out, work)
+
+
+RUNNERS.add("train", _run_trained)
+RUNNERS.add("icl", _run_icl)
+
+
 def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: TaskData, tokenizer: Any,
                 train_f: Features, eval_f: Features, mdir: Path, base: RunResult, quiet: bool) -> RunResult:
     set_seed(cfg.train.seed)
@@ -250,9 +302,10 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
     _say(quiet, f"== {params.label} ({params.method}, lr={params.lr:g})")
     with PeakMemory(acc.device) as mem:
         t0 = time.perf_counter()
-        extra = method_load_kwargs(cfg.backbone, method, params, data.num_labels)
-        model = load_classifier(cfg.backbone, data.label_names, tokenizer, extra)
-        fingerprint = base_fingerprint(model, cfg.backbone.name)
+        bb = cfg.backbone_for(params)
+        extra = method_load_kwargs(bb, method, params, data.num_labels)
+        model = load_classifier(bb, data.label_names, tokenizer, extra)
+        fingerprint = base_fingerprint(model, bb.name)
         spec = arch_spec(model.config)
         model = method.prepare(model, params, spec)
         trainable, total = count_params(model)

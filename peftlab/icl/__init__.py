@@ -1,0 +1,1 @@
+"""In-context classification with causal LMs: scoring, demonstrations, calibration, reasoning."""

@@ -1,0 +1,46 @@
+"""Loading a causal LM (fp32, or 4/8-bit through bitsandbytes) by alias, path or hub id."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from peftlab.backbones import _fail, _kwargs, resolve
+from peftlab.config import BackboneConfig
+
+
+def quantization_kwargs(quantize: str, device: torch.device) -> dict[str, Any]:
+    """``from_pretrained`` kwargs for ``quantize`` = none | 4bit | 8bit (NF4 with fp32 compute)."""
+    if quantize == "none":
+        return {}
+    from transformers import BitsAndBytesConfig
+
+    # the output head stays fp32: label log-probabilities come straight from it
+    skip = ["lm_head"]
+    if quantize == "4bit":
+        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32,
+                               llm_int8_skip_modules=skip)
+    else:
+        q = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    return {"quantization_config": q, "device_map": {"": str(device) if device.type == "cuda" else "cpu"}}
+
+
+def load_causal_lm(cfg: BackboneConfig, quantize: str, device: torch.device) -> Any:
+    """The LM with every weight frozen (in-context learning trains nothing)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            resolve(cfg.name), dtype=torch.float32, **_kwargs(cfg), **quantization_kwargs(quantize, device))
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise _fail(cfg, exc) from None
+    finally:
+        hf_logging.enable_progress_bar()
+    if quantize == "none":
+        model.to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()

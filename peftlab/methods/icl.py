@@ -1,0 +1,80 @@
+"""``icl``: in-context classification with a causal LM, nothing trained.
+
+Each label is scored by the log-likelihood of its verbalizer continuation after a prompt of an
+instruction, ``shots`` demonstrations and the query (see :mod:`peftlab.icl.scoring`). The row
+runs through the ``icl`` runner (:mod:`peftlab.runners.icl`), not the training loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from peftlab.config_base import MethodParams, PositiveFloat
+from peftlab.methods.base import Method
+from peftlab.params import ArchSpec
+
+
+class IclParams(MethodParams):
+    method: Literal["icl"] = "icl"
+    #: demonstrations per prompt (0 = zero-shot)
+    shots: int = Field(default=0, ge=0, le=64)
+    selection: Literal["random", "balanced", "nearest"] = "balanced"
+    #: one run per demonstration seed; the row reports their mean and spread
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    #: a shipped template (sentiment, nli) or a YAML file; the fields below override its parts
+    template: str = "sentiment"
+    instruction: str | None = None
+    example: str | None = None
+    verbalizers: dict[str, list[str] | str] | None = None
+    #: render through the tokenizer's chat template: auto = when the tokenizer has one
+    chat: Literal["auto", "on", "off"] = "auto"
+    #: continuation score: summed log-likelihood, per character (lm-eval acc_norm), per token
+    normalize: Literal["sum", "char", "token"] = "sum"
+    #: contextual calibration (Zhao et al. 2021): divide out the content-free label prior
+    calibrate: bool = False
+    temperature: PositiveFloat = 1.0
+    #: chain of thought (greedy) or self-consistency (``samples`` sampled chains, majority vote)
+    reasoning: Literal["none", "cot", "self_consistency"] = "none"
+    samples: int = Field(default=5, ge=1, le=64)
+    sample_temperature: PositiveFloat = 0.7
+    max_new_tokens: int = Field(default=128, ge=1, le=4096)
+    #: demonstrations longer than this many characters are cut (keeps k-shot prompts short)
+    max_demo_chars: int | None = Field(default=600, ge=16)
+    batch_size: int = Field(default=8, ge=1)
+    #: load the LM quantised with bitsandbytes to fit memory
+    quantize: Literal["none", "4bit", "8bit"] = "none"
+    #: sentence encoder for ``selection: nearest``
+    embedder: str = "minilm-l6"
+
+
+class Icl(Method):
+    name = "icl"
+    Params = IclParams
+    runner = "icl"
+    #: whether ``prepare_lm`` trains something that ``save`` writes (an adapter)
+    saves_adapter: ClassVar[bool] = False
+
+    def check(self, params: Any, spec: ArchSpec | None, model_type: str) -> None:
+        from peftlab.errors import PeftlabError
+        from peftlab.prompts import load_template
+
+        if spec is not None and not spec.is_decoder:
+            raise PeftlabError(f"config error: {params.label}: {params.method} needs a causal LM backbone, "
+                               f"and {model_type} is an encoder (set the row's backbone, e.g. smollm2-135m)")
+        load_template(params.template, template_overrides(params))
+
+    def prepare_lm(self, model: Any, params: Any, ctx: Any) -> tuple[Any, Any]:
+        """Adapt the LM before scoring; returns (model, FitOutcome). In-context learning trains
+        nothing: the LM is used as loaded."""
+        from peftlab.runners.train import FitOutcome
+
+        return model, FitOutcome()
+
+    def derived_trainable(self, params: Any, spec: ArchSpec) -> int:
+        return 0
+
+
+def template_overrides(params: IclParams) -> dict[str, Any]:
+    return {"instruction": params.instruction, "example": params.example, "verbalizers": params.verbalizers}

@@ -1,0 +1,190 @@
+"""The ``icl`` runner: prompt a causal LM, score each label's verbalizers, report a RunResult.
+
+One row = one method config; with several demonstration ``seeds`` every seed is a full pass over
+the eval set, and the row reports the mean and spread of accuracy and macro-F1 (per-class report
+and confusion matrix pooled over the seeds). Methods with ``runner = "icl"`` may first adapt the
+LM (``Method.prepare_lm``: LoRA on the verbalizer objective); scoring is then identical.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import set_seed
+
+from peftlab.backbones import load_tokenizer
+from peftlab.config import BackboneConfig, ExperimentConfig
+from peftlab.icl.calibration import CONTENT_FREE, calibrate, content_free_prior, label_scores, normalise, softmax
+from peftlab.icl.demos import SELECTORS, minilm_embedder
+from peftlab.icl.lm import load_causal_lm
+from peftlab.icl.reasoning import extract_answer, majority_vote, sample_chains
+from peftlab.icl.scoring import PrefixScorer, encode_requests
+from peftlab.methods.icl import template_overrides
+from peftlab.metrics import classification_metrics, is_collapsed, majority_class
+from peftlab.params import count_params
+from peftlab.prompts.template import Demo, PromptTemplate, answer_strings, load_template, render_context
+from peftlab.results import ParamCounts, RunResult, Timing, environment
+from peftlab.runners.measure import PeakMemory
+from peftlab.runners.train import make_accelerator
+from peftlab.tasks.base import Split, TaskData
+
+
+@dataclass
+class Prompting:
+    """Everything that turns examples into prompts and label continuations."""
+
+    template: PromptTemplate
+    tokenizer: Any
+    chat: bool
+    #: scored continuations per label, in the task's label order
+    answers: list[list[str]]
+    max_demo_chars: int | None
+
+    def demo(self, split: Split, i: int) -> Demo:
+        cut = self.max_demo_chars
+
+        def clip(s: str) -> str:
+            return s if cut is None or len(s) <= cut else s[:cut].rstrip() + "..."
+
+        pair = None if split.pairs is None else clip(split.pairs[i])
+        return Demo(clip(split.texts[i]), pair, self.answers[int(split.labels[i])][0])
+
+    def context(self, demos: list[Demo], text: str, pair: str | None, suffix: str = "") -> str:
+        return render_context(self.template, demos, text, pair, self.tokenizer if self.chat else None, suffix)
+
+
+def make_prompting(params: Any, tokenizer: Any, label_names: list[str]) -> Prompting:
+    tpl = load_template(params.template, template_overrides(params))
+    chat = params.chat == "on" or (params.chat == "auto" and bool(getattr(tokenizer, "chat_template", None)))
+    return Prompting(tpl, tokenizer, chat, answer_strings(tpl.for_labels(label_names), chat), params.max_demo_chars)
+
+
+def score_probs(scorer: PrefixScorer, p: Prompting, contexts: list[str], normalize: str, temperature: float) -> np.ndarray:
+    """(n, labels) probabilities from every verbalizer's (normalised) log-likelihood."""
+    flat = [w for words in p.answers for w in words]
+    owners = [lab for lab, words in enumerate(p.answers) for _ in words]
+    enc = encode_requests(p.tokenizer, contexts, [flat] * len(contexts))
+    sums = scorer.score(enc)
+    scores = np.stack([
+        label_scores([normalise(s, len(ids), len(w), normalize) for s, ids, w in zip(row, conts, flat)], owners, len(p.answers))
+        for row, conts in zip(sums, enc.continuations)
+    ])
+    return softmax(scores, temperature)
+
+
+def _pair(split: Split, i: int) -> str | None:
+    return None if split.pairs is None else split.pairs[i]
+
+
+def predict_seed(model: Any, scorer: PrefixScorer, p: Prompting, params: Any, data: TaskData, seed: int,
+                 embed: Any) -> tuple[np.ndarray, int]:
+    """Predictions on the eval split with the demonstrations of ``seed``; (pred, unanswered)."""
+    n = len(data.eval)
+    chosen = SELECTORS.get(params.selection)(data.train, data.eval, params.shots, seed, embed) if params.shots else [[]] * n
+    demos = [[p.demo(data.train, j) for j in idx] for idx in chosen]
+    if params.reasoning != "none":
+        return _reason(model, p, params, data, demos, seed)
+    contexts = [p.context(demos[i], data.eval.texts[i], _pair(data.eval, i)) for i in range(n)]
+    probs = score_probs(scorer, p, contexts, params.normalize, params.temperature)
+    if params.calibrate:
+        free = [p.context(demos[0], cf, cf if data.is_pair else None) for cf in CONTENT_FREE]
+        probs = calibrate(probs, content_free_prior(score_probs(scorer, p, free, params.normalize, params.temperature)))
+    return probs.argmax(-1), 0
+
+
+def _reason(model: Any, p: Prompting, params: Any, data: TaskData, demos: list[list[Demo]],
+            seed: int) -> tuple[np.ndarray, int]:
+    """Chain of thought (one greedy chain) or self-consistency (majority over sampled chains).
+    A query whose chains name no label falls back to the majority training class."""
+    n_chains = params.samples if params.reasoning == "self_consistency" else 1
+    prompts = [p.context(demos[i], data.eval.texts[i], _pair(data.eval, i), p.template.cot_trigger)
+               for i in range(len(data.eval))]
+    chains = sample_chains(model, p.tokenizer, prompts, n_chains, params.max_new_tokens, params.sample_temperature, seed)
+    fallback, missing, pred = majority_class(data.train.labels), 0, []
+    for texts in chains:
+        vote = majority_vote([extract_answer(t, p.answers, p.template.answer_prefix) for t in texts], len(p.answers))
+        missing += vote is None
+        pred.append(fallback if vote is None else vote)
+    return np.asarray(pred), missing
+
+
+def seeds_to_run(params: Any) -> list[int]:
+    """Zero-shot and nearest-neighbour prompts do not depend on the seed: run them once."""
+    if params.shots == 0 or params.selection == "nearest":
+        return params.seeds[:1]
+    return list(params.seeds)
+
+
+def run_icl(cfg: ExperimentConfig, method: Any, params: Any, data: TaskData, base: RunResult, quiet: bool,
+            save: Callable[[Any], int] | None = None) -> RunResult:
+    """Load, (optionally adapt and ``save``), score every seed, and fill in ``base``; errors
+    propagate (the caller turns them into a failed row)."""
+    bb: BackboneConfig = cfg.backbone_for(params)
+    set_seed(cfg.train.seed)
+    device = make_accelerator(cfg.train).device
+    with PeakMemory(device) as mem:
+        t0 = time.perf_counter()
+        tokenizer = load_tokenizer(bb)
+        model = load_causal_lm(bb, params.quantize, device)
+        p = make_prompting(params, tokenizer, data.label_names)
+        model, fit = method.prepare_lm(model, params, LmContext(cfg, p, data, device, quiet))
+        trainable, total = count_params(model)
+        adapter_bytes = save(model) if save is not None else None
+        embed = minilm_embedder(params.embedder) if params.shots and params.selection == "nearest" else None
+        scorer = PrefixScorer(model, tokenizer.pad_token_id, params.batch_size)
+        t1 = time.perf_counter()
+        seeds = seeds_to_run(params)
+        runs = [predict_seed(model, scorer, p, params, data, s, embed) for s in seeds]
+        eval_s = time.perf_counter() - t1
+        wall = time.perf_counter() - t0
+    return base.model_copy(update=dict(
+        **summarise(data, [r[0] for r in runs], seeds),
+        params=ParamCounts(trainable=trainable, total=total, percent_trainable=100.0 * trainable / total),
+        timing=Timing(wall_s=wall, train_s=fit.train_s, eval_s=eval_s,
+                      train_examples_per_s=fit.train_examples / fit.train_s if fit.train_s else None,
+                      eval_examples_per_s=len(data.eval) * len(seeds) / eval_s if eval_s else None),
+        epochs=fit.epochs, peak_memory_bytes=mem.peak_bytes, memory_kind=mem.kind, adapter_bytes=adapter_bytes,
+        flags=_flags(runs, data.num_labels, fit), environment=environment(str(device)),
+    ))
+
+
+def summarise(data: TaskData, preds: list[np.ndarray], seeds: list[int]) -> dict[str, Any]:
+    """Mean and spread over seeds; per-class report and confusion matrix of the pooled predictions."""
+    per_seed = [classification_metrics(data.eval.labels, pr, data.label_names) for pr in preds]
+    pooled = classification_metrics(np.tile(data.eval.labels, len(preds)), np.concatenate(preds), data.label_names)
+    acc = np.array([m["accuracy"] for m in per_seed])
+    f1 = np.array([m["macro_f1"] for m in per_seed])
+    return dict(
+        accuracy=float(acc.mean()), macro_f1=float(f1.mean()),
+        accuracy_std=float(acc.std(ddof=1)) if len(acc) > 1 else None,
+        macro_f1_std=float(f1.std(ddof=1)) if len(f1) > 1 else None,
+        seeds=seeds, seed_accuracy=acc.tolist(), seed_macro_f1=f1.tolist(),
+        per_class=pooled["per_class"], confusion_matrix=pooled["confusion_matrix"],
+    )
+
+
+def _flags(runs: list[tuple[np.ndarray, int]], num_labels: int, fit: Any) -> list[str]:
+    flags = []
+    if any(is_collapsed(pred, num_labels) for pred, _ in runs):
+        flags.append("collapsed")
+    if any(missing for _, missing in runs):
+        flags.append("unanswered")  # some chains named no label: majority class used
+    if fit.nan_loss:
+        flags.append("nan_loss")
+    return flags
+
+
+@dataclass
+class LmContext:
+    """What ``Method.prepare_lm`` may use to adapt the LM before scoring."""
+
+    cfg: ExperimentConfig
+    prompting: Prompting
+    data: TaskData
+    device: torch.device
+    quiet: bool
