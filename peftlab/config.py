@@ -147,7 +147,10 @@ class ExperimentConfig(StrictModel):
     @classmethod
     def _methods_shorthand(cls, v: Any) -> Any:
         if isinstance(v, list):
-            return [{"method": m} if isinstance(m, str) else m for m in v]
+            from peftlab.guards import check_task_type
+
+            return [{"method": m} if isinstance(m, str) else
+                    check_task_type(m, f"methods[{i}]") if isinstance(m, dict) else m for i, m in enumerate(v)]
         return v
 
     @model_validator(mode="after")

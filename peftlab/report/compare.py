@@ -73,7 +73,9 @@ def to_markdown(results: list[RunResult]) -> str:
     lines += ["", "params check: counted trainable and total parameters equal the closed-form formula "
               "(ok), differ (MISMATCH), or no formula for this architecture (blank). "
               "Flags: collapsed = every eval prediction is one class; nan_loss = training stopped on a "
-              "non-finite loss; params_unchanged = trainable weights never moved.", ""]
+              "non-finite loss; params_unchanged = trainable weights never moved; backbone_newly_initialised = "
+              "backbone weights beyond the head were missing from the checkpoint (random); train_eval_overlap = "
+              "some eval inputs also occur in training.", ""]
     for r in results:  # method-specific diagnostics, e.g. zero-shot's worst class and template search
         if r.details.get("report_lines"):
             lines += [f"## {r.name}", "", *r.details["report_lines"], ""]

@@ -24,9 +24,10 @@ from peftlab.config import ExperimentConfig, dump_config
 from peftlab.config_base import MethodParams
 from peftlab.errors import PeftlabError
 from peftlab.fingerprint import base_fingerprint, write_fingerprint
+from peftlab.guards import NEWLY_INITIALISED, newly_initialised, newly_initialised_warning, overlap_count, overlap_warning, warn
 from peftlab.io import atomic_write_json, atomic_write_text, dir_size_bytes
 from peftlab.methods import METHODS
-from peftlab.methods.base import head_names
+from peftlab.methods.base import DEFAULT_HEADS, head_names
 from peftlab.metrics import classification_metrics, is_collapsed, majority_class
 from peftlab.params import arch_spec, count_params
 from peftlab.registry import Registry
@@ -115,6 +116,8 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False, resume: ResumeMod
     train_f = encode(tokenizer, data.train, cfg.train.max_length)
     eval_f = encode(tokenizer, data.eval, cfg.train.max_length)
     _say(quiet, f"task {data.name}: {len(data.train)} train / {len(data.eval)} eval, labels {data.label_names}")
+    if overlap_count(data.train, data.eval):
+        warn(overlap_warning(overlap_count(data.train, data.eval), len(data.eval)))
     results = [baseline_result(cfg, data)] if cfg.baseline else []
     if results:
         results[0].write(out / BASELINE)
@@ -171,8 +174,18 @@ def baseline_result(cfg: ExperimentConfig, data: TaskData) -> RunResult:
         labels=data.label_names, n_train=len(data.train), n_eval=len(data.eval),
         accuracy=m["accuracy"], macro_f1=m["macro_f1"], per_class=m["per_class"],
         confusion_matrix=m["confusion_matrix"], params=ParamCounts(trainable=0, total=0, percent_trainable=0.0),
-        flags=["collapsed"] if is_collapsed(pred, data.num_labels) else [],
+        flags=(["collapsed"] if is_collapsed(pred, data.num_labels) else []) + overlap_flags(data),
+        details=overlap_details(data),
     )
+
+
+def overlap_details(data: TaskData) -> dict[str, Any]:
+    """Recorded in every result: evaluation examples whose input also occurs in training."""
+    return {"train_eval_overlap": overlap_count(data.train, data.eval)}
+
+
+def overlap_flags(data: TaskData) -> list[str]:
+    return ["train_eval_overlap"] if overlap_count(data.train, data.eval) else []
 
 
 def _fingerprint(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -224,7 +237,7 @@ def run_method(cfg: ExperimentConfig, params: MethodParams, data: TaskData, toke
     base = RunResult(
         name=params.label, method=params.method, method_params=params.model_dump(mode="json"),
         task=data.name, backbone=cfg.backbone.name, seed=cfg.train.seed, labels=data.label_names,
-        n_train=len(data.train), n_eval=len(data.eval),
+        n_train=len(data.train), n_eval=len(data.eval), details=overlap_details(data),
     )
     base.model_copy(update={"status": "incomplete"}).write(mdir)
     try:
@@ -251,9 +264,13 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
     with PeakMemory(acc.device) as mem:
         t0 = time.perf_counter()
         extra = method_load_kwargs(cfg.backbone, method, params, data.num_labels)
-        model = load_classifier(cfg.backbone, data.label_names, tokenizer, extra)
+        loading_info: dict[str, Any] = {}
+        model = load_classifier(cfg.backbone, data.label_names, tokenizer, extra, loading_info)
         fingerprint = base_fingerprint(model, cfg.backbone.name)
         spec = arch_spec(model.config)
+        fresh = newly_initialised(loading_info, spec.head_modules if spec is not None else DEFAULT_HEADS)
+        if fresh:
+            warn(newly_initialised_warning(cfg.backbone.name, fresh))
         model = method.prepare(model, params, spec)
         trainable, total = count_params(model)
         before = _fingerprint(model)
@@ -264,7 +281,8 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
     d_total = method.derived_total(params, spec) if spec is not None else None
     agree = None if d_train is None else (d_train == trainable and d_total == total)
     flags = [f for f, on in (("nan_loss", outcome.nan_loss), ("params_unchanged", not _changed(before, model)),
-                             ("params_mismatch", agree is False)) if on]
+                             ("params_mismatch", agree is False), (NEWLY_INITIALISED, bool(fresh))) if on]
+    flags += overlap_flags(data)
     assert outcome.logits is not None
     pred = outcome.logits.argmax(-1)
     if is_collapsed(pred, data.num_labels):
@@ -289,6 +307,7 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
         peak_memory_bytes=mem.peak_bytes, memory_kind=mem.kind,
         adapter_bytes=adapter_bytes, adapter_path=f"{mdir.name}/{ADAPTER_DIR}",
         flags=flags, environment=environment(str(acc.device)),
+        details={**base.details, **({"newly_initialised": fresh[:50], "newly_initialised_count": len(fresh)} if fresh else {})},
     ))
 
 
