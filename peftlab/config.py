@@ -137,6 +137,20 @@ class ExperimentConfig(StrictModel):
     train: TrainConfig = TrainConfig()
     output_dir: str = "runs/experiment"
     baseline: bool = True
+    #: run every method once per seed (mean ± std in the comparison); None: the single ``train.seed``
+    seeds: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError("has duplicates")
+        return v
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds each method runs with: ``seeds``, or ``[train.seed]``."""
+        return list(self.seeds) if self.seeds else [self.train.seed]
 
     @field_validator("backbone", mode="before")
     @classmethod

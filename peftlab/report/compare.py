@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 from peftlab.io import atomic_write_text
+from peftlab.report.seeds import distinct_seeds, summary_csv, summary_markdown
 from peftlab.results import RunResult
 
 COLUMNS = [
@@ -63,12 +64,18 @@ def to_markdown(results: list[RunResult]) -> str:
             "peak_mem_mb", "train_ex_per_s", "adapter_mb", "flags"]
     task = results[0].task if results else ""
     lines = [f"# Comparison: {task}", ""]
+    multi = len(distinct_seeds(results)) > 1
     if results:
         r0 = results[-1]
-        lines += [f"{r0.n_train} train / {r0.n_eval} eval examples, labels: {', '.join(r0.labels)}; seed {r0.seed}.", ""]
+        seeds = f"seeds {', '.join(map(str, distinct_seeds(results)))}" if multi else f"seed {r0.seed}"
+        lines += [f"{r0.n_train} train / {r0.n_eval} eval examples, labels: {', '.join(r0.labels)}; {seeds}.", ""]
+    if multi:  # one row per method over its seeds first, then every single run
+        lines += summary_markdown(results) + ["## Every run", ""]
     lines += ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for r in results:
         cells = row(r)
+        if multi:
+            cells["method"] = f"{r.name} (seed {r.seed})"
         lines.append("| " + " | ".join(_md_cell(cells[k]) for k in keys) + " |")
     lines += ["", "params check: counted trainable and total parameters equal the closed-form formula "
               "(ok), differ (MISMATCH), or no formula for this architecture (blank). "
@@ -84,6 +91,7 @@ def to_markdown(results: list[RunResult]) -> str:
 
 def write_comparison(results: list[RunResult], out: Path) -> str:
     md = to_markdown(results)
-    atomic_write_text(out / "comparison.csv", to_csv(results))
+    multi = len(distinct_seeds(results)) > 1  # several seeds: one row per method with mean and std
+    atomic_write_text(out / "comparison.csv", summary_csv(results) if multi else to_csv(results))
     atomic_write_text(out / "comparison.md", md)
     return md

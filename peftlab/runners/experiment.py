@@ -37,6 +37,7 @@ from peftlab.results import RESULTS_FILE, ParamCounts, RunResult, Timing, enviro
 from peftlab.runners.batching import Features, encode
 from peftlab.runners.cached import fit_head
 from peftlab.runners.measure import PeakMemory
+from peftlab.runners.seeds import run_seeds, single_seed
 from peftlab.runners.checkpoint import clear_checkpoints, complete_checkpoints, load_checkpoint
 from peftlab.runners.train import CheckpointPlan, FitOutcome, fit, make_accelerator
 from peftlab.tasks import TaskData, load_task
@@ -118,6 +119,19 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False, resume: ResumeMod
     _say(quiet, f"task {data.name}: {len(data.train)} train / {len(data.eval)} eval, labels {data.label_names}")
     if overlap_count(data.train, data.eval):
         warn(overlap_warning(overlap_count(data.train, data.eval), len(data.eval)))
+    if len(cfg.seed_list) > 1:
+        results = run_seeds(cfg, out, lambda scfg, sout: run_methods(scfg, data, tokenizer, train_f, eval_f, sout,
+                                                                    reuse, quiet))
+    else:
+        results = run_methods(single_seed(cfg), data, tokenizer, train_f, eval_f, out, reuse, quiet)
+    write_comparison(results, out)
+    write_run_report(out, quiet)
+    return results
+
+
+def run_methods(cfg: ExperimentConfig, data: TaskData, tokenizer: Any, train_f: Features, eval_f: Features,
+                out: Path, reuse: bool, quiet: bool) -> list[RunResult]:
+    """The baseline and every method with ``cfg.train.seed``, results in ``out/METHOD``."""
     results = [baseline_result(cfg, data)] if cfg.baseline else []
     if results:
         results[0].write(out / BASELINE)
@@ -130,8 +144,6 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False, resume: ResumeMod
         if not reuse:
             clear_checkpoints(out / params.label)
         results.append(run_method(cfg, params, data, tokenizer, train_f, eval_f, out, quiet))
-    write_comparison(results, out)
-    write_run_report(out, quiet)
     return results
 
 
