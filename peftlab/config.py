@@ -109,6 +109,8 @@ class TrainConfig(StrictModel):
     checkpoints: bool = True
     checkpoint_every: int = Field(default=0, ge=0)
     keep_checkpoints: int = Field(default=2, ge=1)
+    #: stop before loading weights when a method's memory estimate exceeds the free memory (peftlab.plan)
+    memory_check: bool = True
     #: optional experiment trackers, e.g. [tensorboard, mlflow] (see peftlab.tracking)
     log_to: list[str] = Field(default_factory=list)
 

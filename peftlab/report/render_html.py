@@ -14,6 +14,7 @@ from html import escape
 from peftlab.report import facts
 from peftlab.report.collect import Row, RunDir, group_by_task, reproduce_note, run_dirs
 from peftlab.report.plots import confusion_svg, hbar_svg, line_svg, nothing_svg, pareto_svg
+from peftlab.report.fairness import fairness_lines
 from peftlab.report.seeds import NOTE as SEED_NOTE, distinct_seeds, summary_rows
 from peftlab.report.table import COLUMNS, legend, table
 
@@ -116,6 +117,7 @@ def method_section(row: Row) -> str:
         parts.append(f"<p class=\"mute\">hyperparameters: <code>{e(json.dumps(res.method_params, sort_keys=True))}</code></p>")
     if res.status != "ok":
         parts.append(f'<p class="notes">failed: {e(res.error or "no error recorded")}</p>')
+    parts += [f'<p class="mute">{e(line)}</p>' for line in fairness_lines(res)]
     figs = []
     losses, scores = facts.curve_series(row)
     if losses or scores:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import psutil
 import torch
 from transformers import DataCollatorWithPadding, set_seed
 
@@ -30,6 +31,7 @@ from peftlab.methods import METHODS
 from peftlab.methods.base import DEFAULT_HEADS, head_names
 from peftlab.metrics import classification_metrics, is_collapsed, majority_class
 from peftlab.params import arch_spec, count_params
+from peftlab.plan import check_fits, estimate_bytes
 from peftlab.registry import Registry
 from peftlab.report.collect import COMMAND_FILE
 from peftlab.report.compare import write_comparison
@@ -111,8 +113,10 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False, resume: ResumeMod
     if cfg.task.modality in MODALITY_RUNNERS:  # image runs start over each time (no checkpoints yet)
         return MODALITY_RUNNERS.get(cfg.task.modality)(cfg, quiet)
     preflight(cfg)
-    out, reuse = prepare_output(cfg, resume, command)
     data = load_task(cfg.task, cfg.train.seed)
+    if cfg.train.memory_check:  # before any weights are loaded or anything is written
+        check_fits(cfg, data.num_labels)
+    out, reuse = prepare_output(cfg, resume, command)
     tokenizer = load_tokenizer(cfg.backbone)
     train_f = encode(tokenizer, data.train, cfg.train.max_length)
     eval_f = encode(tokenizer, data.eval, cfg.train.max_length)
@@ -273,6 +277,7 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
     acc = make_accelerator(cfg.train)
     collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if acc.device.type == "cuda" else None)
     _say(quiet, f"== {params.label} ({params.method}, lr={params.lr:g})")
+    overhead = psutil.Process().memory_info().rss if acc.device.type == "cpu" else 0  # in the measured peak
     with PeakMemory(acc.device) as mem:
         t0 = time.perf_counter()
         extra = method_load_kwargs(cfg.backbone, method, params, data.num_labels)
@@ -280,6 +285,7 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
         model = load_classifier(cfg.backbone, data.label_names, tokenizer, extra, loading_info)
         fingerprint = base_fingerprint(model, cfg.backbone.name)
         spec = arch_spec(model.config)
+        estimate = estimate_bytes(params, spec, model.config, cfg.train.batch_size, cfg.train.max_length, overhead)
         fresh = newly_initialised(loading_info, spec.head_modules if spec is not None else DEFAULT_HEADS)
         if fresh:
             warn(newly_initialised_warning(cfg.backbone.name, fresh))
@@ -319,7 +325,7 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
         peak_memory_bytes=mem.peak_bytes, memory_kind=mem.kind,
         adapter_bytes=adapter_bytes, adapter_path=f"{mdir.name}/{ADAPTER_DIR}",
         flags=flags, environment=environment(str(acc.device)),
-        details={**base.details, **({"newly_initialised": fresh[:50], "newly_initialised_count": len(fresh)} if fresh else {})},
+        details={**base.details, "memory_estimate_bytes": estimate, **({"newly_initialised": fresh[:50], "newly_initialised_count": len(fresh)} if fresh else {})},
     ))
 
 
