@@ -122,6 +122,25 @@ class TrainConfig(StrictModel):
         return tracker_names(v)
 
 
+class SearchConfig(StrictModel):
+    """A learning-rate search per method before its full run (see peftlab.runners.lr_search)."""
+
+    #: values to try, or "auto": log-spaced around each method's own default
+    lr: list[PositiveFloat] | Literal["auto"] = "auto"
+    #: optimizer steps per trial (the explicit cost of the search)
+    budget_steps: int = Field(default=30, ge=1)
+    #: share of the training split held out to score the trials (the eval split is never used)
+    val_fraction: float = Field(default=0.2, gt=0, lt=1)
+    metric: Literal["eval_loss", "accuracy"] = "eval_loss"
+
+    @field_validator("lr")
+    @classmethod
+    def _nonempty(cls, v: Any) -> Any:
+        if isinstance(v, list) and not v:
+            raise ValueError("give at least one value, or auto")
+        return v
+
+
 @lru_cache(maxsize=1)
 def _method_union() -> Any:
     """Discriminated union of every registered method's parameter model (built once)."""
@@ -139,6 +158,8 @@ class ExperimentConfig(StrictModel):
     train: TrainConfig = TrainConfig()
     output_dir: str = "runs/experiment"
     baseline: bool = True
+    #: per-method learning-rate search before each full run; None: every method uses its own ``lr``
+    search: SearchConfig | None = None
     #: run every method once per seed (mean ± std in the comparison); None: the single ``train.seed``
     seeds: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1)
 

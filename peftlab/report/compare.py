@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 from peftlab.io import atomic_write_text
+from peftlab.report.fairness import search_summary
 from peftlab.report.seeds import distinct_seeds, summary_csv, summary_markdown
 from peftlab.results import RunResult
 
@@ -83,6 +84,7 @@ def to_markdown(results: list[RunResult]) -> str:
               "non-finite loss; params_unchanged = trainable weights never moved; backbone_newly_initialised = "
               "backbone weights beyond the head were missing from the checkpoint (random); train_eval_overlap = "
               "some eval inputs also occur in training.", ""]
+    lines += search_summary(results)
     for r in results:  # method-specific diagnostics, e.g. zero-shot's worst class and template search
         if r.details.get("report_lines"):
             lines += [f"## {r.name}", "", *r.details["report_lines"], ""]

@@ -28,3 +28,19 @@ def fairness_lines(r: RunResult) -> list[str]:
     if d.get("train_eval_overlap"):
         out.append(f"WARNING: {d['train_eval_overlap']} evaluation inputs also occur in the training split")
     return out
+
+
+def search_summary(results: list[RunResult]) -> list[str]:
+    """Comparison lines: which learning rate each searched method got, from which grid, at what cost."""
+    lines = []
+    for r in results:
+        s = r.details.get("lr_search")
+        if isinstance(s, dict) and s.get("trials"):
+            grid = ", ".join(f"{t['lr']:g}" for t in s["trials"])
+            lines.append(f"- {r.name} (seed {r.seed}): lr {s['chosen']:g} from [{grid}] by {s['metric']}; "
+                         f"{len(s['trials'])} trials x {s['budget_steps']} steps on {s['n_train']} training examples, "
+                         f"scored on {s['n_val']} held-out training examples; {s['cost_s']:.1f} s")
+    if not lines:
+        return []
+    return ["Learning-rate search (trials on a held-out slice of the training split, never the eval split):",
+            "", *lines, ""]

@@ -35,9 +35,10 @@ from peftlab.plan import check_fits, estimate_bytes
 from peftlab.registry import Registry
 from peftlab.report.collect import COMMAND_FILE
 from peftlab.report.compare import write_comparison
-from peftlab.results import RESULTS_FILE, ParamCounts, RunResult, Timing, environment, read_result
+from peftlab.results import RESULTS_FILE, EpochRecord, ParamCounts, RunResult, Timing, environment, read_result
 from peftlab.runners.batching import Features, encode
 from peftlab.runners.cached import fit_head
+from peftlab.runners.lr_search import search_lr
 from peftlab.runners.measure import PeakMemory
 from peftlab.runners.seeds import run_seeds, single_seed
 from peftlab.runners.checkpoint import clear_checkpoints, complete_checkpoints, load_checkpoint
@@ -276,6 +277,13 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
     set_seed(cfg.train.seed)
     acc = make_accelerator(cfg.train)
     collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if acc.device.type == "cuda" else None)
+    search = None
+    if cfg.search is not None:  # on held-out training data only; the full run below uses the best value
+        search = search_lr(params, cfg.search, train_f, cfg.train.seed, cfg.train.batch_size,
+                           lambda p, tr, va: _trial(cfg, method, p, data, tokenizer, tr, va, collate, acc),
+                           lambda msg: _say(quiet, msg))
+        params = params.model_copy(update={"lr": search["chosen"]})
+        set_seed(cfg.train.seed)
     _say(quiet, f"== {params.label} ({params.method}, lr={params.lr:g})")
     overhead = psutil.Process().memory_info().rss if acc.device.type == "cpu" else 0  # in the measured peak
     with PeakMemory(acc.device) as mem:
@@ -325,8 +333,20 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
         peak_memory_bytes=mem.peak_bytes, memory_kind=mem.kind,
         adapter_bytes=adapter_bytes, adapter_path=f"{mdir.name}/{ADAPTER_DIR}",
         flags=flags, environment=environment(str(acc.device)),
-        details={**base.details, "memory_estimate_bytes": estimate, **({"newly_initialised": fresh[:50], "newly_initialised_count": len(fresh)} if fresh else {})},
+        details={**base.details, "memory_estimate_bytes": estimate, **({"lr_search": search} if search else {}), **({"newly_initialised": fresh[:50], "newly_initialised_count": len(fresh)} if fresh else {})},
     ))
+
+
+def _trial(cfg: ExperimentConfig, method: Any, params: MethodParams, data: TaskData, tokenizer: Any,
+           train_f: Features, val_f: Features, collate: Any, acc: Any) -> EpochRecord | None:
+    """One search trial: a fresh model, ``params`` (the trial's lr and epochs), scored on ``val_f``."""
+    set_seed(cfg.train.seed)
+    extra = method_load_kwargs(cfg.backbone, method, params, data.num_labels)
+    model = load_classifier(cfg.backbone, data.label_names, tokenizer, extra)
+    spec = arch_spec(model.config)
+    model = method.prepare(model, params, spec)
+    _, outcome = _train(method, model, params, spec, cfg, train_f, val_f, collate, acc, True)
+    return None if outcome.nan_loss or not outcome.epochs else outcome.epochs[-1]
 
 
 def save_atomically(method: Any, model: torch.nn.Module, params: MethodParams, target: Path,
