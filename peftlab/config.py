@@ -191,6 +191,16 @@ class ExperimentConfig(StrictModel):
         return v
 
     @model_validator(mode="after")
+    def _text_only_options(self) -> "ExperimentConfig":
+        """The image runner has no seeds loop or learning-rate search yet: refuse rather than ignore."""
+        if self.task.modality != "text":
+            if self.seeds and len(self.seeds) > 1:
+                raise ValueError("seeds: several seeds run on text tasks only (for now); give one")
+            if self.search is not None:
+                raise ValueError("search: the learning-rate search runs on text tasks only (for now)")
+        return self
+
+    @model_validator(mode="after")
     def _unique_names(self) -> "ExperimentConfig":
         labels = [m.label for m in self.methods]
         dupes = sorted({x for x in labels if labels.count(x) > 1})

@@ -49,8 +49,12 @@ def newly_initialised_warning(backbone: str, names: list[str]) -> str:
 
 
 def _inputs(split: "Split") -> list[tuple[str, str | None]]:
-    pairs = split.pairs if split.pairs is not None else [None] * len(split.texts)
-    return list(zip(split.texts, pairs))
+    """(text, pair) per example; empty for splits that hold no texts (image splits are not checked yet)."""
+    texts = getattr(split, "texts", None)
+    if texts is None:
+        return []
+    pairs = split.pairs if split.pairs is not None else [None] * len(texts)
+    return list(zip(texts, pairs))
 
 
 def overlap_count(train: "Split", evalset: "Split") -> int:

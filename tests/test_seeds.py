@@ -102,3 +102,17 @@ def test_single_seed_list_keeps_the_flat_layout(tiny_bert, tiny_csv, tmp_path):
     run_experiment(validate_raw(raw), quiet=True)
     assert json.loads((tmp_path / "r" / "linear_probe" / "results.json").read_text())["seed"] == 7
     assert not list((tmp_path / "r").glob("seed-*"))
+
+
+def test_shipped_fair_config_validates():
+    from peftlab.config import load_config
+
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "drugreview_fair.yaml")
+    assert cfg.seed_list == [0, 1, 2] and cfg.search is not None and cfg.search.lr == "auto"
+
+
+@pytest.mark.parametrize("extra, field", [({"seeds": [0, 1]}, "seeds"), ({"search": {"lr": "auto"}}, "search")])
+def test_image_tasks_refuse_seeds_and_search_rather_than_ignore_them(extra, field):
+    raw = {"backbone": "efficientnet-lite0", "task": {"source": "fashion_mnist"}, "methods": ["linear_probe"], **extra}
+    with pytest.raises(PeftlabError, match=rf"^config error: {field}: .*text tasks only"):
+        validate_raw(raw)
