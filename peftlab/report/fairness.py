@@ -22,6 +22,9 @@ def fairness_lines(r: RunResult) -> list[str]:
     if isinstance(est, (int, float)) and r.peak_memory_bytes:
         out.append(f"memory: estimated {est / MB:.0f} MB before the run, measured peak {r.peak_memory_bytes / MB:.0f} MB "
                    f"({r.memory_kind or 'unknown kind'}; ratio {est / r.peak_memory_bytes:.2f})")
+    eta = d.get("train_time_estimate_s")
+    if isinstance(eta, (int, float)) and r.timing is not None and r.timing.train_s:
+        out.append(f"training time: estimated {eta:.1f} s after its first steps, took {r.timing.train_s:.1f} s")
     if d.get("newly_initialised_count"):
         out.append(f"WARNING: {d['newly_initialised_count']} backbone weights beyond the head were newly initialised "
                    f"(not in the checkpoint), e.g. {', '.join(d.get('newly_initialised', [])[:3])}")

@@ -333,7 +333,7 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
         peak_memory_bytes=mem.peak_bytes, memory_kind=mem.kind,
         adapter_bytes=adapter_bytes, adapter_path=f"{mdir.name}/{ADAPTER_DIR}",
         flags=flags, environment=environment(str(acc.device)),
-        details={**base.details, "memory_estimate_bytes": estimate, **({"lr_search": search} if search else {}), **({"newly_initialised": fresh[:50], "newly_initialised_count": len(fresh)} if fresh else {})},
+        details={**base.details, "memory_estimate_bytes": estimate, "train_time_estimate_s": outcome.estimated_train_s, **({"lr_search": search} if search else {}), **({"newly_initialised": fresh[:50], "newly_initialised_count": len(fresh)} if fresh else {})},
     ))
 
 
