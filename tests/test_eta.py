@@ -21,7 +21,8 @@ def test_estimate_printed_before_training_ends_and_stored(tiny_bert, tiny_csv, t
     train, evalf = tiny_csv
     raw = {"backbone": tiny_bert, "task": {"source": "csv", "train_file": str(train), "eval_file": str(evalf)},
            "methods": [{"method": "lora", "r": 2}], "output_dir": str(tmp_path / "o"),
-           "train": {"epochs": 2, "batch_size": 8, "max_length": 32, "device": "cpu", "checkpoints": False}}
+           "train": {"epochs": 2, "batch_size": 8, "max_length": 32, "device": "cpu", "checkpoints": False,
+                     "num_threads": 1}}
     run_experiment(validate_raw(raw), quiet=False)
     err = capsys.readouterr().err
     line = next(ln for ln in err.splitlines() if "training will take about" in ln)
