@@ -90,12 +90,13 @@ def method_load_kwargs(cfg: BackboneConfig, method: Any, params: Any, num_labels
 
 
 def load_classifier(cfg: BackboneConfig, label_names: list[str], tokenizer: Any,
-                    extra_kwargs: dict[str, Any] | None = None) -> Any:
+                    extra_kwargs: dict[str, Any] | None = None, loading_info: dict[str, Any] | None = None) -> Any:
     """AutoModelForSequenceClassification in fp32 with our label names and a pad token id.
 
     ``extra_kwargs`` (from ``Method.load_kwargs``) go to ``from_pretrained`` too, overriding ours:
     ``qlora`` loads the base quantised this way. A checkpoint that already has a head of another size (fine-tuned on other labels) gets a
-    new head sized for this task rather than an error.
+    new head sized for this task rather than an error. ``loading_info``, when given, receives
+    transformers' load report (missing / mismatched keys) for :mod:`peftlab.guards`.
     """
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
@@ -114,12 +115,15 @@ def load_classifier(cfg: BackboneConfig, label_names: list[str], tokenizer: Any,
             **_kwargs(cfg),
         )
         kwargs.update(extra_kwargs or {})
-        model = AutoModelForSequenceClassification.from_pretrained(resolve(cfg.name), **kwargs)
+        model, info = AutoModelForSequenceClassification.from_pretrained(resolve(cfg.name), output_loading_info=True,
+                                                                         **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise _fail(cfg, exc) from None
     finally:
         hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()
+    if loading_info is not None:
+        loading_info.update(info)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     _check_head_size(cfg, model, len(label_names))

@@ -1,4 +1,4 @@
-"""The ``peftlab`` command line: run, validate, predict, report, list.
+"""The ``peftlab`` command line: run, validate, plan, predict, report, list.
 
 User errors (PeftlabError) print one line and exit with code 2; no traceback.
 """
@@ -59,6 +59,20 @@ def validate(config: Path, overrides: Overrides = None) -> None:
 
     check_trackers(cfg.train.log_to)
     print(f"ok: {config} ({len(cfg.methods)} methods: {', '.join(m.label for m in cfg.methods)})")
+
+
+@app.command()
+def plan(config: Path, overrides: Overrides = None) -> None:
+    """Estimate each method's memory (base at fp32/bf16/8-bit/4-bit, trainable, optimizer,
+    activations) from the backbone's config alone, against the free RAM or GPU memory."""
+    from peftlab.config import load_config
+    from peftlab.plan import format_plan, make_plan
+    from peftlab.runners.experiment import preflight
+
+    cfg = load_config(config, overrides)
+    if cfg.task.modality == "text":
+        preflight(cfg)
+    print(format_plan(make_plan(cfg), cfg))
 
 
 @app.command()

@@ -109,6 +109,8 @@ class TrainConfig(StrictModel):
     checkpoints: bool = True
     checkpoint_every: int = Field(default=0, ge=0)
     keep_checkpoints: int = Field(default=2, ge=1)
+    #: stop before loading weights when a method's memory estimate exceeds the free memory (peftlab.plan)
+    memory_check: bool = True
     #: optional experiment trackers, e.g. [tensorboard, mlflow] (see peftlab.tracking)
     log_to: list[str] = Field(default_factory=list)
 
@@ -118,6 +120,25 @@ class TrainConfig(StrictModel):
         from peftlab.tracking import tracker_names
 
         return tracker_names(v)
+
+
+class SearchConfig(StrictModel):
+    """A learning-rate search per method before its full run (see peftlab.runners.lr_search)."""
+
+    #: values to try, or "auto": log-spaced around each method's own default
+    lr: list[PositiveFloat] | Literal["auto"] = "auto"
+    #: optimizer steps per trial (the explicit cost of the search)
+    budget_steps: int = Field(default=30, ge=1)
+    #: share of the training split held out to score the trials (the eval split is never used)
+    val_fraction: float = Field(default=0.2, gt=0, lt=1)
+    metric: Literal["eval_loss", "accuracy"] = "eval_loss"
+
+    @field_validator("lr")
+    @classmethod
+    def _nonempty(cls, v: Any) -> Any:
+        if isinstance(v, list) and not v:
+            raise ValueError("give at least one value, or auto")
+        return v
 
 
 @lru_cache(maxsize=1)
@@ -137,6 +158,22 @@ class ExperimentConfig(StrictModel):
     train: TrainConfig = TrainConfig()
     output_dir: str = "runs/experiment"
     baseline: bool = True
+    #: per-method learning-rate search before each full run; None: every method uses its own ``lr``
+    search: SearchConfig | None = None
+    #: run every method once per seed (mean ± std in the comparison); None: the single ``train.seed``
+    seeds: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError("has duplicates")
+        return v
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds each method runs with: ``seeds``, or ``[train.seed]``."""
+        return list(self.seeds) if self.seeds else [self.train.seed]
 
     @field_validator("backbone", mode="before")
     @classmethod
@@ -147,8 +184,21 @@ class ExperimentConfig(StrictModel):
     @classmethod
     def _methods_shorthand(cls, v: Any) -> Any:
         if isinstance(v, list):
-            return [{"method": m} if isinstance(m, str) else m for m in v]
+            from peftlab.guards import check_task_type
+
+            return [{"method": m} if isinstance(m, str) else
+                    check_task_type(m, f"methods[{i}]") if isinstance(m, dict) else m for i, m in enumerate(v)]
         return v
+
+    @model_validator(mode="after")
+    def _text_only_options(self) -> "ExperimentConfig":
+        """The image runner has no seeds loop or learning-rate search yet: refuse rather than ignore."""
+        if self.task.modality != "text":
+            if self.seeds and len(self.seeds) > 1:
+                raise ValueError("seeds: several seeds run on text tasks only (for now); give one")
+            if self.search is not None:
+                raise ValueError("search: the learning-rate search runs on text tasks only (for now)")
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> "ExperimentConfig":

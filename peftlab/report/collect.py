@@ -148,8 +148,19 @@ def collect(paths: list[Path]) -> list[Row]:
     several = len({r.run.path.resolve() for r in rows}) > 1
     for r in rows:
         r.label = f"{r.run.label}/{r.result.name}" if several else r.result.name
+    _seed_labels(rows)
     _dedupe_labels(rows)
     return rows
+
+
+def _seed_labels(rows: list[Row]) -> None:
+    """A row name run with several seeds (``seeds: [0, 1, 2]``) gets its seed in the label."""
+    seeds: dict[tuple[Path, str], set[int]] = {}
+    for r in rows:
+        seeds.setdefault((r.run.path.resolve(), r.result.name), set()).add(r.result.seed)
+    for r in rows:
+        if len(seeds[(r.run.path.resolve(), r.result.name)]) > 1:
+            r.label = f"{r.label} (seed {r.result.seed})"
 
 
 def _dedupe_labels(rows: list[Row]) -> None:

@@ -7,6 +7,8 @@ import io
 from pathlib import Path
 
 from peftlab.io import atomic_write_text
+from peftlab.report.fairness import search_summary
+from peftlab.report.seeds import distinct_seeds, summary_csv, summary_markdown
 from peftlab.results import RunResult
 
 COLUMNS = [
@@ -71,20 +73,28 @@ def to_markdown(results: list[RunResult]) -> str:
             "peak_mem_mb", "train_ex_per_s", "eval_ex_per_s", "adapter_mb", "flags"]
     task = results[0].task if results else ""
     lines = [f"# Comparison: {task}", ""]
+    multi = len(distinct_seeds(results)) > 1
     if results:
         r0 = results[-1]
-        lines += [f"{r0.n_train} train / {r0.n_eval} eval examples, labels: {', '.join(r0.labels)}; seed {r0.seed}.", ""]
+        seeds = f"seeds {', '.join(map(str, distinct_seeds(results)))}" if multi else f"seed {r0.seed}"
+        lines += [f"{r0.n_train} train / {r0.n_eval} eval examples, labels: {', '.join(r0.labels)}; {seeds}.", ""]
+    if multi:  # one row per method over its seeds first, then every single run
+        lines += summary_markdown(results) + ["## Every run", ""]
     lines += ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for r in results:
         cells = row(r)
         cells["accuracy"] = _with_spread(cells["accuracy"], cells["accuracy_std"])
         cells["macro_f1"] = _with_spread(cells["macro_f1"], cells["macro_f1_std"])
+        if multi:
+            cells["method"] = f"{r.name} (seed {r.seed})"
         lines.append("| " + " | ".join(_md_cell(cells[k]) for k in keys) + " |")
     lines += ["", "params check: counted trainable and total parameters equal the closed-form formula "
               "(ok), differ (MISMATCH), or no formula for this architecture (blank). "
               "Flags: collapsed = every eval prediction is one class; nan_loss = training stopped on a "
-              "non-finite loss; params_unchanged = trainable weights never moved. "
-              "a ± b: mean and standard deviation over demonstration seeds.", ""]
+              "non-finite loss; params_unchanged = trainable weights never moved; backbone_newly_initialised = "
+              "backbone weights beyond the head were missing from the checkpoint (random); train_eval_overlap = "
+              "some eval inputs also occur in training. a ± b: mean and standard deviation over demonstration seeds.", ""]
+    lines += search_summary(results)
     for r in results:  # method-specific diagnostics, e.g. zero-shot's worst class and template search
         if r.details.get("report_lines"):
             lines += [f"## {r.name}", "", *r.details["report_lines"], ""]
@@ -93,6 +103,7 @@ def to_markdown(results: list[RunResult]) -> str:
 
 def write_comparison(results: list[RunResult], out: Path) -> str:
     md = to_markdown(results)
-    atomic_write_text(out / "comparison.csv", to_csv(results))
+    multi = len(distinct_seeds(results)) > 1  # several seeds: one row per method with mean and std
+    atomic_write_text(out / "comparison.csv", summary_csv(results) if multi else to_csv(results))
     atomic_write_text(out / "comparison.md", md)
     return md

@@ -14,6 +14,8 @@ from html import escape
 from peftlab.report import facts
 from peftlab.report.collect import Row, RunDir, group_by_task, reproduce_note, run_dirs
 from peftlab.report.plots import confusion_svg, hbar_svg, line_svg, nothing_svg, pareto_svg
+from peftlab.report.fairness import fairness_lines
+from peftlab.report.seeds import NOTE as SEED_NOTE, distinct_seeds, summary_rows
 from peftlab.report.table import COLUMNS, legend, table
 
 CSS = """
@@ -115,6 +117,7 @@ def method_section(row: Row) -> str:
         parts.append(f"<p class=\"mute\">hyperparameters: <code>{e(json.dumps(res.method_params, sort_keys=True))}</code></p>")
     if res.status != "ok":
         parts.append(f'<p class="notes">failed: {e(res.error or "no error recorded")}</p>')
+    parts += [f'<p class="mute">{e(line)}</p>' for line in fairness_lines(res)]
     figs = []
     losses, scores = facts.curve_series(row)
     if losses or scores:
@@ -133,6 +136,21 @@ def method_section(row: Row) -> str:
     return "".join(parts)
 
 
+def seed_section(rows: list[Row]) -> str:
+    """Mean ± std per method when the rows hold several seeds of the same methods; else nothing."""
+    results = [r.result for r in rows]
+    if len(distinct_seeds(results)) <= 1:
+        return ""
+    heads = ["method", "seeds", "accuracy", "macro-F1", "vs best"]
+    body = "".join(
+        f"<tr><td>{e(x['method'])}</td><td>{e(x['seeds'])}</td>"
+        f"<td>{e(x['accuracy_mean'])} ± {e(x['accuracy_std'])}</td>"
+        f"<td>{e(x['macro_f1_mean'])} ± {e(x['macro_f1_std'])}</td><td>{e(x['vs_best'])}</td></tr>"
+        for x in summary_rows(results))
+    return (f"<h3>Mean ± std over seeds</h3><table><thead><tr>{''.join(f'<th>{h}</th>' for h in heads)}</tr></thead>"
+            f"<tbody>{body}</tbody></table><p class=\"mute\">{e(SEED_NOTE)}</p>")
+
+
 def task_section(i: int, task: str, rows: list[Row]) -> str:
     meta = facts.task_summary(task, rows).describe()
     notes = facts.health_notes(rows)
@@ -141,7 +159,7 @@ def task_section(i: int, task: str, rows: list[Row]) -> str:
     methods = "".join(method_section(r) for r in rows)
     return (f'<section class="task" id="task-{i}"><h2>Task: {e(task)}</h2>'
             f'<p class="mute">{e(meta)}</p>{warn}'
-            f"<h3>Comparison</h3>{comparison_table(rows)}"
+            f"<h3>Comparison</h3>{comparison_table(rows)}{seed_section(rows)}"
             f"<h3>Accuracy vs trainable parameters</h3>{pareto_section(rows, task)}"
             f"<h3>Time and memory</h3>{cost_section(rows)}"
             f"<h3>Per method</h3>{methods}</section>")

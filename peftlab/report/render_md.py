@@ -13,6 +13,8 @@ from html import escape
 
 from peftlab.report import facts
 from peftlab.report.collect import Row, RunDir, group_by_task, reproduce_note, run_dirs
+from peftlab.report.fairness import fairness_lines
+from peftlab.report.seeds import distinct_seeds, summary_markdown
 from peftlab.report.table import COLUMNS, legend, table
 
 
@@ -44,6 +46,8 @@ def method_block(row: Row) -> list[str]:
         out += [f"hyperparameters: {cell(json.dumps(res.method_params, sort_keys=True))}", ""]
     if res.status != "ok":
         out += [f"**failed**: {cell(res.error or 'no error recorded')}", ""]
+    for line in fairness_lines(res):
+        out += [cell(line), ""]
     if res.epochs:
         out += md_table(["epoch", "train loss", "eval loss", "accuracy", "macro-F1"],
                         [[str(e.epoch)] + ["" if v is None else f"{v:.4f}" for v in
@@ -63,6 +67,8 @@ def task_block(task: str, rows: list[Row]) -> list[str]:
     if notes:
         out += ["**Needs attention:**", ""] + [f"- {cell(n)}" for n in notes] + [""]
     out += comparison(rows) + [""]
+    if len(distinct_seeds([r.result for r in rows])) > 1:
+        out += summary_markdown([r.result for r in rows], level=3)
     front = facts.frontier_labels(rows)
     out += [f"Pareto frontier (accuracy vs trainable parameters): {cell(', '.join(front) or 'none')}. "
             "Figures: see report.html.", ""]

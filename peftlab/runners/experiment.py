@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import psutil
 import torch
 from transformers import DataCollatorWithPadding, set_seed
 
@@ -24,19 +25,23 @@ from peftlab.config import BackboneConfig, ExperimentConfig, dump_config
 from peftlab.config_base import MethodParams
 from peftlab.errors import PeftlabError
 from peftlab.fingerprint import base_fingerprint, write_fingerprint
+from peftlab.guards import NEWLY_INITIALISED, newly_initialised, newly_initialised_warning, overlap_count, overlap_warning, warn
 from peftlab.io import atomic_write_json, atomic_write_text, dir_size_bytes
 from peftlab.methods import METHODS
-from peftlab.methods.base import head_names
+from peftlab.methods.base import DEFAULT_HEADS, head_names
 from peftlab.metrics import classification_metrics, is_collapsed, majority_class
 from peftlab.params import arch_spec, count_params
+from peftlab.plan import check_fits, estimate_bytes
 from peftlab.registry import Registry
 from peftlab.report.collect import COMMAND_FILE
 from peftlab.report.compare import write_comparison
-from peftlab.results import RESULTS_FILE, ParamCounts, RunResult, Timing, environment, read_result
+from peftlab.results import RESULTS_FILE, EpochRecord, ParamCounts, RunResult, Timing, environment, read_result
 from peftlab.runners.batching import Features, encode
 from peftlab.runners.cached import fit_head
 from peftlab.runners.icl import run_icl
+from peftlab.runners.lr_search import search_lr
 from peftlab.runners.measure import PeakMemory
+from peftlab.runners.seeds import run_seeds, single_seed
 from peftlab.runners.checkpoint import clear_checkpoints, complete_checkpoints, load_checkpoint
 from peftlab.runners.train import CheckpointPlan, FitOutcome, fit, make_accelerator
 from peftlab.tasks import TaskData, load_task
@@ -131,10 +136,26 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False, resume: ResumeMod
     if cfg.task.modality in MODALITY_RUNNERS:  # image runs start over each time (no checkpoints yet)
         return MODALITY_RUNNERS.get(cfg.task.modality)(cfg, quiet)
     preflight(cfg)
-    out, reuse = prepare_output(cfg, resume, command)
     data = load_task(cfg.task, cfg.train.seed)
+    if cfg.train.memory_check:  # before any weights are loaded or anything is written
+        check_fits(cfg, data.num_labels)
+    out, reuse = prepare_output(cfg, resume, command)
     encodings = Encodings(cfg, data)
     _say(quiet, f"task {data.name}: {len(data.train)} train / {len(data.eval)} eval, labels {data.label_names}")
+    if overlap_count(data.train, data.eval):
+        warn(overlap_warning(overlap_count(data.train, data.eval), len(data.eval)))
+    if len(cfg.seed_list) > 1:
+        results = run_seeds(cfg, out, lambda scfg, sout: run_methods(scfg, data, encodings, sout, reuse, quiet))
+    else:
+        results = run_methods(single_seed(cfg), data, encodings, out, reuse, quiet)
+    write_comparison(results, out)
+    write_run_report(out, quiet)
+    return results
+
+
+def run_methods(cfg: ExperimentConfig, data: TaskData, encodings: Encodings, out: Path, reuse: bool,
+                quiet: bool) -> list[RunResult]:
+    """The baseline and every method with ``cfg.train.seed``, results in ``out/METHOD``."""
     results = [baseline_result(cfg, data)] if cfg.baseline else []
     if results:
         results[0].write(out / BASELINE)
@@ -148,8 +169,6 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False, resume: ResumeMod
             clear_checkpoints(out / params.label)
         runner = RUNNERS.get(METHODS.get(params.method).runner)
         results.append(runner(cfg, params, data, encodings, out, quiet))
-    write_comparison(results, out)
-    write_run_report(out, quiet)
     return results
 
 
@@ -193,8 +212,18 @@ def baseline_result(cfg: ExperimentConfig, data: TaskData) -> RunResult:
         labels=data.label_names, n_train=len(data.train), n_eval=len(data.eval),
         accuracy=m["accuracy"], macro_f1=m["macro_f1"], per_class=m["per_class"],
         confusion_matrix=m["confusion_matrix"], params=ParamCounts(trainable=0, total=0, percent_trainable=0.0),
-        flags=["collapsed"] if is_collapsed(pred, data.num_labels) else [],
+        flags=(["collapsed"] if is_collapsed(pred, data.num_labels) else []) + overlap_flags(data),
+        details=overlap_details(data),
     )
+
+
+def overlap_details(data: TaskData) -> dict[str, Any]:
+    """Recorded in every result: evaluation examples whose input also occurs in training."""
+    return {"train_eval_overlap": overlap_count(data.train, data.eval)}
+
+
+def overlap_flags(data: TaskData) -> list[str]:
+    return ["train_eval_overlap"] if overlap_count(data.train, data.eval) else []
 
 
 def _fingerprint(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -254,7 +283,7 @@ def guarded(cfg: ExperimentConfig, params: MethodParams, data: TaskData, out: Pa
     base = RunResult(
         name=params.label, method=params.method, method_params=params.model_dump(mode="json"),
         task=data.name, backbone=cfg.backbone_for(params).name, seed=cfg.train.seed, labels=data.label_names,
-        n_train=len(data.train), n_eval=len(data.eval),
+        n_train=len(data.train), n_eval=len(data.eval), details=overlap_details(data),
     )
     base.model_copy(update={"status": "incomplete"}).write(mdir)
     try:
@@ -299,14 +328,27 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
     set_seed(cfg.train.seed)
     acc = make_accelerator(cfg.train)
     collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if acc.device.type == "cuda" else None)
+    search = None
+    if cfg.search is not None:  # on held-out training data only; the full run below uses the best value
+        search = search_lr(params, cfg.search, train_f, cfg.train.seed, cfg.train.batch_size,
+                           lambda p, tr, va: _trial(cfg, method, p, data, tokenizer, tr, va, collate, acc),
+                           lambda msg: _say(quiet, msg))
+        params = params.model_copy(update={"lr": search["chosen"]})
+        set_seed(cfg.train.seed)
     _say(quiet, f"== {params.label} ({params.method}, lr={params.lr:g})")
+    overhead = psutil.Process().memory_info().rss if acc.device.type == "cpu" else 0  # in the measured peak
     with PeakMemory(acc.device) as mem:
         t0 = time.perf_counter()
         bb = cfg.backbone_for(params)
         extra = method_load_kwargs(bb, method, params, data.num_labels)
-        model = load_classifier(bb, data.label_names, tokenizer, extra)
+        loading_info: dict[str, Any] = {}
+        model = load_classifier(bb, data.label_names, tokenizer, extra, loading_info)
         fingerprint = base_fingerprint(model, bb.name)
         spec = arch_spec(model.config)
+        estimate = estimate_bytes(params, spec, model.config, cfg.train.batch_size, cfg.train.max_length, overhead)
+        fresh = newly_initialised(loading_info, spec.head_modules if spec is not None else DEFAULT_HEADS)
+        if fresh:
+            warn(newly_initialised_warning(cfg.backbone.name, fresh))
         model = method.prepare(model, params, spec)
         trainable, total = count_params(model)
         before = _fingerprint(model)
@@ -317,7 +359,8 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
     d_total = method.derived_total(params, spec) if spec is not None else None
     agree = None if d_train is None else (d_train == trainable and d_total == total)
     flags = [f for f, on in (("nan_loss", outcome.nan_loss), ("params_unchanged", not _changed(before, model)),
-                             ("params_mismatch", agree is False)) if on]
+                             ("params_mismatch", agree is False), (NEWLY_INITIALISED, bool(fresh))) if on]
+    flags += overlap_flags(data)
     assert outcome.logits is not None
     pred = outcome.logits.argmax(-1)
     if is_collapsed(pred, data.num_labels):
@@ -342,7 +385,20 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
         peak_memory_bytes=mem.peak_bytes, memory_kind=mem.kind,
         adapter_bytes=adapter_bytes, adapter_path=f"{mdir.name}/{ADAPTER_DIR}",
         flags=flags, environment=environment(str(acc.device)),
+        details={**base.details, "memory_estimate_bytes": estimate, "train_time_estimate_s": outcome.estimated_train_s, **({"lr_search": search} if search else {}), **({"newly_initialised": fresh[:50], "newly_initialised_count": len(fresh)} if fresh else {})},
     ))
+
+
+def _trial(cfg: ExperimentConfig, method: Any, params: MethodParams, data: TaskData, tokenizer: Any,
+           train_f: Features, val_f: Features, collate: Any, acc: Any) -> EpochRecord | None:
+    """One search trial: a fresh model, ``params`` (the trial's lr and epochs), scored on ``val_f``."""
+    set_seed(cfg.train.seed)
+    bb = cfg.backbone_for(params)
+    model = load_classifier(bb, data.label_names, tokenizer, method_load_kwargs(bb, method, params, data.num_labels))
+    spec = arch_spec(model.config)
+    model = method.prepare(model, params, spec)
+    _, outcome = _train(method, model, params, spec, cfg, train_f, val_f, collate, acc, True)
+    return None if outcome.nan_loss or not outcome.epochs else outcome.epochs[-1]
 
 
 def save_atomically(method: Any, model: torch.nn.Module, params: MethodParams, target: Path,

@@ -24,6 +24,7 @@ from peftlab.config import TrainConfig
 from peftlab.errors import PeftlabError
 from peftlab.results import EpochRecord
 from peftlab.runners.batching import Features, LengthGroupedBatches, sorted_batches
+from peftlab.runners.eta import TIMED_STEPS, eta_line, remaining_s
 from peftlab.runners.checkpoint import Progress, Resumed, restore_rng, save_checkpoint
 from peftlab.runners.progress import bar as progress_bar
 from peftlab.runners.progress import metrics_text, say, track
@@ -38,6 +39,8 @@ class FitOutcome:
     train_examples: int = 0
     eval_examples: int = 0
     nan_loss: bool = False
+    #: training seconds estimated from the first timed steps (peftlab.runners.eta); None if too few steps
+    estimated_train_s: float | None = None
 
 
 def make_accelerator(tcfg: TrainConfig) -> Accelerator:
@@ -167,6 +170,7 @@ def fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: 
             restore_rng(resumed)
             resumed = None
     trainable = [p for p in wrapped.parameters() if p.requires_grad]
+    timed_from, timed_step0 = time.perf_counter(), prog.step
 
     def checkpoint() -> None:
         if ckpt is not None and acc.is_main_process:
@@ -204,6 +208,10 @@ def fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: 
             bar.set_postfix_str(metrics_text({"loss": prog.loss_sum / prog.seen, "last eval acc": last and last.accuracy}))
             if acc.sync_gradients:
                 prog.step += 1
+                if prog.step - timed_step0 == TIMED_STEPS:  # the early time estimate, printed once
+                    elapsed = time.perf_counter() - timed_from
+                    outcome.estimated_train_s = outcome.train_s + elapsed + remaining_s(elapsed, TIMED_STEPS, steps - prog.step)
+                    say(silent, eta_line(label, outcome.estimated_train_s, steps))
                 if ckpt is not None and ckpt.every and prog.step % ckpt.every == 0 and i + 1 < len(sampler):
                     outcome.train_s += time.perf_counter() - t0
                     checkpoint()

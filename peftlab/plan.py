@@ -1,0 +1,267 @@
+"""Preflight estimates: will each method fit, before any weights are loaded?
+
+Everything here comes from the backbone's config (no weights) and the closed forms of
+:mod:`peftlab.params`. Per method:
+
+* parameter memory of the base at fp32 / bf16 / 8-bit / 4-bit (bitsandbytes quantises the
+  linear layers' weights only: 8-bit stores one byte per weight plus an fp32 scale per output
+  row; 4-bit NF4 half a byte per weight plus an fp32 absmax per block of 64; the rest stays fp32),
+* trainable parameters, their gradients and AdamW's two fp32 moments,
+* activations kept for the backward pass, per transformer layer about
+  ``B*L*(10*h + 2*i) + 2*B*heads*L^2`` fp32 values (inputs of every linear, norms, dropout masks,
+  attention scores and probabilities) for batch ``B`` and sequence length ``L``; methods that
+  train a head on cached features only run the forward pass, one layer's worth at a time,
+* on CPU the process's own memory now (Python, torch, the tokenizer), since the measured peak is
+  the process's resident set; on CUDA the measured peak is allocated tensors only.
+
+The total is a rough planning number: tests hold it within a factor of 2 of the measured peak.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from peftlab.config import ExperimentConfig
+from peftlab.config_base import MethodParams
+from peftlab.errors import PeftlabError
+from peftlab.params import ArchSpec, all_linears, total_params
+
+FP32 = 4
+#: the factor the estimate is held to against the measured peak (tests/test_plan.py)
+STATED_FACTOR = 2.0
+#: share of the free memory a run may plan to use (the rest is slack for the allocator, the OS)
+USABLE = 0.9
+MB = 2**20
+
+
+def linear_weight_count(spec: ArchSpec) -> tuple[int, int]:
+    """(weights of the backbone's linear layers, their output rows): what bitsandbytes quantises."""
+    layers = all_linears(spec).values()
+    return sum(d_in * d_out for d_in, d_out, _ in layers), sum(d_out for _, d_out, _ in layers)
+
+
+def base_bytes(spec: ArchSpec, precision: str) -> int:
+    """Bytes of the plain classification model's parameters at ``precision`` (fp32 exact)."""
+    total = total_params(spec)
+    if precision == "fp32":
+        return FP32 * total
+    if precision == "bf16":
+        return 2 * total
+    weights, rows = linear_weight_count(spec)
+    rest = FP32 * (total - weights)
+    if precision == "8-bit":
+        return weights + FP32 * rows + rest
+    if precision == "4-bit":
+        return weights // 2 + FP32 * -(-weights // 64) + rest
+    raise ValueError(f"unknown precision {precision!r}")
+
+
+PRECISIONS = ("fp32", "bf16", "8-bit", "4-bit")
+
+
+def method_precision(params: MethodParams) -> str:
+    """How the method loads its base: ``qlora`` quantised by its ``bits``, every other method fp32."""
+    bits = getattr(params, "bits", None)
+    return {4: "4-bit", 8: "8-bit"}.get(bits, "fp32") if bits else "fp32"
+
+
+def activation_bytes(spec: ArchSpec, conf: Any, batch: int, length: int, backward: bool) -> int:
+    """Activations of one step; all layers' when the backward pass needs them, else one layer's."""
+    h = spec.hidden
+    inter = int(getattr(conf, "intermediate_size", 4 * h) or 4 * h)
+    heads = int(getattr(conf, "num_attention_heads", 1) or 1)
+    per_layer = batch * length * (10 * h + 2 * inter) + 2 * batch * heads * length * length
+    embeddings = batch * length * h
+    return FP32 * (embeddings + per_layer * (spec.num_layers if backward else 1))
+
+
+@dataclass
+class MethodPlan:
+    label: str
+    method: str
+    precision: str
+    base: dict[str, int]  # bytes of the base at each precision
+    trainable: int
+    total: int
+    weights_bytes: int  # the base at the method's precision plus the method's own fp32 tensors
+    grads_bytes: int
+    optimizer_bytes: int
+    activation_bytes: int
+    overhead_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return (self.weights_bytes + self.grads_bytes + self.optimizer_bytes + self.activation_bytes
+                + self.overhead_bytes)
+
+    @property
+    def new_bytes(self) -> int:
+        """What the method adds on top of what the process already holds."""
+        return self.total_bytes - self.overhead_bytes
+
+
+@dataclass
+class Plan:
+    device: str
+    available_bytes: int
+    methods: list[MethodPlan] = field(default_factory=list)
+    #: label -> reason no estimate exists (no closed form for the architecture, image task)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+class NoEstimate(Exception):
+    """The method has no closed-form parameter count: it is listed without an estimate."""
+
+
+def plan_method(params: MethodParams, spec: ArchSpec, conf: Any, batch: int, length: int,
+                overhead: int) -> MethodPlan:
+    from peftlab.methods import METHODS
+
+    method = METHODS.get(params.method)
+    try:
+        trainable = method.derived_trainable(params, spec)
+        total = method.derived_total(params, spec)
+    except NotImplementedError:
+        raise NoEstimate(f"no closed form for method {params.method!r}") from None
+    precision = method_precision(params)
+    added = total - total_params(spec)  # the method's own tensors (adapters, the head copy peft trains)
+    return MethodPlan(
+        label=params.label, method=params.method, precision=precision,
+        base={p: base_bytes(spec, p) for p in PRECISIONS}, trainable=trainable, total=total,
+        weights_bytes=base_bytes(spec, precision) + FP32 * added,
+        grads_bytes=FP32 * trainable, optimizer_bytes=2 * FP32 * trainable,
+        activation_bytes=activation_bytes(spec, conf, batch, length, backward=not method.caches_features),
+        overhead_bytes=overhead,
+    )
+
+
+def device_memory(cfg: ExperimentConfig) -> tuple[str, int, int]:
+    """(device, free bytes, bytes the process already holds that the measured peak includes)."""
+    import torch
+
+    if cfg.train.device != "cpu" and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info()
+        return "cuda", int(free), 0
+    return "cpu", int(psutil.virtual_memory().available), int(psutil.Process().memory_info().rss)
+
+
+def task_labels(cfg: ExperimentConfig) -> int:
+    """The number of labels (it sizes the head): from the config, else from the data (no model needed)."""
+    if cfg.task.label_names:
+        return len(cfg.task.label_names)
+    from peftlab.tasks import load_task
+
+    return load_task(cfg.task, cfg.train.seed).num_labels
+
+
+def make_plan(cfg: ExperimentConfig, num_labels: int | None = None) -> Plan:
+    """Estimates for every method of ``cfg`` from the backbone's config alone (and the label count)."""
+    from peftlab.backbones import load_hf_config
+    from peftlab.params import arch_spec
+
+    device, free, overhead = device_memory(cfg)
+    plan = Plan(device=device, available_bytes=free)
+    if cfg.task.modality != "text":
+        plan.skipped = {m.label: "image tasks have no closed-form estimate yet" for m in cfg.methods}
+        return plan
+    conf = load_hf_config(cfg.backbone, num_labels=num_labels or task_labels(cfg))
+    spec = arch_spec(conf)
+    for params in cfg.methods:
+        if spec is None:
+            plan.skipped[params.label] = f"no closed form for architecture {conf.model_type!r}"
+            continue
+        try:
+            plan.methods.append(plan_method(params, spec, conf, cfg.train.batch_size, cfg.train.max_length, overhead))
+        except NoEstimate as exc:
+            plan.skipped[params.label] = str(exc)
+    return plan
+
+
+def estimate_bytes(params: MethodParams, spec: ArchSpec | None, conf: Any, batch: int, length: int,
+                   overhead: int) -> int | None:
+    """The total estimate for one method, recorded next to its measured peak (None: no closed form)."""
+    if spec is None:
+        return None
+    try:
+        return plan_method(params, spec, conf, batch, length, overhead).total_bytes
+    except NoEstimate:
+        return None
+
+
+def fits(mp: MethodPlan, available: int) -> bool:
+    return mp.new_bytes <= USABLE * available
+
+
+def alternatives(mp: MethodPlan, cfg: ExperimentConfig, spec: ArchSpec, conf: Any, available: int) -> list[str]:
+    """Settings that would bring this method under the free memory, in the order to try them."""
+    out = []
+    tcfg = cfg.train
+
+    def with_(precision: str, batch: int, length: int) -> MethodPlan:
+        alt = plan_method(cfg.method(mp.label), spec, conf, batch, length, mp.overhead_bytes)
+        if precision != alt.precision:
+            extra = alt.weights_bytes - base_bytes(spec, alt.precision)
+            alt.weights_bytes, alt.precision = base_bytes(spec, precision) + extra, precision
+        return alt
+
+    if mp.precision != "4-bit" and fits(with_("4-bit", tcfg.batch_size, tcfg.max_length), available):
+        out.append("a 4-bit base (method: qlora)")
+    batch = tcfg.batch_size // 2
+    while batch >= 1:
+        if fits(with_(mp.precision, batch, tcfg.max_length), available):
+            accum = -(-tcfg.batch_size * tcfg.grad_accum // batch)
+            out.append(f"train.batch_size={batch} with train.grad_accum={accum} (same effective batch)")
+            break
+        batch //= 2
+    length = tcfg.max_length // 2
+    while length >= 8:
+        if fits(with_(mp.precision, tcfg.batch_size, length), available):
+            out.append(f"train.max_length={length}")
+            break
+        length //= 2
+    return out
+
+
+def check_fits(cfg: ExperimentConfig, num_labels: int | None = None) -> Plan:
+    """Stop before loading any weights when a method's estimate exceeds the free memory."""
+    from peftlab.backbones import load_hf_config
+    from peftlab.params import arch_spec
+
+    plan = make_plan(cfg, num_labels)
+    too_big = [mp for mp in plan.methods if not fits(mp, plan.available_bytes)]
+    if too_big:
+        conf = load_hf_config(cfg.backbone, num_labels=num_labels or task_labels(cfg))
+        spec = arch_spec(conf)
+        assert spec is not None  # methods are planned only with a closed form
+        mp = too_big[0]
+        options = alternatives(mp, cfg, spec, conf, plan.available_bytes)
+        raise PeftlabError(
+            f"method {mp.label} needs about {mp.new_bytes / MB:.0f} MB but {plan.device} has "
+            f"{plan.available_bytes / MB:.0f} MB free; would fit: {'; '.join(options) or 'none of a 4-bit base, a smaller batch or shorter sequences'}"
+            f" (or train.memory_check=false to try anyway)")
+    return plan
+
+
+def format_plan(plan: Plan, cfg: ExperimentConfig) -> str:
+    """The ``peftlab plan`` table: one row per method, megabytes."""
+    heads = ["method", "base fp32", "bf16", "8-bit", "4-bit", "loads as", "trainable", "weights", "grads",
+             "optimizer", "activations", "process", "total", "fits"]
+    rows = []
+    for mp in plan.methods:
+        rows.append([mp.label, *(f"{mp.base[p] / MB:.1f}" for p in PRECISIONS), mp.precision, f"{mp.trainable:,}",
+                     *(f"{b / MB:.1f}" for b in (mp.weights_bytes, mp.grads_bytes, mp.optimizer_bytes,
+                                                 mp.activation_bytes, mp.overhead_bytes, mp.total_bytes)),
+                     "yes" if fits(mp, plan.available_bytes) else "NO"])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(heads)]
+    lines = [f"plan for {cfg.name}: batch {cfg.train.batch_size} x length {cfg.train.max_length}, {plan.device} "
+             f"with {plan.available_bytes / MB:.0f} MB free (MB = 2^20 bytes)",
+             "  ".join(h.rjust(w) for h, w in zip(heads, widths))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    lines += [f"{label}: no estimate ({why})" for label, why in plan.skipped.items()]
+    lines.append(f"total = weights + grads + optimizer (AdamW, 2 fp32 moments) + activations + process; "
+                 f"rough, held within {STATED_FACTOR:g}x of the measured peak; 'fits' compares total minus "
+                 f"process with {USABLE:.0%} of the free memory.")
+    return "\n".join(lines)

@@ -1,0 +1,131 @@
+"""Several seeds per method: mean ± standard deviation, and which differences are within the spread.
+
+A single-seed difference of a point is noise as often as not. With ``seeds: [0, 1, 2]`` every
+method runs once per seed; these pure functions fold the per-seed results into one row per
+method. A method whose mean accuracy is closer to the best mean than the two spreads together
+(``|mean_a - mean_b| < std_a + std_b``: the ±1 std intervals overlap) is marked *not significant*
+against the best: the seeds cannot tell them apart.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from peftlab.results import RunResult
+
+BEST, NOT_SIGNIFICANT, BELOW = "best", "n.s. (within spread of best)", "below best"
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1 in the denominator; 0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+@dataclass
+class SeedSummary:
+    """One method over its seeds; only runs that ended ``ok`` count toward the statistics."""
+
+    name: str
+    kind: str
+    seeds: list[int] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
+    macro_f1: list[float] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+
+    @property
+    def acc(self) -> tuple[float, float] | None:
+        return mean_std(self.accuracy) if self.accuracy else None
+
+    @property
+    def f1(self) -> tuple[float, float] | None:
+        return mean_std(self.macro_f1) if self.macro_f1 else None
+
+
+def distinct_seeds(results: list[RunResult]) -> list[int]:
+    return sorted({r.seed for r in results})
+
+
+def summarise(results: list[RunResult]) -> list[SeedSummary]:
+    """One summary per row name, in first-seen order."""
+    out: dict[str, SeedSummary] = {}
+    for r in results:
+        s = out.setdefault(r.name, SeedSummary(name=r.name, kind=r.method))
+        if r.status == "ok" and r.accuracy is not None:
+            s.seeds.append(r.seed)
+            s.accuracy.append(r.accuracy)
+            s.macro_f1.append(r.macro_f1 if r.macro_f1 is not None else float("nan"))
+        else:
+            s.failed.append(r.seed)
+    return list(out.values())
+
+
+def within_spread(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Means closer than the two standard deviations together: not a significant difference."""
+    return abs(a[0] - b[0]) < a[1] + b[1]
+
+
+def versus_best(summaries: list[SeedSummary]) -> dict[str, str]:
+    """Each method against the best mean accuracy: best / n.s. (within spread) / below best."""
+    scored = [s for s in summaries if s.acc is not None]
+    if not scored:
+        return {}
+    best = max(scored, key=lambda s: s.acc[0])  # type: ignore[index]
+    return {s.name: BEST if s is best else NOT_SIGNIFICANT if within_spread(s.acc, best.acc) else BELOW  # type: ignore[arg-type]
+            for s in scored}
+
+
+def pm(ms: tuple[float, float] | None) -> str:
+    return "" if ms is None else f"{ms[0]:.4f} ± {ms[1]:.4f}"
+
+
+SUMMARY_COLUMNS = ["method", "kind", "seeds", "accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std",
+                   "vs_best", "failed_seeds"]
+
+
+def summary_rows(results: list[RunResult]) -> list[dict[str, str]]:
+    """The per-method rows of comparison.csv for a multi-seed run."""
+    sums = summarise(results)
+    verdict = versus_best(sums)
+    rows = []
+    for s in sums:
+        acc, f1 = s.acc, s.f1
+        rows.append({
+            "method": s.name, "kind": s.kind, "seeds": " ".join(map(str, s.seeds)),
+            "accuracy_mean": "" if acc is None else f"{acc[0]:.4f}", "accuracy_std": "" if acc is None else f"{acc[1]:.4f}",
+            "macro_f1_mean": "" if f1 is None else f"{f1[0]:.4f}", "macro_f1_std": "" if f1 is None else f"{f1[1]:.4f}",
+            "vs_best": verdict.get(s.name, ""), "failed_seeds": " ".join(map(str, s.failed)),
+        })
+    return rows
+
+
+def summary_markdown(results: list[RunResult], level: int = 2) -> list[str]:
+    """A Markdown table of mean ± std per method, with the significance verdict against the best."""
+    sums = summarise(results)
+    verdict = versus_best(sums)
+    lines = [f"{'#' * level} Mean ± std over seeds {', '.join(map(str, distinct_seeds(results)))}", "",
+             "| method | seeds | accuracy | macro-F1 | vs best |", "|---|---|---|---|---|"]
+    for s in sums:
+        failed = f" ({len(s.failed)} failed)" if s.failed else ""
+        lines.append(f"| {s.name} | {len(s.seeds)}{failed} | {pm(s.acc)} | {pm(s.f1)} | {verdict.get(s.name, '')} |")
+    lines += ["", NOTE, ""]
+    return lines
+
+
+NOTE = ("std is the sample standard deviation over seeds. n.s. = the difference to the best mean "
+        "accuracy is smaller than the two standard deviations together (the ±1 std ranges overlap): "
+        "these seeds cannot tell the two apart.")
+
+
+def summary_csv(results: list[RunResult]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(summary_rows(results))
+    return buf.getvalue()
