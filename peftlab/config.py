@@ -6,6 +6,7 @@ raised as :class:`~peftlab.errors.PeftlabError` so the CLI exits with code 2.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -226,8 +227,9 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
+        else:  # a key with spaces, dots or control characters is quoted, so the line stays one line
+            name = str(part) if re.fullmatch(r"[\w\-]+", str(part)) else repr(part)
+            out += f".{name}" if out else name
     return out
 
 
@@ -254,7 +256,8 @@ def _format_error(err: ValidationError) -> str:
         msg = "unknown key"
     got = e.get("input")
     shown = f" (got {got!r})" if isinstance(got, (int, float, str, bool)) and e["type"] != "missing" else ""
-    return f"{where}: {msg}{shown}" if where else f"{msg}{shown}"
+    line = f"{where}: {msg}{shown}" if where else f"{msg}{shown}"
+    return " ".join(line.split("\n"))
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -71,7 +71,9 @@ keys = st.sampled_from(["backbone", "task", "methods", "train", "output_dir", "n
                         "task.source", "task.n_train", "train.epochs", "train.batch_size", "methods.0.r",
                         "methods.0.lr", "methods.0.method", "methods.0.target_modules", "train.seed"])
 
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: derandomized: CI sees the same examples every run (the suite stays green or red for a reason);
+#: set derandomize=False locally to explore further
+FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 
 
 def _only_clean_errors(fn) -> None:
@@ -150,3 +152,23 @@ def test_other_file_loaders_never_crash(tmp_path_factory, source, data):
     p = tmp_path_factory.mktemp(source) / f"train.{source}"
     p.write_bytes(data)
     _only_clean_errors(lambda: load_task(TaskConfig(source=source, train_file=str(p)), 0))
+
+
+def test_a_superscript_digit_label_is_a_name_not_an_index(tmp_path):
+    """Found by the property test above: "¹".isdigit() is true, int("¹") raises."""
+    from peftlab.config import TaskConfig
+    from peftlab.tasks import load_task
+
+    p = tmp_path / "train.csv"
+    p.write_text("text,label\n" + "".join(f"t{i},{'¹' if i % 2 else 'x'}\n" for i in range(10)), encoding="utf-8")
+    data = load_task(TaskConfig(source="csv", train_file=str(p)), 0)
+    assert sorted(data.label_names) == ["x", "¹"]
+
+
+def test_an_odd_key_is_quoted_and_the_error_stays_one_line():
+    """Found by the property test: a key holding a newline split the error over two lines."""
+    raw = yaml.safe_load(yaml.safe_dump(VALID))
+    raw["task"]["a\nb"] = 1
+    with pytest.raises(PeftlabError) as err:
+        validate_raw(raw)
+    assert "\n" not in str(err.value) and "'a\\nb'" in str(err.value)

@@ -144,7 +144,10 @@ def _as_int(v: Any) -> int | None:
     if isinstance(v, float) and v.is_integer():
         return int(v)
     if isinstance(v, str) and v.strip().lstrip("-").isdigit():
-        return int(v)
+        try:  # isdigit() also accepts digits int() refuses, such as "¹"
+            return int(v)
+        except ValueError:
+            return None
     return None
 
 
