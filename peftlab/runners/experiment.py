@@ -373,16 +373,7 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
     clear_checkpoints(mdir)
     m = classification_metrics(data.eval.labels, pred, data.label_names)
     return base.model_copy(update=dict(
-        epochs=outcome.epochs, accuracy=m["accuracy"], macro_f1=m["macro_f1"], per_class=m["per_class"],
-        confusion_matrix=m["confusion_matrix"],
-        params=ParamCounts(trainable=trainable, total=total, percent_trainable=100.0 * trainable / total,
-                           derived_trainable=d_train, derived_total=d_total, agree=agree),
-        timing=Timing(
-            wall_s=wall, train_s=outcome.train_s, eval_s=outcome.eval_s,
-            train_examples_per_s=outcome.train_examples / outcome.train_s if outcome.train_s else None,
-            eval_examples_per_s=outcome.eval_examples / outcome.eval_s if outcome.eval_s else None,
-        ),
-        peak_memory_bytes=mem.peak_bytes, memory_kind=mem.kind,
+        **trained_result_fields(outcome, m, (trainable, total, d_train, d_total, agree), wall, mem),
         adapter_bytes=adapter_bytes, adapter_path=f"{mdir.name}/{ADAPTER_DIR}",
         flags=flags, environment=environment(str(acc.device)),
         details={**base.details, "memory_estimate_bytes": estimate, "train_time_estimate_s": outcome.estimated_train_s, **({"lr_search": search} if search else {}), **({"newly_initialised": fresh[:50], "newly_initialised_count": len(fresh)} if fresh else {})},
@@ -399,6 +390,29 @@ def _trial(cfg: ExperimentConfig, method: Any, params: MethodParams, data: TaskD
     model = method.prepare(model, params, spec)
     _, outcome = _train(method, model, params, spec, cfg, train_f, val_f, collate, acc, True)
     return None if outcome.nan_loss or not outcome.epochs else outcome.epochs[-1]
+
+
+def trained_result_fields(outcome: FitOutcome, m: dict[str, Any], counts: tuple[int, int, int | None, int | None, bool | None],
+                          wall: float, mem: PeakMemory) -> dict[str, Any]:
+    """The RunResult fields every trained row fills the same way (text and image runners).
+
+    ``m``: classification_metrics of the final predictions; ``counts``: trainable, total, derived
+    trainable, derived total, and whether counted and derived agree.
+    """
+    trainable, total, d_train, d_total, agree = counts
+    return dict(
+        epochs=outcome.epochs, accuracy=m["accuracy"], macro_f1=m["macro_f1"], per_class=m["per_class"],
+        confusion_matrix=m["confusion_matrix"],
+        params=ParamCounts(trainable=trainable, total=total, percent_trainable=100.0 * trainable / total,
+                           derived_trainable=d_train, derived_total=d_total, agree=agree),
+        timing=Timing(
+            wall_s=wall, train_s=outcome.train_s, eval_s=outcome.eval_s,
+            # zero-shot rows spend train_s computing features but train on no example
+            train_examples_per_s=outcome.train_examples / outcome.train_s if outcome.train_s and outcome.train_examples else None,
+            eval_examples_per_s=outcome.eval_examples / outcome.eval_s if outcome.eval_s else None,
+        ),
+        peak_memory_bytes=mem.peak_bytes, memory_kind=mem.kind,
+    )
 
 
 def save_atomically(method: Any, model: torch.nn.Module, params: MethodParams, target: Path,

@@ -28,10 +28,10 @@ from peftlab.images.report import per_class_summary, report_lines
 from peftlab.metrics import classification_metrics, is_collapsed
 from peftlab.params import count_params
 from peftlab.report.compare import write_comparison
-from peftlab.results import ParamCounts, RunResult, Timing, environment
+from peftlab.results import RunResult, environment
 from peftlab.runners.cached import fit_tensors, predict_tensors
 from peftlab.runners.experiment import (ADAPTER_DIR, BASELINE, _changed, _fingerprint, _say, baseline_result,
-                                        prepare_output, save_atomically)
+                                        prepare_output, save_atomically, trained_result_fields)
 from peftlab.runners.measure import PeakMemory
 from peftlab.runners.train import FitOutcome, epoch_record, make_accelerator
 from peftlab.tasks.images import load_image_task
@@ -141,16 +141,7 @@ def _run(ctx: ImageContext, cfg: ExperimentConfig, params: MethodParams, kind: s
     details = {**per_class_summary(m["per_class"]), **built.details}
     details["report_lines"] = report_lines(details)
     return base.model_copy(update=dict(
-        epochs=outcome.epochs, accuracy=m["accuracy"], macro_f1=m["macro_f1"], per_class=m["per_class"],
-        confusion_matrix=m["confusion_matrix"],
-        params=ParamCounts(trainable=trainable, total=total, percent_trainable=100.0 * trainable / total,
-                           derived_trainable=d_train, derived_total=d_total, agree=agree),
-        timing=Timing(
-            wall_s=wall, train_s=outcome.train_s, eval_s=outcome.eval_s,
-            train_examples_per_s=outcome.train_examples / outcome.train_s if outcome.train_s and outcome.train_examples else None,
-            eval_examples_per_s=outcome.eval_examples / outcome.eval_s if outcome.eval_s else None,
-        ),
-        peak_memory_bytes=mem.peak_bytes, memory_kind=mem.kind,
+        **trained_result_fields(outcome, m, (trainable, total, d_train, d_total, agree), wall, mem),
         adapter_bytes=adapter_bytes, adapter_path=f"{mdir.name}/{ADAPTER_DIR}",
         flags=flags, details=details, environment=environment(str(ctx.device)),
     ))

@@ -21,7 +21,7 @@ import numpy as np
 from peftlab.config import TaskConfig
 from peftlab.errors import PeftlabError
 from peftlab.registry import Registry
-from peftlab.tasks.sampling import k_shot_indices, stratified_indices, stratified_split
+from peftlab.tasks.sampling import finish_splits
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -202,17 +202,7 @@ def load_image_task(cfg: TaskConfig, seed: int) -> ImageTaskData:
         if len(cfg.label_names) != len(names):
             raise PeftlabError(f"config error: task.label_names has {len(cfg.label_names)} names, the data {len(names)} classes")
         names = list(cfg.label_names)  # display names for the source's classes, in its order
-    if ev is None:
-        tr_idx, ev_idx = stratified_split(train.labels, cfg.eval_fraction, SPLIT_SEED)
-        train, ev = train.take(tr_idx), train.take(ev_idx)
-    if cfg.k_shot is not None:
-        train = train.take(k_shot_indices(train.labels, cfg.k_shot, seed))
-    if cfg.n_train is not None:
-        train = train.take(stratified_indices(train.labels, cfg.n_train, seed))
-    if cfg.n_eval is not None:
-        ev = ev.take(stratified_indices(ev.labels, cfg.n_eval, seed))
-    if len(np.unique(train.labels)) < 2:
-        raise PeftlabError("train data: fewer than two classes present")
+    train, ev = finish_splits(train, ev, cfg, seed, SPLIT_SEED, cfg.k_shot)
     return ImageTaskData(name=cfg.display_name, label_names=list(names), train=train, eval=ev)
 
 

@@ -15,7 +15,7 @@ from peftlab.errors import PeftlabError
 from peftlab.registry import Registry
 from peftlab.tasks.base import Split, TaskData
 from peftlab.tasks.builtin import BUILTIN_TASKS
-from peftlab.tasks.sampling import stratified_indices, stratified_split
+from peftlab.tasks.sampling import finish_splits
 
 #: A source returns (train frame, eval frame or None, label names it knows or None).
 Frames = tuple[pd.DataFrame, pd.DataFrame | None, list[str] | None]
@@ -186,17 +186,8 @@ def load_task(cfg: TaskConfig, seed: int) -> TaskData:
     drop_negative = cfg.source == "hf"  # GLUE-style unlabelled rows carry label -1
     names = cfg.label_names or source_names or _infer_names(_column(train_df, cfg.label_column, "label_column", "train data"))
     train = _split(train_df, cfg, names, "train data", drop_negative)
-    if eval_df is None:
-        tr_idx, ev_idx = stratified_split(train.labels, cfg.eval_fraction, SPLIT_SEED)
-        train, ev = train.take(tr_idx), train.take(ev_idx)
-    else:
-        ev = _split(eval_df, cfg, names, "eval data", drop_negative)
-    if cfg.n_train is not None:
-        train = train.take(stratified_indices(train.labels, cfg.n_train, seed))
-    if cfg.n_eval is not None:
-        ev = ev.take(stratified_indices(ev.labels, cfg.n_eval, seed))
-    if len(np.unique(train.labels)) < 2:
-        raise PeftlabError("train data: fewer than two classes present")
+    ev = None if eval_df is None else _split(eval_df, cfg, names, "eval data", drop_negative)
+    train, ev = finish_splits(train, ev, cfg, seed, SPLIT_SEED)
     return TaskData(name=cfg.display_name, label_names=list(names), train=train, eval=ev)
 
 

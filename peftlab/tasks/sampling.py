@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 
@@ -61,3 +63,27 @@ def k_shot_indices(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     picked = [rng.choice(idx, size=min(k, len(idx)), replace=False)
               for idx in (np.flatnonzero(labels == c) for c in np.unique(labels))]
     return np.sort(np.concatenate(picked))
+
+
+def finish_splits(train: Any, ev: Any | None, cfg: Any, seed: int, split_seed: int,
+                  k_shot: int | None = None) -> tuple[Any, Any]:
+    """What every task loader does after reading: hold out an eval split when the source has
+    none (fixed ``split_seed``, so the split never moves with the training seed), then k-shot /
+    n_train / n_eval subsampling (seeded), and refuse a training split with a single class.
+
+    ``train`` and ``ev`` are any splits with ``labels`` and ``take(indices)`` (text or images).
+    """
+    from peftlab.errors import PeftlabError
+
+    if ev is None:
+        tr_idx, ev_idx = stratified_split(train.labels, cfg.eval_fraction, split_seed)
+        train, ev = train.take(tr_idx), train.take(ev_idx)
+    if k_shot is not None:  # image tasks: at most k training examples per class
+        train = train.take(k_shot_indices(train.labels, k_shot, seed))
+    if cfg.n_train is not None:
+        train = train.take(stratified_indices(train.labels, cfg.n_train, seed))
+    if cfg.n_eval is not None:
+        ev = ev.take(stratified_indices(ev.labels, cfg.n_eval, seed))
+    if len(np.unique(train.labels)) < 2:
+        raise PeftlabError("train data: fewer than two classes present")
+    return train, ev
