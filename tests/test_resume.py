@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from interrupts import run_until_checkpoint
 
 from peftlab.config import validate_raw
 from peftlab.errors import PeftlabError
@@ -46,10 +47,6 @@ def raw_config(tiny_bert: str, tiny_csv, out: Path, **train) -> dict:
     }
 
 
-class Interrupt(KeyboardInterrupt):
-    """Stands in for a kill: KeyboardInterrupt is the one exception the runner lets through."""
-
-
 @pytest.fixture(scope="module")
 def reference(tiny_bert, tmp_path_factory) -> Path:
     from conftest import tiny_rows
@@ -74,24 +71,8 @@ def test_same_config_twice_gives_identical_metrics(tiny_bert, reference, tmp_pat
 def test_interrupted_then_resumed_equals_uninterrupted(tiny_bert, reference, tmp_path, monkeypatch, stop_after):
     files = (reference / "train.csv", reference / "eval.csv")
     cfg = validate_raw(raw_config(tiny_bert, files, tmp_path / "run"))
-    real_save, saves = train_mod.save_checkpoint, []
-
-    def save_then_die(method_dir, *args, **kwargs):
-        path = real_save(method_dir, *args, **kwargs)
-        saves.append(path)
-        if method_dir.name == "lora" and len([p for p in saves if p.parent.parent.name == "lora"]) == stop_after:
-            raise Interrupt
-        return path
-
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
-    with pytest.raises(Interrupt):
-        run_experiment(cfg, quiet=True)
-    out = tmp_path / "run"
-    assert json.loads((out / "lora" / "results.json").read_text())["status"] == "incomplete"
-    assert not (out / "comparison.md").exists()
-    assert complete_checkpoints(out / "lora")
+    out = run_until_checkpoint(monkeypatch, train_mod, cfg, "lora", stop_after)
     full_before = (out / "full" / "results.json").read_text()
-    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
     run_experiment(cfg, quiet=True)  # the same config on the same dir: continues
     assert (out / "full" / "results.json").read_text() == full_before  # finished method not re-run
     assert metrics(out, "lora") == metrics(reference / "run", "lora")

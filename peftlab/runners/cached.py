@@ -21,7 +21,9 @@ from peftlab.config import TrainConfig
 from peftlab.runners.batching import Features, sorted_batches
 from peftlab.runners.progress import bar as progress_bar
 from peftlab.runners.progress import metrics_text, say, track
-from peftlab.runners.train import FitOutcome, epoch_line, epoch_record, feature_labels, make_optimizer
+from peftlab.runners.checkpoint import restore_rng, save_checkpoint
+from peftlab.runners.train import (CheckpointPlan, FitOutcome, _sync_progress, epoch_line, epoch_record, feature_labels,
+                                   make_optimizer, start_from)
 
 
 @torch.no_grad()
@@ -83,27 +85,47 @@ def fit_tensors(trainable: nn.Module, forward: Callable[[torch.Tensor], torch.Te
                 x_train: torch.Tensor, y_train: np.ndarray, x_eval: torch.Tensor, y_eval: np.ndarray,
                 lr: float, tcfg: TrainConfig, device: torch.device, start_s: float = 0.0,
                 train_mode: Callable[[], Any] | None = None, label: str = "head",
-                quiet: bool = True) -> FitOutcome:
+                quiet: bool = True, ckpt: CheckpointPlan | None = None) -> FitOutcome:
     """Train ``trainable``'s parameters on in-memory inputs (cached features, or pixel tensors).
 
     ``forward`` maps a batch of inputs to logits; ``train_mode`` (default ``trainable.train()``)
     lets a caller keep parts in eval mode (frozen batch norms). ``start_s`` is time already
     spent for this training (the one pass that computed cached features).
+
+    ``ckpt`` checkpoints and resumes exactly as :func:`peftlab.runners.train.fit` does (the same
+    files; buffers included, for batch-norm statistics). The order of epoch ``e`` is the ``e``-th
+    permutation drawn from a generator seeded with ``tcfg.seed``, so a resumed run replays the
+    draws of the epochs before it.
     """
-    outcome = FitOutcome()
     y_train_t = torch.from_numpy(np.asarray(y_train)).to(device)
     n, bs = len(x_train), tcfg.batch_size
     steps = math.ceil(math.ceil(n / bs) / tcfg.grad_accum) * tcfg.epochs
     opt, sched = make_optimizer(trainable, lr, tcfg, steps)
+    prog, outcome, resumed = start_from(ckpt, opt, sched)
+    if ckpt is None or ckpt.resume is None:
+        outcome.train_s = start_s  # the one pass over the backbone is part of training's cost
     gen = torch.Generator().manual_seed(tcfg.seed)
-    outcome.train_s = start_s  # the one pass over the backbone is part of training's cost
+    for _ in range(prog.epoch - 1):
+        torch.randperm(n, generator=gen)
     params = [p for p in trainable.parameters() if p.requires_grad]
+
+    def checkpoint() -> None:
+        if ckpt is not None:
+            _sync_progress(prog, outcome)
+            save_checkpoint(ckpt.directory, trainable, opt, sched, prog, ckpt.keep, buffers=True)
+
     bar = progress_bar(tcfg.epochs, f"{label} head epochs", quiet, unit="epoch")
-    for epoch in range(1, tcfg.epochs + 1):
+    bar.update(prog.epoch - 1)
+    for epoch in range(prog.epoch, tcfg.epochs + 1):
         (train_mode or trainable.train)()
-        t1, loss_sum = time.perf_counter(), 0.0
+        t1 = time.perf_counter()
         order = torch.randperm(n, generator=gen)
         for step, start in enumerate(range(0, n, bs)):
+            if step < prog.batches_done:
+                continue
+            if resumed is not None:
+                restore_rng(resumed)
+                resumed = None
             idx = order[start : start + bs]
             logits = forward(x_train[idx].to(device))
             loss = nn.functional.cross_entropy(logits.float(), y_train_t[idx.to(device)])
@@ -111,12 +133,17 @@ def fit_tensors(trainable: nn.Module, forward: Callable[[torch.Tensor], torch.Te
                 outcome.nan_loss = True
                 break
             (loss / tcfg.grad_accum).backward()
-            loss_sum += float(loss.detach()) * len(idx)
+            prog.loss_sum, prog.seen, prog.batches_done = prog.loss_sum + float(loss.detach()) * len(idx), prog.seen + len(idx), step + 1
             if (step + 1) % tcfg.grad_accum == 0 or start + bs >= n:
                 torch.nn.utils.clip_grad_norm_(params, tcfg.max_grad_norm)
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
+                prog.step += 1
+                if ckpt is not None and ckpt.every and prog.step % ckpt.every == 0 and start + bs < n:
+                    outcome.train_s += time.perf_counter() - t1
+                    checkpoint()
+                    t1 = time.perf_counter()
         outcome.train_s += time.perf_counter() - t1
         outcome.train_examples += n
         trainable.eval()
@@ -125,11 +152,14 @@ def fit_tensors(trainable: nn.Module, forward: Callable[[torch.Tensor], torch.Te
         outcome.eval_s += time.perf_counter() - t2
         outcome.eval_examples += len(x_eval)
         outcome.logits = logits_eval
-        outcome.epochs.append(epoch_record(epoch, loss_sum / n, logits_eval, np.asarray(y_eval)))
+        outcome.epochs.append(epoch_record(epoch, prog.loss_sum / n, logits_eval, np.asarray(y_eval)))
         bar.update(1)
-        bar.set_postfix_str(metrics_text({"loss": loss_sum / n, "eval acc": outcome.epochs[-1].accuracy}))
+        bar.set_postfix_str(metrics_text({"loss": prog.loss_sum / n, "eval acc": outcome.epochs[-1].accuracy}))
         if outcome.nan_loss:
             break
+        prog.epoch, prog.batches_done, prog.loss_sum, prog.seen = epoch + 1, 0, 0.0, 0
+        if epoch < tcfg.epochs:  # after the last one the method's own files are saved next
+            checkpoint()
     bar.close()
     say(quiet, epoch_line(label, outcome.epochs[-1], tcfg.epochs))
     return outcome

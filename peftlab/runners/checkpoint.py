@@ -7,8 +7,9 @@ training was (epoch and batches done; the order itself is a pure function of see
 and the running loss sums and epoch records so far. Tensors go through safetensors and the rest
 through JSON: nothing is unpickled when a run resumes.
 
-Layout: ``METHOD_DIR/checkpoints/step-00000042/{trainable,optimizer,rng}.safetensors + state.json``,
-written into ``.step-00000042.tmp`` and renamed, so a folder without the ``.tmp`` is complete.
+Layout: ``METHOD_DIR/checkpoints/step-00000042/{trainable,optimizer,rng}.safetensors + state.json``
+(plus ``buffers.safetensors`` when the loop asks for buffers: batch-norm statistics move while a
+CNN trains, and an exact resume needs them), written into ``.step-00000042.tmp`` and renamed, so a folder without the ``.tmp`` is complete.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from peftlab.methods.base import read_safetensors
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"
+BUFFERS_FILE = "buffers.safetensors"
 FORMAT = 1
 
 
@@ -126,12 +128,20 @@ def trainable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def buffer_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every buffer, copied (two buffers may be views of one storage, which safetensors refuses)."""
+    return {n: b.detach().cpu().clone().contiguous() for n, b in model.named_buffers()}
+
+
 # ---- save / load -------------------------------------------------------------------------------
 
 
 def save_checkpoint(method_dir: Path, model: nn.Module, optimizer: Any, scheduler: Any,
-                    progress: Progress, keep: int) -> Path:
-    """Write one checkpoint atomically, then drop all but the newest ``keep``."""
+                    progress: Progress, keep: int, buffers: bool = False) -> Path:
+    """Write one checkpoint atomically, then drop all but the newest ``keep``.
+
+    ``buffers``: also save ``model``'s buffers (loops whose model has running statistics).
+    """
     root = checkpoint_root(method_dir)
     name = f"step-{progress.step:08d}"
     tmp, final = root / f".{name}.tmp", root / name
@@ -143,6 +153,8 @@ def save_checkpoint(method_dir: Path, model: nn.Module, optimizer: Any, schedule
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         rng_tensors, rng_meta = rng_state()
         save_file(rng_tensors, str(tmp / "rng.safetensors"))
+        if buffers and buffer_tensors(model):
+            save_file(buffer_tensors(model), str(tmp / BUFFERS_FILE))
         state = {"format": FORMAT, "progress": progress.__dict__, "optimizer": opt_meta,
                  "scheduler": scheduler.state_dict(), "rng": rng_meta}
         (tmp / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
@@ -171,6 +183,8 @@ def load_checkpoint(path: Path, model: nn.Module) -> Resumed:
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(weights[name].to(p.device, p.dtype))
+    if (path / BUFFERS_FILE).is_file():
+        _load_buffers(path, model)
     return Resumed(
         progress=Progress(**state["progress"]),
         optimizer=join_optimizer_state(load_file(str(path / "optimizer.safetensors")), state["optimizer"]),
@@ -178,6 +192,16 @@ def load_checkpoint(path: Path, model: nn.Module) -> Resumed:
         rng={"tensors": load_file(str(path / "rng.safetensors")), "meta": state["rng"]},
         path=path,
     )
+
+
+def _load_buffers(path: Path, model: nn.Module) -> None:
+    saved = read_safetensors(path / BUFFERS_FILE, "checkpoint buffers")
+    own = dict(model.named_buffers())
+    if set(saved) != set(own):
+        raise PeftlabError(f"checkpoint {path}: its buffers do not match this method's model")
+    with torch.no_grad():
+        for name, b in own.items():
+            b.copy_(saved[name].to(b.device, b.dtype))
 
 
 def restore_rng(resumed: Resumed) -> None:

@@ -83,10 +83,11 @@ class Encodings:
 RUNNERS: Registry[Callable[..., RunResult]] = Registry("runner")
 
 
-#: Experiment runners by task modality; the text runner is this module's own ``run_experiment``.
-MODALITY_RUNNERS: Registry[Callable[[ExperimentConfig, bool], list[RunResult]]] = Registry("task modality")
-MODALITY_RUNNERS.add("image", lambda cfg, quiet: import_module("peftlab.runners.image_experiment")
-                     .run_image_experiment(cfg, quiet))
+#: Experiment runners by task modality, called as ``(cfg, quiet, resume, command)``; the text
+#: runner is this module's own ``run_experiment``.
+MODALITY_RUNNERS: Registry[Callable[..., list[RunResult]]] = Registry("task modality")
+MODALITY_RUNNERS.add("image", lambda cfg, quiet, resume, command: import_module("peftlab.runners.image_experiment")
+                     .run_image_experiment(cfg, quiet, resume, command))
 
 
 ResumeMode = Literal["auto", "resume", "fresh"]
@@ -133,8 +134,8 @@ def prepare_output(cfg: ExperimentConfig, resume: ResumeMode = "fresh",
 def run_experiment(cfg: ExperimentConfig, quiet: bool = False, resume: ResumeMode = "auto",
                    command: list[str] | None = None) -> list[RunResult]:
     """Every method of ``cfg``; ``command`` is the command line that started it (for the report)."""
-    if cfg.task.modality in MODALITY_RUNNERS:  # image runs start over each time (no checkpoints yet)
-        return MODALITY_RUNNERS.get(cfg.task.modality)(cfg, quiet)
+    if cfg.task.modality in MODALITY_RUNNERS:
+        return MODALITY_RUNNERS.get(cfg.task.modality)(cfg, quiet, resume, command)
     preflight(cfg)
     data = load_task(cfg.task, cfg.train.seed)
     if cfg.train.memory_check:  # before any weights are loaded or anything is written
@@ -160,16 +161,21 @@ def run_methods(cfg: ExperimentConfig, data: TaskData, encodings: Encodings, out
     if results:
         results[0].write(out / BASELINE)
     for params in cfg.methods:
-        done = finished_result(out / params.label, params) if reuse else None
-        if done is not None:
-            _say(quiet, f"== {params.label}: finished in an earlier run, kept")
-            results.append(done)
-            continue
-        if not reuse:
-            clear_checkpoints(out / params.label)
         runner = RUNNERS.get(METHODS.get(params.method).runner)
-        results.append(runner(cfg, params, data, encodings, out, quiet))
+        results.append(kept_or_run(out, params, reuse, quiet, lambda: runner(cfg, params, data, encodings, out, quiet)))
     return results
+
+
+def kept_or_run(out: Path, params: MethodParams, reuse: bool, quiet: bool, run: Callable[[], RunResult]) -> RunResult:
+    """One row of a run (text or image): kept if an earlier run of this config finished it, else
+    ``run()``, which resumes from the row's checkpoints when the run is continued (``reuse``)."""
+    done = finished_result(out / params.label, params) if reuse else None
+    if done is not None:
+        _say(quiet, f"== {params.label}: finished in an earlier run, kept")
+        return done
+    if not reuse:
+        clear_checkpoints(out / params.label)
+    return run()
 
 
 def finished_result(mdir: Path, params: MethodParams) -> RunResult | None:
@@ -238,6 +244,13 @@ def _changed(before: dict[str, torch.Tensor], model: torch.nn.Module) -> bool:
 
 class NonFiniteLoss(PeftlabError):
     """Training diverged: the method stops and its result is marked ``nan_loss``."""
+
+
+def stop_if_diverged(outcome: FitOutcome, mdir: Path) -> None:
+    """Nothing is saved from a diverged model; the last good checkpoint stays for inspection."""
+    if outcome.nan_loss:
+        kept = f"; last good checkpoint kept in {mdir / 'checkpoints'}" if complete_checkpoints(mdir) else ""
+        raise NonFiniteLoss(f"training loss became NaN/inf in epoch {len(outcome.epochs)}; method stopped{kept}")
 
 
 def checkpoint_plan(cfg: ExperimentConfig, mdir: Path, model: torch.nn.Module, quiet: bool) -> CheckpointPlan | None:
@@ -365,9 +378,7 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
     pred = outcome.logits.argmax(-1)
     if is_collapsed(pred, data.num_labels):
         flags.insert(0, "collapsed")
-    if outcome.nan_loss:  # nothing saved from a diverged model; the last good checkpoint stays
-        kept = f"; last good checkpoint kept in {mdir / 'checkpoints'}" if complete_checkpoints(mdir) else ""
-        raise NonFiniteLoss(f"training loss became NaN/inf in epoch {len(outcome.epochs)}; method stopped{kept}")
+    stop_if_diverged(outcome, mdir)
     adapter_bytes = (save_atomically(method, model, params, mdir / ADAPTER_DIR, fingerprint)
                      if acc.is_main_process else None)
     clear_checkpoints(mdir)

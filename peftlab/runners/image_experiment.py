@@ -3,13 +3,14 @@
 Images are decoded and preprocessed once into pixel tensors; a frozen network's features
 (CLIP image embeddings, a classifier's head inputs) are computed once and cached under
 ``output_dir/.feature_cache``. Each method then trains with one loop on those tensors.
+
+Runs resume as text runs do (the same helpers): re-running the same config on the same output
+folder keeps finished rows and continues the others from their newest checkpoint.
 """
 
 from __future__ import annotations
 
-import sys
 import time
-import traceback
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -20,7 +21,6 @@ import peftlab.images.methods_classifier  # noqa: F401  (registers the classifie
 import peftlab.images.methods_clip  # noqa: F401  (registers the CLIP methods)
 from peftlab.config import ExperimentConfig
 from peftlab.config_base import MethodParams
-from peftlab.errors import PeftlabError
 from peftlab.fingerprint import image_base_fingerprint
 from peftlab.images.backbones import backbone_kind, load_image_backbone
 from peftlab.images.method_base import Built, ImageContext, image_method
@@ -30,10 +30,12 @@ from peftlab.params import count_params
 from peftlab.report.compare import write_comparison
 from peftlab.results import RunResult, environment
 from peftlab.runners.cached import fit_tensors, predict_tensors
-from peftlab.runners.experiment import (ADAPTER_DIR, BASELINE, _changed, _fingerprint, _say, baseline_result,
-                                        prepare_output, save_atomically, trained_result_fields)
+from peftlab.runners.checkpoint import clear_checkpoints
+from peftlab.runners.experiment import (ADAPTER_DIR, BASELINE, ResumeMode, _changed, _fingerprint, _say, baseline_result,
+                                        checkpoint_plan, guarded, kept_or_run, prepare_output, save_atomically,
+                                        stop_if_diverged, trained_result_fields)
 from peftlab.runners.measure import PeakMemory
-from peftlab.runners.train import FitOutcome, epoch_record, make_accelerator
+from peftlab.runners.train import CheckpointPlan, FitOutcome, epoch_record, make_accelerator
 from peftlab.tasks.images import load_image_task
 
 FEATURE_CACHE = ".feature_cache"
@@ -63,48 +65,41 @@ def build_context(cfg: ExperimentConfig, cache_dir: Path | None, quiet: bool = T
                         device=device, cache_dir=cache_dir, fingerprint=fingerprint)
 
 
-def run_image_experiment(cfg: ExperimentConfig, quiet: bool = False) -> list[RunResult]:
+def run_image_experiment(cfg: ExperimentConfig, quiet: bool = False, resume: ResumeMode = "fresh",
+                         command: list[str] | None = None) -> list[RunResult]:
+    """Every method of an image config; ``resume`` and ``command`` as for text runs (run_experiment)."""
     kind = preflight_image(cfg)
-    out, _ = prepare_output(cfg)
+    out, reuse = prepare_output(cfg, resume, command)
     ctx = build_context(cfg, out / FEATURE_CACHE, quiet)
     results = [baseline_result(cfg, ctx.data)] if cfg.baseline else []
     if results:
         results[0].write(out / BASELINE)
     for params in cfg.methods:
-        results.append(run_image_method(ctx, cfg, params, kind, out, quiet))
+        results.append(kept_or_run(out, params, reuse, quiet, lambda: run_image_method(ctx, cfg, params, kind, out, quiet)))
     write_comparison(results, out)
     return results
 
 
 def run_image_method(ctx: ImageContext, cfg: ExperimentConfig, params: MethodParams, kind: str, out: Path,
                      quiet: bool) -> RunResult:
-    mdir = out / params.label
-    data = ctx.data
-    base = RunResult(
-        name=params.label, method=params.method, method_params=params.model_dump(mode="json"),
-        task=data.name, backbone=cfg.backbone.name, seed=cfg.train.seed, labels=data.label_names,
-        n_train=len(data.train), n_eval=len(data.eval),
-    )
+    """One row, marked incomplete until it ends; a failure becomes a failed row (runners.experiment.guarded)."""
     _say(quiet, f"== {params.label} ({params.method} on a {kind} backbone, lr={params.lr:g})")
-    try:
-        result = _run(ctx, cfg, params, kind, mdir, base)
+
+    def work(base: RunResult, mdir: Path) -> RunResult:
+        result = _run(ctx, cfg, params, kind, mdir, base, quiet)
         _say(quiet, f"   accuracy {result.accuracy:.4f}, macro-F1 {result.macro_f1:.4f} "
                     f"({result.timing.wall_s if result.timing else 0:.0f} s)")
-    except Exception as exc:
-        if not isinstance(exc, PeftlabError):
-            traceback.print_exc()
-        result = base.model_copy(update={"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
-        print(f"error: method {params.label} failed: {exc}", file=sys.stderr)
-    result.write(mdir)
-    return result
+        return result
+
+    return guarded(cfg, params, ctx.data, out, work)
 
 
-def _fit(ctx: ImageContext, built: Built, params: MethodParams) -> FitOutcome:
+def _fit(ctx: ImageContext, built: Built, params: MethodParams, plan: CheckpointPlan | None) -> FitOutcome:
     tcfg = ctx.tcfg if params.epochs is None else ctx.tcfg.model_copy(update={"epochs": params.epochs})
     if built.trains:
         return fit_tensors(built.trainable, built.forward, built.x_train, ctx.data.train.labels, built.x_eval,
                            ctx.data.eval.labels, params.lr, tcfg, ctx.device, start_s=built.feature_s,
-                           train_mode=built.train_mode)
+                           train_mode=built.train_mode, ckpt=plan)
     built.trainable.eval()
     t0 = time.perf_counter()
     logits = predict_tensors(built.forward, built.x_eval, tcfg.eval_batch_size, ctx.device)
@@ -115,7 +110,7 @@ def _fit(ctx: ImageContext, built: Built, params: MethodParams) -> FitOutcome:
 
 
 def _run(ctx: ImageContext, cfg: ExperimentConfig, params: MethodParams, kind: str, mdir: Path,
-         base: RunResult) -> RunResult:
+         base: RunResult, quiet: bool) -> RunResult:
     set_seed(cfg.train.seed)
     method = image_method(params.method, kind)
     with PeakMemory(ctx.device) as mem:
@@ -124,7 +119,8 @@ def _run(ctx: ImageContext, cfg: ExperimentConfig, params: MethodParams, kind: s
         built.model.to(ctx.device)
         trainable, total = count_params(built.model)
         before = _fingerprint(built.model)
-        outcome = _fit(ctx, built, params)
+        plan = checkpoint_plan(cfg, mdir, built.trainable, quiet) if built.trains else None
+        outcome = _fit(ctx, built, params, plan)
         wall = time.perf_counter() - t0
     d_train, d_total = method.derived(ctx, params)
     agree = None if d_train is None else (d_train == trainable and (d_total is None or d_total == total))
@@ -136,7 +132,9 @@ def _run(ctx: ImageContext, cfg: ExperimentConfig, params: MethodParams, kind: s
     if is_collapsed(pred, ctx.data.num_labels):
         flags.insert(0, "collapsed")
     saver: Any = SimpleNamespace(save=lambda _model, _params, d: built.save(d))
+    stop_if_diverged(outcome, mdir)
     adapter_bytes = save_atomically(saver, built.model, params, mdir / ADAPTER_DIR, ctx.fingerprint)
+    clear_checkpoints(mdir)
     m = classification_metrics(ctx.data.eval.labels, pred, ctx.data.label_names)
     details = {**per_class_summary(m["per_class"]), **built.details}
     details["report_lines"] = report_lines(details)

@@ -138,6 +138,23 @@ def _sync_progress(prog: Progress, outcome: FitOutcome) -> None:
     prog.epochs = [e.model_dump(mode="json") for e in outcome.epochs]
 
 
+def start_from(ckpt: CheckpointPlan | None, opt: Any, sched: Any) -> tuple[Progress, FitOutcome, Resumed | None]:
+    """Where a training loop starts: from scratch, or from ``ckpt.resume`` (optimizer and scheduler
+    loaded here). The returned checkpoint, if any, still has random generators to restore just
+    before the next step (a mid-epoch checkpoint); an epoch-end one has them restored already.
+    """
+    resumed = ckpt.resume if ckpt is not None else None
+    if resumed is None:
+        return Progress(), FitOutcome(), None
+    opt.load_state_dict(resumed.optimizer)
+    sched.load_state_dict(resumed.scheduler)
+    prog = resumed.progress
+    if prog.batches_done == 0:  # saved at an epoch end: generators as they were before the next epoch
+        restore_rng(resumed)
+        resumed = None
+    return prog, _restore_outcome(prog), resumed
+
+
 def epoch_line(label: str, rec: EpochRecord, epochs: int) -> str:
     """The epoch's metrics as one line, so the last metric stays on screen after its bar."""
     return f"{label} epoch {rec.epoch}/{epochs}: " + metrics_text(
@@ -160,15 +177,7 @@ def fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: 
     opt, sched = make_optimizer(model, lr, tcfg, steps)
     wrapped, opt, loader, sched = acc.prepare(model, opt, loader, sched)
     labels = feature_labels(evalset)
-    resumed = ckpt.resume if ckpt is not None else None
-    prog, outcome = Progress(), FitOutcome()
-    if resumed is not None:
-        opt.load_state_dict(resumed.optimizer)
-        sched.load_state_dict(resumed.scheduler)
-        prog, outcome = resumed.progress, _restore_outcome(resumed.progress)
-        if prog.batches_done == 0:  # saved at an epoch end: generators as they were before the next epoch
-            restore_rng(resumed)
-            resumed = None
+    prog, outcome, resumed = start_from(ckpt, opt, sched)
     trainable = [p for p in wrapped.parameters() if p.requires_grad]
     timed_from, timed_step0 = time.perf_counter(), prog.step
 
