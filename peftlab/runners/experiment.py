@@ -321,11 +321,14 @@ def _run_trained(cfg: ExperimentConfig, params: MethodParams, data: TaskData, en
 
 def _run_icl(cfg: ExperimentConfig, params: MethodParams, data: TaskData, encodings: Encodings,
              out: Path, quiet: bool) -> RunResult:
-    _say(quiet, f"== {params.label} ({params.method} on {cfg.backbone_for(params).name})")
+    bb_name = cfg.backbone_for(params).name
+    _say(quiet, f"== {params.label} ({params.method} on {bb_name})")
     method = METHODS.get(params.method)
 
     def work(base: RunResult, mdir: Path) -> RunResult:
-        save = (lambda m: save_atomically(method, m, params, mdir / ADAPTER_DIR)) if method.saves_adapter else None
+        # LoRA leaves the base weights as they were, so the adapted LM still has its base's fingerprint
+        save = (lambda m: save_atomically(method, m, params, mdir / ADAPTER_DIR, base_fingerprint(m, bb_name))
+                ) if method.saves_adapter else None
         result = run_icl(cfg, method, params, data, base, quiet, save)
         return result.model_copy(update={"adapter_path": f"{mdir.name}/{ADAPTER_DIR}"}) if save else result
 
