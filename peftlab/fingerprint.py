@@ -21,6 +21,8 @@ from torch import nn
 from peftlab.errors import PeftlabError
 
 FINGERPRINT_FILE = "base_fingerprint.json"
+#: what must agree between an adapter's recorded base and the base it is put on (the name may differ)
+BASE_KEYS = ("config_sha256", "embedding_sha256")
 #: config fields that change with the task or the tooling, not with the base model's identity
 IGNORED_CONFIG_KEYS = frozenset({
     "id2label", "label2id", "num_labels", "problem_type", "_name_or_path", "transformers_version",
@@ -75,7 +77,7 @@ def check_base(adapter_dir: Path, fingerprint: dict[str, str], force: bool = Fal
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise PeftlabError(f"{path}: unreadable ({exc})") from None
-    differs = [k for k in ("config_sha256", "embedding_sha256") if saved.get(k) != fingerprint[k]]
+    differs = [k for k in BASE_KEYS if saved.get(k) != fingerprint[k]]
     if differs and not force:  # the name may differ (a moved folder); architecture and weights may not
         what = "architecture" if "config_sha256" in differs else "weights"
         raise PeftlabError(f"{adapter_dir} was trained on base {saved.get('base')!r}, not on {fingerprint['base']!r} "

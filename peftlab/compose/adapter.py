@@ -8,7 +8,9 @@ with safetensors only (never pickle).
 
 The fingerprint (``meta``) comes from the peftlab run around the adapter (``results.json``:
 method, backbone, labels) or from the ``peftlab_compose.json`` a composed adapter carries; a plain
-peft folder has only ``base_model_name_or_path`` and ``revision``.
+peft folder has only ``base_model_name_or_path`` and ``revision``. ``base_fp`` is peftlab's
+fingerprint of the base weights (``base_fingerprint.json``, :mod:`peftlab.fingerprint`), which
+every adapter peftlab saves carries, composed ones included, so that none is put on another base.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from safetensors.torch import save_file
 
 from peftlab.errors import PeftlabError
+from peftlab.fingerprint import FINGERPRINT_FILE, write_fingerprint
 from peftlab.methods.base import read_safetensors
 
 CONFIG_FILE = "adapter_config.json"
@@ -43,6 +46,8 @@ class Adapter:
     #: method (peftlab name), backbone (as the run named it), revision, labels, base_model
     meta: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    #: peftlab's fingerprint of the base model (None: a plain peft folder, not made by peftlab)
+    base_fp: dict[str, str] | None = None
 
     @property
     def method(self) -> str:
@@ -140,7 +145,8 @@ def load_adapter(name: str, path: str | Path) -> Adapter:
     tensors = read_safetensors(adir / WEIGHTS_FILE, f"adapter weights ({WEIGHTS_FILE})")
     meta = _run_meta(adir)
     meta.setdefault("base_model", config.get("base_model_name_or_path"))
-    return Adapter(name=name, config=config, tensors=tensors, meta=meta, source=str(adir))
+    base_fp = _read_json(adir / FINGERPRINT_FILE) if (adir / FINGERPRINT_FILE).is_file() else None
+    return Adapter(name=name, config=config, tensors=tensors, meta=meta, source=str(adir), base_fp=base_fp)
 
 
 def save_adapter(ad: Adapter, out: str | Path, record: dict[str, Any] | None = None) -> Path:
@@ -152,6 +158,8 @@ def save_adapter(ad: Adapter, out: str | Path, record: dict[str, Any] | None = N
         (out / CONFIG_FILE).write_text(json.dumps(ad.config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         body = {**(record or {}), "fingerprint": ad.meta}
         (out / COMPOSE_FILE).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+        if ad.base_fp is not None:
+            write_fingerprint(out, ad.base_fp)
     except OSError as exc:
         raise PeftlabError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
     return out

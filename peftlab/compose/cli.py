@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -25,6 +26,7 @@ def compose_command(
     sweep: Annotated[Optional[str], typer.Option(help="NAME=START:STOP:STEP, e.g. lambda=0:1:0.1; needs --eval")] = None,
     eval_: Annotated[Optional[str], typer.Option("--eval", help="validation data for --sweep: a peftlab config (its eval split) or a builtin task")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    force_base: Annotated[bool, typer.Option("--force-base", help="compose/load adapters even if recorded for another base model")] = False,
 ) -> None:
     """Compose saved LoRA or (IA)^3 adapters with arithmetic; optionally sweep a coefficient."""
     from peftlab.compose.core import compose, load_pool, parse_adapter_args, write
@@ -39,13 +41,19 @@ def compose_command(
     pool = load_pool(names)
     variables: dict[str, float] = {}
     if sweep is not None:
-        variables = _sweep(expression, pool, sweep, eval_ or "", free, out, mode, rank, head, base, quiet)
-    composed, record = compose(expression, pool, mode, rank, head, variables)
+        variables = _sweep(expression, pool, sweep, eval_ or "", free, out, mode, rank, head, base, quiet, force_base)
+    composed, record = compose(expression, pool, mode, rank, head, variables, base, force_base)
     if merge:
         from peftlab.compose.model import merge_to
 
-        adapter_dir = write(composed, record, out / "adapter")
-        merge_to(adapter_dir, composed, out, base)
+        created = not out.exists()
+        try:
+            adapter_dir = write(composed, record, out / "adapter")
+            merge_to(adapter_dir, composed, out, base, force_base)
+        except PeftlabError:  # e.g. a base the adapter was not made for: leave no half-written output
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
         print(f"merged model written to {out} (adapter in {adapter_dir})")
     else:
         write(composed, record, out)
@@ -53,7 +61,7 @@ def compose_command(
 
 
 def _sweep(expression: str, pool: dict, sweep: str, eval_arg: str, free: list[str], out: Path, mode: str,
-           rank: int | None, head: str, base: str | None, quiet: bool) -> dict[str, float]:
+           rank: int | None, head: str, base: str | None, quiet: bool, force_base: bool) -> dict[str, float]:
     from peftlab.compose.sweep import load_validation, parse_sweep, run_sweep, write_sweep
 
     var, values = parse_sweep(sweep)
@@ -62,7 +70,7 @@ def _sweep(expression: str, pool: dict, sweep: str, eval_arg: str, free: list[st
     if len(free) > 1:
         raise PeftlabError(f"expression has several variables {free}; sweep one and write the others as numbers")
     val = load_validation(eval_arg)
-    results, best = run_sweep(expression, pool, var, values, val, mode, rank, head, base, quiet)
+    results, best = run_sweep(expression, pool, var, values, val, mode, rank, head, base, quiet, force_base)
     write_sweep(results, var, best, expression, out)
     print((out / "sweep.md").read_text(encoding="utf-8"))
     print(f"best {var} = {values[best]:g}; table and plot in {out}/sweep.md, sweep.png", file=sys.stderr)

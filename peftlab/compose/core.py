@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,21 @@ def load_pool(paths: dict[str, str]) -> dict[str, Adapter]:
 
 
 def compose(text: str, pool: dict[str, Adapter], mode: str = "parameter", rank: int | None = None,
-            head: str = "average", variables: dict[str, float] | None = None) -> tuple[Adapter, dict[str, Any]]:
-    """(composed adapter, a record of how it was made) for ``text`` over the adapters in ``pool``."""
+            head: str = "average", variables: dict[str, float] | None = None, base: str | None = None,
+            force_base: bool = False) -> tuple[Adapter, dict[str, Any]]:
+    """(composed adapter, a record of how it was made) for ``text`` over the adapters in ``pool``.
+
+    The composed adapter carries its operands' base fingerprint; operands made outside peftlab
+    carry none, and then it is taken from the base they name (or ``base``), loaded once.
+    """
     coefs = linear_form(text, list(pool), variables)
     terms = [(c, pool[n]) for n, c in coefs.items()]
-    check_compatible([ad for _, ad in terms], mode)
+    check_compatible([ad for _, ad in terms], mode, force_base)
     composed = combine(terms, mode, rank, head, pool)
+    if composed.base_fp is None:
+        from peftlab.compose.model import base_fingerprint_of
+
+        composed = replace(composed, base_fp=base_fingerprint_of(composed, base))
     record = {
         "expression": text, "variables": dict(variables or {}), "coefficients": coefs, "mode": mode,
         "rank": rank, "head": head, "sources": {n: pool[n].source for n in coefs},

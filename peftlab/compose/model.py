@@ -2,12 +2,15 @@
 
 The base comes from the adapter's fingerprint (the peftlab run's backbone, so offline aliases
 work) or its ``base_model_name_or_path``, unless the user names one; the label names come from
-the run, or ``LABEL_i`` sized by the saved head.
+the run, or ``LABEL_i`` sized by the saved head. An adapter is only put on the base its
+``base_fingerprint.json`` names (other weights or architecture: refused unless ``force_base``),
+and a merged model records the fingerprint of the base it was merged into.
 """
 
 from __future__ import annotations
 
 import shutil
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from peftlab.backbones import load_classifier, load_tokenizer
 from peftlab.compose.adapter import COMPOSE_FILE, Adapter, head_tensors
 from peftlab.config import BackboneConfig
 from peftlab.errors import PeftlabError
+from peftlab.fingerprint import base_fingerprint, check_base, write_fingerprint
 from peftlab.methods.peft_common import load_peft
 from peftlab.metrics import classification_metrics
 from peftlab.runners.batching import encode
@@ -42,23 +46,46 @@ def labels_of(ad: Adapter) -> list[str]:
     return [f"LABEL_{i}" for i in range(min(int(m.shape[0]) for m in mats))]
 
 
-def load_with_adapter(adapter_dir: Path, ad: Adapter, base: str | None = None, tok: Any = None) -> tuple[Any, Any]:
-    """(PeftModel in eval mode, tokenizer) for the adapter saved at ``adapter_dir``."""
+def base_fingerprint_of(ad: Adapter, base: str | None = None) -> dict[str, str]:
+    """Fingerprint of the base model ``ad`` goes on (for adapters made outside peftlab, which carry none)."""
+    backbone = backbone_of(ad, base)
+    return _fingerprint_of(backbone.name, backbone.revision, tuple(labels_of(ad)))
+
+
+@lru_cache(maxsize=8)
+def _fingerprint_of(name: str, revision: str | None, labels: tuple[str, ...]) -> dict[str, str]:
+    backbone = BackboneConfig(name=name, revision=revision)
+    return base_fingerprint(load_classifier(backbone, list(labels), load_tokenizer(backbone)), name)
+
+
+def _checked_base(adapter_dir: Path, ad: Adapter, base: str | None, tok: Any,
+                  force_base: bool) -> tuple[Any, Any, dict[str, str]]:
+    """(fresh base classifier, tokenizer, its fingerprint), refused if ``adapter_dir`` was made for another base."""
     backbone = backbone_of(ad, base)
     tok = tok if tok is not None else load_tokenizer(backbone)
     model = load_classifier(backbone, labels_of(ad), tok)
+    fingerprint = base_fingerprint(model, backbone.name)
+    check_base(adapter_dir, fingerprint, force_base)
+    return model, tok, fingerprint
+
+
+def load_with_adapter(adapter_dir: Path, ad: Adapter, base: str | None = None, tok: Any = None,
+                      force_base: bool = False) -> tuple[Any, Any]:
+    """(PeftModel in eval mode, tokenizer) for the adapter saved at ``adapter_dir``."""
+    model, tok, _ = _checked_base(adapter_dir, ad, base, tok, force_base)
     model = load_peft(model, adapter_dir)
     model.eval()
     return model, tok
 
 
-def merge_to(adapter_dir: Path, ad: Adapter, out: Path, base: str | None = None) -> Path:
+def merge_to(adapter_dir: Path, ad: Adapter, out: Path, base: str | None = None, force_base: bool = False) -> Path:
     """Merge into the base weights (peft ``merge_and_unload``) and save model + tokenizer (safetensors)."""
-    model, tok = load_with_adapter(adapter_dir, ad, base)
-    merged = model.merge_and_unload()
+    model, tok, fingerprint = _checked_base(adapter_dir, ad, base, None, force_base)
+    merged = load_peft(model, adapter_dir).merge_and_unload()
     try:
         merged.save_pretrained(str(out), safe_serialization=True)
         tok.save_pretrained(str(out))
+        write_fingerprint(out, fingerprint)  # what it was merged into
         if (adapter_dir / COMPOSE_FILE).is_file():
             shutil.copy(adapter_dir / COMPOSE_FILE, out / COMPOSE_FILE)
     except OSError as exc:

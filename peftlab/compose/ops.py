@@ -160,7 +160,7 @@ def combine(terms: Terms, mode: str = "parameter", rank: int | None = None, head
     updates["modules_to_save"] = head_owner.config.get("modules_to_save") if head else None
     first = terms[0][1]
     return Adapter(name=name, config={**first.config, **updates, "inference_mode": True},
-                   tensors={**tensors, **head}, meta=meta, source="")
+                   tensors={**tensors, **head}, meta=meta, source="", base_fp=first.base_fp)
 
 
 # ---- the named operations, for Python users ----------------------------------------------------

@@ -88,14 +88,14 @@ def check_labels(ad: Adapter, val: Validation) -> None:
 
 
 def score(composed: Adapter, record: dict[str, Any], val: Validation, name: str, base: str | None = None,
-          tok: Any = None) -> RunResult:
+          tok: Any = None, force_base: bool = False) -> RunResult:
     """Evaluate one composed adapter on the validation split as a RunResult row."""
     check_labels(composed, val)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="peftlab-compose-") as tmp:
         write(composed, record, tmp)
         size = dir_size_bytes(tmp)
-        model, tok = load_with_adapter(Path(tmp), composed, base, tok)
+        model, tok = load_with_adapter(Path(tmp), composed, base, tok, force_base)
         t1 = time.perf_counter()
         m = evaluate(model, tok, val.split, val.labels, val.max_length, val.batch_size)
         eval_s = time.perf_counter() - t1
@@ -121,18 +121,18 @@ def best_index(results: list[RunResult]) -> int:
 
 def run_sweep(text: str, pool: dict[str, Adapter], var: str, values: list[float], val: Validation,
               mode: str = "parameter", rank: int | None = None, head: str = "average",
-              base: str | None = None, quiet: bool = False) -> tuple[list[RunResult], int]:
+              base: str | None = None, quiet: bool = False, force_base: bool = False) -> tuple[list[RunResult], int]:
     """Score every value of ``var``; returns (one RunResult per value, index of the best)."""
     results: list[RunResult] = []
     tok = None
     for v in values:
-        composed, record = compose(text, pool, mode, rank, head, {var: v})
+        composed, record = compose(text, pool, mode, rank, head, {var: v}, base, force_base)
         if tok is None:
             from peftlab.backbones import load_tokenizer
             from peftlab.compose.model import backbone_of
 
             tok = load_tokenizer(backbone_of(composed, base))
-        r = score(composed, record, val, f"{var}={v:g}", base, tok)
+        r = score(composed, record, val, f"{var}={v:g}", base, tok, force_base)
         results.append(r)
         if not quiet:
             print(f"{var}={v:g}: accuracy {r.accuracy:.4f} macro-F1 {r.macro_f1:.4f}", file=sys.stderr, flush=True)

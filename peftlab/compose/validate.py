@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from peftlab.compose.adapter import Adapter, lora_modules, module_keys, same_base
 from peftlab.errors import PeftlabError
+from peftlab.fingerprint import BASE_KEYS
 
 #: LoRA options composition does not model (the update is no longer s * B A)
 _LORA_UNSUPPORTED = {"use_dora": "DoRA", "lora_bias": "lora_bias", "use_qalora": "QA-LoRA"}
@@ -39,12 +40,25 @@ def _same_base(a: Adapter, b: Adapter) -> bool:
     return same_base(a.meta.get("base_model"), b.meta.get("base_model"))
 
 
-def check_pair(a: Adapter, b: Adapter, mode: str) -> None:
-    """``b`` can be composed with ``a``; else one PeftlabError line naming both."""
+def _same_weights(a: Adapter, b: Adapter) -> bool:
+    """Recorded base fingerprints agree (architecture and weights); unknown counts as agreeing."""
+    if a.base_fp is None or b.base_fp is None:
+        return True
+    return all(a.base_fp.get(k) == b.base_fp.get(k) for k in BASE_KEYS)
+
+
+def check_pair(a: Adapter, b: Adapter, mode: str, force_base: bool = False) -> None:
+    """``b`` can be composed with ``a``; else one PeftlabError line naming both.
+
+    ``force_base``: compose adapters whose recorded base fingerprints differ (an expert's override).
+    """
     if a.method != b.method:
         raise PeftlabError(f"cannot compose different methods: {a.name} is {a.method}, {b.name} is {b.method}")
     if not _same_base(a, b):
         raise PeftlabError(f"different base models: {a.name} was trained on {_base_of(a)}, {b.name} on {_base_of(b)}")
+    if not force_base and not _same_weights(a, b):
+        raise PeftlabError(f"different base models: {a.name} and {b.name} were trained on bases with different "
+                           f"weights or architecture (base_fingerprint.json); pass --force-base to compose them anyway")
     if a.meta.get("revision") != b.meta.get("revision") or a.config.get("revision") != b.config.get("revision"):
         raise PeftlabError(f"different base model revisions: {a.name} and {b.name}")
     ka, kb = module_keys(a), module_keys(b)
@@ -70,11 +84,11 @@ def check_pair(a: Adapter, b: Adapter, mode: str) -> None:
                 raise PeftlabError(f"shape mismatch between {a.name} and {b.name} at {prefix}")
 
 
-def check_compatible(adapters: list[Adapter], mode: str) -> None:
+def check_compatible(adapters: list[Adapter], mode: str, force_base: bool = False) -> None:
     """Every operand is supported and compatible with the first."""
     if mode not in ("parameter", "weight"):
         raise PeftlabError(f"--mode {mode!r}: expected parameter or weight")
     for ad in adapters:
         check_options(ad)
     for other in adapters[1:]:
-        check_pair(adapters[0], other, mode)
+        check_pair(adapters[0], other, mode, force_base)
