@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from conftest import run_cli, tiny_rows
+from conftest import run_cli
+from test_compose_cli import run_dir  # noqa: F401  (a fixture: a tiny run with LoRA rows la and lb)
 from transformers import AutoModelForSequenceClassification
 
 from peftlab.fingerprint import BASE_KEYS, FINGERPRINT_FILE
@@ -23,28 +23,13 @@ def _fp(path: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def world(tiny_bert, tmp_path_factory) -> Path:
-    from peftlab.config import load_config
-    from peftlab.runners.experiment import run_experiment
-
-    root = tmp_path_factory.mktemp("compose_base")
-    for name, rows in (("train.csv", tiny_rows(24, 1)), ("val.csv", tiny_rows(12, 2))):
-        (root / name).write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in rows))
-    config = {
-        "name": "compose_base", "backbone": tiny_bert, "baseline": False,
-        "task": {"source": "csv", "train_file": str(root / "train.csv"), "eval_file": str(root / "val.csv")},
-        "methods": [{"method": "lora", "name": "la", "r": 2, "lr": 3e-2}, {"method": "lora", "name": "lb", "r": 2, "lr": 1e-2}],
-        "train": {"epochs": 1, "batch_size": 12, "max_length": 24, "num_threads": 1},
-        "output_dir": str(root / "run"),
-    }
-    (root / "c.yaml").write_text(yaml.safe_dump(config))
-    assert all(r.status == "ok" for r in run_experiment(load_config(root / "c.yaml"), quiet=True))
-    # the same architecture with other weights: another "checkpoint" of the base
+def world(tiny_bert, run_dir, tmp_path_factory) -> Path:  # noqa: F811
+    """The compose CLI test's run (LoRA rows la, lb) and a base of the same architecture, other weights."""
     torch.manual_seed(5)
     other = AutoModelForSequenceClassification.from_config(AutoModelForSequenceClassification.from_pretrained(tiny_bert).config)
-    shutil.copytree(tiny_bert, root / "other_bert")
-    other.save_pretrained(str(root / "other_bert"))
-    return root
+    shutil.copytree(tiny_bert, run_dir / "other_bert", dirs_exist_ok=True)
+    other.save_pretrained(str(run_dir / "other_bert"))
+    return run_dir
 
 
 def test_composed_and_merged_adapters_record_the_base(world, tmp_path):
