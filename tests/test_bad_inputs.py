@@ -21,8 +21,8 @@ from conftest import run_cli, tiny_rows
 class Setup:
     """A valid configuration and its data in ``root``, plus helpers to break one thing at a time."""
 
-    def __init__(self, root: Path, backbone: str, trained: Path) -> None:
-        self.root, self.backbone, self.trained = root, backbone, trained
+    def __init__(self, root: Path, backbone: str, trained: Path, image_run: Path | None = None) -> None:
+        self.root, self.backbone, self.trained, self.image_run = root, backbone, trained, image_run
         self.train = self.csv("train.csv", "text,label\n" + "".join(f"{t},{l}\n" for t, l in tiny_rows(24, 1)))
         self.eval = self.csv("eval.csv", "text,label\n" + "".join(f"{t},{l}\n" for t, l in tiny_rows(12, 2)))
         self.out = root / "run"
@@ -60,6 +60,16 @@ class Setup:
         dst = self.root / "copied"
         shutil.copytree(self.trained, dst)
         return dst / "lora"
+
+    def copy_image_run(self, method: str) -> Path:
+        assert self.image_run is not None
+        dst = self.root / "copied_images"
+        shutil.copytree(self.image_run, dst)
+        return dst / method
+
+    def image(self) -> str:
+        assert self.image_run is not None
+        return str(next((self.image_run.parent / "imgs").rglob("*.png")))
 
 
 def _set(path: str, value) -> Callable[[dict], None]:
@@ -121,6 +131,37 @@ def _undecodable_image(s: Setup) -> list[str]:
     raw["backbone"] = {"name": "efficientnet-lite0"}
     raw["methods"] = [{"method": "linear_probe", "lr": 1e-2}]
     return ["run", s.config(text=yaml.safe_dump(raw)), "-q"]
+
+
+def _truncated(mdir: Path, name: str) -> Path:
+    f = mdir / "adapter" / name
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    return mdir
+
+
+def _image_newer_schema(s: Setup) -> list[str]:
+    mdir = s.copy_image_run("lora")
+    r = json.loads((mdir / "results.json").read_text())
+    (mdir / "results.json").write_text(json.dumps({**r, "schema_version": 99}))
+    return ["predict", str(mdir), s.image()]
+
+
+def _report_newer_schema(s: Setup) -> list[str]:
+    mdir = s.copy_run()
+    r = json.loads((mdir / "results.json").read_text())
+    (mdir / "results.json").write_text(json.dumps({**r, "schema_version": 99}))
+    return ["report", str(mdir.parent), "--out", str(s.out)]
+
+
+def _undecodable_image_predict(s: Setup) -> list[str]:
+    bad = s.root / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    return ["predict", str(s.copy_image_run("lora")), str(bad)]
+
+
+def _compose_onto_other_base(s: Setup) -> list[str]:
+    args = _other_base(s)  # a base of the same architecture with other weights, at s.root/other_base
+    return ["compose", "a", "-a", f"a={args[1]}", "--merge", "--base", str(s.root / "other_base"), "--out", str(s.out)]
 
 
 HEADER = "text,label\n"
@@ -199,6 +240,17 @@ CASES: dict[str, tuple[Callable[[Setup], list[str]], str]] = {
     "adapter_from_other_base": (_other_base, "trained on base"),
     "truncated_safetensors": (_truncated_adapter, "adapter"),
     "results_from_newer_schema": (_newer_schema, "newer peftlab"),
+    "report_of_newer_schema": (_report_newer_schema, "newer peftlab"),
+    # image runs' saved files, and compose inputs
+    "image_lora_truncated": (lambda s: ["predict", str(_truncated(s.copy_image_run("lora"), "adapter_model.safetensors")),
+                                        s.image()], "cannot load adapter"),
+    "image_full_truncated": (lambda s: ["predict", str(_truncated(s.copy_image_run("full"), "model.safetensors")),
+                                        s.image()], "model.safetensors"),
+    "image_results_newer_schema": (_image_newer_schema, "newer peftlab"),
+    "image_predict_undecodable": (_undecodable_image_predict, "broken.png"),
+    "compose_truncated_input": (lambda s: ["compose", "a", "-a", f"a={_truncated(s.copy_run(), 'adapter_model.safetensors')}",
+                                           "--out", str(s.out)], "adapter_model.safetensors"),
+    "compose_onto_other_base": (_compose_onto_other_base, "trained on base"),
 }
 
 
@@ -212,14 +264,31 @@ def trained(tiny_bert, tmp_path_factory) -> Path:
     return s.out
 
 
+@pytest.fixture(scope="module")
+def image_trained(tmp_path_factory) -> Path:
+    """A finished tiny ViT image run (LoRA and full), copied by the image cases before they break it."""
+    from tiny_images import make_tiny_vit, write_image_folder
+
+    root = tmp_path_factory.mktemp("image_trained")
+    write_image_folder(root / "imgs", per_class=4)
+    raw = {"name": "bad-images", "backbone": make_tiny_vit(root / "vit"),
+           "task": {"source": "image_folder", "data_dir": str(root / "imgs"), "eval_fraction": 0.25},
+           "methods": [{"method": "lora", "r": 2, "lr": 1e-2}, {"method": "full", "lr": 1e-3}],
+           "train": {"epochs": 1, "batch_size": 4, "num_threads": 1}, "output_dir": str(root / "run")}
+    (root / "c.yaml").write_text(yaml.safe_dump(raw))
+    proc = run_cli("run", str(root / "c.yaml"), "-q")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return root / "run"
+
+
 def test_the_corpus_is_big_enough():
     assert len(CASES) >= 40
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_gets_one_line_and_exit_2(case, tiny_bert, trained, tmp_path):
+def test_bad_input_gets_one_line_and_exit_2(case, tiny_bert, trained, image_trained, tmp_path):
     build, words = CASES[case]
-    s = Setup(tmp_path, tiny_bert, trained)
+    s = Setup(tmp_path, tiny_bert, trained, image_trained)
     proc = run_cli(*build(s))
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2, (case, proc.returncode, proc.stderr[-1500:])

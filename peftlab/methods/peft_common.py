@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from peft import PeftConfig, PeftModel, get_peft_model
+from safetensors import SafetensorError
 from torch import nn
 
 from peftlab.errors import PeftlabError
@@ -47,7 +48,7 @@ def load_peft(model: nn.Module, directory: Path) -> nn.Module:
         raise PeftlabError(f"no peft adapter at {directory} (adapter_config.json missing)")
     try:
         return PeftModel.from_pretrained(model, str(directory))
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as exc:  # e.g. a truncated file
         raise PeftlabError(f"cannot load adapter {directory}: {_first_line(exc)}") from None
 
 
