@@ -26,7 +26,8 @@ def compose_command(
     sweep: Annotated[Optional[str], typer.Option(help="NAME=START:STOP:STEP, e.g. lambda=0:1:0.1; needs --eval")] = None,
     eval_: Annotated[Optional[str], typer.Option("--eval", help="validation data for --sweep: a peftlab config (its eval split) or a builtin task")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
-    force_base: Annotated[bool, typer.Option("--force-base", help="compose/load adapters even if recorded for another base model")] = False,
+    force_base: Annotated[bool, typer.Option("--force-base",
+                                             help="compose/load adapters even if recorded for another base model")] = False,
 ) -> None:
     """Compose saved LoRA or (IA)^3 adapters with arithmetic; optionally sweep a coefficient."""
     from peftlab.compose.core import compose, load_pool, parse_adapter_args, write

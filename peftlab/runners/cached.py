@@ -133,7 +133,8 @@ def fit_tensors(trainable: nn.Module, forward: Callable[[torch.Tensor], torch.Te
                 outcome.nan_loss = True
                 break
             (loss / tcfg.grad_accum).backward()
-            prog.loss_sum, prog.seen, prog.batches_done = prog.loss_sum + float(loss.detach()) * len(idx), prog.seen + len(idx), step + 1
+            prog.loss_sum += float(loss.detach()) * len(idx)
+            prog.seen, prog.batches_done = prog.seen + len(idx), step + 1
             if (step + 1) % tcfg.grad_accum == 0 or start + bs >= n:
                 torch.nn.utils.clip_grad_norm_(params, tcfg.max_grad_norm)
                 opt.step()

@@ -9,7 +9,8 @@ through JSON: nothing is unpickled when a run resumes.
 
 Layout: ``METHOD_DIR/checkpoints/step-00000042/{trainable,optimizer,rng}.safetensors + state.json``
 (plus ``buffers.safetensors`` when the loop asks for buffers: batch-norm statistics move while a
-CNN trains, and an exact resume needs them), written into ``.step-00000042.tmp`` and renamed, so a folder without the ``.tmp`` is complete.
+CNN trains, and an exact resume needs them), written into ``.step-00000042.tmp`` and renamed, so
+a folder without the ``.tmp`` is complete.
 """
 
 from __future__ import annotations

@@ -75,7 +75,8 @@ def run_image_experiment(cfg: ExperimentConfig, quiet: bool = False, resume: Res
     if results:
         results[0].write(out / BASELINE)
     for params in cfg.methods:
-        results.append(kept_or_run(out, params, reuse, quiet, lambda: run_image_method(ctx, cfg, params, kind, out, quiet)))
+        results.append(kept_or_run(out, params, reuse, quiet,
+                                   lambda: run_image_method(ctx, cfg, params, kind, out, quiet)))
     write_comparison(results, out)
     return results
 
