@@ -84,3 +84,13 @@ def test_inputs_from_different_bases_are_refused_unless_forced(world, tmp_path):
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
     assert "different base models" in refused.stderr and not (tmp_path / "c").exists()
     assert cli(*args, "--force-base", "--out", str(tmp_path / "c")).returncode == 0
+
+
+def test_a_moved_base_folder_is_still_the_same_base(world, tmp_path):
+    """The fingerprints agree, so adapters whose runs name the base by different paths compose."""
+    run = world / "run"
+    shutil.copytree(run / "lb", tmp_path / "run" / "lb")
+    result = json.loads((tmp_path / "run" / "lb" / "results.json").read_text())
+    (tmp_path / "run" / "lb" / "results.json").write_text(json.dumps({**result, "backbone": str(tmp_path / "moved")}))
+    proc = cli("compose", "la + lb", "-a", f"la={run / 'la'},lb={tmp_path / 'run' / 'lb'}", "--out", str(tmp_path / "c"))
+    assert proc.returncode == 0, proc.stderr[-2000:]

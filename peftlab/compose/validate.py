@@ -40,25 +40,22 @@ def _same_base(a: Adapter, b: Adapter) -> bool:
     return same_base(a.meta.get("base_model"), b.meta.get("base_model"))
 
 
-def _same_weights(a: Adapter, b: Adapter) -> bool:
-    """Recorded base fingerprints agree (architecture and weights); unknown counts as agreeing."""
-    if a.base_fp is None or b.base_fp is None:
-        return True
-    return all(a.base_fp.get(k) == b.base_fp.get(k) for k in BASE_KEYS)
+def _check_base(a: Adapter, b: Adapter, force_base: bool) -> None:
+    """One base for both: by peftlab's fingerprints of the base weights when both carry one (the
+    names may differ: a moved folder), else by name. ``force_base`` overrides a fingerprint mismatch."""
+    if a.base_fp is not None and b.base_fp is not None:
+        if not force_base and any(a.base_fp.get(k) != b.base_fp.get(k) for k in BASE_KEYS):
+            raise PeftlabError(f"different base models: {a.name} and {b.name} were trained on bases with different "
+                               "weights or architecture (base_fingerprint.json); pass --force-base to compose them anyway")
+    elif not _same_base(a, b):
+        raise PeftlabError(f"different base models: {a.name} was trained on {_base_of(a)}, {b.name} on {_base_of(b)}")
 
 
 def check_pair(a: Adapter, b: Adapter, mode: str, force_base: bool = False) -> None:
-    """``b`` can be composed with ``a``; else one PeftlabError line naming both.
-
-    ``force_base``: compose adapters whose recorded base fingerprints differ (an expert's override).
-    """
+    """``b`` can be composed with ``a``; else one PeftlabError line naming both."""
     if a.method != b.method:
         raise PeftlabError(f"cannot compose different methods: {a.name} is {a.method}, {b.name} is {b.method}")
-    if not _same_base(a, b):
-        raise PeftlabError(f"different base models: {a.name} was trained on {_base_of(a)}, {b.name} on {_base_of(b)}")
-    if not force_base and not _same_weights(a, b):
-        raise PeftlabError(f"different base models: {a.name} and {b.name} were trained on bases with different "
-                           f"weights or architecture (base_fingerprint.json); pass --force-base to compose them anyway")
+    _check_base(a, b, force_base)
     if a.meta.get("revision") != b.meta.get("revision") or a.config.get("revision") != b.config.get("revision"):
         raise PeftlabError(f"different base model revisions: {a.name} and {b.name}")
     ka, kb = module_keys(a), module_keys(b)
