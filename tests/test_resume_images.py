@@ -9,6 +9,7 @@ statistics, which are buffers, not parameters) and a tiny CLIP (CoOp's context; 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -145,3 +146,20 @@ def test_batch_norm_statistics_are_checkpointed(world, references):
     fresh = ResNetForImageClassification.from_pretrained(str(world / "resnet")).state_dict()
     moved = [k for k in trained if k.endswith("running_mean") and not torch.equal(trained[k], fresh[k])]
     assert moved
+
+
+def test_image_rows_go_to_trackers_like_text_rows(world, tmp_path):
+    """Image rows share the text rows' bookkeeping (runners.experiment.guarded): asked-for trackers
+    are checked before anything runs, and each finished row is logged."""
+    from peftlab.errors import PeftlabError
+
+    raw = raw_config(world, "clip", tmp_path / "run")
+    raw["train"]["log_to"] = ["mlflow"]  # not installed here
+    if importlib.util.find_spec("mlflow") is None:
+        with pytest.raises(PeftlabError, match="mlflow"):
+            run_experiment(validate_raw(raw), quiet=True)
+        assert not (tmp_path / "run").exists()
+    if importlib.util.find_spec("tensorboard") is not None:
+        raw["train"]["log_to"] = ["tensorboard"]
+        run_experiment(validate_raw(raw), quiet=True)
+        assert list((tmp_path / "run" / "tensorboard" / "coop").glob("events.out.tfevents.*"))

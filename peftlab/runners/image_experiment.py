@@ -37,15 +37,18 @@ from peftlab.runners.experiment import (ADAPTER_DIR, BASELINE, ResumeMode, _chan
 from peftlab.runners.measure import PeakMemory
 from peftlab.runners.train import CheckpointPlan, FitOutcome, epoch_record, make_accelerator
 from peftlab.tasks.images import load_image_task
+from peftlab.tracking import check_trackers
 
 FEATURE_CACHE = ".feature_cache"
 
 
 def preflight_image(cfg: ExperimentConfig) -> str:
-    """The backbone's kind (from its config, no weights) and a refusal for any method that cannot run on it."""
+    """The backbone's kind (from its config, no weights) and a refusal for any method that cannot run on it
+    (or a tracker in ``train.log_to`` that is not installed: rows are logged as text rows are)."""
     kind = backbone_kind(cfg.backbone)
     for params in cfg.methods:
         image_method(params.method, kind)
+    check_trackers(cfg.train.log_to)
     return kind
 
 
