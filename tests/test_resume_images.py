@@ -163,3 +163,30 @@ def test_image_rows_go_to_trackers_like_text_rows(world, tmp_path):
         raw["train"]["log_to"] = ["tensorboard"]
         run_experiment(validate_raw(raw), quiet=True)
         assert list((tmp_path / "run" / "tensorboard" / "coop").glob("events.out.tfevents.*"))
+
+
+def test_nan_loss_stops_an_image_method_and_keeps_the_last_good_checkpoint(world, tmp_path, monkeypatch):
+    real_fit = image_mod._fit
+
+    def diverging_fit(ctx, built, params, plan):
+        forward, steps = built.forward, {"n": 0}
+
+        def forward_nan_from_step_4(x):
+            out = forward(x)
+            if built.trainable.training:
+                steps["n"] += 1
+                if steps["n"] >= 4:
+                    return out * float("nan")
+            return out
+
+        built.forward = forward_nan_from_step_4
+        return real_fit(ctx, built, params, plan)
+
+    monkeypatch.setattr(image_mod, "_fit", diverging_fit)
+    raw = raw_config(world, "vit", tmp_path / "run")
+    raw["methods"] = [METHODS["vit"][2]]
+    raw["train"]["checkpoint_every"] = 1
+    r = run_experiment(validate_raw(raw), quiet=True)[-1]
+    assert r.status == "failed" and r.flags == ["nan_loss"] and "checkpoint" in (r.error or "")
+    assert [p.name for p in complete_checkpoints(tmp_path / "run" / "lora")][-1] == "step-00000003"
+    assert not (tmp_path / "run" / "lora" / "adapter").exists()  # nothing saved from a diverged model
