@@ -81,6 +81,18 @@ def fit_head(model: nn.Module, head: nn.Module, train: Features, evalset: Featur
                        lr, tcfg, device, start_s=feature_s, label=label, quiet=quiet)
 
 
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """``[start, end)`` of each training batch; a last batch of one example joins the one before.
+
+    Batch norm cannot train on a single example once the spatial size is 1x1 (EfficientNet at
+    32 px, any pooled feature), and a one-example step is mostly noise anyway.
+    """
+    starts = list(range(0, n, batch_size))
+    if batch_size > 1 and len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return [(s, starts[i + 1] if i + 1 < len(starts) else n) for i, s in enumerate(starts)]
+
+
 def fit_tensors(trainable: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
                 x_train: torch.Tensor, y_train: np.ndarray, x_eval: torch.Tensor, y_eval: np.ndarray,
                 lr: float, tcfg: TrainConfig, device: torch.device, start_s: float = 0.0,
@@ -98,8 +110,9 @@ def fit_tensors(trainable: nn.Module, forward: Callable[[torch.Tensor], torch.Te
     draws of the epochs before it.
     """
     y_train_t = torch.from_numpy(np.asarray(y_train)).to(device)
-    n, bs = len(x_train), tcfg.batch_size
-    steps = math.ceil(math.ceil(n / bs) / tcfg.grad_accum) * tcfg.epochs
+    n = len(x_train)
+    bounds = batch_bounds(n, tcfg.batch_size)
+    steps = math.ceil(len(bounds) / tcfg.grad_accum) * tcfg.epochs
     opt, sched = make_optimizer(trainable, lr, tcfg, steps)
     prog, outcome, resumed = start_from(ckpt, opt, sched)
     if ckpt is None or ckpt.resume is None:
@@ -120,13 +133,13 @@ def fit_tensors(trainable: nn.Module, forward: Callable[[torch.Tensor], torch.Te
         (train_mode or trainable.train)()
         t1 = time.perf_counter()
         order = torch.randperm(n, generator=gen)
-        for step, start in enumerate(range(0, n, bs)):
+        for step, (start, end) in enumerate(bounds):
             if step < prog.batches_done:
                 continue
             if resumed is not None:
                 restore_rng(resumed)
                 resumed = None
-            idx = order[start : start + bs]
+            idx = order[start:end]
             logits = forward(x_train[idx].to(device))
             loss = nn.functional.cross_entropy(logits.float(), y_train_t[idx.to(device)])
             if not torch.isfinite(loss):
@@ -135,13 +148,13 @@ def fit_tensors(trainable: nn.Module, forward: Callable[[torch.Tensor], torch.Te
             (loss / tcfg.grad_accum).backward()
             prog.loss_sum += float(loss.detach()) * len(idx)
             prog.seen, prog.batches_done = prog.seen + len(idx), step + 1
-            if (step + 1) % tcfg.grad_accum == 0 or start + bs >= n:
+            if (step + 1) % tcfg.grad_accum == 0 or end >= n:
                 torch.nn.utils.clip_grad_norm_(params, tcfg.max_grad_norm)
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
                 prog.step += 1
-                if ckpt is not None and ckpt.every and prog.step % ckpt.every == 0 and start + bs < n:
+                if ckpt is not None and ckpt.every and prog.step % ckpt.every == 0 and end < n:
                     outcome.train_s += time.perf_counter() - t1
                     checkpoint()
                     t1 = time.perf_counter()
