@@ -40,8 +40,12 @@ def run(config: Path, overrides: Overrides = None,
     cfg = load_config(config, overrides)
     results = run_experiment(cfg, quiet=quiet, resume="resume" if resume else "fresh" if fresh else "auto",
                              command=["peftlab", *sys.argv[1:]])
-    print((Path(cfg.output_dir) / "comparison.md").read_text(encoding="utf-8"))
     failed = [r.name for r in results if r.status != "ok"]
+    from peftlab.runners.distributed import is_main
+
+    if not is_main():  # under accelerate launch rank 0 alone writes and prints the comparison
+        raise typer.Exit(1 if failed else 0)
+    print((Path(cfg.output_dir) / "comparison.md").read_text(encoding="utf-8"))
     if failed:
         print(f"error: failed methods: {', '.join(failed)} (see their results.json)", file=sys.stderr)
         raise typer.Exit(1)
