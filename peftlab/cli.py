@@ -26,7 +26,8 @@ Overrides = Annotated[Optional[list[str]], typer.Argument(help="key=value overri
 def run(config: Path, overrides: Overrides = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
         resume: Annotated[bool, typer.Option("--resume", help="continue the run in output_dir (same config), or fail")] = False,
-        fresh: Annotated[bool, typer.Option("--fresh", help="start over even if output_dir holds this run")] = False) -> None:
+        fresh: Annotated[bool, typer.Option("--fresh", help="start over even if output_dir holds this run")] = False,
+        parallel: Annotated[int, typer.Option("--parallel", min=1, help="run up to N methods at once, one worker process each")] = 1) -> None:
     """Run every method of CONFIG and write results, adapters and a comparison.
 
     Re-running the same command on the same output_dir continues where it stopped: finished
@@ -38,8 +39,13 @@ def run(config: Path, overrides: Overrides = None,
     if resume and fresh:
         raise PeftlabError("--resume and --fresh contradict each other; give one")
     cfg = load_config(config, overrides)
-    results = run_experiment(cfg, quiet=quiet, resume="resume" if resume else "fresh" if fresh else "auto",
-                             command=["peftlab", *sys.argv[1:]])
+    mode = "resume" if resume else "fresh" if fresh else "auto"
+    if parallel > 1:
+        from peftlab.runners.parallel import run_parallel
+
+        results = run_parallel(cfg, parallel, quiet=quiet, resume=mode, command=["peftlab", *sys.argv[1:]])
+    else:
+        results = run_experiment(cfg, quiet=quiet, resume=mode, command=["peftlab", *sys.argv[1:]])
     failed = [r.name for r in results if r.status != "ok"]
     from peftlab.runners.distributed import is_main
 
@@ -162,7 +168,9 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet_libraries()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # a typer.Exit comes back as its code in this mode
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except PeftlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

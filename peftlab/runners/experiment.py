@@ -284,17 +284,22 @@ def run_method(cfg: ExperimentConfig, params: MethodParams, data: TaskData, toke
         cfg, method, params, data, tokenizer, train_f, eval_f, mdir, base, quiet))
 
 
-def guarded(cfg: ExperimentConfig, params: MethodParams, data: TaskData, out: Path,
-            work: Callable[[RunResult, Path], RunResult]) -> RunResult:
-    """Run one row; a failure becomes a ``failed`` result (with the error) instead of ending
-    the experiment. The result is written to ``out/<row>/results.json`` either way."""
-    mdir = out / params.label
-    base = RunResult(
+def base_result(cfg: ExperimentConfig, params: MethodParams, data: TaskData) -> RunResult:
+    """What a row's result holds before it runs (and keeps if it fails)."""
+    return RunResult(
         name=params.label, method=params.method, method_params=params.model_dump(mode="json"),
         task=data.name, backbone=cfg.backbone_for(params).name, seed=cfg.train.seed, labels=data.label_names,
         n_train=len(data.train), n_eval=len(data.eval), details=overlap_details(data),
         load_avg_start=load_at_start(),
     )
+
+
+def guarded(cfg: ExperimentConfig, params: MethodParams, data: TaskData, out: Path,
+            work: Callable[[RunResult, Path], RunResult]) -> RunResult:
+    """Run one row; a failure becomes a ``failed`` result (with the error) instead of ending
+    the experiment. The result is written to ``out/<row>/results.json`` either way."""
+    mdir = out / params.label
+    base = base_result(cfg, params, data)
     if is_main():
         base.model_copy(update={"status": "incomplete"}).write(mdir)
     try:
