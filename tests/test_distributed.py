@@ -165,9 +165,25 @@ def test_two_processes_equal_one_with_the_global_batch_and_only_rank0_writes(set
     assert done.stdout.count("| full") == 1  # the comparison is printed once, by rank 0
 
 
+def test_sharded_launches_are_refused_in_one_line() -> None:
+    """FSDP/DeepSpeed would save shards from rank 0 alone: refused before training (see README)."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from peftlab.errors import PeftlabError
+    from peftlab.runners.distributed import refuse_sharded
+
+    refuse_sharded(SimpleNamespace(distributed_type=DistributedType.MULTI_CPU))
+    for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        with pytest.raises(PeftlabError, match="not supported yet") as err:
+            refuse_sharded(SimpleNamespace(distributed_type=kind))
+        assert "\n" not in str(err.value)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
-def test_fsdp_on_two_gpus(setup: Path) -> None:
-    """FSDP: the same config under ``accelerate launch --use_fsdp --num_processes 2`` (see README)."""
+def test_fsdp_on_two_gpus_is_refused_cleanly(setup: Path) -> None:
+    """Under ``accelerate launch --use_fsdp`` the run stops with the one-line error, exit code 2, no hang."""
     cfg = config(setup, "fsdp", batch_size=4)
     raw = yaml.safe_load(cfg.read_text())
     raw["train"]["device"] = "cuda"
@@ -176,5 +192,5 @@ def test_fsdp_on_two_gpus(setup: Path) -> None:
            "--fsdp_sharding_strategy", "FULL_SHARD", "--main_process_port", str(free_port()),
            "-m", "peftlab", "run", str(cfg), "--quiet"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert result(setup / "fsdp", "lora")["status"] == "ok"
+    assert "sharded training is not supported yet" in done.stderr
+    assert result(setup / "fsdp", "lora")["status"] == "failed"

@@ -42,7 +42,7 @@ from peftlab.runners.icl import run_icl
 from peftlab.runners.lr_search import search_lr
 from peftlab.runners.measure import PeakMemory
 from peftlab.runners.seeds import run_seeds, single_seed
-from peftlab.runners.distributed import barrier, is_main
+from peftlab.runners.distributed import barrier, is_main, refuse_sharded
 from peftlab.runners.distributed import start as start_distributed
 from peftlab.threads import apply_threads, load_at_start
 from peftlab.runners.checkpoint import clear_checkpoints, complete_checkpoints, load_checkpoint
@@ -344,6 +344,7 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
                 train_f: Features, eval_f: Features, mdir: Path, base: RunResult, quiet: bool) -> RunResult:
     set_seed(cfg.train.seed)
     acc = make_accelerator(cfg.train)
+    refuse_sharded(acc)
     collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if acc.device.type == "cuda" else None)
     search = None
     if cfg.search is not None:  # on held-out training data only; the full run below uses the best value
