@@ -64,20 +64,25 @@ def local_workers() -> int:
     return int(raw) if raw.isdigit() and int(raw) > 0 else 1
 
 
-def apply_threads(configured: int | None, workers: int | None = None, quiet: bool = False) -> int:
-    """Set torch's intra-op threads, record the load average, warn once if the machine is busy."""
+def apply_threads(configured: int | None, workers: int | None = None) -> int:
+    """Set torch's intra-op threads and record the load average (see ``warn_if_busy``)."""
     import torch
 
     global _load_at_start
-    cores = available_cores()
-    n, _ = decide_threads(configured, os.environ.get("OMP_NUM_THREADS"), cores,
+    n, _ = decide_threads(configured, os.environ.get("OMP_NUM_THREADS"), available_cores(),
                           workers if workers is not None else local_workers())
     torch.set_num_threads(n)
     _load_at_start = load_average()
-    if is_contended(_load_at_start, cores) and not quiet:
+    return n
+
+
+def warn_if_busy() -> None:
+    """One warning line when the load recorded at start exceeded the cores. Called once the run
+    is under way (after the checks of the input), so a refused input still gets its one line."""
+    cores = available_cores()
+    if is_contended(_load_at_start, cores):
         assert _load_at_start is not None
         print(contention_warning(_load_at_start, cores), file=sys.stderr, flush=True)
-    return n
 
 
 def load_at_start() -> float | None:

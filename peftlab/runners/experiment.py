@@ -44,7 +44,7 @@ from peftlab.runners.measure import PeakMemory
 from peftlab.runners.seeds import run_seeds, single_seed
 from peftlab.runners.distributed import barrier, is_main, refuse_sharded
 from peftlab.runners.distributed import start as start_distributed
-from peftlab.threads import apply_threads, load_at_start
+from peftlab.threads import apply_threads, load_at_start, warn_if_busy
 from peftlab.runners.checkpoint import clear_checkpoints, complete_checkpoints, load_checkpoint
 from peftlab.runners.train import CheckpointPlan, FitOutcome, fit, make_accelerator
 from peftlab.tasks import TaskData, load_task
@@ -119,7 +119,7 @@ def prepare_output(cfg: ExperimentConfig, resume: ResumeMode = "fresh",
     """
     out = Path(cfg.output_dir)
     config_text = dump_config(cfg)
-    apply_threads(cfg.train.num_threads, quiet=not is_main())  # a busy machine is warned about even with --quiet
+    apply_threads(cfg.train.num_threads)
     start_distributed(cfg.train.device == "cpu")
     try:
         reuse = decide_resume(out, config_text, resume)
@@ -149,6 +149,8 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False, resume: ResumeMod
     out, reuse = prepare_output(cfg, resume, command)
     encodings = Encodings(cfg, data)
     _say(quiet, f"task {data.name}: {len(data.train)} train / {len(data.eval)} eval, labels {data.label_names}")
+    if is_main():  # even with --quiet: it says the timings are not the method's alone
+        warn_if_busy()
     if overlap_count(data.train, data.eval):
         warn(overlap_warning(overlap_count(data.train, data.eval), len(data.eval)))
     if len(cfg.seed_list) > 1:

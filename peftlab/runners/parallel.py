@@ -31,7 +31,7 @@ from peftlab.config_base import MethodParams
 from peftlab.errors import PeftlabError
 from peftlab.results import RESULTS_FILE, RunResult, read_result
 from peftlab.runners.progress import say
-from peftlab.threads import available_cores, decide_threads
+from peftlab.threads import available_cores, decide_threads, warn_if_busy
 
 WORKER_LOG = "worker.log"
 
@@ -82,6 +82,10 @@ def run_parallel(cfg: ExperimentConfig, workers: int, quiet: bool = False, resum
     from peftlab.runners.checkpoint import clear_checkpoints
     from peftlab.tasks import load_task
 
+    from peftlab.runners.distributed import world_size
+
+    if world_size() > 1:
+        raise PeftlabError("--parallel under accelerate launch/torchrun: use one or the other")
     if cfg.task.modality != "text":
         raise PeftlabError("--parallel: only text tasks for now (image methods share one feature cache); drop --parallel")
     if len(cfg.seed_list) > 1:
@@ -94,6 +98,7 @@ def run_parallel(cfg: ExperimentConfig, workers: int, quiet: bool = False, resum
     if cfg.train.memory_check:
         check_fits(cfg, data.num_labels)
     out, reuse = prepare_output(cfg, resume, command)
+    warn_if_busy()
     done: dict[str, RunResult] = {}
     if cfg.baseline:
         done[BASELINE] = baseline_result(cfg, data)
