@@ -82,6 +82,18 @@ def global_sums(acc: Any, *values: float) -> list[float]:
     return [float(v) for v in acc.reduce(t, reduction="sum").cpu()]
 
 
+def all_finite(acc: Any, loss: Any) -> bool:
+    """Whether the loss is finite on every process: one process stopping on a NaN alone would
+    leave the others waiting in the gradient all-reduce forever."""
+    import torch
+
+    finite = bool(torch.isfinite(loss))
+    if acc.num_processes == 1:
+        return finite
+    flag = torch.tensor([1.0 if finite else 0.0], device=acc.device)
+    return bool(acc.reduce(flag, reduction="sum").item() == acc.num_processes)
+
+
 def shard_global_batches(batches: list[list[int]], per_process: int) -> list[list[int]]:
     """Cut each global batch into consecutive pieces of ``per_process`` examples, in order.
 

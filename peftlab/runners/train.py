@@ -25,7 +25,7 @@ from peftlab.errors import PeftlabError
 from peftlab.results import EpochRecord
 from peftlab.runners.batching import Features, LengthGroupedBatches, sorted_batches
 from peftlab.runners.eta import TIMED_STEPS, eta_line, remaining_s
-from peftlab.runners.distributed import global_sums
+from peftlab.runners.distributed import all_finite, global_sums
 from peftlab.runners.checkpoint import Progress, Resumed, restore_rng, save_checkpoint
 from peftlab.runners.progress import bar as progress_bar
 from peftlab.runners.progress import metrics_text, say, track
@@ -187,7 +187,7 @@ def fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: 
         t0 = time.perf_counter()
         silent = quiet or not acc.is_local_main_process
         bar = progress_bar(len(train), f"{label} epoch {epoch}/{tcfg.epochs}", silent)
-        bar.update(prog.seen)
+        bar.update(prog.seen * n_proc)  # the bar counts the examples of all processes
         last = outcome.epochs[-1] if outcome.epochs else None
         for i, batch in enumerate(loader):
             if i < prog.batches_done:
@@ -197,7 +197,7 @@ def fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: 
                 resumed = None
             with acc.accumulate(wrapped):
                 loss = wrapped(**batch).loss
-                if not torch.isfinite(loss):
+                if not all_finite(acc, loss):  # every process stops together (no all-reduce left waiting)
                     outcome.nan_loss = True
                     break
                 acc.backward(loss)
@@ -208,7 +208,7 @@ def fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: 
                 opt.zero_grad(set_to_none=True)
             n = batch["labels"].shape[0]
             prog.loss_sum, prog.seen, prog.batches_done = prog.loss_sum + float(loss.detach()) * n, prog.seen + n, i + 1
-            bar.update(n)
+            bar.update(n * n_proc)
             bar.set_postfix_str(metrics_text({"loss": prog.loss_sum / prog.seen, "last eval acc": last and last.accuracy}))
             if acc.sync_gradients:
                 prog.step += 1
