@@ -120,6 +120,7 @@ def environment(device: str) -> dict[str, Any]:
     import transformers
 
     import peftlab
+    from peftlab.threads import available_cores
 
     return {
         "peftlab": peftlab.__version__,
@@ -131,5 +132,6 @@ def environment(device: str) -> dict[str, Any]:
         "device": device,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "threads": torch.get_num_threads(),
+        "cores": available_cores(),
         "platform": platform.platform(),
     }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 #: the 1-minute load average when this process set its threads (None before, or where unknown)
 _load_at_start: float | None = None
@@ -88,3 +89,15 @@ def warn_if_busy() -> None:
 def load_at_start() -> float | None:
     """The load average recorded by the last ``apply_threads`` (stored in every RunResult)."""
     return _load_at_start
+
+
+def contended_lines(results: list[Any]) -> list[str]:
+    """Comparison lines naming the rows whose timings ran on a busy machine (pure, on RunResults).
+
+    A row is contended when its recorded start load exceeds the cores recorded in its environment.
+    """
+    busy = [f"{r.name} (load {r.load_avg_start:.1f} on {r.environment['cores']} cores)" for r in results
+            if r.environment.get("cores") and is_contended(r.load_avg_start, int(r.environment["cores"]))]
+    if not busy:
+        return []
+    return [f"Timings taken while other jobs kept the machine busy, slower than the method alone: {', '.join(busy)}.", ""]

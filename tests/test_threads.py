@@ -31,3 +31,18 @@ def test_contention_needs_more_load_than_cores() -> None:
     assert not is_contended(None, 2)  # load average unknown (not Linux): no warning
     line = contention_warning(6.62, 2)
     assert "\n" not in line and "6.6" in line and "2 cores" in line
+
+
+def test_comparison_names_rows_timed_on_a_busy_machine() -> None:
+    from peftlab.report.compare import to_markdown
+    from peftlab.results import RunResult
+
+    def result(name: str, load: float | None) -> RunResult:
+        return RunResult(name=name, method="full", task="t", backbone="b", seed=0, load_avg_start=load,
+                         environment={"cores": 2})
+
+    md = to_markdown([result("calm", 1.5), result("busy", 6.25), result("unknown", None)])
+    busy = [line for line in md.splitlines() if line.startswith("Timings taken while")]
+    assert len(busy) == 1 and "busy (load 6.2 on 2 cores)" in busy[0]
+    assert "calm" not in busy[0] and "unknown" not in busy[0]
+    assert "Timings taken while" not in to_markdown([result("calm", 1.5)])
