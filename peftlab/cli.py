@@ -27,7 +27,7 @@ def run(config: Path, overrides: Overrides = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
         resume: Annotated[bool, typer.Option("--resume", help="continue the run in output_dir (same config), or fail")] = False,
         fresh: Annotated[bool, typer.Option("--fresh", help="start over even if output_dir holds this run")] = False,
-        parallel: Annotated[int, typer.Option("--parallel", min=1, help="run up to N methods at once, one worker process each")] = 1) -> None:
+        parallel: Annotated[int, typer.Option("--parallel", help="run up to N methods at once, one worker process each")] = 1) -> None:
     """Run every method of CONFIG and write results, adapters and a comparison.
 
     Re-running the same command on the same output_dir continues where it stopped: finished
@@ -38,6 +38,8 @@ def run(config: Path, overrides: Overrides = None,
 
     if resume and fresh:
         raise PeftlabError("--resume and --fresh contradict each other; give one")
+    if parallel < 1:
+        raise PeftlabError(f"--parallel {parallel}: give the number of worker processes, 1 or more")
     cfg = load_config(config, overrides)
     mode = "resume" if resume else "fresh" if fresh else "auto"
     if parallel > 1:

@@ -87,3 +87,9 @@ def test_worker_env(slot, gpus, omp, expected_gpu, expected_threads) -> None:
     assert env.get("CUDA_VISIBLE_DEVICES") == expected_gpu
     assert env["OMP_NUM_THREADS"] == expected_threads
     assert env["PATH"] == "/bin"
+
+
+def test_parallel_needs_a_positive_worker_count(tmp_path) -> None:
+    done = run_cli("run", str(tmp_path / "any.yaml"), "--parallel", "0")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["error: --parallel 0: give the number of worker processes, 1 or more"]
