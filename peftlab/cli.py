@@ -26,7 +26,8 @@ Overrides = Annotated[Optional[list[str]], typer.Argument(help="key=value overri
 def run(config: Path, overrides: Overrides = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
         resume: Annotated[bool, typer.Option("--resume", help="continue the run in output_dir (same config), or fail")] = False,
-        fresh: Annotated[bool, typer.Option("--fresh", help="start over even if output_dir holds this run")] = False) -> None:
+        fresh: Annotated[bool, typer.Option("--fresh", help="start over even if output_dir holds this run")] = False,
+        parallel: Annotated[int, typer.Option("--parallel", help="run up to N methods at once, one worker process each")] = 1) -> None:
     """Run every method of CONFIG and write results, adapters and a comparison.
 
     Re-running the same command on the same output_dir continues where it stopped: finished
@@ -37,11 +38,22 @@ def run(config: Path, overrides: Overrides = None,
 
     if resume and fresh:
         raise PeftlabError("--resume and --fresh contradict each other; give one")
+    if parallel < 1:
+        raise PeftlabError(f"--parallel {parallel}: give the number of worker processes, 1 or more")
     cfg = load_config(config, overrides)
-    results = run_experiment(cfg, quiet=quiet, resume="resume" if resume else "fresh" if fresh else "auto",
-                             command=["peftlab", *sys.argv[1:]])
-    print((Path(cfg.output_dir) / "comparison.md").read_text(encoding="utf-8"))
+    mode = "resume" if resume else "fresh" if fresh else "auto"
+    if parallel > 1:
+        from peftlab.runners.parallel import run_parallel
+
+        results = run_parallel(cfg, parallel, quiet=quiet, resume=mode, command=["peftlab", *sys.argv[1:]])
+    else:
+        results = run_experiment(cfg, quiet=quiet, resume=mode, command=["peftlab", *sys.argv[1:]])
     failed = [r.name for r in results if r.status != "ok"]
+    from peftlab.runners.distributed import is_main
+
+    if not is_main():  # under accelerate launch rank 0 alone writes and prints the comparison
+        raise typer.Exit(1 if failed else 0)
+    print((Path(cfg.output_dir) / "comparison.md").read_text(encoding="utf-8"))
     if failed:
         print(f"error: failed methods: {', '.join(failed)} (see their results.json)", file=sys.stderr)
         raise typer.Exit(1)
@@ -158,7 +170,9 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet_libraries()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # a typer.Exit comes back as its code in this mode
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except PeftlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

@@ -84,5 +84,9 @@ def check_task_type(method: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def warn(msg: str) -> None:
-    """Guards print whether or not ``--quiet`` is on: they are about the validity of the numbers."""
-    print(msg, file=sys.stderr, flush=True)
+    """Guards print whether or not ``--quiet`` is on: they are about the validity of the numbers.
+    Under ``accelerate launch`` only rank 0 prints them (every process would find the same)."""
+    from peftlab.runners.distributed import is_main
+
+    if is_main():
+        print(msg, file=sys.stderr, flush=True)

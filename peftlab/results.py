@@ -81,6 +81,9 @@ class RunResult(BaseModel):
     macro_f1_std: float | None = None
     seed_accuracy: list[float] = Field(default_factory=list)
     seed_macro_f1: list[float] = Field(default_factory=list)
+    #: the machine's 1-minute load average when the run started; above the core count, other jobs
+    #: competed for the CPU and the timings are slower than the method alone would be
+    load_avg_start: float | None = None
 
     def write(self, directory: Path) -> None:
         atomic_write_json(directory / RESULTS_FILE, self.model_dump(mode="json"))
@@ -117,6 +120,7 @@ def environment(device: str) -> dict[str, Any]:
     import transformers
 
     import peftlab
+    from peftlab.threads import available_cores
 
     return {
         "peftlab": peftlab.__version__,
@@ -128,5 +132,6 @@ def environment(device: str) -> dict[str, Any]:
         "device": device,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "threads": torch.get_num_threads(),
+        "cores": available_cores(),
         "platform": platform.platform(),
     }

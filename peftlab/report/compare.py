@@ -10,6 +10,7 @@ from peftlab.io import atomic_write_text
 from peftlab.report.fairness import search_summary
 from peftlab.report.seeds import distinct_seeds, summary_csv, summary_markdown
 from peftlab.results import RunResult
+from peftlab.threads import contended_lines
 
 COLUMNS = [
     "method", "kind", "status", "accuracy", "macro_f1", "trainable", "total", "pct_trainable",
@@ -95,6 +96,7 @@ def to_markdown(results: list[RunResult]) -> str:
               "backbone weights beyond the head were missing from the checkpoint (random); train_eval_overlap = "
               "some eval inputs also occur in training. a ± b: mean and standard deviation over demonstration seeds.", ""]
     lines += search_summary(results)
+    lines += contended_lines(results)
     for r in results:  # method-specific diagnostics, e.g. zero-shot's worst class and template search
         if r.details.get("report_lines"):
             lines += [f"## {r.name}", "", *r.details["report_lines"], ""]

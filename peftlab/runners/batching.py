@@ -54,28 +54,42 @@ class LengthGroupedBatches:
 
     Each pass (epoch) draws a new order from ``seed`` and the pass number, so a run is
     reproducible and under data parallelism every process sees the same order before sharding.
+    With ``processes`` > 1 the order is drawn for global batches of ``batch_size * processes``,
+    each cut into per-process pieces of ``batch_size`` (``peftlab.runners.distributed``), so N
+    processes train on the very batches one process would with the N-times larger batch.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, group: bool = True) -> None:
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, group: bool = True,
+                 processes: int = 1) -> None:
         self.lengths = np.asarray(lengths)
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # per process: accelerate reads it to even out the last round
+        self.processes = processes
         self.seed = seed
         self.group = group
         self.epoch = 0
 
     def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
+        full, rest = divmod(len(self.lengths), self.batch_size * self.processes)  # global batches
+        return full * self.processes + math.ceil(rest / self.batch_size)  # per-process pieces
 
     def batches(self, epoch: int) -> list[list[int]]:
+        from peftlab.runners.distributed import shard_global_batches
+
+        if self.processes == 1:
+            return self._global_batches(epoch, self.batch_size)
+        size = self.batch_size * self.processes  # the global batch
+        return shard_global_batches(self._global_batches(epoch, size), self.batch_size)
+
+    def _global_batches(self, epoch: int, batch_size: int) -> list[list[int]]:
         rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(len(self.lengths))
         if self.group:
-            chunk = self.batch_size * 50
+            chunk = batch_size * 50
             order = np.concatenate([
                 c[np.argsort(-self.lengths[c], kind="stable")]
                 for c in np.array_split(order, max(1, math.ceil(len(order) / chunk)))
             ])
-        out = [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
+        out = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
         if self.group:  # the longest batch first exposes out-of-memory at once; the rest shuffled
             first, rest = out[0], out[1:]
             perm = rng.permutation(len(rest))

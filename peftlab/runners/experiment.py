@@ -42,6 +42,9 @@ from peftlab.runners.icl import run_icl
 from peftlab.runners.lr_search import search_lr
 from peftlab.runners.measure import PeakMemory
 from peftlab.runners.seeds import run_seeds, single_seed
+from peftlab.runners.distributed import barrier, is_main, refuse_sharded
+from peftlab.runners.distributed import start as start_distributed
+from peftlab.threads import apply_threads, load_at_start, warn_if_busy
 from peftlab.runners.checkpoint import clear_checkpoints, complete_checkpoints, load_checkpoint
 from peftlab.runners.train import CheckpointPlan, FitOutcome, fit, make_accelerator
 from peftlab.tasks import TaskData, load_task
@@ -110,15 +113,21 @@ def decide_resume(out: Path, config_text: str, mode: ResumeMode) -> bool:
 
 def prepare_output(cfg: ExperimentConfig, resume: ResumeMode = "fresh",
                    command: list[str] | None = None) -> tuple[Path, bool]:
-    """Create the run folder, store the resolved config in it, apply ``train.num_threads``.
+    """Create the run folder, store the resolved config in it, set the torch threads (peftlab.threads).
 
     Returns the folder and whether the run already in it is continued (see ``decide_resume``).
+    Under ``accelerate launch`` every process decides before rank 0 alone changes the folder.
     """
     out = Path(cfg.output_dir)
     config_text = dump_config(cfg)
+    apply_threads(cfg.train.num_threads)
+    start_distributed(cfg.train.device == "cpu")
     try:
-        out.mkdir(parents=True, exist_ok=True)
         reuse = decide_resume(out, config_text, resume)
+        barrier()
+        if not is_main():
+            return out, reuse
+        out.mkdir(parents=True, exist_ok=True)
         for stale in COMPARISON_FILES:  # rewritten at the end: never left looking complete meanwhile
             (out / stale).unlink(missing_ok=True)
         atomic_write_text(out / "config.yaml", config_text)
@@ -126,8 +135,6 @@ def prepare_output(cfg: ExperimentConfig, resume: ResumeMode = "fresh",
             atomic_write_json(out / COMMAND_FILE, {"argv": command, "cwd": str(Path.cwd())})
     except OSError as exc:
         raise PeftlabError(f"output_dir {out}: cannot write ({exc.strerror or exc})") from None
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
     return out, reuse
 
 
@@ -143,14 +150,17 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False, resume: ResumeMod
     out, reuse = prepare_output(cfg, resume, command)
     encodings = Encodings(cfg, data)
     _say(quiet, f"task {data.name}: {len(data.train)} train / {len(data.eval)} eval, labels {data.label_names}")
+    if is_main():  # even with --quiet: it says the timings are not the method's alone
+        warn_if_busy()
     if overlap_count(data.train, data.eval):
         warn(overlap_warning(overlap_count(data.train, data.eval), len(data.eval)))
     if len(cfg.seed_list) > 1:
         results = run_seeds(cfg, out, lambda scfg, sout: run_methods(scfg, data, encodings, sout, reuse, quiet))
     else:
         results = run_methods(single_seed(cfg), data, encodings, out, reuse, quiet)
-    write_comparison(results, out)
-    write_run_report(out, quiet)
+    if is_main():
+        write_comparison(results, out)
+        write_run_report(out, quiet)
     return results
 
 
@@ -158,7 +168,7 @@ def run_methods(cfg: ExperimentConfig, data: TaskData, encodings: Encodings, out
                 quiet: bool) -> list[RunResult]:
     """The baseline and every method with ``cfg.train.seed``, results in ``out/METHOD``."""
     results = [baseline_result(cfg, data)] if cfg.baseline else []
-    if results:
+    if results and is_main():
         results[0].write(out / BASELINE)
     for params in cfg.methods:
         runner = RUNNERS.get(METHODS.get(params.method).runner)
@@ -173,8 +183,9 @@ def kept_or_run(out: Path, params: MethodParams, reuse: bool, quiet: bool, run: 
     if done is not None:
         _say(quiet, f"== {params.label}: finished in an earlier run, kept")
         return done
-    if not reuse:
+    if not reuse and is_main():
         clear_checkpoints(out / params.label)
+    barrier()  # every process looks for checkpoints after rank 0 cleared them
     return run()
 
 
@@ -205,7 +216,7 @@ def write_run_report(out: Path, quiet: bool) -> None:
 
 
 def _say(quiet: bool, msg: str) -> None:
-    if not quiet:
+    if not quiet and is_main():
         print(msg, file=sys.stderr, flush=True)
 
 
@@ -288,17 +299,24 @@ def run_method(cfg: ExperimentConfig, params: MethodParams, data: TaskData, toke
         cfg, method, params, data, tokenizer, train_f, eval_f, mdir, base, quiet))
 
 
+def base_result(cfg: ExperimentConfig, params: MethodParams, data: TaskData) -> RunResult:
+    """What a row's result holds before it runs (and keeps if it fails)."""
+    return RunResult(
+        name=params.label, method=params.method, method_params=params.model_dump(mode="json"),
+        task=data.name, backbone=cfg.backbone_for(params).name, seed=cfg.train.seed, labels=data.label_names,
+        n_train=len(data.train), n_eval=len(data.eval), details=overlap_details(data),
+        load_avg_start=load_at_start(),
+    )
+
+
 def guarded(cfg: ExperimentConfig, params: MethodParams, data: TaskData, out: Path,
             work: Callable[[RunResult, Path], RunResult]) -> RunResult:
     """Run one row; a failure becomes a ``failed`` result (with the error) instead of ending
     the experiment. The result is written to ``out/<row>/results.json`` either way."""
     mdir = out / params.label
-    base = RunResult(
-        name=params.label, method=params.method, method_params=params.model_dump(mode="json"),
-        task=data.name, backbone=cfg.backbone_for(params).name, seed=cfg.train.seed, labels=data.label_names,
-        n_train=len(data.train), n_eval=len(data.eval), details=overlap_details(data),
-    )
-    base.model_copy(update={"status": "incomplete"}).write(mdir)
+    base = base_result(cfg, params, data)
+    if is_main():
+        base.model_copy(update={"status": "incomplete"}).write(mdir)
     try:
         result = work(base, mdir)
     except (Exception, KeyboardInterrupt) as exc:
@@ -309,8 +327,9 @@ def guarded(cfg: ExperimentConfig, params: MethodParams, data: TaskData, out: Pa
         result = base.model_copy(update={"status": "failed", "error": f"{type(exc).__name__}: {exc}",
                                          "flags": ["nan_loss"] if isinstance(exc, NonFiniteLoss) else []})
         print(f"error: method {params.label} failed: {exc}", file=sys.stderr)
-    result.write(mdir)
-    log_result(cfg.train.log_to, out, cfg.name, result)
+    if is_main():
+        result.write(mdir)
+        log_result(cfg.train.log_to, out, cfg.name, result)
     return result
 
 
@@ -343,6 +362,7 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
                 train_f: Features, eval_f: Features, mdir: Path, base: RunResult, quiet: bool) -> RunResult:
     set_seed(cfg.train.seed)
     acc = make_accelerator(cfg.train)
+    refuse_sharded(acc)
     collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if acc.device.type == "cuda" else None)
     search = None
     if cfg.search is not None:  # on held-out training data only; the full run below uses the best value
@@ -384,7 +404,8 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
     stop_if_diverged(outcome, mdir)
     adapter_bytes = (save_atomically(method, model, params, mdir / ADAPTER_DIR, fingerprint)
                      if acc.is_main_process else None)
-    clear_checkpoints(mdir)
+    if acc.is_main_process:
+        clear_checkpoints(mdir)
     m = classification_metrics(data.eval.labels, pred, data.label_names)
     return base.model_copy(update=dict(
         **trained_result_fields(outcome, m, (trainable, total, d_train, d_total, agree), wall, mem),

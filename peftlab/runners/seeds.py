@@ -16,6 +16,7 @@ from peftlab.config import ExperimentConfig, dump_config
 from peftlab.io import atomic_write_text
 from peftlab.report.compare import write_comparison
 from peftlab.results import RunResult
+from peftlab.runners.distributed import is_main
 
 
 def seed_dir(out: Path, seed: int) -> Path:
@@ -41,9 +42,11 @@ def run_seeds(cfg: ExperimentConfig, out: Path,
     results: list[RunResult] = []
     for seed in cfg.seed_list:
         scfg, sout = seed_config(cfg, seed), seed_dir(out, seed)
-        sout.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(sout / "config.yaml", dump_config(scfg))
+        if is_main():  # under accelerate launch only rank 0 writes
+            sout.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(sout / "config.yaml", dump_config(scfg))
         seed_results = run_methods(scfg, sout)
-        write_comparison(seed_results, sout)
+        if is_main():
+            write_comparison(seed_results, sout)
         results += seed_results
     return results

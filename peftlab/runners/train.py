@@ -25,6 +25,7 @@ from peftlab.errors import PeftlabError
 from peftlab.results import EpochRecord
 from peftlab.runners.batching import Features, LengthGroupedBatches, sorted_batches
 from peftlab.runners.eta import TIMED_STEPS, eta_line, remaining_s
+from peftlab.runners.distributed import all_finite, global_sums
 from peftlab.runners.checkpoint import Progress, Resumed, restore_rng, save_checkpoint
 from peftlab.runners.progress import bar as progress_bar
 from peftlab.runners.progress import metrics_text, say, track
@@ -64,9 +65,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
-def make_optimizer(model: nn.Module, lr: float, tcfg: TrainConfig, steps: int) -> tuple[Any, Any]:
+def make_optimizer(model: nn.Module, lr: float, tcfg: TrainConfig, steps: int, processes: int = 1) -> tuple[Any, Any]:
+    """``steps``: optimizer steps. A scheduler prepared by accelerate on N processes is stepped
+    N times per optimizer step, so its schedule is laid out N times longer (same shape)."""
     opt = torch.optim.AdamW(param_groups(model, tcfg.weight_decay), lr=lr)
-    sched = get_linear_schedule_with_warmup(opt, int(tcfg.warmup_ratio * steps), steps)
+    sched = get_linear_schedule_with_warmup(opt, int(tcfg.warmup_ratio * steps) * processes, steps * processes)
     return opt, sched
 
 
@@ -171,10 +174,11 @@ def fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: 
     the batches already trained in the epoch are skipped (the order is a function of seed and
     epoch) and the random generators are restored just before the next step runs.
     """
-    sampler = LengthGroupedBatches(train.lengths, tcfg.batch_size, tcfg.seed, tcfg.group_by_length)
+    n_proc = acc.num_processes  # batch_size is per process, as Trainer's per_device_train_batch_size
+    sampler = LengthGroupedBatches(train.lengths, tcfg.batch_size, tcfg.seed, tcfg.group_by_length, n_proc)
     loader = DataLoader(train, batch_sampler=sampler, collate_fn=collate)
-    steps = math.ceil(len(sampler) / tcfg.grad_accum) * tcfg.epochs
-    opt, sched = make_optimizer(model, lr, tcfg, steps)
+    steps = math.ceil(math.ceil(len(sampler) / n_proc) / tcfg.grad_accum) * tcfg.epochs
+    opt, sched = make_optimizer(model, lr, tcfg, steps, n_proc)
     wrapped, opt, loader, sched = acc.prepare(model, opt, loader, sched)
     labels = feature_labels(evalset)
     prog, outcome, resumed = start_from(ckpt, opt, sched)
@@ -192,7 +196,7 @@ def fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: 
         t0 = time.perf_counter()
         silent = quiet or not acc.is_local_main_process
         bar = progress_bar(len(train), f"{label} epoch {epoch}/{tcfg.epochs}", silent)
-        bar.update(prog.seen)
+        bar.update(prog.seen * n_proc)  # the bar counts the examples of all processes
         last = outcome.epochs[-1] if outcome.epochs else None
         for i, batch in enumerate(loader):
             if i < prog.batches_done:
@@ -202,7 +206,7 @@ def fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: 
                 resumed = None
             with acc.accumulate(wrapped):
                 loss = wrapped(**batch).loss
-                if not torch.isfinite(loss):
+                if not all_finite(acc, loss):  # every process stops together (no all-reduce left waiting)
                     outcome.nan_loss = True
                     break
                 acc.backward(loss)
@@ -213,7 +217,7 @@ def fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: 
                 opt.zero_grad(set_to_none=True)
             n = batch["labels"].shape[0]
             prog.loss_sum, prog.seen, prog.batches_done = prog.loss_sum + float(loss.detach()) * n, prog.seen + n, i + 1
-            bar.update(n)
+            bar.update(n * n_proc)
             bar.set_postfix_str(metrics_text({"loss": prog.loss_sum / prog.seen, "last eval acc": last and last.accuracy}))
             if acc.sync_gradients:
                 prog.step += 1
@@ -221,13 +225,14 @@ def fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: 
                     elapsed = time.perf_counter() - timed_from
                     outcome.estimated_train_s = outcome.train_s + elapsed + remaining_s(elapsed, TIMED_STEPS, steps - prog.step)
                     say(silent, eta_line(label, outcome.estimated_train_s, steps))
-                if ckpt is not None and ckpt.every and prog.step % ckpt.every == 0 and i + 1 < len(sampler):
+                if ckpt is not None and ckpt.every and prog.step % ckpt.every == 0 and i + 1 < len(loader):
                     outcome.train_s += time.perf_counter() - t0
                     checkpoint()
                     t0 = time.perf_counter()
         bar.close()
         outcome.train_s += time.perf_counter() - t0
-        outcome.train_examples += prog.seen
+        seen, loss_sum = global_sums(acc, prog.seen, prog.loss_sum)  # over all processes
+        outcome.train_examples += int(seen)
         if outcome.nan_loss or tcfg.eval_every_epoch or epoch == tcfg.epochs:
             model_u = acc.unwrap_model(wrapped)
             t1 = time.perf_counter()
@@ -236,7 +241,7 @@ def fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: 
             outcome.eval_s += time.perf_counter() - t1
             outcome.eval_examples += len(evalset)
             outcome.logits = logits
-            outcome.epochs.append(epoch_record(epoch, prog.loss_sum / prog.seen if prog.seen else None, logits, labels))
+            outcome.epochs.append(epoch_record(epoch, loss_sum / seen if seen else None, logits, labels))
             say(silent, epoch_line(label, outcome.epochs[-1], tcfg.epochs))
         if outcome.nan_loss:
             break
