@@ -185,7 +185,7 @@ def main() -> int:
         f"no exact scorer can beat it on this machine. lm-eval runs the shared prefix again for every query "
         f"and the output head (49k x 576) over every position; {ceilings(rows)}. With no demonstrations the "
         f"shared prefix is only the instruction, so even a scorer at the floor could not reach 3x at 0 shots "
-        f"here; with demonstrations the prefix dominates and the ratio grows with k.\n"
+        f"here; with demonstrations the prefix dominates and the ratio grows with k.\n\n"
     )
     write_section(ROOT / "BENCHMARKS.md", SECTION, body)
     print(body)
