@@ -14,6 +14,8 @@ throughput this machine measures at the model's own layer shapes (the floor of a
 
 Usage (CLI kept stable for bench/run_all):
     python bench/icl_mnli.py [--n-eval 50] [--shots 0,4] [--batch-size 8] [--threads 1] [--rounds 3]
+Run it from the repository root with this checkout's peftlab importable (``pip install -e .``,
+or ``PYTHONPATH=.``: Python puts bench/, not the current folder, first on the path).
 Replaces the "In-context classification" section of BENCHMARKS.md. Skips (exit 0) when
 ../shared/data/mnli is absent or lm-eval is not installed (pip install "peftlab[bench]").
 """

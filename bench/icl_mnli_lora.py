@@ -14,6 +14,8 @@ go into the section. Usage (CLI kept stable for bench/run_all):
 
     python bench/icl_mnli_lora.py [--n-train 300] [--n-eval 150] [--epochs 1] [--threads N]
 
+Run it from the repository root with this checkout's peftlab importable (``pip install -e .``,
+or ``PYTHONPATH=.``: Python puts bench/, not the current folder, first on the path).
 Writes runs/bench_icl_mnli_lora/ and replaces the "In-context vs LoRA on MultiNLI" section of
 BENCHMARKS.md. Skips (exit 0) when ../shared/data/mnli is absent (the package never needs it).
 """
