@@ -108,3 +108,24 @@ def test_left_truncate_cuts_at_token_boundaries(short_lm):
     _, tok = short_lm
     assert left_truncate(tok, "the drug  was good", 2) == "was good"
     assert left_truncate(tok, "the drug", 5) == "" and left_truncate(tok, "the", 0) == "the"
+
+
+def test_runner_fits_prompts_and_flags_the_row(short_lm, tiny_csv, tmp_path):
+    from peftlab.config import validate_raw
+    from peftlab.runners.experiment import run_experiment
+
+    model, tok = short_lm
+    model.save_pretrained(str(tmp_path / "lm"))
+    tok.save_pretrained(str(tmp_path / "lm"))
+    train, ev = tiny_csv
+    row = {"backbone": str(tmp_path / "lm"), "instruction": "the drug", "example": "{text} so it was",
+           "verbalizers": VERB, "chat": "off", "batch_size": 4}
+    cfg = validate_raw({
+        "backbone": str(tmp_path / "lm"), "task": {"source": "csv", "train_file": str(train), "eval_file": str(ev)},
+        "methods": [{"method": "icl", "name": "zero", **row}, {"method": "icl", "name": "four", "shots": 4, **row}],
+        "train": {"num_threads": 1, "device": "cpu"}, "output_dir": str(tmp_path / "run"),
+    })
+    res = {r.name: r for r in run_experiment(cfg, quiet=True)}
+    assert all(r.status == "ok" for r in res.values()), {n: r.error for n, r in res.items()}
+    assert "prompt_shortened" not in res["zero"].flags  # short reviews fit without demonstrations
+    assert "prompt_shortened" in res["four"].flags  # four demonstrations do not fit in 24 tokens
