@@ -8,12 +8,26 @@ import torch
 
 from peftlab.backbones import _fail, _kwargs, resolve
 from peftlab.config import BackboneConfig
+from peftlab.errors import PeftlabError
+from peftlab.methods.qlora import disable_cpu_repacking
+
+
+def check_quantize(quantize: str) -> None:
+    """One line, before anything loads, when ``quantize`` needs bitsandbytes and it is missing."""
+    if quantize == "none":
+        return
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise PeftlabError(f"quantize: {quantize} needs bitsandbytes (pip install 'bitsandbytes>=0.50'), "
+                           f"which cannot be imported ({exc})") from None
 
 
 def quantization_kwargs(quantize: str, device: torch.device) -> dict[str, Any]:
     """``from_pretrained`` kwargs for ``quantize`` = none | 4bit | 8bit (NF4 with fp32 compute)."""
     if quantize == "none":
         return {}
+    check_quantize(quantize)
     from transformers import BitsAndBytesConfig
 
     # the output head stays fp32: label log-probabilities come straight from it
@@ -41,6 +55,11 @@ def load_causal_lm(cfg: BackboneConfig, quantize: str, device: torch.device) -> 
         hf_logging.enable_progress_bar()
     if quantize == "none":
         model.to(device)
+    else:
+        # keep bitsandbytes' standard 4-bit layout on CPU: its repacked fast path (bf16 block
+        # statistics) gives other numbers, asserts on output sizes not a multiple of 32, and breaks
+        # a later LoRA training forward (lm_lora); see peftlab.methods.qlora
+        disable_cpu_repacking(model)
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()

@@ -126,7 +126,7 @@ class PrefixScorer:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def score(self, enc: Encoded) -> list[list[float]]:
         """Summed log-likelihood of every continuation, ``out[i][c]``."""
         self.model.eval()

@@ -64,6 +64,9 @@ class Icl(Method):
             raise PeftlabError(f"config error: {params.label}: {params.method} needs a causal LM backbone, "
                                f"and {model_type} is an encoder (set the row's backbone, e.g. smollm2-135m)")
         load_template(params.template, template_overrides(params))
+        from peftlab.icl.lm import check_quantize
+
+        check_quantize(params.quantize)
 
     def prepare_lm(self, model: Any, params: Any, ctx: Any) -> tuple[Any, Any]:
         """Adapt the LM before scoring; returns (model, FitOutcome). In-context learning trains

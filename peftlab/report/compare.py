@@ -94,7 +94,8 @@ def to_markdown(results: list[RunResult]) -> str:
               "Flags: collapsed = every eval prediction is one class; nan_loss = training stopped on a "
               "non-finite loss; params_unchanged = trainable weights never moved; backbone_newly_initialised = "
               "backbone weights beyond the head were missing from the checkpoint (random); train_eval_overlap = "
-              "some eval inputs also occur in training. a ± b: mean and standard deviation over demonstration seeds.", ""]
+              "some eval inputs also occur in training; prompt_shortened = some prompts exceeded the model's context and "
+              "were shortened (demonstrations dropped, then the input's beginning cut). a ± b: mean and standard deviation over demonstration seeds.", ""]
     lines += search_summary(results)
     lines += contended_lines(results)
     for r in results:  # method-specific diagnostics, e.g. zero-shot's worst class and template search

@@ -21,6 +21,7 @@ from peftlab.backbones import load_tokenizer
 from peftlab.config import BackboneConfig, ExperimentConfig
 from peftlab.icl.calibration import CONTENT_FREE, calibrate, content_free_prior, label_scores, normalise, softmax
 from peftlab.icl.demos import SELECTORS, minilm_embedder
+from peftlab.icl.fit import Window, context_limit, fit_prompt
 from peftlab.icl.lm import load_causal_lm
 from peftlab.icl.reasoning import extract_answer, majority_vote, sample_chains
 from peftlab.icl.scoring import PrefixScorer, encode_requests
@@ -44,6 +45,10 @@ class Prompting:
     #: scored continuations per label, in the task's label order
     answers: list[list[str]]
     max_demo_chars: int | None
+    #: the model's context; None = never shorten (see peftlab.icl.fit for the rule)
+    limit: int | None = None
+    #: prompts shortened to fit ``limit`` so far (demonstrations dropped or input cut)
+    shortened: int = 0
 
     def demo(self, split: Split, i: int) -> Demo:
         cut = self.max_demo_chars
@@ -54,14 +59,28 @@ class Prompting:
         pair = None if split.pairs is None else clip(split.pairs[i])
         return Demo(clip(split.texts[i]), pair, self.answers[int(split.labels[i])][0])
 
-    def context(self, demos: list[Demo], text: str, pair: str | None, suffix: str = "") -> str:
-        return render_context(self.template, demos, text, pair, self.tokenizer if self.chat else None, suffix)
+    def context(self, demos: list[Demo], text: str, pair: str | None, suffix: str = "", generate: int = 0) -> str:
+        """The prompt, shortened to fit the model's context when it does not (demonstrations
+        first, then the input's beginning; never the template or the answer): peftlab.icl.fit.
+        ``generate``: tokens to keep free for generation (reasoning mode) instead of an answer."""
+        def render(ds: list[Demo], t: str, pr: str | None) -> str:
+            return render_context(self.template, ds, t, pr, self.tokenizer if self.chat else None, suffix)
+
+        if self.limit is None:
+            return render(demos, text, pair)
+        answers = ("",) if generate else tuple(w for ws in self.answers for w in ws)
+        fitted = fit_prompt(render, self.tokenizer, Window(self.limit, answers, generate), demos, text, pair,
+                            self.template.name)
+        self.shortened += fitted.changed
+        return fitted.prompt
 
 
-def make_prompting(params: Any, tokenizer: Any, label_names: list[str]) -> Prompting:
+def make_prompting(params: Any, tokenizer: Any, label_names: list[str], limit: int | None = None) -> Prompting:
+    """``limit``: the model's context in tokens (``context_limit``); prompts are fitted into it."""
     tpl = load_template(params.template, template_overrides(params))
     chat = params.chat == "on" or (params.chat == "auto" and bool(getattr(tokenizer, "chat_template", None)))
-    return Prompting(tpl, tokenizer, chat, answer_strings(tpl.for_labels(label_names), chat), params.max_demo_chars)
+    return Prompting(tpl, tokenizer, chat, answer_strings(tpl.for_labels(label_names), chat), params.max_demo_chars,
+                     limit)
 
 
 def score_probs(scorer: PrefixScorer, p: Prompting, contexts: list[str], normalize: str, temperature: float) -> np.ndarray:
@@ -102,8 +121,8 @@ def _reason(model: Any, p: Prompting, params: Any, data: TaskData, demos: list[l
     """Chain of thought (one greedy chain) or self-consistency (majority over sampled chains).
     A query whose chains name no label falls back to the majority training class."""
     n_chains = params.samples if params.reasoning == "self_consistency" else 1
-    prompts = [p.context(demos[i], data.eval.texts[i], _pair(data.eval, i), p.template.cot_trigger)
-               for i in range(len(data.eval))]
+    prompts = [p.context(demos[i], data.eval.texts[i], _pair(data.eval, i), p.template.cot_trigger,
+                         generate=params.max_new_tokens) for i in range(len(data.eval))]
     chains = sample_chains(model, p.tokenizer, prompts, n_chains, params.max_new_tokens, params.sample_temperature, seed)
     fallback, missing, pred = majority_class(data.train.labels), 0, []
     for texts in chains:
@@ -131,7 +150,7 @@ def run_icl(cfg: ExperimentConfig, method: Any, params: Any, data: TaskData, bas
         t0 = time.perf_counter()
         tokenizer = load_tokenizer(bb)
         model = load_causal_lm(bb, params.quantize, device)
-        p = make_prompting(params, tokenizer, data.label_names)
+        p = make_prompting(params, tokenizer, data.label_names, context_limit(model, tokenizer))
         model, fit = method.prepare_lm(model, params, LmContext(cfg, p, data, device, quiet))
         trainable, total = count_params(model)
         adapter_bytes = save(model) if save is not None else None
@@ -149,7 +168,7 @@ def run_icl(cfg: ExperimentConfig, method: Any, params: Any, data: TaskData, bas
                       train_examples_per_s=fit.train_examples / fit.train_s if fit.train_s else None,
                       eval_examples_per_s=len(data.eval) * len(seeds) / eval_s if eval_s else None),
         epochs=fit.epochs, peak_memory_bytes=mem.peak_bytes, memory_kind=mem.kind, adapter_bytes=adapter_bytes,
-        flags=_flags(runs, data.num_labels, fit), environment=environment(str(device)),
+        flags=_flags(runs, data.num_labels, fit) + (["prompt_shortened"] if p.shortened else []), environment=environment(str(device)),
     ))
 
 
