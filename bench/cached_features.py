@@ -219,21 +219,29 @@ def random_clip_b32() -> Path:
     return path
 
 
-def coop(args: argparse.Namespace) -> Case:
+def coop(args: argparse.Namespace, method: dict[str, Any] | None = None) -> Case:
     from peftlab.images.method_base import image_method
 
+    method = method or {"method": "coop", "n_ctx": 16}  # CoOp's paper default: 16 random context vectors
     k = 2 if args.quick else 16
     ctx, cfg = image_context(str(random_clip_b32()), {"source": "fashion_mnist", "k_shot": k, "n_eval": 100},
-                             {"method": "coop", "n_ctx": 16}, 32)
+                             method, 32)
     built = image_method("coop", "clip").build(ctx, cfg.methods[0])
     learner, clip = built.trainable, ctx.backbone
     recompute = Way(lambda px: learner(clip.encode_image(px)), ctx.x_train, ctx.x_eval)
-    return Case("coop", f"CoOp (16 context vectors), CLIP ViT-B/32 dims random, Fashion-MNIST 224 px ({len(ctx.x_train)} train)",
-                learner, Way(built.forward, built.x_train, built.x_eval), recompute, built.feature_s,
-                ctx.data.train.labels, ctx.data.eval.labels, 2e-3, cfg.train)
+    init = f"'{method['ctx_init']}' ({learner.n_ctx} vectors)" if method.get("ctx_init") else f"{learner.n_ctx} random vectors"
+    return Case(cfg.methods[0].label, f"CoOp, context {init}, CLIP ViT-B/32 dims random, Fashion-MNIST 224 px "
+                f"({len(ctx.x_train)} train)", learner, Way(built.forward, built.x_train, built.x_eval), recompute,
+                built.feature_s, ctx.data.train.labels, ctx.data.eval.labels, 2e-3, cfg.train)
 
 
-CASES: dict[str, Callable[[argparse.Namespace], Case]] = {"text_lp": text_lp, "image_lp": image_lp, "coop": coop}
+def coop_short(args: argparse.Namespace) -> Case:
+    """configs/clip_food101.yaml's CoOp: 4 context vectors initialised from "a photo of a"."""
+    return coop(args, {"method": "coop", "n_ctx": 4, "ctx_init": "a photo of a"})
+
+
+CASES: dict[str, Callable[[argparse.Namespace], Case]] = {"text_lp": text_lp, "image_lp": image_lp, "coop": coop,
+                                                          "coop_short": coop_short}
 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
@@ -280,7 +288,10 @@ def main() -> int:
         "CoOp: peftlab caches the CLIP image tower's embeddings (`ImageContext.features`, also on disk), but the "
         "learned context vectors pass through the text tower, so its forward and backward run every step on both "
         "paths; only the image tower is saved. That caps CoOp's gain far below the linear probe's: per step the "
-        "text tower encodes all class prompts (10 classes x 16 context + name tokens) whatever the batch size. "
+        "text tower encodes every class prompt (10 classes x (context + name) tokens) whatever the batch size, "
+        "so the ratio is about 1 + (image tower over the batch) / (text tower forward and backward over all "
+        "prompts): larger with short contexts (4 vectors, as configs/clip_food101.yaml) and large batches, "
+        "smaller with CoOp's 16 vectors and many classes. "
         "The CLIP here has ViT-B/32's dimensions with random weights (no CLIP weights ship offline; times do not "
         "depend on weight values, accuracies do and mean nothing there). Predictions of the two paths agree "
         "(up to float rounding from different padding per batch), so caching changes cost, not results.",
