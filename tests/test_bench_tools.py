@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 RUN_ALL = REPO / "bench" / "run_all"
 
 FAKE = '''
-import sys
+import sys  # takes --quick
 from pathlib import Path
 from peftlab.report.sections import write_section
 
@@ -75,6 +75,14 @@ def test_quick_run_leaves_the_real_numbers_alone(fake_root: Path):
     # every listed script that this checkout lacks is skipped by name, not an error
     assert "skip train_throughput: bench/train_throughput.py is not in this checkout" in proc.stdout
     assert "skip drugreview_all" in proc.stdout and "benchkit" not in proc.stdout.replace("benchkit.py", "")
+
+
+def test_quick_skips_a_script_without_quick(fake_root: Path):
+    (fake_root / "bench" / "slow_bench.py").write_text(FAKE.replace("Fake bench", "Slow bench").replace("  # takes --quick", ""))
+    proc = run_all(fake_root, "--quick")
+    assert proc.returncode == 0, proc.stderr
+    assert "skip slow_bench: bench/slow_bench.py has no --quick option" in proc.stdout
+    assert "Slow bench" not in (fake_root / "BENCHMARKS.quick.md").read_text()
 
 
 def test_unknown_name_and_failing_script(fake_root: Path):
