@@ -146,8 +146,8 @@ def quantised_bases() -> list[str]:
     lines.append("")
     lines.append(f"MiniLM-L6 has {total / 1e6:.1f}M parameters, of which {linear / 1e6:.1f}M sit in the encoder's "
                  f"Linear layers, the only ones bitsandbytes quantises; the {(total - linear) / 1e6:.1f}M others "
-                 "(word/position embeddings, norms, pooler bias, head) stay fp32, which bounds the saving on a "
-                 "model this small. On a decoder LM the Linear layers hold almost everything.")
+                 "(word/position embeddings, biases, norms, head) stay fp32, which bounds the saving on a "
+                 "model this small. On a decoder LM the Linear layers hold most of the weights.")
     return lines
 
 
