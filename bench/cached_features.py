@@ -222,7 +222,8 @@ def random_clip_b32() -> Path:
 def coop(args: argparse.Namespace, method: dict[str, Any] | None = None) -> Case:
     from peftlab.images.method_base import image_method
 
-    method = method or {"method": "coop", "n_ctx": 16}  # CoOp's paper default: 16 random context vectors
+    # CoOp's paper default: 16 random context vectors (peftlab's default initialises from "a photo of a")
+    method = method or {"method": "coop", "n_ctx": 16, "ctx_init": None}
     k = 2 if args.quick else 16
     ctx, cfg = image_context(str(random_clip_b32()), {"source": "fashion_mnist", "k_shot": k, "n_eval": 100},
                              method, 32)
@@ -230,7 +231,7 @@ def coop(args: argparse.Namespace, method: dict[str, Any] | None = None) -> Case
     learner, clip = built.trainable, ctx.backbone
     recompute = Way(lambda px: learner(clip.encode_image(px)), ctx.x_train, ctx.x_eval)
     init = f"'{method['ctx_init']}' ({learner.n_ctx} vectors)" if method.get("ctx_init") else f"{learner.n_ctx} random vectors"
-    return Case(cfg.methods[0].label, f"CoOp, context {init}, CLIP ViT-B/32 dims random, Fashion-MNIST 224 px "
+    return Case("coop_short" if method.get("ctx_init") else "coop", f"CoOp, context {init}, CLIP ViT-B/32 dims random, Fashion-MNIST 224 px "
                 f"({len(ctx.x_train)} train)", learner, Way(built.forward, built.x_train, built.x_eval), recompute,
                 built.feature_s, ctx.data.train.labels, ctx.data.eval.labels, 2e-3, cfg.train)
 
