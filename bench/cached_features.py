@@ -295,7 +295,10 @@ def main() -> int:
         "smaller with CoOp's 16 vectors and many classes. "
         "The CLIP here has ViT-B/32's dimensions with random weights (no CLIP weights ship offline; times do not "
         "depend on weight values, accuracies do and mean nothing there). Predictions of the two paths agree "
-        "(up to float rounding from different padding per batch), so caching changes cost, not results.",
+        "(up to float rounding from different padding per batch), so caching changes cost, not results. "
+        "The one-time feature pass is one measurement, taken first (cold: the first calls into the backbone) and "
+        "not interleaved, so the first-epoch column is rough; the pass does the same backbone work as one "
+        "recomputing epoch plus its evaluation.",
     ])
     if set(args.only) == set(CASES):
         benchkit.write_section(SECTION, body)
