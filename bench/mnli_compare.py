@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from peftlab.config import load_raw, validate_raw
+from peftlab.report.sections import replace_section
 from peftlab.runners.experiment import run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,14 +47,6 @@ def config(args: argparse.Namespace) -> dict:
                   "num_threads": args.threads},
         "output_dir": str(ROOT / "runs" / f"bench_mnli_{args.suite}"),
     }
-
-
-def replace_section(text: str, body: str, title: str) -> str:
-    start = text.find(title)
-    if start < 0:
-        return text.rstrip() + "\n\n" + body
-    end = text.find("\n## ", start + len(title))
-    return text[:start] + body + (text[end + 1 :] if end >= 0 else "")
 
 
 def main() -> int:
@@ -84,7 +77,7 @@ def main() -> int:
     )
     bench_md = ROOT / "BENCHMARKS.md"
     text = bench_md.read_text(encoding="utf-8") if bench_md.exists() else "# Benchmarks\n\nEvery number below comes from the command printed with it.\n"
-    bench_md.write_text(replace_section(text, body, section(args.suite)), encoding="utf-8")
+    bench_md.write_text(replace_section(text, section(args.suite), body), encoding="utf-8")
     print(body)
     return 0
 

@@ -16,12 +16,17 @@ from peftlab.config import ExperimentConfig, load_config
 from peftlab.errors import PeftlabError
 from peftlab.fingerprint import base_fingerprint, check_base
 from peftlab.methods import METHODS
+from peftlab.methods.qlora import is_quantised
 from peftlab.params import arch_spec
 from peftlab.results import RESULTS_FILE, read_result
 from peftlab.runners.batching import encode
 from peftlab.runners.experiment import ADAPTER_DIR
 from peftlab.runners.train import predict_logits
 from peftlab.tasks.base import Split
+
+#: peft adapter types whose update folds exactly into the base weights: LoRA (W + s * B A) and
+#: (IA)^3 (a per-channel rescaling of W). Other peft methods (prompts, prefixes) have nothing to fold.
+MERGEABLE = frozenset({"LORA", "IA3"})
 
 #: separates premise and hypothesis on one line for sentence-pair tasks
 PAIR_SEP = " ||| "
@@ -58,7 +63,25 @@ def load_adapter(method: Any, model: Any, params: Any, adapter_dir: Path) -> Any
         raise PeftlabError(f"{adapter_dir}: cannot load the adapter ({first[:200]})") from None
 
 
-def load_predictor(method_dir: str | Path, force_base: bool = False) -> Predictor:
+def merge_for_inference(model: Any) -> Any:
+    """Fold a LoRA / (IA)^3 adapter into the base weights and drop peft's wrappers.
+
+    Unmerged, every targeted linear runs its base matmul plus the low-rank path on each call;
+    merged, inference costs exactly what the base model costs (bench/inference_latency.py
+    measures both). A quantised base (QLoRA) stays unmerged: folding B A into 4-bit weights would
+    re-quantise them and change the predictions.
+    """
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel) or is_quantised(model):
+        return model
+    kinds = {str(getattr(c.peft_type, "value", c.peft_type)) for c in model.peft_config.values()}
+    return model.merge_and_unload() if kinds <= MERGEABLE else model
+
+
+def load_predictor(method_dir: str | Path, force_base: bool = False, merge: bool = True) -> Predictor:
+    """The trained method of ``method_dir``, ready to classify; ``merge=False`` keeps a LoRA
+    adapter unmerged (for comparing the two; the predictions are the same)."""
     mdir = Path(method_dir)
     run_dir = mdir.parent
     if not (mdir / RESULTS_FILE).is_file() or not (run_dir / "config.yaml").is_file():
@@ -78,5 +101,6 @@ def load_predictor(method_dir: str | Path, force_base: bool = False) -> Predicto
     model = load_classifier(bb, result.labels, tokenizer, extra)
     check_base(mdir / ADAPTER_DIR, base_fingerprint(model, bb.name), force_base)
     model = load_adapter(method, model, params, mdir / ADAPTER_DIR)
+    model = merge_for_inference(model) if merge else model
     model.eval()
     return Predictor(cfg=cfg, labels=result.labels, model=model, tokenizer=tokenizer)

@@ -1,0 +1,102 @@
+"""bench/run_all's section handling, on a fake benchmark in a fake checkout (no real benchmark runs)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from peftlab.report.sections import changed_sections, replace_header, replace_section, split_sections
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_ALL = REPO / "bench" / "run_all"
+
+FAKE = '''
+import sys  # takes --quick
+from pathlib import Path
+from peftlab.report.sections import write_section
+
+if __name__ == "__main__":
+    if Path("FAIL").exists():
+        sys.exit(3)
+    body = "## Fake bench\\n\\nargs: " + " ".join(sys.argv[1:]) + "\\n"
+    write_section(Path("BENCHMARKS.md"), "## Fake bench", body)
+'''
+
+BEFORE = """# Benchmarks
+
+old header, hand-written
+
+## Fake bench
+
+args: old numbers
+
+## Someone else's section
+
+| x | 1 |
+"""
+
+
+@pytest.fixture()
+def fake_root(tmp_path: Path) -> Path:
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "fake_bench.py").write_text(FAKE)
+    (tmp_path / "bench" / "benchkit.py").write_text("# a helper module, not a benchmark\n")
+    (tmp_path / "BENCHMARKS.md").write_text(BEFORE)
+    return tmp_path
+
+
+def run_all(root: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHON": sys.executable}
+    return subprocess.run([sys.executable, str(RUN_ALL), "--root", str(root), *args], capture_output=True,
+                          text=True, env=env, timeout=120)
+
+
+def test_full_run_rewrites_only_its_section_and_the_header(fake_root: Path):
+    proc = run_all(fake_root, "--only", "fake_bench")
+    assert proc.returncode == 0, proc.stderr
+    text = (fake_root / "BENCHMARKS.md").read_text()
+    head, sections = split_sections(text)
+    assert "hand-written" not in head and "bench/run_all --root" in head and "ran: fake_bench" in head
+    assert sections["## Fake bench"].strip() == "## Fake bench\n\nargs:"
+    assert sections["## Someone else's section"].strip() == "## Someone else's section\n\n| x | 1 |"
+    assert list(sections) == ["## Fake bench", "## Someone else's section"]  # order kept
+
+
+def test_quick_run_leaves_the_real_numbers_alone(fake_root: Path):
+    proc = run_all(fake_root, "--quick")
+    assert proc.returncode == 0, proc.stderr
+    assert (fake_root / "BENCHMARKS.md").read_text() == BEFORE
+    quick = (fake_root / "BENCHMARKS.quick.md").read_text()
+    assert "args: --quick" in quick and "Someone else" not in quick
+    # every listed script that this checkout lacks is skipped by name, not an error
+    assert "skip train_throughput: bench/train_throughput.py is not in this checkout" in proc.stdout
+    assert "skip drugreview_all" in proc.stdout and "benchkit" not in proc.stdout.replace("benchkit.py", "")
+
+
+def test_quick_skips_a_script_without_quick(fake_root: Path):
+    (fake_root / "bench" / "slow_bench.py").write_text(FAKE.replace("Fake bench", "Slow bench").replace("  # takes --quick", ""))
+    proc = run_all(fake_root, "--quick")
+    assert proc.returncode == 0, proc.stderr
+    assert "skip slow_bench: bench/slow_bench.py has no --quick option" in proc.stdout
+    assert "Slow bench" not in (fake_root / "BENCHMARKS.quick.md").read_text()
+
+
+def test_unknown_name_and_failing_script(fake_root: Path):
+    assert run_all(fake_root, "--only", "no_such_bench").returncode == 2
+    (fake_root / "FAIL").write_text("")
+    proc = run_all(fake_root, "--only", "fake_bench")
+    assert proc.returncode == 1 and "failed (exit 3)" in proc.stdout
+    assert "args: old numbers" in (fake_root / "BENCHMARKS.md").read_text()
+
+
+def test_section_functions():
+    text = "# T\n\nintro\n\n## A\n\na1\n\n## B\n\nb1\n"
+    assert replace_section(text, "## A", "## A\n\na2\n\n") == "# T\n\nintro\n\n## A\n\na2\n\n## B\n\nb1\n"
+    assert replace_section(text, "## C", "## C\n\nc\n").endswith("## B\n\nb1\n\n## C\n\nc\n")
+    after = replace_section(text, "## B", "## B\n\nb2\n")
+    assert changed_sections(text, after) == {"## B": "## B\n\nb2\n"}
+    assert replace_header(after, "# New").startswith("# New\n\n## A\n")
