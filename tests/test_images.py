@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 from tiny_images import CLASSES, make_tiny_clip, make_tiny_vit, write_image_folder
 
 from peftlab.config import BackboneConfig, TaskConfig, TrainConfig
@@ -104,6 +105,15 @@ def test_coop_context_from_words_reproduces_the_plain_prompt(clip):
     with torch.no_grad():
         plain = encode_texts(clip, [f"a photo of a {c}." for c in CLASSES])
         assert torch.allclose(learner.text_features(), plain, atol=1e-5)
+
+
+def test_coop_n_ctx_is_never_silently_replaced_by_ctx_init(clip):
+    with pytest.raises(ValidationError, match="ctx_init: null"):
+        CoopParams(n_ctx=16)  # the default init phrase would have made it 4
+    assert CoopParams(n_ctx=16, ctx_init=None).n_ctx == 16
+    with pytest.raises(PeftlabError, match="4 tokens, but n_ctx is 16"):
+        PromptLearner(clip, CLASSES, CoopParams(n_ctx=16, ctx_init="a photo of a"), seed=0)
+    assert PromptLearner(clip, CLASSES, CoopParams(n_ctx=4, ctx_init="a photo of a"), seed=0).n_ctx == 4
 
 
 def test_only_context_vectors_change_under_coop(clip, folder):

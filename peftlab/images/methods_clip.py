@@ -196,6 +196,9 @@ class PromptLearner(nn.Module):
             init_ids, init_mask = clip.tokenize([params.ctx_init])
             words = init_ids[0, 1 : int(init_mask[0].sum()) - 1]  # without BOS and EOS
             ctx = emb.weight[words].detach().clone().float()
+            if "n_ctx" in params.model_fields_set and len(words) != params.n_ctx:
+                raise PeftlabError(f"config error: coop: ctx_init {params.ctx_init!r} is {len(words)} tokens, "
+                                   f"but n_ctx is {params.n_ctx}; drop one of them")
         else:
             gen = torch.Generator().manual_seed(seed)
             ctx = torch.randn(params.n_ctx, emb.weight.shape[1], generator=gen) * 0.02

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from peftlab.config_base import MethodParams, PositiveFloat
@@ -46,6 +46,15 @@ class CoopParams(MethodParams):
     #: initialise from these words' embeddings (sets n_ctx to their token count); None: random
     ctx_init: str | None = "a photo of a"
     class_specific: bool = False
+
+    @model_validator(mode="after")
+    def _n_ctx_not_overridden(self) -> CoopParams:
+        """An explicit ``n_ctx`` with the default ``ctx_init`` would be silently replaced by the
+        init phrase's length (4), so ask the user which one they meant."""
+        if "n_ctx" in self.model_fields_set and "ctx_init" not in self.model_fields_set and self.ctx_init:
+            raise ValueError(f"n_ctx: {self.n_ctx} is set, but the default ctx_init {self.ctx_init!r} fixes the "
+                             "context length to its own token count; set ctx_init: null for random vectors")
+        return self
 
 
 class ClassEmbeddingsParams(MethodParams):
