@@ -24,6 +24,7 @@ from peftlab.config import TrainConfig
 from peftlab.errors import PeftlabError
 from peftlab.results import EpochRecord
 from peftlab.runners.batching import Features, LengthGroupedBatches, sorted_batches
+from peftlab.runners.dropout import fast_dropout
 from peftlab.runners.eta import TIMED_STEPS, eta_line, remaining_s
 from peftlab.runners.checkpoint import Progress, Resumed, restore_rng, save_checkpoint
 from peftlab.runners.progress import bar as progress_bar
@@ -148,6 +149,18 @@ def fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: 
         tcfg: TrainConfig, acc: Accelerator, label: str, quiet: bool,
         ckpt: CheckpointPlan | None = None) -> tuple[nn.Module, FitOutcome]:
     """Train ``model``'s trainable parameters; returns the unwrapped model and what happened.
+
+    On CPU the model's dropout layers run :mod:`peftlab.runners.dropout` meanwhile (a third of
+    torch's cost; see there). Details in :func:`_fit`.
+    """
+    with fast_dropout(model, acc.device):
+        return _fit(model, train, evalset, collate, lr, tcfg, acc, label, quiet, ckpt)
+
+
+def _fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: float,
+         tcfg: TrainConfig, acc: Accelerator, label: str, quiet: bool,
+         ckpt: CheckpointPlan | None = None) -> tuple[nn.Module, FitOutcome]:
+    """The loop of :func:`fit`.
 
     With ``ckpt``, a checkpoint is written every ``ckpt.every`` optimizer steps and at each epoch
     end; with ``ckpt.resume``, training continues from that checkpoint exactly as if never stopped:
