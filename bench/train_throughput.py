@@ -243,7 +243,7 @@ def hardware(threads: int) -> str:
         pass
     import os
 
-    return (f"{cpu}, {os.cpu_count()} cores, {threads} torch threads; torch {torch.__version__}, "
+    return (f"{cpu}, {os.cpu_count()} cores, {threads} torch thread(s); torch {torch.__version__}, "
             f"transformers {transformers.__version__}")
 
 
@@ -287,6 +287,9 @@ def main() -> int:
         else:
             r = bench(method, args, tok)
             r["command"], r["hardware"] = cmd.strip(), hw
+            from peftlab.results import git_hash
+
+            r["git"] = git_hash()
             out.write_text(json.dumps(r, indent=2, default=str), encoding="utf-8")
         if args.render_only or "padding" not in r:  # re-rendering recounts with the current batching
             sizes = [r["round_examples"], r["args"]["n_train"]] + ([] if args.quick else [2000, 6400, 20000])
