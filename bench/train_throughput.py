@@ -18,7 +18,7 @@ Full runs on ``--n-train`` pairs then give each side's accuracy on ``--n-eval`` 
 (and their own examples/s). Useful FLOP/s (peftlab.flops, non-padding tokens) is divided by the
 fp32 GEMM peak measured before, between and after the rounds (bench/utilisation.py).
 ``--quick``: 96 train / 48 eval pairs, 2 rounds of 32: a smoke run whose numbers mean nothing.
-Writes runs/bench_throughput/<method>.json and, unless ``--no-write`` or ``--quick``, the
+Writes runs/bench_throughput/<method>.json (``-quick.json`` for --quick) and, unless ``--no-write`` or ``--quick``, the
 section "## Training throughput: <method> ..." of BENCHMARKS.md. Skips (exit 0) without
 ../shared/data/mnli.
 """
@@ -281,7 +281,7 @@ def main() -> int:
     cmd = "python bench/train_throughput.py " + " ".join(sys.argv[1:])
     hw = hardware(args.threads)
     for method in args.methods.split(","):
-        out = ROOT / "runs" / "bench_throughput" / f"{method}.json"
+        out = ROOT / "runs" / "bench_throughput" / f"{method}{'-quick' if args.quick else ''}.json"
         if args.render_only:
             r = json.loads(out.read_text(encoding="utf-8"))
         else:
