@@ -84,10 +84,12 @@ class LengthGroupedBatches:
         rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(len(self.lengths))
         if self.group:
+            # chunks of exactly 50 batches: a batch never straddles two chunks (the end of one,
+            # shortest, with the start of the next, longest), which padded ~3% more tokens
             chunk = batch_size * 50
             order = np.concatenate([
                 c[np.argsort(-self.lengths[c], kind="stable")]
-                for c in np.array_split(order, max(1, math.ceil(len(order) / chunk)))
+                for c in (order[i : i + chunk] for i in range(0, len(order), chunk))
             ])
         out = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
         if self.group:  # the longest batch first exposes out-of-memory at once; the rest shuffled

@@ -24,6 +24,7 @@ from peftlab.config import TrainConfig
 from peftlab.errors import PeftlabError
 from peftlab.results import EpochRecord
 from peftlab.runners.batching import Features, LengthGroupedBatches, sorted_batches
+from peftlab.runners.dropout import fast_dropout
 from peftlab.runners.eta import TIMED_STEPS, eta_line, remaining_s
 from peftlab.runners.distributed import all_finite, global_sums
 from peftlab.runners.checkpoint import Progress, Resumed, restore_rng, save_checkpoint
@@ -65,10 +66,20 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
+def fused_ok(params: list[torch.Tensor]) -> bool:
+    """torch's fused AdamW (one kernel for all tensors) takes float tensors on CPU or CUDA.
+
+    On CPU it is ~7x faster than the default ``foreach`` path (40 vs 250-350 ms a step for the
+    22.7M parameters of MiniLM-L6): a tenth of full fine-tuning's step time.
+    """
+    return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+
+
 def make_optimizer(model: nn.Module, lr: float, tcfg: TrainConfig, steps: int, processes: int = 1) -> tuple[Any, Any]:
     """``steps``: optimizer steps. A scheduler prepared by accelerate on N processes is stepped
     N times per optimizer step, so its schedule is laid out N times longer (same shape)."""
-    opt = torch.optim.AdamW(param_groups(model, tcfg.weight_decay), lr=lr)
+    groups = param_groups(model, tcfg.weight_decay)
+    opt = torch.optim.AdamW(groups, lr=lr, fused=fused_ok([p for g in groups for p in g["params"]]) or None)
     sched = get_linear_schedule_with_warmup(opt, int(tcfg.warmup_ratio * steps) * processes, steps * processes)
     return opt, sched
 
@@ -169,6 +180,18 @@ def fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: 
         ckpt: CheckpointPlan | None = None) -> tuple[nn.Module, FitOutcome]:
     """Train ``model``'s trainable parameters; returns the unwrapped model and what happened.
 
+    On CPU the model's dropout layers run :mod:`peftlab.runners.dropout` meanwhile (a third of
+    torch's cost; see there). Details in :func:`_fit`.
+    """
+    with fast_dropout(model, acc.device):
+        return _fit(model, train, evalset, collate, lr, tcfg, acc, label, quiet, ckpt)
+
+
+def _fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: float,
+         tcfg: TrainConfig, acc: Accelerator, label: str, quiet: bool,
+         ckpt: CheckpointPlan | None = None) -> tuple[nn.Module, FitOutcome]:
+    """The loop of :func:`fit`.
+
     With ``ckpt``, a checkpoint is written every ``ckpt.every`` optimizer steps and at each epoch
     end; with ``ckpt.resume``, training continues from that checkpoint exactly as if never stopped:
     the batches already trained in the epoch are skipped (the order is a function of seed and
@@ -217,8 +240,10 @@ def fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: 
                 opt.zero_grad(set_to_none=True)
             n = batch["labels"].shape[0]
             prog.loss_sum, prog.seen, prog.batches_done = prog.loss_sum + float(loss.detach()) * n, prog.seen + n, i + 1
+            # refresh=False: drawn by update's timed redraw (mininterval), not redrawn every step (~130 us)
+            bar.set_postfix_str(metrics_text({"loss": prog.loss_sum / prog.seen, "last eval acc": last and last.accuracy}),
+                                refresh=False)
             bar.update(n * n_proc)
-            bar.set_postfix_str(metrics_text({"loss": prog.loss_sum / prog.seen, "last eval acc": last and last.accuracy}))
             if acc.sync_gradients:
                 prog.step += 1
                 if prog.step - timed_step0 == TIMED_STEPS:  # the early time estimate, printed once

@@ -1,0 +1,309 @@
+"""Fine-tuning throughput: peftlab vs the transformers Trainer, LoRA and full, MiniLM-L6 on MultiNLI.
+
+Usage: python bench/train_throughput.py [--methods lora,full] [--n-train 640] [--n-eval 400]
+       [--rounds 3] [--round-examples 160] [--threads 1] [--quick] [--no-write]
+
+Three sides train the same model (minilm-l6) on the same MultiNLI pairs with the same
+hyperparameters (lr, batch 32, warm-up 6%, weight decay 0.01, grad-norm 1, seed 0, one epoch,
+LoRA r/alpha/dropout/targets of configs/drugreview.yaml):
+
+* ``peftlab``: its real path (runners/experiment.py -> runners/train.py ``fit``);
+* ``notebook``: Trainer + peft, ``padding="max_length", max_length=128`` (the common recipe);
+* ``tuned``: Trainer + peft, dynamic padding (DataCollatorWithPadding) and
+  ``train_sampling_strategy="group_by_length"``.
+
+The machine is shared, so speed is measured in interleaved rounds: each round trains every side
+on the same ``--round-examples`` pairs (order of sides rotated), median examples/s per side.
+Full runs on ``--n-train`` pairs then give each side's accuracy on ``--n-eval`` validation pairs
+(and their own examples/s). Useful FLOP/s (peftlab.flops, non-padding tokens) is divided by the
+fp32 GEMM peak measured before, between and after the rounds (bench/utilisation.py).
+``--quick``: 96 train / 48 eval pairs, 2 rounds of 32: a smoke run whose numbers mean nothing.
+Writes runs/bench_throughput/<method>.json (``-quick.json`` for --quick) and, unless ``--no-write`` or ``--quick``, the
+section "## Training throughput: <method> ..." of BENCHMARKS.md. Skips (exit 0) without
+../shared/data/mnli.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's peftlab
+from utilisation import gemm_peak, median  # noqa: E402
+
+from peftlab.config import validate_raw  # noqa: E402
+from peftlab.flops import LinearUse, linear_uses, training_flops  # noqa: E402
+from peftlab.report.sections import replace_section  # noqa: E402
+from peftlab.runners.experiment import run_experiment  # noqa: E402
+from peftlab.tasks import load_task  # noqa: E402
+from peftlab.tasks.base import Split  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "mnli"
+LABELS = ["entailment", "neutral", "contradiction"]
+HP = {"batch_size": 32, "max_length": 128, "seed": 0, "warmup_ratio": 0.06, "weight_decay": 0.01, "max_grad_norm": 1.0}
+METHODS = {
+    "lora": {"method": "lora", "r": 8, "alpha": 16, "dropout": 0.1, "target_modules": ["query", "key", "value", "dense"],
+             "lr": 3e-3},
+    "full": {"method": "full", "lr": 1e-4},
+}
+SIDES = ("peftlab", "notebook", "tuned")
+
+
+def section(method: str) -> str:
+    return f"## Training throughput: {method} fine-tuning, peftlab vs transformers Trainer (MiniLM-L6, MultiNLI)"
+
+
+def config(method: str, n_train: int, n_eval: int, out: Path, threads: int) -> Any:
+    return validate_raw({
+        "name": "bench_throughput", "backbone": "minilm-l6", "baseline": False, "output_dir": str(out),
+        "task": {"source": "jsonl", "name": "mnli", "train_file": str(DATA / "train.jsonl.gz"),
+                 "eval_file": str(DATA / "validation_matched.jsonl"), "text_column": "premise",
+                 "text_pair_column": "hypothesis", "label_column": "label", "label_names": LABELS,
+                 "n_train": n_train, "n_eval": n_eval},
+        "methods": [METHODS[method]],
+        "train": {**HP, "epochs": 1, "num_threads": threads, "device": "cpu", "checkpoints": False},
+    })
+
+
+# --- peftlab -----------------------------------------------------------------------------------
+
+def run_peftlab(cfg: Any) -> dict[str, Any]:
+    r = run_experiment(cfg, quiet=True, resume="fresh")[-1]
+    assert r.status == "ok" and r.timing is not None, r.error
+    return {"train_s": r.timing.train_s, "examples": r.n_train, "accuracy": r.accuracy}
+
+
+# --- the transformers Trainer (notebook and tuned recipes) ---------------------------------------
+
+def hf_model(method: str) -> Any:
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification, set_seed
+
+    from peftlab.backbones import resolve
+
+    set_seed(HP["seed"])  # the same head initialisation as peftlab's (it seeds before loading)
+    model = AutoModelForSequenceClassification.from_pretrained(resolve("minilm-l6"), num_labels=len(LABELS),
+                                                               dtype=torch.float32)
+    if method == "lora":
+        m = METHODS["lora"]
+        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=m["r"], lora_alpha=m["alpha"],
+                                                 lora_dropout=m["dropout"], target_modules=m["target_modules"],
+                                                 modules_to_save=["classifier"]))
+    return model
+
+
+def hf_dataset(tok: Any, split: Split, padded: bool) -> Any:
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"premise": split.texts, "hypothesis": split.pairs, "label": split.labels.tolist()})
+    pad = {"padding": "max_length", "max_length": HP["max_length"]} if padded else {"max_length": HP["max_length"]}
+    return ds.map(lambda b: tok(b["premise"], b["hypothesis"], truncation=True, **pad), batched=True,
+                  remove_columns=["premise", "hypothesis"])
+
+
+def run_trainer(style: str, method: str, tok: Any, train: Split, evalset: Split | None) -> dict[str, Any]:
+    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *a: Any, **k: Any) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_train_end(self, *a: Any, **k: Any) -> None:
+            self.s = time.perf_counter() - self.t0
+
+    padded = style == "notebook"
+    steps = -(-len(train) // HP["batch_size"])
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(
+            output_dir=tmp, per_device_train_batch_size=HP["batch_size"], per_device_eval_batch_size=64,
+            learning_rate=METHODS[method]["lr"], num_train_epochs=1, warmup_steps=int(HP["warmup_ratio"] * steps),
+            weight_decay=HP["weight_decay"], max_grad_norm=HP["max_grad_norm"], seed=HP["seed"],
+            lr_scheduler_type="linear", save_strategy="no", logging_strategy="no", report_to="none",
+            disable_tqdm=True, use_cpu=True, **({} if padded else {"train_sampling_strategy": "group_by_length"}))
+        clock = Clock()
+        trainer = Trainer(model=hf_model(method), args=args, train_dataset=hf_dataset(tok, train, padded),
+                          processing_class=tok, data_collator=DataCollatorWithPadding(tok), callbacks=[clock])
+        trainer.train()
+        acc = None
+        if evalset is not None:
+            pred = trainer.predict(hf_dataset(tok, evalset, padded)).predictions
+            acc = float((np.asarray(pred).argmax(-1) == evalset.labels).mean())
+    return {"train_s": clock.s, "examples": len(train), "accuracy": acc}
+
+
+# --- useful FLOPs --------------------------------------------------------------------------------
+
+def useful_flops(method: str, tok: Any, split: Split) -> tuple[int, list[LinearUse], int]:
+    """Training FLOPs of one epoch over ``split`` (real tokens only), and the token count."""
+    model = hf_model(method)
+    enc = tok(split.texts, split.pairs, truncation=True, max_length=HP["max_length"])
+    tokens = sum(len(x) for x in enc["input_ids"])
+    sample = tok(split.texts[:2], split.pairs[:2], truncation=True, max_length=HP["max_length"], padding=True,
+                 return_tensors="pt")
+    uses = linear_uses(model, dict(sample))
+    return training_flops(uses, tokens, len(split)), uses, tokens
+
+
+# --- padding: why dynamic padding alone is not the whole story ---------------------------------------
+
+def padding_table(tok: Any, sizes: list[int], threads: int) -> list[dict[str, Any]]:
+    """Padded tokens per real token of each side's batches, for training sets of ``sizes`` pairs.
+
+    The Trainer's group_by_length sorts inside mega-batches of ``min(n // (4 * batch), 50)``
+    batches (transformers' ``get_length_grouped_indices``), so small sets are barely grouped;
+    peftlab sorts inside 50 batches whatever the size. Pure bookkeeping, no training.
+    """
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    from peftlab.runners.batching import LengthGroupedBatches, encode
+
+    bs, rows = HP["batch_size"], []
+    for n in sizes:
+        cfg = config("lora", n, 32, ROOT / "runs" / "bench_throughput" / "padding", threads)
+        lengths = encode(tok, load_task(cfg.task, cfg.train.seed).train, HP["max_length"]).lengths
+        real = sum(lengths)
+        ours = sum(max(lengths[i] for i in b) * len(b) for b in LengthGroupedBatches(lengths, bs, 0).batches(0))
+        order = get_length_grouped_indices(lengths, bs, generator=torch.Generator().manual_seed(0))
+        theirs = sum(max(lengths[i] for i in order[j:j + bs]) * len(order[j:j + bs]) for j in range(0, n, bs))
+        rows.append({"n": n, "real": real, "peftlab": ours / real, "tuned": theirs / real,
+                     "notebook": HP["max_length"] * n / real})
+    return rows
+
+
+# --- the benchmark --------------------------------------------------------------------------------
+
+def timed_rounds(method: str, args: argparse.Namespace, tok: Any, out: Path) -> tuple[dict[str, list[float]], list[float], Split]:
+    """Examples/s per side over ``args.rounds`` rounds (side order rotated), and the GEMM peaks seen."""
+    cfg = config(method, args.round_examples, 32, out / "round", args.threads)
+    split = load_task(cfg.task, cfg.train.seed).train
+    runs: dict[str, Callable[[], dict[str, Any]]] = {
+        "peftlab": lambda: run_peftlab(cfg),
+        "notebook": lambda: run_trainer("notebook", method, tok, split, None),
+        "tuned": lambda: run_trainer("tuned", method, tok, split, None),
+    }
+    rates: dict[str, list[float]] = {s: [] for s in SIDES}
+    peaks = [gemm_peak(args.gemm_tokens)["peak"]]
+    for r in range(args.rounds):
+        order = SIDES[r % 3:] + SIDES[: r % 3]
+        for side in order:
+            res = runs[side]()
+            rates[side].append(res["examples"] / res["train_s"])
+        peaks.append(gemm_peak(args.gemm_tokens)["peak"])
+        print(f"round {r + 1}: " + ", ".join(f"{s} {rates[s][-1]:.1f} ex/s" for s in SIDES)
+              + f"; GEMM peak {peaks[-1] / 1e9:.0f} GFLOP/s", flush=True)
+    return rates, peaks, split
+
+
+def full_runs(method: str, args: argparse.Namespace, tok: Any, out: Path) -> dict[str, dict[str, Any]]:
+    cfg = config(method, args.n_train, args.n_eval, out / "full", args.threads)
+    data = load_task(cfg.task, cfg.train.seed)
+    res = {"peftlab": run_peftlab(cfg)}
+    for style in ("notebook", "tuned"):
+        res[style] = run_trainer(style, method, tok, data.train, data.eval)
+    for side, r in res.items():
+        print(f"full run {side}: accuracy {r['accuracy']:.4f}, {r['examples'] / r['train_s']:.1f} ex/s", flush=True)
+    return res
+
+
+def bench(method: str, args: argparse.Namespace, tok: Any) -> dict[str, Any]:
+    out = ROOT / "runs" / "bench_throughput" / method
+    rates, peaks, split = timed_rounds(method, args, tok, out)
+    flops, uses, tokens = useful_flops(method, tok, split)
+    full = full_runs(method, args, tok, out)
+    med = {s: median(v) for s, v in rates.items()}
+    peak = median(peaks)
+    return {
+        "method": method, "rates": rates, "median_ex_s": med, "gemm_peaks": peaks, "gemm_peak_median": peak,
+        "round_examples": len(split), "round_tokens": tokens, "round_flops": flops,
+        "trainable_linear_params": sum(u.params for u in uses if u.trainable),
+        "useful_flops_s": {s: flops * med[s] / len(split) for s in SIDES},
+        "utilisation": {s: flops * med[s] / len(split) / peak for s in SIDES},
+        "full": full, "args": vars(args),
+    }
+
+
+def hardware(threads: int) -> str:
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                   if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import os
+
+    return (f"{cpu}, {os.cpu_count()} cores, {threads} torch thread(s); torch {torch.__version__}, "
+            f"transformers {transformers.__version__}")
+
+
+def render(r: dict[str, Any], cmd: str, hw: str) -> str:
+    from train_report import render_section
+
+    return render_section(r, section(r["method"]), cmd, hw)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--methods", default="lora,full")
+    ap.add_argument("--n-train", type=int, default=640)
+    ap.add_argument("--n-eval", type=int, default=400)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--round-examples", type=int, default=160)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads for every side (1: on a shared CPU, 2 threads ran ~10x slower here)")
+    ap.add_argument("--gemm-tokens", type=int, default=1536, help="rows of the GEMM-peak products (~one batch's tokens)")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--render-only", action="store_true",
+                    help="rewrite the sections from runs/bench_throughput/<method>.json (adds the padding table)")
+    args = ap.parse_args()
+    if not DATA.is_dir():
+        print(f"skip: {DATA} not found (benchmark data is optional)")
+        return 0
+    if args.quick:
+        args.n_train, args.n_eval, args.rounds, args.round_examples = 96, 48, 2, 32
+    torch.set_num_threads(args.threads)
+    from peftlab.backbones import load_tokenizer
+    from peftlab.config import BackboneConfig
+
+    tok = load_tokenizer(BackboneConfig(name="minilm-l6"))
+    cmd = "python bench/train_throughput.py " + " ".join(sys.argv[1:])
+    hw = hardware(args.threads)
+    for method in args.methods.split(","):
+        out = ROOT / "runs" / "bench_throughput" / f"{method}{'-quick' if args.quick else ''}.json"
+        if args.render_only:
+            r = json.loads(out.read_text(encoding="utf-8"))
+        else:
+            r = bench(method, args, tok)
+            r["command"], r["hardware"] = cmd.strip(), hw
+            from peftlab.results import git_hash
+
+            r["git"] = git_hash()
+            out.write_text(json.dumps(r, indent=2, default=str), encoding="utf-8")
+        if args.render_only or "padding" not in r:  # re-rendering recounts with the current batching
+            sizes = [r["round_examples"], r["args"]["n_train"]] + ([] if args.quick else [2000, 6400, 20000])
+            r["padding"] = padding_table(tok, sizes, args.threads)
+            r["padding_command"] = cmd.strip()
+            out.write_text(json.dumps(r, indent=2, default=str), encoding="utf-8")
+        body = render(r, r["command"], r["hardware"])
+        print(body)
+        if not (args.quick or args.no_write):
+            bench_md = ROOT / "BENCHMARKS.md"
+            bench_md.write_text(replace_section(bench_md.read_text(encoding="utf-8"), section(method), body),
+                                encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
