@@ -1,0 +1,98 @@
+"""FSDP2: ``accelerate launch --use_fsdp --fsdp_version 2 -m peftlab run CONFIG`` on 2 CPU processes (gloo).
+
+The same comparison as tests/test_distributed.py (2 processes x batch 4 = 1 process x batch 8,
+dropout off, tolerance 1e-4), but every parameter is sharded across the two processes (each
+transformer layer its own FSDP unit): training, evaluation through the sharded model, and the
+saved adapters, gathered from the shards, must equal the single-process run's; the adapters must
+be complete (every trained tensor, full shape) and load back in ``peftlab predict``. The result
+records ``fsdp_processes`` only when the trained parameters really were shards (DTensors).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from accelerate.utils import DistributedType
+
+from peftlab.errors import PeftlabError
+from peftlab.methods import METHODS
+from peftlab.runners.sharded import unsharded_copy, use_sharding
+
+from test_distributed import ROOT, config, free_port, result, setup, two_equal_one  # noqa: F401 (fixture)
+
+FSDP2 = ("--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
+         "--fsdp_transformer_layer_cls_to_wrap", "BertLayer")
+TEXTS = ["the drug was good", "awful pain", "meh day", "really great sleep"]
+
+
+def probabilities(method_dir: Path) -> np.ndarray:
+    from peftlab.predict import load_predictor
+
+    return np.asarray(load_predictor(method_dir, False).probabilities(TEXTS))
+
+
+def test_fsdp2_two_processes_equal_one_and_save_complete_adapters(setup: Path) -> None:
+    fsdp_out = setup / "fsdp"
+    two_equal_one(setup, "fsdp", FSDP2)  # saved tensors complete: same keys and shapes as one process
+    for name in ("full", "lora"):
+        assert result(fsdp_out, name)["details"]["fsdp_processes"] == 2  # really sharded
+        assert "fsdp_processes" not in result(setup / "one", name)["details"]
+        np.testing.assert_allclose(probabilities(fsdp_out / name), probabilities(setup / "one" / name), atol=1e-4)
+
+    rank0 = (setup / "audit.rank0").read_text().splitlines()
+    rank1 = (setup / "audit.rank1").read_text().splitlines()
+    assert any("adapter" in line for line in rank0)  # the audit hook sees the writes...
+    assert rank1 == [], rank1[:5]  # ...and only rank 0 makes them
+    assert not list(fsdp_out.rglob("checkpoints"))  # none under FSDP (their optimizer state would be shards)
+
+
+def fake_acc(kind: DistributedType, version: int = 2) -> SimpleNamespace:
+    return SimpleNamespace(distributed_type=kind, state=SimpleNamespace(fsdp_plugin=SimpleNamespace(fsdp_version=version)))
+
+
+@pytest.mark.parametrize("acc, method, match", [
+    (fake_acc(DistributedType.DEEPSPEED), "lora", "DEEPSPEED: not supported"),
+    (fake_acc(DistributedType.FSDP, version=1), "lora", "only FSDP2 is supported"),
+    (fake_acc(DistributedType.FSDP), "qlora", "qlora: cannot be trained under FSDP"),
+])
+def test_unsupported_sharded_launches_are_refused_in_one_line(acc: SimpleNamespace, method: str, match: str) -> None:
+    with pytest.raises(PeftlabError, match=match) as err:
+        use_sharding(acc, METHODS.get(method))
+    assert "\n" not in str(err.value)
+
+
+def test_sharding_is_off_without_fsdp_and_on_with_fsdp2() -> None:
+    assert use_sharding(fake_acc(DistributedType.MULTI_CPU), METHODS.get("lora")) is False
+    assert use_sharding(fake_acc(DistributedType.NO), METHODS.get("qlora")) is False
+    assert use_sharding(fake_acc(DistributedType.FSDP), METHODS.get("lora")) is True
+
+
+def test_an_unsharded_model_is_returned_as_is() -> None:
+    """The cached linear probe and single-process runs never hold shards: no reload, no copy."""
+    model = torch.nn.Linear(3, 2)
+    assert unsharded_copy(model, lambda: pytest.fail("rebuilt an unsharded model")) is model
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+def test_fsdp2_on_two_gpus(setup: Path) -> None:
+    """The CUDA path (NCCL, bf16 mixed precision policy): trains sharded, saves adapters that load."""
+    cfg = config(setup, "fsdp_cuda", batch_size=4)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["train"]["device"] = "cuda"
+    cfg.write_text(yaml.safe_dump(raw))
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", *FSDP2,
+           "--main_process_port", str(free_port()), "-m", "peftlab", "run", str(cfg), "--quiet"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("full", "lora"):
+        r = result(setup / "fsdp_cuda", name)
+        assert r["status"] == "ok" and r["details"]["fsdp_processes"] == 2
+        assert np.isfinite(probabilities(setup / "fsdp_cuda" / name)).all()
