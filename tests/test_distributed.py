@@ -96,11 +96,14 @@ def setup(tmp_path_factory) -> Path:
     return root
 
 
-def config(root: Path, out: str, batch_size: int) -> Path:
+TWO_METHODS = [{"method": "full", "lr": 1e-2}, {"method": "lora", "r": 4, "lr": 5e-2, "dropout": 0.0}]
+
+
+def config(root: Path, out: str, batch_size: int, methods: list[dict] = TWO_METHODS) -> Path:
     raw = {
         "name": "ddp", "backbone": str(root / "model"), "baseline": False,
         "task": {"source": "csv", "train_file": str(root / "train.csv"), "eval_file": str(root / "eval.csv")},
-        "methods": [{"method": "full", "lr": 1e-2}, {"method": "lora", "r": 4, "lr": 5e-2, "dropout": 0.0}],
+        "methods": methods,
         "train": {"epochs": 6, "batch_size": batch_size, "max_length": 32, "device": "cpu", "num_threads": 1,
                   "checkpoint_every": 2, "warmup_ratio": 0.2},
         "output_dir": str(root / out),
@@ -132,15 +135,16 @@ def adapter_tensors(run: Path, name: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def two_equal_one(root: Path, out: str, mode: tuple[str, ...] = ("--multi_gpu",)) -> subprocess.CompletedProcess:
+def two_equal_one(root: Path, out: str, mode: tuple[str, ...] = ("--multi_gpu",),
+                  methods: list[dict] = TWO_METHODS) -> subprocess.CompletedProcess:
     """Launch 2 processes with batch 4 into ``root/out`` and run 1 process with batch 8 into
     ``root/one``; assert both trained the same (losses, predictions, saved tensors, 1e-4)."""
-    done = launch(root, config(root, out, batch_size=4), root / out, mode)
+    done = launch(root, config(root, out, 4, methods), root / out, mode)
     assert done.returncode == 0, done.stderr[-3000:]
-    single = run_cli("run", str(config(root, "one", batch_size=8)), "--quiet")
+    single = run_cli("run", str(config(root, "one", 8, methods)), "--quiet")
     assert single.returncode == 0, single.stderr[-3000:]
 
-    for name in ("full", "lora"):
+    for name in (m["method"] for m in methods):
         a, b = result(root / out, name), result(root / "one", name)
         assert a["status"] == b["status"] == "ok"
         assert a["confusion_matrix"] == b["confusion_matrix"]

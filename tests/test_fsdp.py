@@ -21,12 +21,15 @@ from accelerate.utils import DistributedType
 
 from peftlab.errors import PeftlabError
 from peftlab.methods import METHODS
-from peftlab.runners.sharded import unsharded_copy, use_sharding
+from peftlab.runners.sharded import refuse_unsupported, unsharded_copy, use_sharding
 
-from test_distributed import ROOT, config, free_port, result, setup, two_equal_one  # noqa: F401 (fixture)
+from test_distributed import TWO_METHODS, ROOT, config, free_port, result, setup, two_equal_one  # noqa: F401 (fixture)
 
 FSDP2 = ("--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
          "--fsdp_transformer_layer_cls_to_wrap", "BertLayer")
+#: one method of each kind: all weights, peft LoRA, a peft prompt method, a peftlab bottleneck adapter
+SHARDED = [*TWO_METHODS, {"method": "prefix_tuning", "num_virtual_tokens": 4, "projection": False, "lr": 5e-2},
+           {"method": "houlsby", "reduction_factor": 4, "nonlinearity": "relu", "lr": 5e-2}]
 TEXTS = ["the drug was good", "awful pain", "meh day", "really great sleep"]
 
 
@@ -38,8 +41,8 @@ def probabilities(method_dir: Path) -> np.ndarray:
 
 def test_fsdp2_two_processes_equal_one_and_save_complete_adapters(setup: Path) -> None:
     fsdp_out = setup / "fsdp"
-    two_equal_one(setup, "fsdp", FSDP2)  # saved tensors complete: same keys and shapes as one process
-    for name in ("full", "lora"):
+    two_equal_one(setup, "fsdp", FSDP2, SHARDED)  # saved tensors complete: same keys and shapes as one process
+    for name in (m["method"] for m in SHARDED):
         assert result(fsdp_out, name)["details"]["fsdp_processes"] == 2  # really sharded
         assert "fsdp_processes" not in result(setup / "one", name)["details"]
         np.testing.assert_allclose(probabilities(fsdp_out / name), probabilities(setup / "one" / name), atol=1e-4)
@@ -51,25 +54,28 @@ def test_fsdp2_two_processes_equal_one_and_save_complete_adapters(setup: Path) -
     assert not list(fsdp_out.rglob("checkpoints"))  # none under FSDP (their optimizer state would be shards)
 
 
-def fake_acc(kind: DistributedType, version: int = 2) -> SimpleNamespace:
-    return SimpleNamespace(distributed_type=kind, state=SimpleNamespace(fsdp_plugin=SimpleNamespace(fsdp_version=version)))
-
-
-@pytest.mark.parametrize("acc, method, match", [
-    (fake_acc(DistributedType.DEEPSPEED), "lora", "DEEPSPEED: not supported"),
-    (fake_acc(DistributedType.FSDP, version=1), "lora", "only FSDP2 is supported"),
-    (fake_acc(DistributedType.FSDP), "qlora", "qlora: cannot be trained under FSDP"),
+@pytest.mark.parametrize("env, method, match", [
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, "lora", "DeepSpeed: not supported"),
+    ({"ACCELERATE_USE_FSDP": "true"}, "lora", "FSDP version 1: only FSDP2 is supported"),  # accelerate's default
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "full", "FSDP version 1: only FSDP2 is supported"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}, "qlora", "qlora: cannot be trained under FSDP"),
 ])
-def test_unsupported_sharded_launches_are_refused_in_one_line(acc: SimpleNamespace, method: str, match: str) -> None:
+def test_unsupported_sharded_launches_are_refused_in_one_line(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
+                                                              method: str, match: str) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
     with pytest.raises(PeftlabError, match=match) as err:
-        use_sharding(acc, METHODS.get(method))
+        refuse_unsupported(METHODS.get(method))
     assert "\n" not in str(err.value)
 
 
-def test_sharding_is_off_without_fsdp_and_on_with_fsdp2() -> None:
-    assert use_sharding(fake_acc(DistributedType.MULTI_CPU), METHODS.get("lora")) is False
-    assert use_sharding(fake_acc(DistributedType.NO), METHODS.get("qlora")) is False
-    assert use_sharding(fake_acc(DistributedType.FSDP), METHODS.get("lora")) is True
+def test_fsdp2_and_plain_launches_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    refuse_unsupported(METHODS.get("qlora"))  # no launcher: nothing to refuse
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    refuse_unsupported(METHODS.get("lora"))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)  # a single process is never switched to FSDP
+    assert use_sharding(SimpleNamespace(distributed_type=DistributedType.NO)) is False
 
 
 def test_an_unsharded_model_is_returned_as_is() -> None:

@@ -43,7 +43,7 @@ from peftlab.runners.lr_search import search_lr
 from peftlab.runners.measure import PeakMemory
 from peftlab.runners.seeds import run_seeds, single_seed
 from peftlab.runners.distributed import barrier, is_main
-from peftlab.runners.sharded import unsharded_copy, use_sharding
+from peftlab.runners.sharded import refuse_unsupported, unsharded_copy, use_sharding
 from peftlab.runners.distributed import start as start_distributed
 from peftlab.threads import apply_threads, load_at_start, warn_if_busy
 from peftlab.runners.checkpoint import clear_checkpoints, complete_checkpoints, load_checkpoint
@@ -362,8 +362,9 @@ RUNNERS.add("icl", _run_icl)
 def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: TaskData, tokenizer: Any,
                 train_f: Features, eval_f: Features, mdir: Path, base: RunResult, quiet: bool) -> RunResult:
     set_seed(cfg.train.seed)
+    refuse_unsupported(method)  # before accelerate reads the launcher's FSDP/DeepSpeed settings
     acc = make_accelerator(cfg.train)
-    sharded = use_sharding(acc, method)
+    sharded = use_sharding(acc)
     collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if acc.device.type == "cuda" else None)
     search = None
     if cfg.search is not None:  # on held-out training data only; the full run below uses the best value

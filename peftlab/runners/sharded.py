@@ -48,29 +48,36 @@ def _fsdp_on_cpu(acc: Any) -> None:
     acc.state.distributed_type = PartialState().distributed_type = DistributedType.FSDP
 
 
-def use_sharding(acc: Any, method: Any) -> bool:
-    """Set up sharded training for ``method`` if the launch asks for it; True when sharded.
+def refuse_unsupported(method: Any) -> None:
+    """Refuse, in one line, a launch peftlab cannot train sharded; call before the Accelerator exists.
 
-    Refused with one line, before anything trains: DeepSpeed (not implemented), FSDP1 (its flat
-    parameters cannot mix peft's frozen and trainable tensors without ``use_orig_params`` and it
-    is untested here) and methods whose weights cannot be sharded (``Method.shards`` False).
+    Read from the launcher's environment (``accelerate launch`` turns its flags and config file
+    into ``ACCELERATE_USE_*``/``FSDP_*`` variables) because accelerate itself fails with a
+    traceback building an FSDP1 plugin on a machine without GPUs. Refused: DeepSpeed (not
+    implemented), FSDP1 (its flat parameters cannot mix peft's frozen and trainable tensors
+    without ``use_orig_params``, and it is untested here) and methods whose weights cannot be
+    sharded (``Method.shards`` False).
     """
-    kind = str(getattr(acc, "distributed_type", "")).split(".")[-1]
-    if "DEEPSPEED" in kind:
-        raise PeftlabError("accelerate launch with DEEPSPEED: not supported; launch with FSDP2 "
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise PeftlabError("accelerate launch with DeepSpeed: not supported; launch with FSDP2 "
                            "(accelerate launch --use_fsdp --fsdp_version 2 ...) or data-parallel (--multi_gpu)")
-    if world_size() > 1 and fsdp_requested() and kind == "MULTI_CPU":
-        _fsdp_on_cpu(acc)
-    if not is_sharded(acc):
-        return False
-    version = getattr(acc.state.fsdp_plugin, "fsdp_version", 1)
-    if version != 2:
+    if not fsdp_requested():
+        return
+    version = os.environ.get("FSDP_VERSION", "1")
+    if version != "2":
         raise PeftlabError(f"accelerate launch with FSDP version {version}: only FSDP2 is supported; "
                            "add --fsdp_version 2 (or fsdp_version: 2 in the accelerate config)")
     if not getattr(method, "shards", True):
         raise PeftlabError(f"{method.name}: cannot be trained under FSDP (its base weights cannot be sharded); "
                            "launch data-parallel instead (accelerate launch --multi_gpu ...)")
-    return True
+
+
+def use_sharding(acc: Any) -> bool:
+    """Whether this run trains sharded; switches a multi-process CPU launch that asked for FSDP
+    (which accelerate would run as plain data parallelism) to FSDP2."""
+    if world_size() > 1 and fsdp_requested() and not is_sharded(acc) and acc.device.type == "cpu":
+        _fsdp_on_cpu(acc)
+    return is_sharded(acc)
 
 
 def unsharded_copy(model: nn.Module, rebuild: Callable[[], nn.Module]) -> nn.Module:
