@@ -43,7 +43,7 @@ from peftlab.runners.lr_search import search_lr
 from peftlab.runners.measure import PeakMemory
 from peftlab.runners.seeds import run_seeds, single_seed
 from peftlab.runners.distributed import barrier, is_main
-from peftlab.runners.sharded import refuse_unsupported, unsharded_copy, use_sharding
+from peftlab.runners.sharded import is_sharded, refuse_unsupported, unsharded_copy, use_sharding, wrap_blocks
 from peftlab.runners.distributed import start as start_distributed
 from peftlab.threads import apply_threads, load_at_start, warn_if_busy
 from peftlab.runners.checkpoint import clear_checkpoints, complete_checkpoints, load_checkpoint
@@ -290,6 +290,8 @@ def _train(method: Any, model: torch.nn.Module, params: MethodParams, spec: Any,
         head = model.get_submodule(heads[0])
         is_decoder = bool(spec.is_decoder) if spec is not None else False
         return model, fit_head(model, head, train_f, eval_f, collate, params.lr, tcfg, acc, is_decoder, params.label, quiet)
+    if is_sharded(acc):
+        wrap_blocks(acc, model)
     return fit(model, train_f, eval_f, collate, params.lr, tcfg, acc, params.label, quiet, plan)
 
 

@@ -19,6 +19,7 @@ verify it without GPUs).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -80,6 +81,33 @@ def use_sharding(acc: Any) -> bool:
     return is_sharded(acc)
 
 
+def block_class(model: nn.Module) -> str | None:
+    """The class name of the model's repeated blocks: the items of its longest one-class ModuleList."""
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len({type(x) for x in m}) == 1]
+    return type(max(lists, key=len)[0]).__name__ if any(len(x) for x in lists) else None
+
+
+def wrap_blocks(acc: Any, model: nn.Module) -> None:
+    """Make a transformer wrap policy give every block of *this* model its own FSDP unit.
+
+    Without ``--fsdp_transformer_layer_cls_to_wrap`` accelerate wraps the classes in the model's
+    ``_no_split_modules``, which for BERT in transformers 5 includes the embeddings module; its
+    FSDP2 code then shards the word embeddings a second time and fails. The block class found
+    here (the repeated layer) is what the user would name. And accelerate fixes the policy on the
+    first model it prepares (the plugin is shared by every method of the run), so a later method
+    on another backbone would not wrap its own blocks: the policy is reset before each model.
+    """
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    plugin = acc.state.fsdp_plugin
+    if isinstance(plugin.auto_wrap_policy, functools.partial):
+        plugin.auto_wrap_policy = plugin.auto_wrap_policy.func
+    if plugin.auto_wrap_policy is transformer_auto_wrap_policy:
+        names = os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP")
+        block = block_class(model)
+        plugin.transformer_cls_names_to_wrap = names.split(",") if names else [block] if block else None
+
+
 def unsharded_copy(model: nn.Module, rebuild: Callable[[], nn.Module]) -> nn.Module:
     """A plain copy of a trained model whose parameters may be FSDP shards; ``model`` if none are.
 
@@ -89,6 +117,10 @@ def unsharded_copy(model: nn.Module, rebuild: Callable[[], nn.Module]) -> nn.Mod
     matter. Tensors are gathered one at a time and moved to the CPU, so a GPU never holds more
     than its shard plus one full tensor.
     """
+    import torch.distributed
+
+    if not torch.distributed.is_available():
+        return model
     from torch.distributed.fsdp import FSDPModule
     from torch.distributed.tensor import DTensor
 
