@@ -14,7 +14,10 @@ order) into a fresh, plain copy of the prepared model, which the method saves as
 accelerate only turns FSDP on for GPU-type launches; on CPU processes (gloo) it quietly falls
 back to plain data parallelism. ``use_sharding`` switches such a launch to FSDP2 when the
 launcher asked for FSDP, so the same config runs sharded on CPUs (that is also how the tests
-verify it without GPUs).
+verify it without GPUs). ``wrap_blocks`` gives each model's repeated block its own FSDP unit;
+``refuse_unsupported`` stops what is not supported (DeepSpeed, FSDP1, ``qlora``) in one line.
+Not done under FSDP: checkpoints (their optimizer state would be shards; a rerun restarts the
+method). The CUDA path (NCCL, mixed precision) is the same code but has not run here.
 """
 
 from __future__ import annotations
