@@ -34,6 +34,8 @@ class Method:
     #: which runner in ``runners.experiment.RUNNERS`` runs it: "train" (a classifier is
     #: fine-tuned) or "icl" (a causal LM scores label verbalizers)
     runner: ClassVar[str] = "train"
+    #: whether its weights can be FSDP-sharded (runners.sharded); False refuses an FSDP launch
+    shards: ClassVar[bool] = True
 
     def check(self, params: Any, spec: ArchSpec | None, model_type: str) -> None:
         """Refuse impossible combinations before any weights are loaded (raise PeftlabError)."""

@@ -71,6 +71,7 @@ def disable_cpu_repacking(model: nn.Module) -> None:
 class Qlora(Lora):
     name = "qlora"
     Params = QloraParams
+    shards = False  # bitsandbytes' packed integer weights are not FSDP-shardable (untested)
 
     def check(self, params: QloraParams, spec: ArchSpec | None, model_type: str) -> None:
         _bitsandbytes()

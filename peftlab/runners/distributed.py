@@ -16,9 +16,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from peftlab.errors import PeftlabError
-
-
 def world_size() -> int:
     """Processes in the job, from the launcher's environment (torchrun/accelerate set WORLD_SIZE)."""
     raw = os.environ.get("WORLD_SIZE", "1")
@@ -55,21 +52,6 @@ def barrier() -> None:
         from accelerate import PartialState
 
         PartialState().wait_for_everyone()
-
-
-def refuse_sharded(acc: Any) -> None:
-    """Stop before training under FSDP or DeepSpeed: not supported yet, and better said than hung.
-
-    The methods save their trainable tensors from the unwrapped model on rank 0 alone, and the
-    evaluation runs on the unwrapped model; with sharded parameters the first would save shards
-    (or hang waiting for a collective) and the second would fail. Supporting it means gathering
-    the state dict on every process (``acc.get_state_dict``) and evaluating through the wrapper.
-    """
-    kind = str(getattr(acc, "distributed_type", ""))
-    if "FSDP" in kind or "DEEPSPEED" in kind:
-        raise PeftlabError(f"accelerate launch with {kind.split('.')[-1]}: sharded training is not supported yet "
-                           "(adapters are saved from unsharded weights); launch data-parallel instead: "
-                           "accelerate launch --multi_gpu --num_processes N -m peftlab run CONFIG")
 
 
 def global_sums(acc: Any, *values: float) -> list[float]:

@@ -42,7 +42,8 @@ from peftlab.runners.icl import run_icl
 from peftlab.runners.lr_search import search_lr
 from peftlab.runners.measure import PeakMemory
 from peftlab.runners.seeds import run_seeds, single_seed
-from peftlab.runners.distributed import barrier, is_main, refuse_sharded
+from peftlab.runners.distributed import barrier, is_main
+from peftlab.runners.sharded import is_sharded, refuse_unsupported, unsharded_copy, use_sharding, wrap_blocks
 from peftlab.runners.distributed import start as start_distributed
 from peftlab.threads import apply_threads, load_at_start, warn_if_busy
 from peftlab.runners.checkpoint import clear_checkpoints, complete_checkpoints, load_checkpoint
@@ -289,6 +290,8 @@ def _train(method: Any, model: torch.nn.Module, params: MethodParams, spec: Any,
         head = model.get_submodule(heads[0])
         is_decoder = bool(spec.is_decoder) if spec is not None else False
         return model, fit_head(model, head, train_f, eval_f, collate, params.lr, tcfg, acc, is_decoder, params.label, quiet)
+    if is_sharded(acc):
+        wrap_blocks(acc, model)
     return fit(model, train_f, eval_f, collate, params.lr, tcfg, acc, params.label, quiet, plan)
 
 
@@ -361,8 +364,9 @@ RUNNERS.add("icl", _run_icl)
 def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: TaskData, tokenizer: Any,
                 train_f: Features, eval_f: Features, mdir: Path, base: RunResult, quiet: bool) -> RunResult:
     set_seed(cfg.train.seed)
+    refuse_unsupported(method)  # before accelerate reads the launcher's FSDP/DeepSpeed settings
     acc = make_accelerator(cfg.train)
-    refuse_sharded(acc)
+    sharded = use_sharding(acc)
     collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if acc.device.type == "cuda" else None)
     search = None
     if cfg.search is not None:  # on held-out training data only; the full run below uses the best value
@@ -388,8 +392,14 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
         model = method.prepare(model, params, spec)
         trainable, total = count_params(model)
         before = _fingerprint(model)
-        plan = checkpoint_plan(cfg, mdir, model, quiet)
+        # sharded: no checkpoints (their optimizer state would be shards), a rerun restarts the method
+        plan = None if sharded else checkpoint_plan(cfg, mdir, model, quiet)
+        if sharded and cfg.train.checkpoints and not method.caches_features:
+            _say(quiet, "   FSDP: no checkpoints are written; an interrupted method restarts from scratch")
         model, outcome = _train(method, model, params, spec, cfg, train_f, eval_f, collate, acc, quiet, plan)
+        trained = model
+        model = unsharded_copy(trained, lambda: method.prepare(
+            load_classifier(bb, data.label_names, tokenizer, extra), params, spec))
         wall = time.perf_counter() - t0
     d_train = method.derived_trainable(params, spec) if spec is not None else None
     d_total = method.derived_total(params, spec) if spec is not None else None
@@ -411,7 +421,7 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
         **trained_result_fields(outcome, m, (trainable, total, d_train, d_total, agree), wall, mem),
         adapter_bytes=adapter_bytes, adapter_path=f"{mdir.name}/{ADAPTER_DIR}",
         flags=flags, environment=environment(str(acc.device)),
-        details={**base.details, "memory_estimate_bytes": estimate, "train_time_estimate_s": outcome.estimated_train_s, **({"lr_search": search} if search else {}), **({"newly_initialised": fresh[:50], "newly_initialised_count": len(fresh)} if fresh else {})},
+        details={**base.details, "memory_estimate_bytes": estimate, "train_time_estimate_s": outcome.estimated_train_s, **({"lr_search": search} if search else {}), **({"fsdp_processes": acc.num_processes} if model is not trained else {}), **({"newly_initialised": fresh[:50], "newly_initialised_count": len(fresh)} if fresh else {})},
     ))
 
 
