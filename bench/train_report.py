@@ -16,6 +16,14 @@ def _fmt(x: float | None, spec: str = ".1f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def load_text(load: float | None) -> str:
+    """What the machine's load was when the benchmark started (runs before it was recorded: shared)."""
+    if load is None:
+        return "The machine was shared with other jobs (2 cores, several agents), so absolute rates are depressed."
+    busy = "shared with other jobs, so absolute rates are depressed" if load > 1.5 else "otherwise idle"
+    return f"1-minute load average {load:.2f} at the start: machine {busy}."
+
+
 def render_section(r: dict[str, Any], title: str, cmd: str, hw: str) -> str:
     med, full, util = r["median_ex_s"], r["full"], r["utilisation"]
     a = r["args"]
@@ -43,8 +51,8 @@ def render_section(r: dict[str, Any], title: str, cmd: str, hw: str) -> str:
     padding = padding_text(r)
     return (
         f"{title}\n\n"
-        f"Command: `{cmd}`; hardware: {hw}. The machine was shared with other jobs (2 cores, several agents),\n"
-        f"so absolute rates are depressed; the ratios come from interleaved rounds (each round trains every\n"
+        f"Command: `{cmd}`; hardware: {hw}. {load_text(r.get('load_avg_start'))}\n"
+        f"The ratios come from interleaved rounds (each round trains every\n"
         f"side on the same {r['round_examples']} pairs, side order rotated; median of {a['rounds']} rounds).\n"
         f"Same model (minilm-l6), data, one epoch, lr, batch 32, warm-up 6%, weight decay 0.01, seed 0"
         f"{', LoRA r 8, alpha 16, dropout 0.1 on query/key/value/dense' if r['method'] == 'lora' else ''}.\n"
@@ -60,8 +68,8 @@ def render_section(r: dict[str, Any], title: str, cmd: str, hw: str) -> str:
         f"per linear layer 2n forward, 2n input gradient only where something below is trainable, 2n weight\n"
         f"gradient only when trainable; embeddings, attention products, norms and padding not counted. Divided by the\n"
         f"median fp32 GEMM peak (torch.matmul of the model's shapes, {a['threads']} threads) measured before,\n"
-        f"between and after the rounds: {peaks} GFLOP/s (median {r['gemm_peak_median'] / 1e9:.0f}); the peak moved that much\n"
-        f"on the shared machine, so these percentages are rough (target >= 50%: peftlab at {100 * util['peftlab']:.0f}%).\n\n"
+        f"between and after the rounds: {peaks} GFLOP/s (median {r['gemm_peak_median'] / 1e9:.0f}); the peak moves with\n"
+        f"the machine's load, so these percentages are rough (target >= 50%: peftlab at {100 * util['peftlab']:.0f}%).\n\n"
         + padding
     )
 

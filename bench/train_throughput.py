@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -285,7 +286,9 @@ def main() -> int:
         if args.render_only:
             r = json.loads(out.read_text(encoding="utf-8"))
         else:
+            load = os.getloadavg()[0]
             r = bench(method, args, tok)
+            r["load_avg_start"] = load
             r["command"], r["hardware"] = cmd.strip(), hw
             from peftlab.results import git_hash
 
