@@ -86,9 +86,8 @@ def padding_text(r: dict[str, Any]) -> str:
         f"`{r.get('padding_command', r['command'])}`). The Trainer's group_by_length sorts by length inside\n"
         "mega-batches of min(n // (4 x batch), 50) batches, so a small training set is barely grouped;\n"
         "peftlab sorts inside 50 batches at any size. From n = 6,400 on both group 50 batches and pad alike:\n"
-        "there the remaining difference is peftlab's CPU dropout (peftlab/runners/dropout.py: 1.11x measured on\n"
-        "LoRA, less on full fine-tuning, which has fewer dropout layers), so expect the speed-up over (b) to\n"
-        "shrink to about that on large training sets (not timed here).\n\n"
+        "there only per-step overheads differ, so expect the speed-up over (b) to shrink towards 1x on large\n"
+        "training sets (not timed here).\n\n"
         "| training pairs | real tokens / pair | peftlab | (b) tuned Trainer | (a) notebook |\n|---|---|---|---|---|\n"
         + table + "\n\n"
     )

@@ -24,7 +24,6 @@ from peftlab.config import TrainConfig
 from peftlab.errors import PeftlabError
 from peftlab.results import EpochRecord
 from peftlab.runners.batching import Features, LengthGroupedBatches, sorted_batches
-from peftlab.runners.dropout import fast_dropout
 from peftlab.runners.eta import TIMED_STEPS, eta_line, remaining_s
 from peftlab.runners.distributed import all_finite, global_sums
 from peftlab.runners.checkpoint import Progress, Resumed, restore_rng, save_checkpoint
@@ -180,11 +179,9 @@ def fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: 
         ckpt: CheckpointPlan | None = None) -> tuple[nn.Module, FitOutcome]:
     """Train ``model``'s trainable parameters; returns the unwrapped model and what happened.
 
-    On CPU the model's dropout layers run :mod:`peftlab.runners.dropout` meanwhile (a third of
-    torch's cost; see there). Details in :func:`_fit`.
+    Details in :func:`_fit`.
     """
-    with fast_dropout(model, acc.device):
-        return _fit(model, train, evalset, collate, lr, tcfg, acc, label, quiet, ckpt)
+    return _fit(model, train, evalset, collate, lr, tcfg, acc, label, quiet, ckpt)
 
 
 def _fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: float,
