@@ -1,7 +1,7 @@
 """Fine-tuning throughput: peftlab vs the transformers Trainer, LoRA and full, MiniLM-L6 on MultiNLI.
 
 Usage: python bench/train_throughput.py [--methods lora,full] [--n-train 640] [--n-eval 400]
-       [--rounds 3] [--round-examples 160] [--threads 1] [--quick] [--no-write]
+       [--rounds 2] [--round-examples 640] [--threads 1] [--quick] [--no-write]
 
 Three sides train the same model (minilm-l6) on the same MultiNLI pairs with the same
 hyperparameters (lr, batch 32, warm-up 6%, weight decay 0.01, grad-norm 1, seed 0, one epoch,
@@ -10,7 +10,9 @@ LoRA r/alpha/dropout/targets of configs/drugreview.yaml):
 * ``peftlab``: its real path (runners/experiment.py -> runners/train.py ``fit``);
 * ``notebook``: Trainer + peft, ``padding="max_length", max_length=128`` (the common recipe);
 * ``tuned``: Trainer + peft, dynamic padding (DataCollatorWithPadding) and
-  ``train_sampling_strategy="group_by_length"``.
+  ``train_sampling_strategy="group_by_length"``;
+* for LoRA also ``peftlab_nodrop``: peftlab with LoRA dropout 0, a reference (not a peer: other
+  hyperparameters) that shows what torch's per-element CPU dropout costs.
 
 The machine is shared, so speed is measured in interleaved rounds: each round trains every side
 on the same ``--round-examples`` pairs (order of sides rotated), median examples/s per side.
@@ -58,20 +60,27 @@ METHODS = {
     "full": {"method": "full", "lr": 1e-4},
 }
 SIDES = ("peftlab", "notebook", "tuned")
+# A reference side, not a peer: the same peftlab run with LoRA dropout 0 (other hyperparameters, so no
+# target applies). It shows what torch's CPU dropout in front of every adapted layer costs.
+REFERENCE = {"lora": "peftlab_nodrop"}
+
+
+def sides(method: str) -> tuple[str, ...]:
+    return SIDES + ((REFERENCE[method],) if method in REFERENCE else ())
 
 
 def section(method: str) -> str:
     return f"## Training throughput: {method} fine-tuning, peftlab vs transformers Trainer (MiniLM-L6, MultiNLI)"
 
 
-def config(method: str, n_train: int, n_eval: int, out: Path, threads: int) -> Any:
+def config(method: str, n_train: int, n_eval: int, out: Path, threads: int, **override: Any) -> Any:
     return validate_raw({
         "name": "bench_throughput", "backbone": "minilm-l6", "baseline": False, "output_dir": str(out),
         "task": {"source": "jsonl", "name": "mnli", "train_file": str(DATA / "train.jsonl.gz"),
                  "eval_file": str(DATA / "validation_matched.jsonl"), "text_column": "premise",
                  "text_pair_column": "hypothesis", "label_column": "label", "label_names": LABELS,
                  "n_train": n_train, "n_eval": n_eval},
-        "methods": [METHODS[method]],
+        "methods": [{**METHODS[method], **override}],
         "train": {**HP, "epochs": 1, "num_threads": threads, "device": "cpu", "checkpoints": False},
     })
 
@@ -187,20 +196,23 @@ def timed_rounds(method: str, args: argparse.Namespace, tok: Any, out: Path) -> 
     """Examples/s per side over ``args.rounds`` rounds (side order rotated), and the GEMM peaks seen."""
     cfg = config(method, args.round_examples, 32, out / "round", args.threads)
     split = load_task(cfg.task, cfg.train.seed).train
+    nodrop = config(method, args.round_examples, 32, out / "round_nodrop", args.threads, dropout=0.0)
     runs: dict[str, Callable[[], dict[str, Any]]] = {
         "peftlab": lambda: run_peftlab(cfg),
         "notebook": lambda: run_trainer("notebook", method, tok, split, None),
         "tuned": lambda: run_trainer("tuned", method, tok, split, None),
+        "peftlab_nodrop": lambda: run_peftlab(nodrop),
     }
-    rates: dict[str, list[float]] = {s: [] for s in SIDES}
+    names = sides(method)
+    rates: dict[str, list[float]] = {s: [] for s in names}
     peaks = [gemm_peak(args.gemm_tokens)["peak"]]
     for r in range(args.rounds):
-        order = SIDES[r % 3:] + SIDES[: r % 3]
+        order = names[r % len(names):] + names[: r % len(names)]
         for side in order:
             res = runs[side]()
             rates[side].append(res["examples"] / res["train_s"])
         peaks.append(gemm_peak(args.gemm_tokens)["peak"])
-        print(f"round {r + 1}: " + ", ".join(f"{s} {rates[s][-1]:.1f} ex/s" for s in SIDES)
+        print(f"round {r + 1}: " + ", ".join(f"{s} {rates[s][-1]:.1f} ex/s" for s in names)
               + f"; GEMM peak {peaks[-1] / 1e9:.0f} GFLOP/s", flush=True)
     return rates, peaks, split
 
@@ -227,8 +239,8 @@ def bench(method: str, args: argparse.Namespace, tok: Any) -> dict[str, Any]:
         "method": method, "rates": rates, "median_ex_s": med, "gemm_peaks": peaks, "gemm_peak_median": peak,
         "round_examples": len(split), "round_tokens": tokens, "round_flops": flops,
         "trainable_linear_params": sum(u.params for u in uses if u.trainable),
-        "useful_flops_s": {s: flops * med[s] / len(split) for s in SIDES},
-        "utilisation": {s: flops * med[s] / len(split) / peak for s in SIDES},
+        "useful_flops_s": {s: flops * med[s] / len(split) for s in med},
+        "utilisation": {s: flops * med[s] / len(split) / peak for s in med},
         "full": full, "args": vars(args),
     }
 
@@ -259,8 +271,9 @@ def main() -> int:
     ap.add_argument("--methods", default="lora,full")
     ap.add_argument("--n-train", type=int, default=640)
     ap.add_argument("--n-eval", type=int, default=400)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--round-examples", type=int, default=160)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--round-examples", type=int, default=640,
+                    help="pairs per timed round (160 flatters peftlab: there the Trainer's group_by_length groups nothing)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads for every side (1: on a shared CPU, 2 threads ran ~10x slower here)")
     ap.add_argument("--gemm-tokens", type=int, default=1536, help="rows of the GEMM-peak products (~one batch's tokens)")
@@ -295,7 +308,7 @@ def main() -> int:
             r["git"] = git_hash()
             out.write_text(json.dumps(r, indent=2, default=str), encoding="utf-8")
         if args.render_only or "padding" not in r:  # re-rendering recounts with the current batching
-            sizes = [r["round_examples"], r["args"]["n_train"]] + ([] if args.quick else [2000, 6400, 20000])
+            sizes = sorted({r["round_examples"], r["args"]["n_train"]} | (set() if args.quick else {2000, 6400, 20000}))
             r["padding"] = padding_table(tok, sizes, args.threads)
             r["padding_command"] = cmd.strip()
             out.write_text(json.dumps(r, indent=2, default=str), encoding="utf-8")

@@ -100,3 +100,20 @@ def test_section_functions():
     after = replace_section(text, "## B", "## B\n\nb2\n")
     assert changed_sections(text, after) == {"## B": "## B\n\nb2\n"}
     assert replace_header(after, "# New").startswith("# New\n\n## A\n")
+
+
+def test_throughput_projection_carries_round_rates_to_each_sizes_padding():
+    """bench/train_report.projected: ratio x (peftlab's padding at the round / at n) x (peer's at n / at the round)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    try:
+        from train_report import projected
+    finally:
+        sys.path.pop(0)
+    pad = [{"n": 640, "peftlab": 1.10, "tuned": 1.32, "notebook": 3.2},
+           {"n": 6400, "peftlab": 1.00, "tuned": 1.00, "notebook": 3.2}]
+    r = {"round_examples": 640, "median_ex_s": {"peftlab": 24.0, "tuned": 20.0, "notebook": 8.0}, "padding": pad}
+    (n, ratios), = projected(r)
+    assert n == 6400
+    assert ratios["tuned"] == pytest.approx(1.2 * 1.10 / 1.00 * 1.00 / 1.32)
+    assert ratios["notebook"] == pytest.approx(3.0 * 1.10)
+    assert projected({**r, "round_examples": 160}) == []  # no padding row at the round size: nothing to project from
