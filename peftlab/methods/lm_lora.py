@@ -42,10 +42,7 @@ class LmLora(Icl):
     saves_adapter = True
 
     def prepare_lm(self, model: Any, params: LmLoraParams, ctx: Any) -> tuple[Any, Any]:
-        conf = LoraConfig(task_type=TaskType.CAUSAL_LM, r=params.r, lora_alpha=params.alpha,
-                          lora_dropout=params.dropout,
-                          target_modules=params.target_modules or default_targets(model.config.model_type))
-        model = get_peft_model(model, conf)
+        model = add_lora(model, params)
         return model, train_verbalizer(model, params, ctx)
 
     def derived_trainable(self, params: Any, spec: Any) -> int:
@@ -53,6 +50,14 @@ class LmLora(Icl):
 
     def save(self, model: Any, params: Any, directory: Path) -> None:
         model.save_pretrained(str(directory))  # peft's format: PeftModel.from_pretrained loads it
+
+
+def add_lora(model: Any, params: LmLoraParams) -> Any:
+    """The causal LM wrapped by peft with the row's LoRA adapters (everything else frozen)."""
+    conf = LoraConfig(task_type=TaskType.CAUSAL_LM, r=params.r, lora_alpha=params.alpha,
+                      lora_dropout=params.dropout,
+                      target_modules=params.target_modules or default_targets(model.config.model_type))
+    return get_peft_model(model, conf)
 
 
 def training_rows(ctx: Any) -> list[tuple[list[int], list[int]]]:
