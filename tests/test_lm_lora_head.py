@@ -21,9 +21,9 @@ ROWS = [([4, 10, 11, 12], [20]), ([4, 13, 14, 15, 16, 17, 18, 19, 10], [21, 22, 
         ([4, 11, 12], [22, 24]), ([4, 15, 16, 17, 18, 19], [23])]
 
 
-def _lora_llama(seed: int = 0):
+def _lora_llama(seed: int = 0, base=None):
     torch.manual_seed(seed)
-    base = LlamaForCausalLM(tiny_config("llama"))
+    base = base if base is not None else LlamaForCausalLM(tiny_config("llama"))
     conf = LoraConfig(task_type=TaskType.CAUSAL_LM, r=4, lora_alpha=8, lora_dropout=0.0,
                       target_modules=["q_proj", "v_proj"])
     model = get_peft_model(base, conf)
@@ -47,13 +47,16 @@ def test_answer_positions_are_the_shifted_labels():
     assert targets.tolist() == [7, 8, 9]
 
 
-def test_loss_and_lora_gradients_equal_the_full_head():
-    model = _lora_llama()
+def _check_equal_to_full_head(model) -> None:
     assert accepts_logits_to_keep(model)
     batch = _batch(ROWS, pad=0, device=torch.device("cpu"))
     assert batch["attention_mask"].sum(1).unique().numel() > 2  # really different lengths
     full = full_head_loss(model, batch)
+    seen = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
     fast = answer_loss(model, batch)
+    hook.remove()
+    assert seen == [torch.Size([sum(len(a) for _, a in ROWS), model.config.hidden_size])]  # the head ran on answers only
     assert fast.item() == pytest.approx(full.item(), abs=1e-5)
     g_full, g_fast = _lora_grads(model, full), _lora_grads(model, fast)
     assert g_full.keys() == g_fast.keys() and all("lora_" in n for n in g_full)
@@ -61,6 +64,25 @@ def test_loss_and_lora_gradients_equal_the_full_head():
     for n in g_full:
         torch.testing.assert_close(g_fast[n], g_full[n], atol=1e-5, rtol=1e-5, msg=n)
     assert all(p.grad is None for p in model.parameters() if not p.requires_grad)  # the base stays frozen
+
+
+def test_loss_and_lora_gradients_equal_the_full_head():
+    _check_equal_to_full_head(_lora_llama())
+
+
+def test_the_same_on_a_4bit_base(tmp_path):
+    """QLoRA (lm_lora with quantize: 4bit): 4-bit body, fp32 head, the same loss and gradients."""
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed")
+    from conftest import make_tokenizer
+    from peftlab.config import BackboneConfig
+    from peftlab.icl.lm import load_causal_lm
+
+    torch.manual_seed(5)
+    LlamaForCausalLM(tiny_config("llama")).save_pretrained(str(tmp_path))
+    make_tokenizer(tmp_path, with_cls=False)
+    base = load_causal_lm(BackboneConfig(name=str(tmp_path)), "4bit", torch.device("cpu"))
+    assert type(base.model.layers[0].self_attn.q_proj).__name__ == "Linear4bit"
+    _check_equal_to_full_head(_lora_llama(base=base))
 
 
 def test_loss_is_a_token_mean_over_the_batch():
@@ -81,6 +103,18 @@ def test_a_model_without_logits_to_keep_gets_the_full_head():
 
     assert not accepts_logits_to_keep(Plain())
     assert answer_loss(Plain(), _batch(ROWS, 0, torch.device("cpu"))).item() == 1.25
+
+
+def test_a_model_that_ignores_a_boolean_logits_to_keep_gets_the_full_head():
+    """An architecture that takes ``logits_to_keep`` but returns every position's logits."""
+    llama = _lora_llama()
+
+    class AllPositions(torch.nn.Module):
+        def forward(self, input_ids, attention_mask, labels=None, logits_to_keep=0, use_cache=None):
+            return llama(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+
+    batch = _batch(ROWS, 0, torch.device("cpu"))
+    assert answer_loss(AllPositions(), batch).item() == pytest.approx(full_head_loss(llama, batch).item(), abs=1e-6)
 
 
 def _train(loss_fn, monkeypatch) -> tuple[object, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
