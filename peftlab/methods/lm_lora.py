@@ -4,13 +4,15 @@ as in-context classification (``icl``): the same templates, prompts and verbaliz
 This is the second way to fine-tune a causal LM for classification, next to ``lora`` /
 ``qlora`` with a sequence-classification head (set ``backbone`` on those rows). The loss is
 the cross-entropy of the gold label's first verbalizer given the zero-shot prompt; prompt tokens
-are masked out. ``quantize: 4bit`` makes it QLoRA.
+are masked out, and the output head runs only at the answer positions
+(:mod:`peftlab.icl.answer_loss`). ``quantize: 4bit`` makes it QLoRA.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +21,7 @@ from peft import LoraConfig, TaskType, get_peft_model
 from pydantic import Field
 
 from peftlab.config_base import PositiveFloat
+from peftlab.icl.answer_loss import answer_loss
 from peftlab.methods.icl import Icl, IclParams
 from peftlab.methods.lora import default_targets
 from peftlab.results import EpochRecord
@@ -39,10 +42,7 @@ class LmLora(Icl):
     saves_adapter = True
 
     def prepare_lm(self, model: Any, params: LmLoraParams, ctx: Any) -> tuple[Any, Any]:
-        conf = LoraConfig(task_type=TaskType.CAUSAL_LM, r=params.r, lora_alpha=params.alpha,
-                          lora_dropout=params.dropout,
-                          target_modules=params.target_modules or default_targets(model.config.model_type))
-        model = get_peft_model(model, conf)
+        model = add_lora(model, params)
         return model, train_verbalizer(model, params, ctx)
 
     def derived_trainable(self, params: Any, spec: Any) -> int:
@@ -50,6 +50,14 @@ class LmLora(Icl):
 
     def save(self, model: Any, params: Any, directory: Path) -> None:
         model.save_pretrained(str(directory))  # peft's format: PeftModel.from_pretrained loads it
+
+
+def add_lora(model: Any, params: LmLoraParams) -> Any:
+    """The causal LM wrapped by peft with the row's LoRA adapters (everything else frozen)."""
+    conf = LoraConfig(task_type=TaskType.CAUSAL_LM, r=params.r, lora_alpha=params.alpha,
+                      lora_dropout=params.dropout,
+                      target_modules=params.target_modules or default_targets(model.config.model_type))
+    return get_peft_model(model, conf)
 
 
 def training_rows(ctx: Any) -> list[tuple[list[int], list[int]]]:
@@ -80,9 +88,11 @@ def _batch(rows: list[tuple[list[int], list[int]]], pad: int, device: torch.devi
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
-def train_verbalizer(model: Any, params: LmLoraParams, ctx: Any) -> Any:
+def train_verbalizer(model: Any, params: LmLoraParams, ctx: Any,
+                     loss_fn: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor] = answer_loss) -> Any:
     """AdamW with warm-up/decay over ``epochs`` of shuffled mini-batches; returns a FitOutcome
-    (training loss per epoch; evaluation is the scoring that follows)."""
+    (training loss per epoch; evaluation is the scoring that follows). ``loss_fn(model, batch)``:
+    the answer-only head by default; tests and bench/lm_lora_step.py pass the full-head one."""
     from peftlab.runners.train import FitOutcome, make_optimizer
 
     tcfg = ctx.cfg.train
@@ -100,7 +110,7 @@ def train_verbalizer(model: Any, params: LmLoraParams, ctx: Any) -> Any:
         order = torch.randperm(len(rows), generator=gen).tolist()
         for s in range(0, len(order), tcfg.batch_size):
             chunk = [rows[i] for i in order[s : s + tcfg.batch_size]]
-            loss = model(**_batch(chunk, pad, ctx.device)).loss
+            loss = loss_fn(model, _batch(chunk, pad, ctx.device))
             if not torch.isfinite(loss):
                 outcome.nan_loss = True
                 break
