@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from peftlab.activations import FLOWS, Flow
+from peftlab.activations import ENCODER_FAMILIES, FLOWS, Flow, backward_working_bytes, dims_of, saved_bytes
 from peftlab.params import ArchSpec, matches_target, prefix_token_dim
 
 
@@ -99,3 +99,13 @@ def method_flow(params: Any, spec: ArchSpec) -> Flow:
     """The flow of ``params.method``; an unknown method counts as full fine-tuning (an over-count)."""
     name = params.method if params.method in FLOWS else "full"
     return FLOWS.get(name)(params, spec)
+
+
+def training_step_bytes(params: Any, spec: ArchSpec, conf: Any, batch: int, length: int,
+                        mask_bytes: int = 4) -> tuple[int, int] | None:
+    """(bytes kept for backward, backward working buffers) of one training step of ``params``'s
+    method; None for a family the walk does not know (the caller falls back to a rough rule)."""
+    if spec.family not in ENCODER_FAMILIES:
+        return None
+    flow, d = method_flow(params, spec), dims_of(spec, conf, batch, length, mask_bytes)
+    return saved_bytes(flow, d, pooler=ENCODER_FAMILIES[spec.family]), backward_working_bytes(flow, d)

@@ -82,3 +82,25 @@ def test_terms_follow_the_gradient():
     qv = count(method="lora", dropout=0.0, target_modules=["query", "value"])
     assert count(method="lora", dropout=0.0, target_modules=["query", "key", "value", "dense"]) > qv
     assert count(method="lora", dropout=0.1, target_modules=["query", "value"]) > qv
+
+
+def test_plan_uses_the_count():
+    """``peftlab plan`` charges what autograd keeps (plus the backward's gradient buffers), frozen
+    blocks included only where they keep something, and the CPU allocator allowance only on CPU."""
+    from peftlab.activations import backward_working_bytes
+    from peftlab.plan import plan_method
+
+    conf = tiny_config("bert")
+    spec = arch_spec(conf)
+    plans = {}
+    for raw in ({"method": "full"}, {"method": "partial", "top_k": 1}, {"method": "linear_probe"}):
+        params = METHODS.get(raw["method"]).Params(**raw)
+        plans[raw["method"]] = plan_method(params, spec, conf, B, L, overhead=0)
+        d, flow = dims_of(spec, conf, B, L), method_flow(params, spec)
+        if raw["method"] != "linear_probe":
+            assert plans[raw["method"]].activation_bytes == saved_bytes(flow, d) + backward_working_bytes(flow, d)
+    assert plans["linear_probe"].activation_bytes < plans["partial"].activation_bytes < plans["full"].activation_bytes
+    full = plans["full"]
+    assert full.allocator_bytes == full.activation_bytes
+    cuda = plan_method(METHODS.get("full").Params(), spec, conf, B, L, overhead=0, device="cuda")
+    assert cuda.allocator_bytes == 0 and cuda.total_bytes < full.total_bytes
