@@ -7,9 +7,12 @@ the same walk for all of them. A method missing here is planned as if everything
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from peftlab.activations import ENCODER_FAMILIES, FLOWS, Flow, backward_working_bytes, dims_of, saved_bytes
+from peftlab.activations import FLOWS, Dims, Flow, backward_working_bytes, dims_of, saved_bytes
+from peftlab.activations_decoder import decoder_dims, decoder_saved_bytes
+from peftlab.registry import Registry
 from peftlab.params import ArchSpec, matches_target, prefix_token_dim
 
 
@@ -80,19 +83,20 @@ def _prefix(params: Any, spec: ArchSpec) -> Flow:
     return Flow(prefix_tokens=params.num_virtual_tokens, prefix_encoder_values=d + enc if params.projection else 0)
 
 
-def _bottleneck(sites: tuple[str, ...]) -> Any:
+def _bottleneck(kind: str) -> Callable[[Any, ArchSpec], Flow]:
     def flow(params: Any, spec: ArchSpec) -> Flow:
-        from peftlab.methods.bottleneck_layers import BottleneckConfig
+        from peftlab.methods.bottleneck_layers import BottleneckConfig, is_site
 
-        size = BottleneckConfig(kind="houlsby", bottleneck_size=params.bottleneck_size,
+        size = BottleneckConfig(kind=kind, bottleneck_size=params.bottleneck_size,
                                 reduction_factor=params.reduction_factor).size_for(spec.hidden)
-        return Flow(adapters={s: (size, params.nonlinearity) for s in sites})
+        first = f"{spec.layers_prefix}.0."
+        return Flow(adapters={n: (size, params.nonlinearity) for n in spec.layer_linears if is_site(first + n, kind)})
 
     return flow
 
 
-FLOWS.add("houlsby", _bottleneck(("attention.output.dense", "output.dense")))
-FLOWS.add("pfeiffer", _bottleneck(("output.dense",)))
+FLOWS.add("houlsby", _bottleneck("houlsby"))
+FLOWS.add("pfeiffer", _bottleneck("pfeiffer"))
 
 
 def method_flow(params: Any, spec: ArchSpec) -> Flow:
@@ -101,11 +105,21 @@ def method_flow(params: Any, spec: ArchSpec) -> Flow:
     return FLOWS.get(name)(params, spec)
 
 
+#: family -> (its sizes from the config, the walk over its blocks)
+WALKS: Registry[tuple[Callable[..., Dims], Callable[[Flow, Dims], int]]] = Registry("activation walk")
+WALKS.add("bert", (dims_of, lambda f, d: saved_bytes(f, d, pooler=True)))
+for _family in ("roberta", "xlm-roberta"):  # no pooler: a dense + out_proj head on the first token
+    WALKS.add(_family, (dims_of, lambda f, d: saved_bytes(f, d, pooler=False)))
+for _family in ("llama", "mistral"):
+    WALKS.add(_family, (decoder_dims, decoder_saved_bytes))
+
+
 def training_step_bytes(params: Any, spec: ArchSpec, conf: Any, batch: int, length: int,
                         mask_bytes: int = 4) -> tuple[int, int] | None:
     """(bytes kept for backward, backward working buffers) of one training step of ``params``'s
-    method; None for a family the walk does not know (the caller falls back to a rough rule)."""
-    if spec.family not in ENCODER_FAMILIES:
+    method; None for a family no walk knows (the caller falls back to a rough rule)."""
+    if spec.family not in WALKS:
         return None
-    flow, d = method_flow(params, spec), dims_of(spec, conf, batch, length, mask_bytes)
-    return saved_bytes(flow, d, pooler=ENCODER_FAMILIES[spec.family]), backward_working_bytes(flow, d)
+    dims, walk = WALKS.get(spec.family)
+    flow, d = method_flow(params, spec), dims(spec, conf, batch, length, mask_bytes)
+    return walk(flow, d), backward_working_bytes(flow, d)

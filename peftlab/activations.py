@@ -17,7 +17,8 @@ byte mask (1). tests/test_activations.py checks the count against the bytes that
 ``torch.autograd.graph.saved_tensors_hooks`` sees on tiny models, method by method.
 
 A method says how gradients flow through it with a :class:`Flow` (``FLOWS``, keyed by method
-name); methods without one fall back to "everything below needs a gradient" (an over-count).
+name, in :mod:`peftlab.activation_flows`); a method without one is counted as full fine-tuning
+(an over-count). :mod:`peftlab.activations_decoder` walks Llama-style decoders the same way.
 """
 
 from __future__ import annotations
@@ -73,8 +74,6 @@ class Flow:
 
 FLOWS: Registry[Callable[[Any, ArchSpec], Flow]] = Registry("activation flow")
 
-#: the families this walk knows (post-LayerNorm encoder blocks) -> whether a pooler precedes the head
-ENCODER_FAMILIES = {"bert": True, "roberta": False, "xlm-roberta": False}
 
 
 @dataclass(frozen=True)
@@ -95,6 +94,10 @@ class Dims:
     mask_bytes: int = 4
     value_bytes: int = 4
     labels: int = 2
+    #: decoders: width of all query heads together (heads x head_dim), and of the key (= value)
+    #: projection (grouped key/value heads x head_dim)
+    q_width: int = 0
+    kv_width: int = 0
 
 
 def dims_of(spec: ArchSpec, conf: Any, batch: int, length: int, mask_bytes: int = 4) -> Dims:
@@ -114,6 +117,7 @@ class _Tally:
 
     def __init__(self, d: Dims) -> None:
         self.d, self.total = d, 0
+        self.rotary = False  # decoders: some block's rotary embedding needs its cos/sin tables
 
     def values(self, n: int, kept: bool = True) -> None:
         self.total += n * self.d.value_bytes if kept else 0

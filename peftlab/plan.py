@@ -6,14 +6,17 @@ Everything here comes from the backbone's config (no weights) and the closed for
 * parameter memory of the base at fp32 / bf16 / 8-bit / 4-bit (bitsandbytes quantises the
   linear layers' weights only: 8-bit stores one byte per weight plus an fp32 scale per output
   row; 4-bit NF4 half a byte per weight plus an fp32 absmax per block of 64; the rest stays fp32),
-* trainable parameters, their gradients and AdamW's two fp32 moments,
-* activations kept for the backward pass, counted op by op for BERT-like encoders by
-  :mod:`peftlab.activations` (what autograd saves given which tensors need a gradient: frozen
-  blocks below the first trainable tensor keep nothing, LoRA keeps each adapted layer's input and
-  with dropout a dropped copy and mask, attention keeps its T x T probabilities on CPU), plus the
-  gradient buffers of one block's backward; other families (decoders) use the rough rule
+* trainable parameters, their gradients and AdamW's two fp32 moments (gradients fill while the
+  kept activations are freed, so the total holds only the larger of the two),
+* activations kept for the backward pass, counted op by op by :mod:`peftlab.activations` (BERT,
+  RoBERTa, XLM-R) and :mod:`peftlab.activations_decoder` (Llama, Mistral): what autograd saves
+  given which tensors need a gradient (frozen blocks below the first trainable tensor keep
+  nothing, LoRA keeps each adapted layer's input and with dropout a dropped copy and mask,
+  attention keeps its T x T probabilities on CPU when it has dropout), plus the gradient buffers
+  of one block's backward. A family without a walk would use the rough rule
   ``B*L*(10*h + 2*i) + 2*B*heads*L^2`` fp32 values per layer. Methods that train a head on cached
-  features only run the forward pass, one layer's worth at a time,
+  features only run the forward pass, one layer's worth at a time (the same rough rule). The
+  count follows the CPU kernels in fp32; on CUDA (bf16 autocast, fused attention) it over-counts,
 * on CPU an allocator allowance of one more copy of the activations: glibc's malloc keeps freed
   activation blocks (after the first free its mmap threshold rises to 32 MB, so later tensors come
   from a fragmenting heap). Measured on MiniLM-L6 (bench/memory.py) it held 0.5-1.0x the kept

@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from conftest import tiny_config
-from peftlab.activation_flows import method_flow
+from peftlab.activation_flows import WALKS, method_flow
 from peftlab.activation_probe import saved_tensor_bytes
 from peftlab.activations import dims_of, saved_bytes
 from peftlab.methods import METHODS
@@ -40,17 +40,20 @@ CASES = [
 
 def measure(family: str, raw: dict, attention_dropout: float) -> tuple[int, int]:
     conf = tiny_config(family)
-    conf.attention_probs_dropout_prob = attention_dropout
+    conf.attention_probs_dropout_prob = conf.attention_dropout = attention_dropout
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_config(conf)
     spec = arch_spec(model.config)
     method = METHODS.get(raw["method"])
     params = method.Params(**raw)
-    predicted = saved_bytes(method_flow(params, spec), dims_of(spec, model.config, B, L), pooler=family == "bert")
+    dims, walk = WALKS.get(family)
+    predicted = walk(method_flow(params, spec), dims(spec, model.config, B, L))
     model = method.prepare(model, params, spec)
     ids = torch.randint(5, 25, (B, L))
     mask = torch.ones(B, L, dtype=torch.long)
     mask[0, L // 2:] = 0  # padding, as in a real batch
+    if family == "llama":
+        mask = mask.flip(1)  # decoders pad on the left
     batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.zeros(B, dtype=torch.long)}
     return predicted, saved_tensor_bytes(model, batch)
 
@@ -66,6 +69,25 @@ def test_closed_form_equals_saved_tensors(raw, attention_dropout):
                          ids=lambda r: r["method"])
 def test_roberta_head(raw):
     predicted, measured = measure("roberta", raw, 0.1)
+    assert abs(predicted - measured) <= TOLERANCE * measured, (predicted, measured)
+
+
+LLAMA_CASES = [
+    {"method": "full"},
+    {"method": "partial", "top_k": 1},
+    {"method": "lora", "dropout": 0.1, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                         "up_proj", "down_proj"]},
+    {"method": "ia3"},
+    {"method": "prompt_tuning", "init": "random", "num_virtual_tokens": 6},
+    {"method": "prefix_tuning", "num_virtual_tokens": 6},
+    {"method": "houlsby"},
+]
+
+
+@pytest.mark.parametrize("raw", LLAMA_CASES, ids=lambda r: "-".join(f"{v}" for v in r.values()))
+def test_decoder_closed_form_equals_saved_tensors(raw):
+    """Llama: pre-RMSNorm blocks, grouped key/value heads (repeated for the padding mask), gated MLP."""
+    predicted, measured = measure("llama", raw, 0.0)
     assert abs(predicted - measured) <= TOLERANCE * measured, (predicted, measured)
 
 
