@@ -12,9 +12,10 @@ layer at a time, following whether each tensor requires grad, and adds what each
 counts follow torch 2.x on CPU: scaled-dot-product attention with dropout runs the "math" path,
 which keeps the T x T probabilities three times (softmax output, dropout mask, dropped
 probabilities); without attention dropout the fused flash kernel keeps only q, k, v, the output,
-a log-sum-exp per row and a float copy of the padding mask. CPU dropout keeps a float mask (``mask_bytes`` 4); CUDA's fused dropout a
-byte mask (1). tests/test_activations.py checks the count against the bytes that
-``torch.autograd.graph.saved_tensors_hooks`` sees on tiny models, method by method.
+a log-sum-exp per row and a float copy of the padding mask. CPU dropout keeps a float mask
+(``mask_bytes`` 4); CUDA's fused dropout a byte mask (1). tests/test_activations.py checks the
+count against the bytes that ``torch.autograd.graph.saved_tensors_hooks`` sees on tiny models,
+method by method.
 
 A method says how gradients flow through it with a :class:`Flow` (``FLOWS``, keyed by method
 name, in :mod:`peftlab.activation_flows`); a method without one is counted as full fine-tuning
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from peftlab.params import ArchSpec, matches_target
+from peftlab.params import ArchSpec
 from peftlab.registry import Registry
 
 #: activation functions whose backward needs the result (1 saved tensor shared with the next linear)
@@ -107,7 +108,8 @@ def dims_of(spec: ArchSpec, conf: Any, batch: int, length: int, mask_bytes: int 
     return Dims(batch=batch, length=length, hidden=h,
                 inter=int(getattr(conf, "intermediate_size", 4 * h) or 4 * h),
                 heads=int(getattr(conf, "num_attention_heads", 1) or 1), layers=spec.num_layers,
-                hidden_dropout=hid_p, attention_dropout=float(getattr(conf, "attention_probs_dropout_prob", 0.1) or 0.0),
+                hidden_dropout=hid_p,
+                attention_dropout=float(getattr(conf, "attention_probs_dropout_prob", 0.1) or 0.0),
                 classifier_dropout=hid_p if cls_p is None else float(cls_p), mask_bytes=mask_bytes,
                 labels=spec.num_labels)
 
