@@ -6,15 +6,28 @@ Everything here comes from the backbone's config (no weights) and the closed for
 * parameter memory of the base at fp32 / bf16 / 8-bit / 4-bit (bitsandbytes quantises the
   linear layers' weights only: 8-bit stores one byte per weight plus an fp32 scale per output
   row; 4-bit NF4 half a byte per weight plus an fp32 absmax per block of 64; the rest stays fp32),
-* trainable parameters, their gradients and AdamW's two fp32 moments,
-* activations kept for the backward pass, per transformer layer about
-  ``B*L*(10*h + 2*i) + 2*B*heads*L^2`` fp32 values (inputs of every linear, norms, dropout masks,
-  attention scores and probabilities) for batch ``B`` and sequence length ``L``; methods that
-  train a head on cached features only run the forward pass, one layer's worth at a time,
+* trainable parameters, their gradients and AdamW's two fp32 moments (gradients fill while the
+  kept activations are freed, so the total holds only the larger of the two),
+* activations kept for the backward pass, counted op by op by :mod:`peftlab.activations` (BERT,
+  RoBERTa, XLM-R) and :mod:`peftlab.activations_decoder` (Llama, Mistral): what autograd saves
+  given which tensors need a gradient (frozen blocks below the first trainable tensor keep
+  nothing, LoRA keeps each adapted layer's input and with dropout a dropped copy and mask,
+  attention keeps its T x T probabilities on CPU when it has dropout), plus the gradient buffers
+  of one block's backward. A family without a walk would use the rough rule
+  ``B*L*(10*h + 2*i) + 2*B*heads*L^2`` fp32 values per layer. Methods that train a head on cached
+  features only run the forward pass, one layer's worth at a time (the same rough rule). The
+  count follows the CPU kernels in fp32; on CUDA (bf16 autocast, fused attention) it over-counts,
+* on CPU an allocator allowance of one more copy of the activations: glibc's malloc keeps freed
+  activation blocks (after the first free its mmap threshold rises to 32 MB, so later tensors come
+  from a fragmenting heap). Measured on MiniLM-L6 (bench/memory.py) it held 0.5-1.0x the kept
+  activations on top of the live tensors; with a fixed mmap threshold it vanished. This term is an
+  upper bound from that measurement, not a count. On CUDA the measured peak is allocated tensors,
+  so no allowance,
 * on CPU the process's own memory now (Python, torch, the tokenizer), since the measured peak is
   the process's resident set; on CUDA the measured peak is allocated tensors only.
 
-The total is a rough planning number: tests hold it within a factor of 2 of the measured peak.
+The total is a planning number: tests hold it within a factor of 2 of the measured peak, and the
+activation count within a few per cent of what autograd saves (tests/test_activations.py).
 """
 
 from __future__ import annotations
@@ -68,8 +81,9 @@ def method_precision(params: MethodParams) -> str:
     return {4: "4-bit", 8: "8-bit"}.get(bits, "fp32") if bits else "fp32"
 
 
-def activation_bytes(spec: ArchSpec, conf: Any, batch: int, length: int, backward: bool) -> int:
-    """Activations of one step; all layers' when the backward pass needs them, else one layer's."""
+def rough_activation_bytes(spec: ArchSpec, conf: Any, batch: int, length: int, backward: bool) -> int:
+    """Activations of one step by a fixed rule; all layers' when the backward pass needs them, else
+    one layer's (a forward under no_grad frees each layer's tensors before the next)."""
     h = spec.hidden
     inter = int(getattr(conf, "intermediate_size", 4 * h) or 4 * h)
     heads = int(getattr(conf, "num_attention_heads", 1) or 1)
@@ -91,11 +105,16 @@ class MethodPlan:
     optimizer_bytes: int
     activation_bytes: int
     overhead_bytes: int
+    #: CPU only: freed activation memory the allocator keeps (see the module docstring)
+    allocator_bytes: int = 0
+    device: str = "cpu"
 
     @property
     def total_bytes(self) -> int:
-        return (self.weights_bytes + self.grads_bytes + self.optimizer_bytes + self.activation_bytes
-                + self.overhead_bytes)
+        """Gradients are allocated during the backward pass while the kept activations are freed
+        (the top block's first), so at the peak only the larger of the two is held."""
+        return (self.weights_bytes + self.optimizer_bytes + max(self.grads_bytes, self.activation_bytes)
+                + self.allocator_bytes + self.overhead_bytes)
 
     @property
     def new_bytes(self) -> int:
@@ -116,8 +135,20 @@ class NoEstimate(Exception):
     """The method has no closed-form parameter count: it is listed without an estimate."""
 
 
+def activation_bytes(params: MethodParams, caches_features: bool, spec: ArchSpec, conf: Any, batch: int,
+                     length: int, device: str) -> int:
+    """One training step's activations: counted op by op where the family is known, else the rough rule."""
+    from peftlab.activation_flows import training_step_bytes
+
+    counted = None if caches_features else training_step_bytes(
+        params, spec, conf, batch, length, mask_bytes=1 if device == "cuda" else 4)
+    if counted is None:
+        return rough_activation_bytes(spec, conf, batch, length, backward=not caches_features)
+    return sum(counted)
+
+
 def plan_method(params: MethodParams, spec: ArchSpec, conf: Any, batch: int, length: int,
-                overhead: int) -> MethodPlan:
+                overhead: int, device: str = "cpu") -> MethodPlan:
     from peftlab.methods import METHODS
 
     method = METHODS.get(params.method)
@@ -128,13 +159,14 @@ def plan_method(params: MethodParams, spec: ArchSpec, conf: Any, batch: int, len
         raise NoEstimate(f"no closed form for method {params.method!r}") from None
     precision = method_precision(params)
     added = total - total_params(spec)  # the method's own tensors (adapters, the head copy peft trains)
+    acts = activation_bytes(params, method.caches_features, spec, conf, batch, length, device)
     return MethodPlan(
         label=params.label, method=params.method, precision=precision,
         base={p: base_bytes(spec, p) for p in PRECISIONS}, trainable=trainable, total=total,
         weights_bytes=base_bytes(spec, precision) + FP32 * added,
         grads_bytes=FP32 * trainable, optimizer_bytes=2 * FP32 * trainable,
-        activation_bytes=activation_bytes(spec, conf, batch, length, backward=not method.caches_features),
-        overhead_bytes=overhead,
+        activation_bytes=acts, allocator_bytes=acts if device == "cpu" else 0, overhead_bytes=overhead,
+        device=device,
     )
 
 
@@ -174,19 +206,20 @@ def make_plan(cfg: ExperimentConfig, num_labels: int | None = None) -> Plan:
             plan.skipped[params.label] = f"no closed form for architecture {conf.model_type!r}"
             continue
         try:
-            plan.methods.append(plan_method(params, spec, conf, cfg.train.batch_size, cfg.train.max_length, overhead))
+            plan.methods.append(plan_method(params, spec, conf, cfg.train.batch_size, cfg.train.max_length, overhead,
+                                            device))
         except NoEstimate as exc:
             plan.skipped[params.label] = str(exc)
     return plan
 
 
 def estimate_bytes(params: MethodParams, spec: ArchSpec | None, conf: Any, batch: int, length: int,
-                   overhead: int) -> int | None:
+                   overhead: int, device: str = "cpu") -> int | None:
     """The total estimate for one method, recorded next to its measured peak (None: no closed form)."""
     if spec is None:
         return None
     try:
-        return plan_method(params, spec, conf, batch, length, overhead).total_bytes
+        return plan_method(params, spec, conf, batch, length, overhead, device).total_bytes
     except NoEstimate:
         return None
 
@@ -201,7 +234,7 @@ def alternatives(mp: MethodPlan, cfg: ExperimentConfig, spec: ArchSpec, conf: An
     tcfg = cfg.train
 
     def with_(precision: str, batch: int, length: int) -> MethodPlan:
-        alt = plan_method(cfg.method(mp.label), spec, conf, batch, length, mp.overhead_bytes)
+        alt = plan_method(cfg.method(mp.label), spec, conf, batch, length, mp.overhead_bytes, mp.device)
         if precision != alt.precision:
             extra = alt.weights_bytes - base_bytes(spec, alt.precision)
             alt.weights_bytes, alt.precision = base_bytes(spec, precision) + extra, precision
@@ -248,12 +281,13 @@ def check_fits(cfg: ExperimentConfig, num_labels: int | None = None) -> Plan:
 def format_plan(plan: Plan, cfg: ExperimentConfig) -> str:
     """The ``peftlab plan`` table: one row per method, megabytes."""
     heads = ["method", "base fp32", "bf16", "8-bit", "4-bit", "loads as", "trainable", "weights", "grads",
-             "optimizer", "activations", "process", "total", "fits"]
+             "optimizer", "activations", "allocator", "process", "total", "fits"]
     rows = []
     for mp in plan.methods:
         rows.append([mp.label, *(f"{mp.base[p] / MB:.1f}" for p in PRECISIONS), mp.precision, f"{mp.trainable:,}",
                      *(f"{b / MB:.1f}" for b in (mp.weights_bytes, mp.grads_bytes, mp.optimizer_bytes,
-                                                 mp.activation_bytes, mp.overhead_bytes, mp.total_bytes)),
+                                                 mp.activation_bytes, mp.allocator_bytes, mp.overhead_bytes,
+                                                 mp.total_bytes)),
                      "yes" if fits(mp, plan.available_bytes) else "NO"])
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(heads)]
     lines = [f"plan for {cfg.name}: batch {cfg.train.batch_size} x length {cfg.train.max_length}, {plan.device} "
@@ -261,7 +295,8 @@ def format_plan(plan: Plan, cfg: ExperimentConfig) -> str:
              "  ".join(h.rjust(w) for h, w in zip(heads, widths))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
     lines += [f"{label}: no estimate ({why})" for label, why in plan.skipped.items()]
-    lines.append(f"total = weights + grads + optimizer (AdamW, 2 fp32 moments) + activations + process; "
-                 f"rough, held within {STATED_FACTOR:g}x of the measured peak; 'fits' compares total minus "
-                 f"process with {USABLE:.0%} of the free memory.")
+    lines.append(f"total = weights + optimizer (AdamW, 2 fp32 moments) + the larger of grads and activations "
+                 f"(what autograd keeps, counted per op; freed as grads fill) + allocator (CPU: freed blocks malloc keeps, up to one more copy of the "
+                 f"activations) + process; held within {STATED_FACTOR:g}x of the measured peak; 'fits' compares "
+                 f"total minus process with {USABLE:.0%} of the free memory.")
     return "\n".join(lines)

@@ -129,16 +129,18 @@ class AdapterWrappedLinear(nn.Module):
         return self.adapter(self.base(x))
 
 
+def is_site(name: str, kind: str) -> bool:
+    """Whether an adapter of ``kind`` follows the linear called ``name`` (a full dotted name)."""
+    _check_kind(kind)
+    patterns = _FFN_PATTERNS + (_ATTN_PATTERNS if kind == "houlsby" else ())
+    return any(p.search(name) for p in patterns)
+
+
 def adapter_sites(model: nn.Module, kind: str) -> list[str]:
     """Dotted names of the nn.Linear modules after which adapters go (module order).
     Houlsby: attention output projection and FFN output projection of every layer;
     Pfeiffer: FFN output projection only."""
-    _check_kind(kind)
-    patterns = _FFN_PATTERNS + (_ATTN_PATTERNS if kind == "houlsby" else ())
-    sites = [
-        name for name, mod in model.named_modules()
-        if type(mod) is nn.Linear and any(p.search(name) for p in patterns)
-    ]
+    sites = [name for name, mod in model.named_modules() if type(mod) is nn.Linear and is_site(name, kind)]
     if not sites:
         raise ValueError(f"no recognised {kind} adapter sites in {type(model).__name__} (supported: BERT/RoBERTa, Llama/Mistral/Qwen, DistilBERT; un-adapted models only)")
     return sites

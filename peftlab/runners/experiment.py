@@ -385,7 +385,8 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
         model = load_classifier(bb, data.label_names, tokenizer, extra, loading_info)
         fingerprint = base_fingerprint(model, bb.name)
         spec = arch_spec(model.config)
-        estimate = estimate_bytes(params, spec, model.config, cfg.train.batch_size, cfg.train.max_length, overhead)
+        estimate = estimate_bytes(params, spec, model.config, cfg.train.batch_size, cfg.train.max_length, overhead,
+                                  acc.device.type)
         fresh = newly_initialised(loading_info, spec.head_modules if spec is not None else DEFAULT_HEADS)
         if fresh:
             warn(newly_initialised_warning(cfg.backbone.name, fresh))

@@ -1,0 +1,103 @@
+"""The activation count of :mod:`peftlab.activations` for Llama-style decoders (Llama, Mistral).
+
+A pre-RMSNorm block: ``x + attn(norm(x))`` then ``+ mlp(norm(.))`` with rotary positions, grouped
+key/value heads and a SiLU-gated MLP, no dropout; the head (``score``) reads every position, so it
+keeps the final norm's output (``tokens x hidden``). What each op keeps, when a gradient flows:
+
+* RMSNorm: its input and one 1/rms per token (for the input's gradient), its normalised input
+  (for a trained weight),
+* rotary: the shared cos and sin tables (once per step, all blocks use the same tensors),
+* attention (the flash kernel on CPU, attention dropout 0): the rotated query, the keys and values
+  repeated to every query head (transformers repeats them when a padding mask is given), the
+  output (which the o_proj input views), a log-sum-exp per head and query, a float mask,
+* gated MLP: gate output (SiLU's input), SiLU output and up output (the product's two factors),
+  and the product when down_proj's weight trains.
+
+tests/test_activations.py checks this against saved-tensor hooks on a tiny Llama.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from peftlab.activations import Dims, Flow, _linear_in, _linear_out, _Tally
+from peftlab.params import ArchSpec
+
+Q, K, V, O = "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"
+GATE, UP, DOWN = "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"
+
+
+def decoder_dims(spec: ArchSpec, conf: Any, batch: int, length: int, mask_bytes: int = 4) -> Dims:
+    heads = int(conf.num_attention_heads)
+    head_dim = int(getattr(conf, "head_dim", None) or spec.hidden // heads)
+    return Dims(batch=batch, length=length, hidden=spec.hidden, inter=int(conf.intermediate_size), heads=heads,
+                layers=spec.num_layers, hidden_dropout=0.0,
+                attention_dropout=float(getattr(conf, "attention_dropout", 0.0) or 0.0), classifier_dropout=0.0,
+                mask_bytes=mask_bytes, labels=spec.num_labels, q_width=heads * head_dim,
+                kv_width=spec.kv_dim or heads * head_dim)
+
+
+def _rms_norm(t: _Tally, d: Dims, tokens: int, x_grad: bool, trains: bool) -> bool:
+    """Returns whether the norm's output needs a gradient."""
+    if x_grad:
+        t.values(tokens * d.hidden + tokens)  # input (for pow) and 1/rms
+    if trains:
+        t.values(tokens * d.hidden)  # the normalised input, for the weight's gradient
+    return x_grad or trains
+
+
+def _attention(t: _Tally, d: Dims, f: Flow, tokens: int, q_grad: bool, k_grad: bool, v_grad: bool) -> bool:
+    """Flash attention over ``tokens`` queries and ``tokens + prefix`` keys; keeps its inputs when any
+    gradient flows. Returns whether the output needs a gradient."""
+    if not (q_grad or k_grad or v_grad):
+        return False
+    keys = tokens + f.prefix_tokens * d.batch
+    t.rotary = True
+    t.values((tokens + 2 * keys + tokens) * d.q_width + d.heads * tokens + tokens * (keys // d.batch))
+    return True
+
+
+def _block(t: _Tally, d: Dims, f: Flow, i: int, tokens: int, x_grad: bool) -> bool:
+    trains = i in f.trained_blocks
+    n, wide = tokens * d.hidden, tokens * d.inter
+    h_grad = _rms_norm(t, d, tokens, x_grad, trains)
+    grads, kept = [], False
+    for name in (Q, K, V):
+        kept, g = _linear_in(t, f, name, n, kept, h_grad, trains, tokens)
+        _, g = _linear_out(t, f, name, tokens * (d.q_width if name == Q else d.kv_width), g)
+        grads.append(g or (f.prefix_tokens > 0 and name != Q))
+    ctx_grad = _attention(t, d, f, tokens, *grads)
+    _, g = _linear_in(t, f, O, tokens * d.q_width, True, ctx_grad, trains, tokens)
+    _, g = _linear_out(t, f, O, n, g)
+    y_grad = g or x_grad
+    h_grad = _rms_norm(t, d, tokens, y_grad, trains)
+    kept, gate_grad = _linear_in(t, f, GATE, n, False, h_grad, trains, tokens)
+    _, gate_grad = _linear_out(t, f, GATE, wide, gate_grad)
+    _, up_grad = _linear_in(t, f, UP, n, kept, h_grad, trains, tokens)
+    _, up_grad = _linear_out(t, f, UP, wide, up_grad)
+    t.values(wide, gate_grad)  # SiLU's input
+    t.values(wide, up_grad)  # SiLU's output, for up's gradient
+    t.values(wide, gate_grad)  # up's output, for SiLU's gradient
+    _, g = _linear_in(t, f, DOWN, wide, False, gate_grad or up_grad, trains, tokens)
+    _, g = _linear_out(t, f, DOWN, n, g)
+    return g or y_grad
+
+
+def decoder_saved_bytes(f: Flow, d: Dims) -> int:
+    """Bytes autograd keeps for backward in one training step of a Llama-style classifier."""
+    t = _Tally(d)
+    tokens = d.batch * (d.length + f.prompt_tokens)
+    t.values(f.prompt_tokens * f.prompt_encoder_values)
+    t.values(d.batch * f.prefix_tokens * f.prefix_encoder_values)
+    if f.embeddings:
+        t.total += 8 * tokens  # the token ids, for the embedding's gradient
+    g = f.embeddings or f.prompt_tokens > 0
+    for i in range(d.layers):
+        g = _block(t, d, f, i, tokens, g)
+    if t.rotary:
+        t.values(2 * (d.length + f.prompt_tokens) * (d.q_width // d.heads))  # cos and sin
+    _rms_norm(t, d, tokens, g, f.post)
+    t.values(tokens * d.hidden)  # the score head reads (and keeps) every position
+    t.values(d.batch * d.labels)  # log-softmax of the pooled logits
+    t.total += 8 * 3 * d.batch  # last-token indices, batch arange, labels (int64)
+    return t.total

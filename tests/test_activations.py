@@ -1,0 +1,128 @@
+"""The closed-form activation count (peftlab.activations) against what autograd really keeps.
+
+``saved_tensors_hooks`` sees every tensor saved for backward; the closed form must match it
+method by method on tiny random encoders, on both CPU attention paths (the math path taken with
+attention dropout, the flash kernel without). A wrong term (a missing dropout mask, a frozen
+layer counted as storing its input) moves the count by a whole tensor per layer and fails here.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from conftest import tiny_config
+from peftlab.activation_flows import WALKS, method_flow
+from peftlab.activation_probe import saved_tensor_bytes
+from peftlab.activations import dims_of, saved_bytes
+from peftlab.methods import METHODS
+from peftlab.params import arch_spec
+
+B, L = 4, 16
+TOLERANCE = 0.03
+
+CASES = [
+    {"method": "full"},
+    {"method": "partial", "top_k": 1},  # frozen below the first trained block: nothing kept there
+    {"method": "lora", "dropout": 0.0, "target_modules": ["query", "value"]},
+    {"method": "lora", "dropout": 0.1, "target_modules": ["query", "key", "value", "dense"]},
+    {"method": "lora", "dropout": 0.0, "target_modules": ["query", "key", "value", "dense"]},
+    {"method": "ia3"},
+    {"method": "prompt_tuning", "init": "random", "num_virtual_tokens": 6},
+    {"method": "p_tuning", "num_virtual_tokens": 6},
+    {"method": "prefix_tuning", "num_virtual_tokens": 6},
+    {"method": "prefix_tuning", "num_virtual_tokens": 4, "projection": True},
+    {"method": "houlsby"},
+    {"method": "pfeiffer", "nonlinearity": "gelu"},
+]
+
+
+def measure(family: str, raw: dict, attention_dropout: float) -> tuple[int, int]:
+    conf = tiny_config(family)
+    conf.attention_probs_dropout_prob = conf.attention_dropout = attention_dropout
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(conf)
+    spec = arch_spec(model.config)
+    method = METHODS.get(raw["method"])
+    params = method.Params(**raw)
+    dims, walk = WALKS.get(family)
+    predicted = walk(method_flow(params, spec), dims(spec, model.config, B, L))
+    model = method.prepare(model, params, spec)
+    ids = torch.randint(5, 25, (B, L))
+    mask = torch.ones(B, L, dtype=torch.long)
+    mask[0, L // 2:] = 0  # padding, as in a real batch
+    if family == "llama":
+        mask = mask.flip(1)  # decoders pad on the left
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.zeros(B, dtype=torch.long)}
+    return predicted, saved_tensor_bytes(model, batch)
+
+
+@pytest.mark.parametrize("attention_dropout", [0.1, 0.0], ids=["math-attention", "flash-attention"])
+@pytest.mark.parametrize("raw", CASES, ids=lambda r: "-".join(f"{v}" for v in r.values()))
+def test_closed_form_equals_saved_tensors(raw, attention_dropout):
+    predicted, measured = measure("bert", raw, attention_dropout)
+    assert abs(predicted - measured) <= TOLERANCE * measured, (predicted, measured)
+
+
+@pytest.mark.parametrize("raw", [{"method": "full"}, {"method": "lora", "dropout": 0.1}, {"method": "houlsby"}],
+                         ids=lambda r: r["method"])
+def test_roberta_head(raw):
+    predicted, measured = measure("roberta", raw, 0.1)
+    assert abs(predicted - measured) <= TOLERANCE * measured, (predicted, measured)
+
+
+LLAMA_CASES = [
+    {"method": "full"},
+    {"method": "partial", "top_k": 1},
+    {"method": "lora", "dropout": 0.1, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                         "up_proj", "down_proj"]},
+    {"method": "ia3"},
+    {"method": "prompt_tuning", "init": "random", "num_virtual_tokens": 6},
+    {"method": "prefix_tuning", "num_virtual_tokens": 6},
+    {"method": "houlsby"},
+]
+
+
+@pytest.mark.parametrize("raw", LLAMA_CASES, ids=lambda r: "-".join(f"{v}" for v in r.values()))
+def test_decoder_closed_form_equals_saved_tensors(raw):
+    """Llama: pre-RMSNorm blocks, grouped key/value heads (repeated for the padding mask), gated MLP."""
+    predicted, measured = measure("llama", raw, 0.0)
+    assert abs(predicted - measured) <= TOLERANCE * measured, (predicted, measured)
+
+
+def test_terms_follow_the_gradient():
+    """Frozen blocks below the trained part keep nothing; lora dropout adds a copy and a mask per
+    adapted input; more adapted layers keep more."""
+    spec = arch_spec(tiny_config("bert"))
+    d = dims_of(spec, tiny_config("bert"), B, L)
+
+    def count(**raw: object) -> int:
+        return saved_bytes(method_flow(METHODS.get(str(raw["method"])).Params(**raw), spec), d)
+
+    assert count(method="partial", top_k=1) < count(method="partial", top_k=2) < count(method="full")
+    qv = count(method="lora", dropout=0.0, target_modules=["query", "value"])
+    assert count(method="lora", dropout=0.0, target_modules=["query", "key", "value", "dense"]) > qv
+    assert count(method="lora", dropout=0.1, target_modules=["query", "value"]) > qv
+
+
+def test_plan_uses_the_count():
+    """``peftlab plan`` charges what autograd keeps (plus the backward's gradient buffers), frozen
+    blocks included only where they keep something, and the CPU allocator allowance only on CPU."""
+    from peftlab.activations import backward_working_bytes
+    from peftlab.plan import plan_method
+
+    conf = tiny_config("bert")
+    spec = arch_spec(conf)
+    plans = {}
+    for raw in ({"method": "full"}, {"method": "partial", "top_k": 1}, {"method": "linear_probe"}):
+        params = METHODS.get(raw["method"]).Params(**raw)
+        plans[raw["method"]] = plan_method(params, spec, conf, B, L, overhead=0)
+        d, flow = dims_of(spec, conf, B, L), method_flow(params, spec)
+        if raw["method"] != "linear_probe":
+            assert plans[raw["method"]].activation_bytes == saved_bytes(flow, d) + backward_working_bytes(flow, d)
+    assert plans["linear_probe"].activation_bytes < plans["partial"].activation_bytes < plans["full"].activation_bytes
+    full = plans["full"]
+    assert full.allocator_bytes == full.activation_bytes
+    cuda = plan_method(METHODS.get("full").Params(), spec, conf, B, L, overhead=0, device="cuda")
+    assert cuda.allocator_bytes == 0 and cuda.total_bytes < full.total_bytes
