@@ -325,11 +325,12 @@ def guarded(cfg: ExperimentConfig, params: MethodParams, data: TaskData, out: Pa
     except (Exception, KeyboardInterrupt) as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
-        if not isinstance(exc, PeftlabError):
+        if not isinstance(exc, PeftlabError) and is_main():
             traceback.print_exc()
         result = base.model_copy(update={"status": "failed", "error": f"{type(exc).__name__}: {exc}",
                                          "flags": ["nan_loss"] if isinstance(exc, NonFiniteLoss) else []})
-        print(f"error: method {params.label} failed: {exc}", file=sys.stderr)
+        if is_main():  # every process records the failure; rank 0 alone says so
+            print(f"error: method {params.label} failed: {exc}", file=sys.stderr)
     if is_main():
         result.write(mdir)
         log_result(cfg.train.log_to, out, cfg.name, result)
