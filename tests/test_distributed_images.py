@@ -22,6 +22,7 @@ from tiny_images import make_tiny_vit, write_image_folder
 from torch.utils.data import BatchSampler, SequentialSampler
 
 from peftlab.config import validate_raw
+from peftlab.report.collect import load_run_dir
 from peftlab.runners.cached import step_batches
 from peftlab.runners.data_parallel import rank_positions
 from peftlab.runners.experiment import run_experiment
@@ -102,4 +103,7 @@ def test_two_image_processes_equal_one_with_the_global_batch_and_only_rank0_writ
         assert any(written in line for line in rank0), written  # the hook sees every kind of write...
     assert rank1 == [], rank1[:5]  # ...and rank 1 makes none
     assert len(list((two / ".feature_cache").glob("*.safetensors"))) == 1
+    # the report re-runs it with the launcher (command.json records it)
+    assert load_run_dir(two)[0].command == (f"accelerate launch --multi_gpu --num_processes 2 --mixed_precision no "
+                                            f"-m peftlab run {two / 'config.yaml'}")
     assert not [p for p in two.rglob("*") if p.name.endswith(".tmp")]
