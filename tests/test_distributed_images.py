@@ -13,6 +13,7 @@ feature cache included (rank 1 computes the features too, but only reads).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,70 @@ def test_two_image_processes_equal_one_with_the_global_batch_and_only_rank0_writ
     assert load_run_dir(two)[0].command == (f"accelerate launch --multi_gpu --num_processes 2 --mixed_precision no "
                                             f"-m peftlab run {two / 'config.yaml'}")
     assert not [p for p in two.rglob("*") if p.name.endswith(".tmp")]
+
+
+#: run by 2 torchrun processes: train with dropout and a checkpoint after every step, then resume
+#: from a mid-epoch checkpoint (exactly as saved, and with process 1's generators removed)
+RESUME_SCRIPT = '''
+import json, shutil, sys
+import json
+from pathlib import Path
+import numpy as np, torch, torch.distributed as dist
+from torch import nn
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+from peftlab.config import TrainConfig
+from peftlab.runners.cached import fit_tensors
+from peftlab.runners.checkpoint import complete_checkpoints, load_checkpoint
+from peftlab.runners.train import CheckpointPlan
+
+root = Path(sys.argv[1])
+g = torch.Generator().manual_seed(0)
+x, y = torch.randn(32, 6, generator=g), np.arange(32) % 3
+tcfg = TrainConfig(epochs=2, batch_size=4, seed=0, warmup_ratio=0.0)
+
+def train(directory, resume_from=None):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
+    torch.manual_seed(100 + rank)  # each process its own dropout stream (as each GPU's generator is)
+    plan = CheckpointPlan(directory, every=1, keep=100,
+                          resume=load_checkpoint(resume_from, model) if resume_from else None)
+    fit_tensors(model, model, x, y, x, y, 0.05, tcfg, torch.device("cpu"), ckpt=plan)
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+full = train(root / "full")
+dist.barrier()
+mid = next(c for c in complete_checkpoints(root / "full") if json.loads((c / "state.json").read_text())["progress"]["batches_done"] == 2)
+if rank == 0:
+    shutil.copytree(mid, root / "bare" / mid.name)
+    (root / "bare" / mid.name / "rng.rank1.safetensors").unlink()
+dist.barrier()
+resumed = train(root / "again", mid)
+bare = train(root / "bare-run", root / "bare" / mid.name)
+out = {"files": sorted(p.name for p in mid.iterdir()), "exact": bool(torch.equal(full, resumed)),
+       "bare_exact": bool(torch.equal(full, bare)), "moved": float((full - bare).abs().max())}
+(root / f"rank{rank}.json").write_text(json.dumps(out))
+'''
+
+
+def test_a_data_parallel_resume_with_dropout_restores_each_processs_generators(tmp_path: Path) -> None:
+    """Bit-exact: a resumed 2-process run with dropout ends with the uninterrupted run's weights, because
+    process 1 restores its own generators (saved by rank 0 as rng.rank1.safetensors); with that file
+    gone it restores rank 0's, draws other masks, and ends elsewhere (so the check can fail)."""
+    import os
+    import subprocess
+    import sys
+
+    from test_distributed import ROOT, free_port
+
+    (tmp_path / "resume.py").write_text(RESUME_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(free_port()), str(tmp_path / "resume.py"), str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        out = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert "rng.rank1.safetensors" in out["files"] and "rng.safetensors" in out["files"]
+        assert out["exact"], out
+        assert not out["bare_exact"] and out["moved"] > 1e-6, out

@@ -22,7 +22,7 @@ from peftlab.config import TrainConfig
 from peftlab.runners.batching import Features, sorted_batches
 from peftlab.runners.progress import bar as progress_bar
 from peftlab.runners.progress import metrics_text, say, track
-from peftlab.runners.checkpoint import restore_rng, save_checkpoint
+from peftlab.runners.checkpoint import rank_rng_states, restore_rng, save_checkpoint
 from peftlab.runners import data_parallel as dp
 from peftlab.runners.train import (CheckpointPlan, FitOutcome, _sync_progress, epoch_line, epoch_record, feature_labels,
                                    make_optimizer, start_from)
@@ -137,8 +137,9 @@ def fit_tensors(trainable: nn.Module, forward: Callable[[torch.Tensor], torch.Te
         if processes > 1:  # the epoch's running sums of all processes: rank 0 alone carries them on after a resume
             loss_sum, seen = dp.summed(prog.loss_sum, prog.seen, device=device)
             saved = replace(prog, loss_sum=loss_sum, seen=int(seen))
+        rngs = rank_rng_states(device)  # every process's generators, for rank 0 to save
         if rank == 0:
-            save_checkpoint(ckpt.directory, trainable, opt, sched, saved, ckpt.keep, buffers=True)
+            save_checkpoint(ckpt.directory, trainable, opt, sched, saved, ckpt.keep, buffers=True, rank_rngs=rngs)
 
     bar = progress_bar(tcfg.epochs, f"{label} head epochs", quiet, unit="epoch")
     bar.update(prog.epoch - 1)

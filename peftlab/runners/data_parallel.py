@@ -126,3 +126,24 @@ def summed(*values: float, device: torch.device | None = None) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return [float(v) for v in t.cpu()]
+
+
+def gathered_bytes(payload: bytes, device: torch.device | None = None) -> list[bytes] | None:
+    """Every process's ``payload``, in rank order, on every process; None without a process group.
+
+    Sizes are exchanged first, so payloads may differ in length (padded for the one all-gather).
+    """
+    rank, processes = group()
+    if processes == 1:
+        return None
+    import torch.distributed as dist
+
+    data = torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(device)
+    size = torch.tensor([data.numel()], dtype=torch.int64, device=device)
+    sizes = [torch.zeros_like(size) for _ in range(processes)]
+    dist.all_gather(sizes, size)
+    padded = torch.zeros(max(int(s) for s in sizes), dtype=torch.uint8, device=device)
+    padded[:data.numel()] = data
+    bufs = [torch.zeros_like(padded) for _ in range(processes)]
+    dist.all_gather(bufs, padded)
+    return [bytes(b[:int(s)].cpu().numpy().tobytes()) for b, s in zip(bufs, sizes)]

@@ -26,7 +26,7 @@ from peftlab.results import EpochRecord
 from peftlab.runners.batching import Features, LengthGroupedBatches, sorted_batches
 from peftlab.runners.eta import TIMED_STEPS, eta_line, remaining_s
 from peftlab.runners.distributed import all_finite, global_sums
-from peftlab.runners.checkpoint import Progress, Resumed, restore_rng, save_checkpoint
+from peftlab.runners.checkpoint import Progress, Resumed, rank_rng_states, restore_rng, save_checkpoint
 from peftlab.runners.progress import bar as progress_bar
 from peftlab.runners.progress import metrics_text, say, track
 
@@ -206,9 +206,12 @@ def _fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr:
     timed_from, timed_step0 = time.perf_counter(), prog.step
 
     def checkpoint() -> None:
-        if ckpt is not None and acc.is_main_process:
+        if ckpt is None:
+            return
+        rngs = rank_rng_states(acc.device)  # a collective: every process's generators, for rank 0 to save
+        if acc.is_main_process:
             _sync_progress(prog, outcome)
-            save_checkpoint(ckpt.directory, acc.unwrap_model(wrapped), opt, sched, prog, ckpt.keep)
+            save_checkpoint(ckpt.directory, acc.unwrap_model(wrapped), opt, sched, prog, ckpt.keep, rank_rngs=rngs)
 
     for epoch in range(prog.epoch, tcfg.epochs + 1):
         sampler.epoch = epoch - 1  # the data order of this epoch, also when resuming mid-way
