@@ -87,20 +87,24 @@ def broadcast_running_stats(module: nn.Module) -> None:
 
 
 def mean_gradients(params: list[nn.Parameter]) -> None:
-    """Replace each gradient by its mean over the processes (one all-reduce for all of them)."""
+    """Replace each gradient by its mean over the processes (one all-reduce per dtype and device)."""
     rank, processes = group()
-    grads = [p.grad for p in params if p.grad is not None]
-    if processes == 1 or not grads:
+    if processes == 1:
         return
     import torch.distributed as dist
 
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= processes
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
+    buckets: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+    for p in params:
+        if p.grad is not None:
+            buckets.setdefault((p.grad.dtype, p.grad.device), []).append(p.grad)
+    for grads in buckets.values():
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= processes
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
 
 
 def finite_everywhere(loss: torch.Tensor) -> bool:
