@@ -175,3 +175,30 @@ def test_a_data_parallel_resume_with_dropout_restores_each_processs_generators(t
         assert "rng.rank1.safetensors" in out["files"] and "rng.safetensors" in out["files"]
         assert out["exact"], out
         assert not out["bare_exact"] and out["moved"] > 1e-6, out
+
+
+def test_each_rank_loads_its_own_generators_and_a_bad_file_is_one_line(tmp_path: Path) -> None:
+    """In one process: rank 1 gets the state saved as its file, rank 0 (and rank 2, absent) rank 0's."""
+    from torch import nn
+
+    from peftlab.errors import PeftlabError
+    from peftlab.runners.checkpoint import Progress, load_checkpoint, restore_rng, rng_payload, save_checkpoint
+
+    model = nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    torch.manual_seed(1)
+    other = rng_payload()  # "process 1"'s generators
+    torch.manual_seed(0)
+    path = save_checkpoint(tmp_path, model, opt, sched, Progress(), keep=2, rank_rngs={1: other})
+    draw = {}
+    for rank in (0, 1, 2):
+        restore_rng(load_checkpoint(path, model, rank=rank))
+        draw[rank] = torch.rand(3)
+    torch.manual_seed(1)
+    assert torch.equal(draw[1], torch.rand(3))
+    torch.manual_seed(0)
+    assert torch.equal(draw[0], torch.rand(3)) and torch.equal(draw[2], draw[0])
+    (path / "rng.rank1.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(PeftlabError, match="rng.rank1.safetensors"):
+        load_checkpoint(path, model, rank=1)

@@ -135,8 +135,11 @@ def _rank_rng(path: Path, rank: int) -> dict[str, Any] | None:
     file = path / RANK_RNG_FILE.format(rank)
     if rank == 0 or not file.is_file():
         return None
-    with safe_open(str(file), "pt") as f:
-        meta = json.loads((f.metadata() or {})["rng"])
+    try:
+        with safe_open(str(file), "pt") as f:
+            meta = json.loads((f.metadata() or {})["rng"])
+    except Exception as exc:  # safetensors' own error type, a missing or bad JSON part
+        raise PeftlabError(f"checkpoint {file}: unreadable generators ({exc})") from None
     return {"tensors": read_safetensors(file, "checkpoint generators"), "meta": meta}
 
 
