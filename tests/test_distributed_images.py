@@ -136,19 +136,20 @@ def train(directory, resume_from=None):
     torch.manual_seed(100 + rank)  # each process its own dropout stream (as each GPU's generator is)
     plan = CheckpointPlan(directory, every=1, keep=100,
                           resume=load_checkpoint(resume_from, model) if resume_from else None)
-    fit_tensors(model, model, x, y, x, y, 0.05, tcfg, torch.device("cpu"), ckpt=plan)
-    return torch.cat([p.detach().flatten() for p in model.parameters()])
+    outcome = fit_tensors(model, model, x, y, x, y, 0.05, tcfg, torch.device("cpu"), ckpt=plan)
+    return torch.cat([p.detach().flatten() for p in model.parameters()]), [e.train_loss for e in outcome.epochs]
 
-full = train(root / "full")
+full, full_losses = train(root / "full")
 dist.barrier()
 mid = next(c for c in complete_checkpoints(root / "full") if json.loads((c / "state.json").read_text())["progress"]["batches_done"] == 2)
 if rank == 0:
     shutil.copytree(mid, root / "bare" / mid.name)
     (root / "bare" / mid.name / "rng.rank1.safetensors").unlink()
 dist.barrier()
-resumed = train(root / "again", mid)
-bare = train(root / "bare-run", root / "bare" / mid.name)
+resumed, losses = train(root / "again", mid)
+bare, _ = train(root / "bare-run", root / "bare" / mid.name)
 out = {"files": sorted(p.name for p in mid.iterdir()), "exact": bool(torch.equal(full, resumed)),
+       "losses": [full_losses, losses],
        "bare_exact": bool(torch.equal(full, bare)), "moved": float((full - bare).abs().max())}
 (root / f"rank{rank}.json").write_text(json.dumps(out))
 '''
@@ -174,6 +175,8 @@ def test_a_data_parallel_resume_with_dropout_restores_each_processs_generators(t
         out = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert "rng.rank1.safetensors" in out["files"] and "rng.safetensors" in out["files"]
         assert out["exact"], out
+        # the epoch's running loss sums were saved over both processes: the resumed epoch's loss is the same
+        assert out["losses"][1] == pytest.approx(out["losses"][0], abs=1e-9) and len(out["losses"][1]) == 2
         assert not out["bare_exact"] and out["moved"] > 1e-6, out
 
 
