@@ -110,74 +110,106 @@ def test_two_image_processes_equal_one_with_the_global_batch_and_only_rank0_writ
     assert not [p for p in two.rglob("*") if p.name.endswith(".tmp")]
 
 
-#: run by 2 torchrun processes: train with dropout and a checkpoint after every step, then resume
-#: from a mid-epoch checkpoint (exactly as saved, and with process 1's generators removed)
+#: run by 2 torchrun processes, for the image loop (fit_tensors) and the text loop (fit, on accelerate):
+#: train with dropout and a checkpoint after every step, then resume from a mid-epoch checkpoint
+#: (exactly as saved, and with process 1's generators removed)
 RESUME_SCRIPT = '''
 import json, shutil, sys
-import json
 from pathlib import Path
 import numpy as np, torch, torch.distributed as dist
 from torch import nn
-dist.init_process_group("gloo")
+root = Path(sys.argv[1])
+sys.path.insert(0, sys.argv[2])
+from peftlab.runners.distributed import start
+start(cpu=True)  # accelerate's process group (gloo), as peftlab run joins it
 rank = dist.get_rank()
+from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
+from conftest import make_tokenizer, tiny_config, tiny_rows
 from peftlab.config import TrainConfig
+from peftlab.runners.batching import encode
 from peftlab.runners.cached import fit_tensors
 from peftlab.runners.checkpoint import complete_checkpoints, load_checkpoint
-from peftlab.runners.train import CheckpointPlan
+from peftlab.runners.train import CheckpointPlan, fit, make_accelerator
+from peftlab.tasks.base import Split
 
-root = Path(sys.argv[1])
+tcfg = TrainConfig(epochs=2, batch_size=4, seed=0, warmup_ratio=0.0, device="cpu")
 g = torch.Generator().manual_seed(0)
 x, y = torch.randn(32, 6, generator=g), np.arange(32) % 3
-tcfg = TrainConfig(epochs=2, batch_size=4, seed=0, warmup_ratio=0.0)
+tok = make_tokenizer(root / f"tok{rank}", with_cls=True)
+rows, names = tiny_rows(32, 1), ["positive", "negative", "neutral"]
+feats = encode(tok, Split(texts=[t for t, _ in rows], labels=np.array([names.index(l) for _, l in rows])), 32)
 
-def train(directory, resume_from=None):
+def plan(directory, model, resume_from):
+    torch.manual_seed(100 + rank)  # each process its own dropout stream (as each GPU's generator is)
+    return CheckpointPlan(directory, every=1, keep=100, resume=load_checkpoint(resume_from, model) if resume_from else None)
+
+def image_loop(directory, resume_from):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
-    torch.manual_seed(100 + rank)  # each process its own dropout stream (as each GPU's generator is)
-    plan = CheckpointPlan(directory, every=1, keep=100,
-                          resume=load_checkpoint(resume_from, model) if resume_from else None)
-    outcome = fit_tensors(model, model, x, y, x, y, 0.05, tcfg, torch.device("cpu"), ckpt=plan)
+    return model, fit_tensors(model, model, x, y, x, y, 0.05, tcfg, torch.device("cpu"),
+                              ckpt=plan(directory, model, resume_from))
+
+def text_loop(directory, resume_from):
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(tiny_config("bert"))  # dropout 0.1
+    return fit(model, feats, feats, DataCollatorWithPadding(tok), 1e-3, tcfg, make_accelerator(tcfg), "t", True,
+               plan(directory, model, resume_from))
+
+def train(loop, directory, resume_from=None):
+    model, outcome = loop(directory, resume_from)
     return torch.cat([p.detach().flatten() for p in model.parameters()]), [e.train_loss for e in outcome.epochs]
 
-full, full_losses = train(root / "full")
-dist.barrier()
-mid = next(c for c in complete_checkpoints(root / "full") if json.loads((c / "state.json").read_text())["progress"]["batches_done"] == 2)
-if rank == 0:
-    shutil.copytree(mid, root / "bare" / mid.name)
-    (root / "bare" / mid.name / "rng.rank1.safetensors").unlink()
-dist.barrier()
-resumed, losses = train(root / "again", mid)
-bare, _ = train(root / "bare-run", root / "bare" / mid.name)
-out = {"files": sorted(p.name for p in mid.iterdir()), "exact": bool(torch.equal(full, resumed)),
-       "losses": [full_losses, losses],
-       "bare_exact": bool(torch.equal(full, bare)), "moved": float((full - bare).abs().max())}
+out = {}
+for name, loop in (("image", image_loop), ("text", text_loop)):
+    d = root / name
+    full, full_losses = train(loop, d / "full")
+    dist.barrier()
+    mid = next(c for c in complete_checkpoints(d / "full")
+               if json.loads((c / "state.json").read_text())["progress"]["batches_done"] == 2)
+    if rank == 0:
+        shutil.copytree(mid, d / "bare" / mid.name)
+        (d / "bare" / mid.name / "rng.rank1.safetensors").unlink()
+    dist.barrier()
+    resumed, losses = train(loop, d / "again", mid)
+    bare, _ = train(loop, d / "bare-run", d / "bare" / mid.name)
+    out[name] = {"files": sorted(p.name for p in mid.iterdir()), "exact": bool(torch.equal(full, resumed)),
+                 "losses": [full_losses, losses], "bare_exact": bool(torch.equal(full, bare)),
+                 "moved": float((full - bare).abs().max())}
 (root / f"rank{rank}.json").write_text(json.dumps(out))
 '''
 
 
-def test_a_data_parallel_resume_with_dropout_restores_each_processs_generators(tmp_path: Path) -> None:
+@pytest.mark.parametrize("loop", ["image", "text"])
+def test_a_data_parallel_resume_with_dropout_restores_each_processs_generators(resumed_runs: Path, loop: str) -> None:
     """Bit-exact: a resumed 2-process run with dropout ends with the uninterrupted run's weights, because
     process 1 restores its own generators (saved by rank 0 as rng.rank1.safetensors); with that file
     gone it restores rank 0's, draws other masks, and ends elsewhere (so the check can fail)."""
+    for rank in (0, 1):
+        out = json.loads((resumed_runs / f"rank{rank}.json").read_text())[loop]
+        assert "rng.rank1.safetensors" in out["files"] and "rng.safetensors" in out["files"]
+        assert out["exact"], out
+        # the epoch's running loss sums were saved over both processes: the resumed epoch's loss is the same
+        assert out["losses"][1] == pytest.approx(out["losses"][0], abs=1e-9) and len(out["losses"][1]) == 2
+        assert not out["bare_exact"] and out["moved"] > 1e-6, out
+
+
+@pytest.fixture(scope="module")
+def resumed_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One torchrun launch of RESUME_SCRIPT (2 processes) for both loops."""
     import os
     import subprocess
     import sys
 
     from test_distributed import ROOT, free_port
 
-    (tmp_path / "resume.py").write_text(RESUME_SCRIPT)
+    root = tmp_path_factory.mktemp("ddp-resume")
+    (root / "resume.py").write_text(RESUME_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", str(free_port()), str(tmp_path / "resume.py"), str(tmp_path)],
+                           "--master_port", str(free_port()), str(root / "resume.py"), str(root), str(ROOT / "tests")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    for rank in (0, 1):
-        out = json.loads((tmp_path / f"rank{rank}.json").read_text())
-        assert "rng.rank1.safetensors" in out["files"] and "rng.safetensors" in out["files"]
-        assert out["exact"], out
-        # the epoch's running loss sums were saved over both processes: the resumed epoch's loss is the same
-        assert out["losses"][1] == pytest.approx(out["losses"][0], abs=1e-9) and len(out["losses"][1]) == 2
-        assert not out["bare_exact"] and out["moved"] > 1e-6, out
+    return root
 
 
 def test_each_rank_loads_its_own_generators_and_a_bad_file_is_one_line(tmp_path: Path) -> None:
