@@ -21,6 +21,7 @@ from torch import nn
 from peftlab.config import TrainConfig
 from peftlab.errors import PeftlabError
 from peftlab.registry import Registry
+from peftlab.runners.distributed import barrier, is_main
 from peftlab.tasks.images import ImageTaskData
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -57,17 +58,20 @@ class ImageContext:
         for x in (self.x_train, self.x_eval):
             digest.update(x.numpy().tobytes())
         path = self.cache_dir / f"{what}-{digest.hexdigest()[:20]}.safetensors" if self.cache_dir else None
-        if path is not None and path.is_file():
+        cached = path is not None and path.is_file()
+        barrier()  # under a launcher: every process has looked before rank 0 may write the file
+        if cached:
             t = load_file(str(path))
             pair = (t["train"], t["eval"])
-        else:
+        else:  # every process computes (reads only); rank 0 alone writes the cache, the others wait
             pair = (batched(compute, self.x_train, self.tcfg.eval_batch_size, self.device),
                     batched(compute, self.x_eval, self.tcfg.eval_batch_size, self.device))
-            if path is not None:
+            if path is not None and is_main():
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name("." + path.name + ".tmp")
                 save_file({"train": pair[0].contiguous(), "eval": pair[1].contiguous()}, str(tmp))
                 tmp.replace(path)
+            barrier()
         self._features[what] = pair
         return pair
 

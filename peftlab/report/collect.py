@@ -34,6 +34,8 @@ class RunDir:
     config: dict[str, Any] = field(default_factory=dict)
     #: (command line, working folder) as the user typed it, when recorded
     original: tuple[str, str] | None = None
+    #: ``accelerate launch ...`` / ``torchrun ...`` when the run was started by a launcher (peftlab.launcher)
+    launcher: str | None = None
 
     @property
     def label(self) -> str:
@@ -44,7 +46,8 @@ class RunDir:
         """The one command that reproduces every row of this folder (the resolved config)."""
         if self.config_text is None:
             return None
-        return f"peftlab run {_shell_quote(str(self.path / CONFIG_FILE))}"
+        run = f"peftlab run {_shell_quote(str(self.path / CONFIG_FILE))}"
+        return f"{self.launcher} -m {run}" if self.launcher else run
 
 
 @dataclass
@@ -106,19 +109,27 @@ def load_run_dir(path: Path) -> tuple[RunDir, list[Path]]:
         except yaml.YAMLError:
             loaded = None
         run.config = loaded if isinstance(loaded, dict) else {}
-        run.original = _original_command(run.path / COMMAND_FILE)
+        run.original, run.launcher = _original_command(run.path / COMMAND_FILE)
     return run, _order(files, run)
 
 
-def _original_command(path: Path) -> tuple[str, str] | None:
-    """The recorded command line, or None when absent or unreadable (it is a courtesy, not data)."""
+def _original_command(path: Path) -> tuple[tuple[str, str] | None, str | None]:
+    """The recorded command line (with its launcher's prefix) and that prefix alone; None for what
+    is absent or unreadable (it is a courtesy, not data)."""
     import shlex
+
+    from peftlab.launcher import launch_prefix
 
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return shlex.join(str(a) for a in data["argv"]), str(data.get("cwd", ""))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        argv = [str(a) for a in data["argv"]]
+        launcher = launch_prefix(data["launcher"]) if isinstance(data.get("launcher"), dict) else None
+        if launcher and argv[:1] == ["peftlab"]:
+            argv = ["-m", *argv]
+        line = f"{launcher} {shlex.join(argv)}" if launcher else shlex.join(argv)
+        return (line, str(data.get("cwd", ""))), launcher
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None, None
 
 
 def _config_labels(config: dict[str, Any]) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +22,8 @@ from peftlab.config import TrainConfig
 from peftlab.runners.batching import Features, sorted_batches
 from peftlab.runners.progress import bar as progress_bar
 from peftlab.runners.progress import metrics_text, say, track
-from peftlab.runners.checkpoint import restore_rng, save_checkpoint
+from peftlab.runners.checkpoint import rank_rng_states, restore_rng, save_checkpoint
+from peftlab.runners import data_parallel as dp
 from peftlab.runners.train import (CheckpointPlan, FitOutcome, _sync_progress, epoch_line, epoch_record, feature_labels,
                                    make_optimizer, start_from)
 
@@ -111,10 +113,15 @@ def fit_tensors(trainable: nn.Module, forward: Callable[[torch.Tensor], torch.Te
     """
     y_train_t = torch.from_numpy(np.asarray(y_train)).to(device)
     n = len(x_train)
-    bounds = batch_bounds(n, tcfg.batch_size)
-    steps = math.ceil(len(bounds) / tcfg.grad_accum) * tcfg.epochs
+    rank, processes = dp.group()
+    batches = step_batches(n, tcfg.batch_size, rank, processes)
+    steps = math.ceil(len(batches) / tcfg.grad_accum) * tcfg.epochs
     opt, sched = make_optimizer(trainable, lr, tcfg, steps)
     prog, outcome, resumed = start_from(ckpt, opt, sched)
+    dp.broadcast_state(trainable)  # after a resume too: every process continues from rank 0's tensors
+    if rank > 0:  # a checkpoint holds the sums over all processes (see checkpoint() below)
+        prog.loss_sum, prog.seen = 0.0, 0
+    quiet = quiet or rank != 0
     if ckpt is None or ckpt.resume is None:
         outcome.train_s = start_s  # the one pass over the backbone is part of training's cost
     gen = torch.Generator().manual_seed(tcfg.seed)
@@ -123,9 +130,16 @@ def fit_tensors(trainable: nn.Module, forward: Callable[[torch.Tensor], torch.Te
     params = [p for p in trainable.parameters() if p.requires_grad]
 
     def checkpoint() -> None:
-        if ckpt is not None:
-            _sync_progress(prog, outcome)
-            save_checkpoint(ckpt.directory, trainable, opt, sched, prog, ckpt.keep, buffers=True)
+        if ckpt is None:
+            return
+        _sync_progress(prog, outcome)
+        saved = prog
+        if processes > 1:  # the epoch's running sums of all processes: rank 0 alone carries them on after a resume
+            loss_sum, seen = dp.summed(prog.loss_sum, prog.seen, device=device)
+            saved = replace(prog, loss_sum=loss_sum, seen=int(seen))
+        rngs = rank_rng_states(device)  # every process's generators, for rank 0 to save
+        if rank == 0:
+            save_checkpoint(ckpt.directory, trainable, opt, sched, saved, ckpt.keep, buffers=True, rank_rngs=rngs)
 
     bar = progress_bar(tcfg.epochs, f"{label} head epochs", quiet, unit="epoch")
     bar.update(prog.epoch - 1)
@@ -133,28 +147,31 @@ def fit_tensors(trainable: nn.Module, forward: Callable[[torch.Tensor], torch.Te
         (train_mode or trainable.train)()
         t1 = time.perf_counter()
         order = torch.randperm(n, generator=gen)
-        for step, (start, end) in enumerate(bounds):
+        for step, positions in enumerate(batches):
             if step < prog.batches_done:
                 continue
             if resumed is not None:
                 restore_rng(resumed)
                 resumed = None
-            idx = order[start:end]
+            idx = order[positions]
             logits = forward(x_train[idx].to(device))
             loss = nn.functional.cross_entropy(logits.float(), y_train_t[idx.to(device)])
-            if not torch.isfinite(loss):
+            if not dp.finite_everywhere(loss):
                 outcome.nan_loss = True
                 break
             (loss / tcfg.grad_accum).backward()
             prog.loss_sum += float(loss.detach()) * len(idx)
             prog.seen, prog.batches_done = prog.seen + len(idx), step + 1
-            if (step + 1) % tcfg.grad_accum == 0 or end >= n:
+            last = step + 1 == len(batches)
+            if (step + 1) % tcfg.grad_accum == 0 or last:
+                dp.mean_gradients(params)
                 torch.nn.utils.clip_grad_norm_(params, tcfg.max_grad_norm)
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
+                dp.broadcast_running_stats(trainable)
                 prog.step += 1
-                if ckpt is not None and ckpt.every and prog.step % ckpt.every == 0 and end < n:
+                if ckpt is not None and ckpt.every and prog.step % ckpt.every == 0 and not last:
                     outcome.train_s += time.perf_counter() - t1
                     checkpoint()
                     t1 = time.perf_counter()
@@ -166,9 +183,10 @@ def fit_tensors(trainable: nn.Module, forward: Callable[[torch.Tensor], torch.Te
         outcome.eval_s += time.perf_counter() - t2
         outcome.eval_examples += len(x_eval)
         outcome.logits = logits_eval
-        outcome.epochs.append(epoch_record(epoch, prog.loss_sum / n, logits_eval, np.asarray(y_eval)))
+        loss_sum, seen = (prog.loss_sum, n) if processes == 1 else dp.summed(prog.loss_sum, prog.seen, device=device)
+        outcome.epochs.append(epoch_record(epoch, loss_sum / seen, logits_eval, np.asarray(y_eval)))
         bar.update(1)
-        bar.set_postfix_str(metrics_text({"loss": prog.loss_sum / n, "eval acc": outcome.epochs[-1].accuracy}))
+        bar.set_postfix_str(metrics_text({"loss": loss_sum / seen, "eval acc": outcome.epochs[-1].accuracy}))
         if outcome.nan_loss:
             break
         prog.epoch, prog.batches_done, prog.loss_sum, prog.seen = epoch + 1, 0, 0.0, 0
@@ -177,6 +195,14 @@ def fit_tensors(trainable: nn.Module, forward: Callable[[torch.Tensor], torch.Te
     bar.close()
     say(quiet, epoch_line(label, outcome.epochs[-1], tcfg.epochs))
     return outcome
+
+
+def step_batches(n: int, batch_size: int, rank: int = 0, processes: int = 1) -> list[Any]:
+    """What each training step takes from the epoch's order: slices in one process (batch_bounds),
+    this process's positions under a launcher (``batch_size`` per process; data_parallel.rank_positions)."""
+    if processes == 1:
+        return [slice(s, e) for s, e in batch_bounds(n, batch_size)]
+    return [torch.tensor(p) for p in dp.rank_positions(n, batch_size, processes, rank)]
 
 
 @torch.no_grad()

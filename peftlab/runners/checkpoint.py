@@ -11,6 +11,12 @@ Layout: ``METHOD_DIR/checkpoints/step-00000042/{trainable,optimizer,rng}.safeten
 (plus ``buffers.safetensors`` when the loop asks for buffers: batch-norm statistics move while a
 CNN trains, and an exact resume needs them), written into ``.step-00000042.tmp`` and renamed, so
 a folder without the ``.tmp`` is complete.
+
+Under a launcher each process draws its own random numbers (dropout masks: on GPUs each process
+has its own device generator), so ``rng.safetensors`` is rank 0's and ``rng.rank{R}.safetensors``
+holds process R's generators (with their JSON part in the file's metadata). They are gathered to
+rank 0, which writes them with the rest (rank 0 stays the only writer); on resume each process
+restores its own, or rank 0's when its file is missing (a checkpoint of a run with fewer processes).
 """
 
 from __future__ import annotations
@@ -29,10 +35,13 @@ from torch import nn
 
 from peftlab.errors import PeftlabError
 from peftlab.methods.base import read_safetensors
+from peftlab.runners import data_parallel as dp
+from peftlab.runners.distributed import rank as launcher_rank
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"
 BUFFERS_FILE = "buffers.safetensors"
+RANK_RNG_FILE = "rng.rank{}.safetensors"
 FORMAT = 1
 
 
@@ -102,6 +111,38 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
     random.setstate((version, tuple(state), py_gauss))
 
 
+def rng_payload() -> bytes:
+    """This process's generators as the bytes of one safetensors file (JSON part in its metadata)."""
+    from safetensors.torch import save
+
+    tensors, meta = rng_state()
+    return save(tensors, metadata={"rng": json.dumps(meta)})
+
+
+def rank_rng_states(device: torch.device | None = None) -> dict[int, bytes] | None:
+    """Every other process's generators (rank -> rng_payload), gathered for rank 0 to save.
+
+    A collective: every process calls it at each checkpoint. None in a single process.
+    """
+    payloads = dp.gathered_bytes(rng_payload(), device)
+    return None if payloads is None else dict(enumerate(payloads[1:], start=1))
+
+
+def _rank_rng(path: Path, rank: int) -> dict[str, Any] | None:
+    """Process ``rank``'s generators saved in the checkpoint ``path``, if that file is there."""
+    from safetensors import safe_open
+
+    file = path / RANK_RNG_FILE.format(rank)
+    if rank == 0 or not file.is_file():
+        return None
+    try:
+        with safe_open(str(file), "pt") as f:
+            meta = json.loads((f.metadata() or {})["rng"])
+    except Exception as exc:  # safetensors' own error type, a missing or bad JSON part
+        raise PeftlabError(f"checkpoint {file}: unreadable generators ({exc})") from None
+    return {"tensors": read_safetensors(file, "checkpoint generators"), "meta": meta}
+
+
 def split_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """torch optimizer state_dict -> (tensors keyed ``index.key``, JSON for everything else)."""
     tensors: dict[str, torch.Tensor] = {}
@@ -138,10 +179,12 @@ def buffer_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(method_dir: Path, model: nn.Module, optimizer: Any, scheduler: Any,
-                    progress: Progress, keep: int, buffers: bool = False) -> Path:
+                    progress: Progress, keep: int, buffers: bool = False,
+                    rank_rngs: dict[int, bytes] | None = None) -> Path:
     """Write one checkpoint atomically, then drop all but the newest ``keep``.
 
-    ``buffers``: also save ``model``'s buffers (loops whose model has running statistics).
+    ``buffers``: also save ``model``'s buffers (loops whose model has running statistics);
+    ``rank_rngs``: the other processes' generators under a launcher (rank_rng_states).
     """
     root = checkpoint_root(method_dir)
     name = f"step-{progress.step:08d}"
@@ -156,6 +199,8 @@ def save_checkpoint(method_dir: Path, model: nn.Module, optimizer: Any, schedule
         save_file(rng_tensors, str(tmp / "rng.safetensors"))
         if buffers and buffer_tensors(model):
             save_file(buffer_tensors(model), str(tmp / BUFFERS_FILE))
+        for r, payload in (rank_rngs or {}).items():
+            (tmp / RANK_RNG_FILE.format(r)).write_bytes(payload)
         state = {"format": FORMAT, "progress": progress.__dict__, "optimizer": opt_meta,
                  "scheduler": scheduler.state_dict(), "rng": rng_meta}
         (tmp / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
@@ -169,8 +214,11 @@ def save_checkpoint(method_dir: Path, model: nn.Module, optimizer: Any, schedule
     return final
 
 
-def load_checkpoint(path: Path, model: nn.Module) -> Resumed:
-    """Read a checkpoint and put its tensors into ``model``'s trainable parameters."""
+def load_checkpoint(path: Path, model: nn.Module, rank: int | None = None) -> Resumed:
+    """Read a checkpoint and put its tensors into ``model``'s trainable parameters.
+
+    ``rank``: whose generators to restore (default: this process's rank under a launcher).
+    """
     try:
         state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -190,7 +238,8 @@ def load_checkpoint(path: Path, model: nn.Module) -> Resumed:
         progress=Progress(**state["progress"]),
         optimizer=join_optimizer_state(load_file(str(path / "optimizer.safetensors")), state["optimizer"]),
         scheduler=state["scheduler"],
-        rng={"tensors": load_file(str(path / "rng.safetensors")), "meta": state["rng"]},
+        rng=_rank_rng(path, launcher_rank() if rank is None else rank)
+        or {"tensors": load_file(str(path / "rng.safetensors")), "meta": state["rng"]},
         path=path,
     )
 

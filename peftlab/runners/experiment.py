@@ -27,6 +27,7 @@ from peftlab.errors import PeftlabError
 from peftlab.fingerprint import base_fingerprint, write_fingerprint
 from peftlab.guards import NEWLY_INITIALISED, newly_initialised, newly_initialised_warning, overlap_count, overlap_warning, warn
 from peftlab.io import atomic_write_json, atomic_write_text, dir_size_bytes
+from peftlab.launcher import launcher_record
 from peftlab.methods import METHODS
 from peftlab.methods.base import DEFAULT_HEADS, head_names
 from peftlab.metrics import classification_metrics, is_collapsed, majority_class
@@ -133,7 +134,9 @@ def prepare_output(cfg: ExperimentConfig, resume: ResumeMode = "fresh",
             (out / stale).unlink(missing_ok=True)
         atomic_write_text(out / "config.yaml", config_text)
         if command:
-            atomic_write_json(out / COMMAND_FILE, {"argv": command, "cwd": str(Path.cwd())})
+            launcher = launcher_record()  # accelerate launch / torchrun: what the re-run line needs
+            atomic_write_json(out / COMMAND_FILE, {"argv": command, "cwd": str(Path.cwd()),
+                                                   **({"launcher": launcher} if launcher else {})})
     except OSError as exc:
         raise PeftlabError(f"output_dir {out}: cannot write ({exc.strerror or exc})") from None
     return out, reuse
@@ -325,11 +328,12 @@ def guarded(cfg: ExperimentConfig, params: MethodParams, data: TaskData, out: Pa
     except (Exception, KeyboardInterrupt) as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
-        if not isinstance(exc, PeftlabError):
+        if not isinstance(exc, PeftlabError) and is_main():
             traceback.print_exc()
         result = base.model_copy(update={"status": "failed", "error": f"{type(exc).__name__}: {exc}",
                                          "flags": ["nan_loss"] if isinstance(exc, NonFiniteLoss) else []})
-        print(f"error: method {params.label} failed: {exc}", file=sys.stderr)
+        if is_main():  # every process records the failure; rank 0 alone says so
+            print(f"error: method {params.label} failed: {exc}", file=sys.stderr)
     if is_main():
         result.write(mdir)
         log_result(cfg.train.log_to, out, cfg.name, result)

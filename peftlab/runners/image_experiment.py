@@ -4,6 +4,10 @@ Images are decoded and preprocessed once into pixel tensors; a frozen network's 
 (CLIP image embeddings, a classifier's head inputs) are computed once and cached under
 ``output_dir/.feature_cache``. Each method then trains with one loop on those tensors.
 
+Under ``accelerate launch`` (or torchrun) every process runs every method, training data-parallel
+on its shard of each global batch (peftlab.runners.data_parallel); rank 0 alone writes results,
+adapters, checkpoints, the feature cache and the comparison.
+
 Runs resume as text runs do (the same helpers): re-running the same config on the same output
 folder keeps finished rows and continues the others from their newest checkpoint.
 """
@@ -31,6 +35,7 @@ from peftlab.report.compare import write_comparison
 from peftlab.results import RunResult, environment
 from peftlab.runners.cached import fit_tensors, predict_tensors
 from peftlab.runners.checkpoint import clear_checkpoints
+from peftlab.runners.distributed import is_main
 from peftlab.runners.experiment import (ADAPTER_DIR, BASELINE, ResumeMode, _changed, _fingerprint, _say, baseline_result,
                                         checkpoint_plan, guarded, kept_or_run, prepare_output, save_atomically,
                                         stop_if_diverged, trained_result_fields)
@@ -75,12 +80,13 @@ def run_image_experiment(cfg: ExperimentConfig, quiet: bool = False, resume: Res
     out, reuse = prepare_output(cfg, resume, command)
     ctx = build_context(cfg, out / FEATURE_CACHE, quiet)
     results = [baseline_result(cfg, ctx.data)] if cfg.baseline else []
-    if results:
+    if results and is_main():
         results[0].write(out / BASELINE)
     for params in cfg.methods:
         results.append(kept_or_run(out, params, reuse, quiet,
                                    lambda: run_image_method(ctx, cfg, params, kind, out, quiet)))
-    write_comparison(results, out)
+    if is_main():
+        write_comparison(results, out)
     return results
 
 
@@ -137,8 +143,9 @@ def _run(ctx: ImageContext, cfg: ExperimentConfig, params: MethodParams, kind: s
         flags.insert(0, "collapsed")
     saver: Any = SimpleNamespace(save=lambda _model, _params, d: built.save(d))
     stop_if_diverged(outcome, mdir)
-    adapter_bytes = save_atomically(saver, built.model, params, mdir / ADAPTER_DIR, ctx.fingerprint)
-    clear_checkpoints(mdir)
+    adapter_bytes = save_atomically(saver, built.model, params, mdir / ADAPTER_DIR, ctx.fingerprint) if is_main() else None
+    if is_main():
+        clear_checkpoints(mdir)
     m = classification_metrics(ctx.data.eval.labels, pred, ctx.data.label_names)
     details = {**per_class_summary(m["per_class"]), **built.details}
     details["report_lines"] = report_lines(details)

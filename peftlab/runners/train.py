@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from peftlab.results import EpochRecord
 from peftlab.runners.batching import Features, LengthGroupedBatches, sorted_batches
 from peftlab.runners.eta import TIMED_STEPS, eta_line, remaining_s
 from peftlab.runners.distributed import all_finite, global_sums
-from peftlab.runners.checkpoint import Progress, Resumed, restore_rng, save_checkpoint
+from peftlab.runners.checkpoint import Progress, Resumed, rank_rng_states, restore_rng, save_checkpoint
 from peftlab.runners.progress import bar as progress_bar
 from peftlab.runners.progress import metrics_text, say, track
 
@@ -202,13 +202,20 @@ def _fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr:
     wrapped, opt, loader, sched = acc.prepare(model, opt, loader, sched)
     labels = feature_labels(evalset)
     prog, outcome, resumed = start_from(ckpt, opt, sched)
+    if not acc.is_main_process:  # a checkpoint holds the epoch's running sums of all processes: rank 0 carries them on
+        prog.loss_sum, prog.seen = 0.0, 0
     trainable = [p for p in wrapped.parameters() if p.requires_grad]
     timed_from, timed_step0 = time.perf_counter(), prog.step
 
     def checkpoint() -> None:
-        if ckpt is not None and acc.is_main_process:
+        if ckpt is None:
+            return
+        rngs = rank_rng_states(acc.device)  # a collective: every process's generators, for rank 0 to save
+        seen, loss_sum = global_sums(acc, prog.seen, prog.loss_sum)  # another: the sums of all processes
+        if acc.is_main_process:
             _sync_progress(prog, outcome)
-            save_checkpoint(ckpt.directory, acc.unwrap_model(wrapped), opt, sched, prog, ckpt.keep)
+            saved = prog if n_proc == 1 else replace(prog, seen=int(seen), loss_sum=loss_sum)
+            save_checkpoint(ckpt.directory, acc.unwrap_model(wrapped), opt, sched, saved, ckpt.keep, rank_rngs=rngs)
 
     for epoch in range(prog.epoch, tcfg.epochs + 1):
         sampler.epoch = epoch - 1  # the data order of this epoch, also when resuming mid-way
@@ -216,7 +223,7 @@ def _fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr:
         t0 = time.perf_counter()
         silent = quiet or not acc.is_local_main_process
         bar = progress_bar(len(train), f"{label} epoch {epoch}/{tcfg.epochs}", silent)
-        bar.update(prog.seen * n_proc)  # the bar counts the examples of all processes
+        bar.update(prog.seen)  # the bar counts the examples of all processes (a checkpoint holds their sum)
         last = outcome.epochs[-1] if outcome.epochs else None
         for i, batch in enumerate(loader):
             if i < prog.batches_done:
