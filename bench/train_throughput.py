@@ -1,7 +1,7 @@
 """Fine-tuning throughput: peftlab vs the transformers Trainer, LoRA and full, MiniLM-L6 on MultiNLI.
 
 Usage: python bench/train_throughput.py [--methods lora,full] [--n-train 640] [--n-eval 400]
-       [--rounds 2] [--round-examples 640] [--threads 1] [--quick] [--no-write]
+       [--rounds 3] [--round-examples 640] [--threads 1] [--quick] [--no-write]
 
 Three sides train the same model (minilm-l6) on the same MultiNLI pairs with the same
 hyperparameters (lr, batch 32, warm-up 6%, weight decay 0.01, grad-norm 1, seed 0, one epoch,
@@ -192,18 +192,30 @@ def padding_table(tok: Any, sizes: list[int], threads: int) -> list[dict[str, An
 
 # --- the benchmark --------------------------------------------------------------------------------
 
-def timed_rounds(method: str, args: argparse.Namespace, tok: Any, out: Path) -> tuple[dict[str, list[float]], list[float], Split]:
-    """Examples/s per side over ``args.rounds`` rounds (side order rotated), and the GEMM peaks seen."""
-    cfg = config(method, args.round_examples, 32, out / "round", args.threads)
+def side_runs(method: str, n: int, args: argparse.Namespace, tok: Any, out: Path) -> tuple[dict[str, Callable[[], dict[str, Any]]], Split]:
+    """One training run per side on the same ``n`` pairs, and those pairs."""
+    cfg = config(method, n, 32, out / "round", args.threads)
     split = load_task(cfg.task, cfg.train.seed).train
-    nodrop = config(method, args.round_examples, 32, out / "round_nodrop", args.threads, dropout=0.0)
-    runs: dict[str, Callable[[], dict[str, Any]]] = {
+    nodrop = config(method, n, 32, out / "round_nodrop", args.threads, dropout=0.0)
+    return {
         "peftlab": lambda: run_peftlab(cfg),
         "notebook": lambda: run_trainer("notebook", method, tok, split, None),
         "tuned": lambda: run_trainer("tuned", method, tok, split, None),
         "peftlab_nodrop": lambda: run_peftlab(nodrop),
-    }
+    }, split
+
+
+def timed_rounds(method: str, args: argparse.Namespace, tok: Any, out: Path) -> tuple[dict[str, list[float]], list[float], Split]:
+    """Examples/s per side over ``args.rounds`` rounds (side order rotated), and the GEMM peaks seen.
+
+    First every side trains once, untimed, on 64 pairs: a process's first training run pays one-time
+    costs (allocator growth, kernel set-up; about half the speed of later runs here), which would
+    otherwise fall on whichever side happens to run first."""
+    warm, _ = side_runs(method, min(64, args.round_examples), args, tok, out)
     names = sides(method)
+    for side in names:
+        warm[side]()
+    runs, split = side_runs(method, args.round_examples, args, tok, out)
     rates: dict[str, list[float]] = {s: [] for s in names}
     peaks = [gemm_peak(args.gemm_tokens)["peak"]]
     for r in range(args.rounds):
@@ -271,7 +283,7 @@ def main() -> int:
     ap.add_argument("--methods", default="lora,full")
     ap.add_argument("--n-train", type=int, default=640)
     ap.add_argument("--n-eval", type=int, default=400)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--round-examples", type=int, default=640,
                     help="pairs per timed round (160 flatters peftlab: there the Trainer's group_by_length groups nothing)")
     ap.add_argument("--threads", type=int, default=1,
