@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from peft import IA3Config, TaskType
+from peft import IA3Config
 from peft.utils.constants import (
     TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as IA3_FEEDFORWARD,
     TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as IA3_TARGETS,
@@ -19,8 +19,7 @@ from torch import nn
 
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.errors import PeftlabError
-from peftlab.methods.base import head_names
-from peftlab.methods.peft_common import PeftMethod
+from peftlab.methods.peft_common import PeftMethod, seq_cls_config
 from peftlab.params import ArchSpec, ia3_params, targeted_linears
 
 
@@ -66,12 +65,7 @@ class Ia3(PeftMethod):
 
     def peft_config(self, params: Ia3Params, model: nn.Module, spec: ArchSpec | None) -> IA3Config:
         targets, feedforward = self.modules(params, model.config.model_type)
-        return IA3Config(
-            task_type=TaskType.SEQ_CLS,
-            target_modules=targets,
-            feedforward_modules=feedforward,
-            modules_to_save=list(head_names(model, spec)),
-        )
+        return seq_cls_config(IA3Config, model, spec, target_modules=targets, feedforward_modules=feedforward)
 
     def derived_trainable(self, params: Ia3Params, spec: ArchSpec) -> int:
         targets, feedforward = self.modules(params, spec.family)

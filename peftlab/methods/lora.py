@@ -9,14 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as LORA_TARGETS
 from pydantic import Field
 from torch import nn
 
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.errors import PeftlabError
-from peftlab.methods.base import Method, head_names
+from peftlab.methods.base import Method
+from peftlab.methods.peft_common import seq_cls_config
 from peftlab.params import ArchSpec, lora_params, targeted_linears, total_params
 
 
@@ -53,14 +54,8 @@ class Lora(Method):
             )
 
     def peft_config(self, params: LoraParams, model: nn.Module, spec: ArchSpec | None) -> LoraConfig:
-        return LoraConfig(
-            task_type=TaskType.SEQ_CLS,
-            r=params.r,
-            lora_alpha=params.alpha,
-            lora_dropout=params.dropout,
-            target_modules=self.targets(params, model.config.model_type),
-            modules_to_save=list(head_names(model, spec)),
-        )
+        return seq_cls_config(LoraConfig, model, spec, r=params.r, lora_alpha=params.alpha,
+                              lora_dropout=params.dropout, target_modules=self.targets(params, model.config.model_type))
 
     def prepare(self, model: nn.Module, params: LoraParams, spec: ArchSpec | None) -> nn.Module:
         return get_peft_model(model, self.peft_config(params, model, spec))

@@ -1,8 +1,9 @@
 """Shared plumbing for methods implemented by Hugging Face peft (everything but LoRA itself,
-which predates this module and keeps its own copy).
+which predates this module and keeps its own prepare/save/load).
 
 A peft method builds a ``PeftConfig``, wraps the model with ``get_peft_model`` and saves in peft's
-own format, so plain ``PeftModel.from_pretrained`` loads what peftlab trained.
+own format, so plain ``PeftModel.from_pretrained`` loads what peftlab trained. Every such config
+is built by :func:`seq_cls_config`, so the task type and the trained head are set in one place.
 """
 
 from __future__ import annotations
@@ -10,13 +11,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from peft import PeftConfig, PeftModel, get_peft_model
+from peft import PeftConfig, PeftModel, TaskType, get_peft_model
 from safetensors import SafetensorError
 from torch import nn
 
 from peftlab.errors import PeftlabError
-from peftlab.methods.base import Method
+from peftlab.methods.base import Method, head_names
 from peftlab.params import ArchSpec, total_params
+
+
+def seq_cls_config(config_class: type[PeftConfig], model: nn.Module, spec: ArchSpec | None,
+                   **fields: Any) -> PeftConfig:
+    """``config_class(**fields)`` for sequence classification, with the head trained and saved.
+
+    A new task needs a new head, so every peft method trains it through peft's
+    ``modules_to_save`` (which also puts it in the saved adapter); the method only names its own
+    fields (rank, virtual tokens, ...).
+    """
+    return config_class(task_type=TaskType.SEQ_CLS, modules_to_save=list(head_names(model, spec)), **fields)
 
 
 class PeftMethod(Method):
