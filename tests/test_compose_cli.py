@@ -39,13 +39,12 @@ def cli(monkeypatch, capsys):
 
 @pytest.fixture(scope="module")
 def run_dir(tiny_bert, tmp_path_factory) -> Path:
-    from conftest import tiny_rows
+    from conftest import write_tiny_csvs
     from peftlab.config import load_config
     from peftlab.runners.experiment import run_experiment
 
     root = tmp_path_factory.mktemp("compose_run")
-    for name, rows in (("train.csv", tiny_rows(36, 1)), ("val.csv", tiny_rows(15, 2))):
-        (root / name).write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in rows))
+    write_tiny_csvs(root, 36, 15, eval_name="val.csv")
     config = {
         "name": "tiny_compose", "backbone": tiny_bert, "baseline": False,
         "task": {"source": "csv", "train_file": str(root / "train.csv"), "eval_file": str(root / "val.csv"),

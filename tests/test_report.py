@@ -66,7 +66,7 @@ def parse(html: str) -> Page:
 @pytest.fixture(scope="module")
 def tiny_run(tiny_bert: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real two-method run whose third label is a script tag (the escaping test)."""
-    from conftest import tiny_rows
+    from conftest import tiny_rows, write_csv
 
     from peftlab.config import validate_raw
     from peftlab.runners.experiment import run_experiment
@@ -74,7 +74,7 @@ def tiny_run(tiny_bert: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("report")
     rename = {"neutral": EVIL}
     for name, rows in (("train.csv", tiny_rows(48, 1)), ("eval.csv", tiny_rows(24, 2))):
-        (root / name).write_text("text,label\n" + "".join(f"{t},{rename.get(l, l)}\n" for t, l in rows))
+        write_csv(root / name, [(t, rename.get(l, l)) for t, l in rows])
     cfg = validate_raw({
         "name": "tiny", "backbone": tiny_bert,
         "task": {"source": "csv", "train_file": str(root / "train.csv"), "eval_file": str(root / "eval.csv")},

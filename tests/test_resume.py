@@ -49,13 +49,10 @@ def raw_config(tiny_bert: str, tiny_csv, out: Path, **train) -> dict:
 
 @pytest.fixture(scope="module")
 def reference(tiny_bert, tmp_path_factory) -> Path:
-    from conftest import tiny_rows
+    from conftest import write_tiny_csvs
 
     root = tmp_path_factory.mktemp("ref")
-    files = []
-    for name, rows in (("train.csv", tiny_rows(48, 1)), ("eval.csv", tiny_rows(24, 2))):
-        (root / name).write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in rows))
-        files.append(root / name)
+    files = write_tiny_csvs(root)
     run_experiment(validate_raw(raw_config(tiny_bert, files, root / "run")), quiet=True)
     return root
 
