@@ -13,7 +13,7 @@ import yaml
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from peftlab.cli import main
-from test_methods_suite import _one_thread  # noqa: F401  (autouse: one intra-op thread)
+from method_table import _one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 
 class Proc:
