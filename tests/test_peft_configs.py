@@ -1,4 +1,4 @@
-"""The peft configs peftlab's methods build, field for field.
+"""The peft configs peftlab's methods build, field for field, and their shared load.
 
 Every peft method (lora, qlora, ia3, prompt/p/prefix tuning) builds its config through one shared
 builder in ``peftlab.methods.peft_common``; this pins what comes out of it to the configs written
@@ -74,3 +74,21 @@ def test_prompt_tuning_text_init_names_the_backbone_tokenizer(models, tiny_backb
     built = method.peft_config(method.Params(init_text="good or bad"), model, arch_spec(model.config))
     assert built.prompt_tuning_init == PromptTuningInit.TEXT and built.prompt_tuning_init_text == "good or bad"
     assert built.tokenizer_name_or_path == tiny_backbones["bert"] and built.modules_to_save == ["classifier"]
+
+
+@pytest.mark.parametrize("name", ["lora", "ia3"])
+def test_truncated_adapter_is_one_line_peftlab_error(models, tmp_path, name):
+    """lora shares PeftMethod's load: a truncated adapter file is the user's problem (exit 2), not a
+    SafetensorError traceback (which lora's own copy of load let through)."""
+    from peftlab.errors import PeftlabError
+
+    model = AutoModelForSequenceClassification.from_config(models["bert"].config)
+    method = METHODS.get(name)
+    params = method.Params()
+    method.save(method.prepare(model, params, arch_spec(model.config)), params, tmp_path / "a")
+    weights = tmp_path / "a" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    fresh = AutoModelForSequenceClassification.from_config(models["bert"].config)
+    with pytest.raises(PeftlabError, match="cannot load adapter") as info:
+        method.load(fresh, params, None, tmp_path / "a")
+    assert "\n" not in str(info.value)

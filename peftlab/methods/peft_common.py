@@ -1,5 +1,5 @@
-"""Shared plumbing for methods implemented by Hugging Face peft (everything but LoRA itself,
-which predates this module and keeps its own prepare/save/load).
+"""Shared plumbing for the methods implemented by Hugging Face peft (lora, qlora, ia3,
+prompt/p/prefix tuning).
 
 A peft method builds a ``PeftConfig``, wraps the model with ``get_peft_model`` and saves in peft's
 own format, so plain ``PeftModel.from_pretrained`` loads what peftlab trained. Every such config
