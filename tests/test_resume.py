@@ -151,3 +151,17 @@ def test_nan_loss_stops_the_method_and_keeps_the_last_good_checkpoint(tiny_bert,
     kept = complete_checkpoints(tmp_path / "run" / "full")
     assert [p.name for p in kept][-1] == "step-00000003"  # steps 1-3 were good
     assert not (tmp_path / "run" / "full" / "adapter").exists()  # nothing saved from a diverged model
+
+
+def test_checkpoint_tensors_are_copied_by_name_and_must_all_match(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from peftlab.runners.checkpoint import _copy_saved
+
+    save_file({"a": torch.full((2,), 3.0, dtype=torch.float64), "b": torch.ones(1)}, str(tmp_path / "t.safetensors"))
+    own = {"a": torch.zeros(2), "b": torch.zeros(1)}
+    _copy_saved(tmp_path, "t.safetensors", "weights", own, "unused")
+    assert own["a"].dtype == torch.float32 and torch.equal(own["a"], torch.full((2,), 3.0)) and own["b"].item() == 1
+    with pytest.raises(PeftlabError, match=r"checkpoint .*: its buffers do not match"):
+        _copy_saved(tmp_path, "t.safetensors", "weights", {"a": own["a"]}, "its buffers do not match")
