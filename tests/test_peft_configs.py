@@ -1,4 +1,4 @@
-"""The peft configs peftlab's methods build, field for field, and their shared load.
+"""The peft configs peftlab's methods build, field for field, and their shared check and load.
 
 Every peft method (lora, qlora, ia3, prompt/p/prefix tuning) builds its config through one shared
 builder in ``peftlab.methods.peft_common``; this pins what comes out of it to the configs written
@@ -23,6 +23,7 @@ from peft import (
 )
 from transformers import AutoModelForSequenceClassification
 
+from peftlab.errors import PeftlabError
 from peftlab.methods import METHODS
 from peftlab.params import arch_spec
 
@@ -80,8 +81,6 @@ def test_prompt_tuning_text_init_names_the_backbone_tokenizer(models, tiny_backb
 def test_truncated_adapter_is_one_line_peftlab_error(models, tmp_path, name):
     """lora shares PeftMethod's load: a truncated adapter file is the user's problem (exit 2), not a
     SafetensorError traceback (which lora's own copy of load let through)."""
-    from peftlab.errors import PeftlabError
-
     model = AutoModelForSequenceClassification.from_config(models["bert"].config)
     method = METHODS.get(name)
     params = method.Params()
@@ -92,3 +91,16 @@ def test_truncated_adapter_is_one_line_peftlab_error(models, tmp_path, name):
     with pytest.raises(PeftlabError, match="cannot load adapter") as info:
         method.load(fresh, params, None, tmp_path / "a")
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name, field", [("lora", "lora"), ("qlora", "lora"), ("ia3", "ia3")])
+def test_targets_matching_no_linear_are_refused_before_loading(models, name, field):
+    if name == "qlora":
+        pytest.importorskip("bitsandbytes")
+    method = METHODS.get(name)
+    params = method.Params(target_modules=["nowhere"])
+    spec = arch_spec(models["bert"].config)
+    with pytest.raises(PeftlabError, match=rf"^config error: {field}\.target_modules: \['nowhere'\] match no linear "
+                                           r"layer of this bert backbone$"):
+        method.check(params, spec, "bert")
+    method.check(params, None, "bert")  # no closed forms for the architecture: left to peft

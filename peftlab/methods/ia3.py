@@ -19,8 +19,8 @@ from torch import nn
 
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.errors import PeftlabError
-from peftlab.methods.peft_common import PeftMethod, seq_cls_config
-from peftlab.params import ArchSpec, ia3_params, targeted_linears
+from peftlab.methods.peft_common import PeftMethod, check_targets, seq_cls_config
+from peftlab.params import ArchSpec, ia3_params
 
 
 class Ia3Params(MethodParams):
@@ -58,10 +58,7 @@ class Ia3(PeftMethod):
         stray = [f for f in feedforward if f not in targets]
         if stray:
             raise PeftlabError(f"config error: ia3.feedforward_modules: {stray} are not in target_modules")
-        if spec is not None and not targeted_linears(spec, targets):
-            raise PeftlabError(
-                f"config error: ia3.target_modules: {targets} match no linear layer of this {model_type} backbone"
-            )
+        check_targets("ia3", targets, spec, model_type)
 
     def peft_config(self, params: Ia3Params, model: nn.Module, spec: ArchSpec | None) -> IA3Config:
         targets, feedforward = self.modules(params, model.config.model_type)

@@ -16,8 +16,8 @@ from torch import nn
 
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.errors import PeftlabError
-from peftlab.methods.peft_common import PeftMethod, seq_cls_config
-from peftlab.params import ArchSpec, lora_params, targeted_linears
+from peftlab.methods.peft_common import PeftMethod, check_targets, seq_cls_config
+from peftlab.params import ArchSpec, lora_params
 
 
 class LoraParams(MethodParams):
@@ -46,11 +46,7 @@ class Lora(PeftMethod):
         return params.target_modules or default_targets(model_type)
 
     def check(self, params: LoraParams, spec: ArchSpec | None, model_type: str) -> None:
-        targets = self.targets(params, model_type)
-        if spec is not None and not targeted_linears(spec, targets):
-            raise PeftlabError(
-                f"config error: lora.target_modules: {targets} match no linear layer of this {model_type} backbone"
-            )
+        check_targets("lora", self.targets(params, model_type), spec, model_type)
 
     def peft_config(self, params: LoraParams, model: nn.Module, spec: ArchSpec | None) -> LoraConfig:
         return seq_cls_config(LoraConfig, model, spec, r=params.r, lora_alpha=params.alpha,

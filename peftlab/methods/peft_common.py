@@ -17,7 +17,7 @@ from torch import nn
 
 from peftlab.errors import PeftlabError
 from peftlab.methods.base import Method, head_names
-from peftlab.params import ArchSpec, total_params
+from peftlab.params import ArchSpec, targeted_linears, total_params
 
 
 def seq_cls_config(config_class: type[PeftConfig], model: nn.Module, spec: ArchSpec | None,
@@ -29,6 +29,15 @@ def seq_cls_config(config_class: type[PeftConfig], model: nn.Module, spec: ArchS
     fields (rank, virtual tokens, ...).
     """
     return config_class(task_type=TaskType.SEQ_CLS, modules_to_save=list(head_names(model, spec)), **fields)
+
+
+def check_targets(method: str, targets: list[str], spec: ArchSpec | None, model_type: str) -> None:
+    """Refuse ``target_modules`` that name no linear layer of a known architecture, before any
+    model is loaded (``spec`` None: an architecture without closed forms, left to peft)."""
+    if spec is not None and not targeted_linears(spec, targets):
+        raise PeftlabError(
+            f"config error: {method}.target_modules: {targets} match no linear layer of this {model_type} backbone"
+        )
 
 
 class PeftMethod(Method):
