@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from peftlab.config import BackboneConfig
-from peftlab.errors import PeftlabError
+from peftlab.errors import PeftlabError, first_line
 from peftlab.gguf_cache import smollm2_folder
 from peftlab.registry import Registry
 from peftlab.tasks.builtin import package_dir
@@ -38,9 +38,8 @@ def _kwargs(cfg: BackboneConfig) -> dict[str, Any]:
 
 
 def _fail(cfg: BackboneConfig, exc: Exception) -> PeftlabError:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     where = "local path" if Path(cfg.name).exists() else "alias, local path or reachable hub id"
-    return PeftlabError(f"backbone {cfg.name!r}: cannot load as {where} ({first})")
+    return PeftlabError(f"backbone {cfg.name!r}: cannot load as {where} ({first_line(exc)})")
 
 
 @contextmanager

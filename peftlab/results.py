@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from peftlab.errors import PeftlabError
+from peftlab.errors import PeftlabError, first_line
 from peftlab.io import atomic_write_json
 
 SCHEMA_VERSION = 1
@@ -99,7 +99,7 @@ def read_result(path: Path) -> RunResult:
     try:
         return RunResult.model_validate(data)
     except ValueError as exc:
-        raise PeftlabError(f"{path}: not a peftlab result ({str(exc).splitlines()[0]})") from None
+        raise PeftlabError(f"{path}: not a peftlab result ({first_line(exc)})") from None
 
 
 def git_hash() -> str | None:

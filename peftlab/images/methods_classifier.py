@@ -7,17 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig
 from torch import nn
 
-from peftlab.errors import PeftlabError
 from peftlab.images import params as P
 from peftlab.images.backbones import ClassifierBackbone, logits_of
 from peftlab.images.efficientnet import LiteConfig
 from peftlab.images.method_base import (HEAD_FILE, IMAGE_METHODS, Built, Forward, ImageContext, ImageMethod,
                                         load_tensors, save_tensors)
 from peftlab.methods.base import freeze_all, unfreeze
-from peftlab.methods.peft_common import load_peft
+from peftlab.methods.peft_common import load_peft, wrap_peft
 
 MODEL_FILE = "model.safetensors"
 
@@ -111,10 +110,7 @@ class ClassifierLora(ImageMethod):
 
     def build(self, ctx: ImageContext, params: Any) -> Built:
         base = _fresh(ctx)
-        try:
-            model = get_peft_model(base, self.config(ctx.backbone, base, params))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise PeftlabError(f"lora: peft refused this backbone: {str(exc).splitlines()[0]}") from None
+        model = wrap_peft("lora", base, self.config(ctx.backbone, base, params))
 
         def train_mode() -> None:
             model.train()

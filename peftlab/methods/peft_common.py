@@ -15,7 +15,7 @@ from peft import PeftConfig, PeftModel, TaskType, get_peft_model
 from safetensors import SafetensorError
 from torch import nn
 
-from peftlab.errors import PeftlabError
+from peftlab.errors import PeftlabError, first_line
 from peftlab.methods.base import Method, head_names
 from peftlab.params import ArchSpec, targeted_linears, total_params
 
@@ -47,10 +47,7 @@ class PeftMethod(Method):
         raise NotImplementedError
 
     def prepare(self, model: nn.Module, params: Any, spec: ArchSpec | None) -> nn.Module:
-        try:
-            return get_peft_model(model, self.peft_config(params, model, spec))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise PeftlabError(f"{self.name}: peft refused this backbone: {_first_line(exc)}") from None
+        return wrap_peft(self.name, model, self.peft_config(params, model, spec))
 
     def derived_total(self, params: Any, spec: ArchSpec) -> int:
         # Everything trained is new: the method's own tensors, and the head copy that peft's
@@ -64,15 +61,19 @@ class PeftMethod(Method):
         return load_peft(model, directory)
 
 
+def wrap_peft(method: str, model: nn.Module, config: PeftConfig) -> nn.Module:
+    """``get_peft_model``; a model peft cannot adapt this way (no such modules, unsupported layer
+    type) is the user's choice of backbone or targets, so a one-line PeftlabError."""
+    try:
+        return get_peft_model(model, config)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PeftlabError(f"{method}: peft refused this backbone: {first_line(exc)}") from None
+
+
 def load_peft(model: nn.Module, directory: Path) -> nn.Module:
     if not (directory / "adapter_config.json").is_file():
         raise PeftlabError(f"no peft adapter at {directory} (adapter_config.json missing)")
     try:
         return PeftModel.from_pretrained(model, str(directory))
     except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as exc:  # e.g. a truncated file
-        raise PeftlabError(f"cannot load adapter {directory}: {_first_line(exc)}") from None
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        raise PeftlabError(f"cannot load adapter {directory}: {first_line(exc)}") from None
