@@ -1,4 +1,4 @@
-"""The shared one-line error helpers: ``errors.first_line``, peft's refusals (``wrap_peft``) and
+"""The shared one-line error helpers: ``errors.first_line``, ``io.read_json``, peft's refusals (``wrap_peft``) and
 Hugging Face dataset splits (``hf_split``), each used by several loaders."""
 
 from __future__ import annotations
@@ -38,3 +38,14 @@ def test_missing_hf_split_is_one_line(tmp_path):
     with pytest.raises(PeftlabError, match=r"^task.hf_id 'csv' split 'train': cannot load \(") as info:
         hf_split(cfg, "train", data_files=str(tmp_path / "missing.csv"))
     assert "\n" not in str(info.value)
+
+
+def test_read_json_errors_name_the_file(tmp_path):
+    from peftlab.io import read_json
+
+    (tmp_path / "ok.json").write_text('{"a": [1, 2]}', encoding="utf-8")
+    assert read_json(tmp_path / "ok.json") == {"a": [1, 2]}
+    (tmp_path / "bad.json").write_text('{"a": ', encoding="utf-8")
+    for name in ("bad.json", "missing.json"):
+        with pytest.raises(PeftlabError, match=rf"^cannot read {tmp_path / name}: "):
+            read_json(tmp_path / name)
