@@ -55,12 +55,15 @@ def fresh(path: str, method: Any = None, params: Any = None):
         return load_classifier(cfg, LABELS, tok, extra), tok
 
 
-def prepared_counts(method: Any, params: Any, model: nn.Module) -> tuple[int, int, ArchSpec]:
-    """(trainable, total, spec) counted on ``model`` once ``method`` has checked and prepared it."""
+def assert_counts_match_closed_form(method: Any, params: Any, model: nn.Module) -> None:
+    """Once ``method`` has checked and prepared ``model``, its counted trainable / total parameters
+    are the method's closed forms."""
     spec = arch_spec(model.config)
     method.check(params, spec, model.config.model_type)
     trainable, total = count_params(method.prepare(model, params, spec))
-    return trainable, total, spec
+    assert trainable == method.derived_trainable(params, spec)
+    assert total == method.derived_total(params, spec)
+    assert 0 < trainable <= total
 
 
 class _Cfg:

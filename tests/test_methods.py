@@ -15,7 +15,7 @@ import torch
 from transformers import DataCollatorWithPadding
 
 from conftest import FAMILIES
-from method_table import fresh, prepared_counts, split, train_tiny
+from method_table import assert_counts_match_closed_form, fresh, split, train_tiny
 from peftlab.methods import METHODS
 from peftlab.params import arch_spec
 from peftlab.runners.batching import encode
@@ -36,10 +36,7 @@ def test_counted_equals_closed_form(tiny_backbones, family, name):
     model, _ = fresh(tiny_backbones[family])
     method = METHODS.get(name)
     params = method.Params(**TABLE[name])
-    trainable, total, spec = prepared_counts(method, params, model)
-    assert trainable == method.derived_trainable(params, spec)
-    assert total == method.derived_total(params, spec)
-    assert 0 < trainable <= total
+    assert_counts_match_closed_form(method, params, model)
 
 
 @pytest.mark.parametrize("family", ["bert", "llama"])

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import FAMILIES
-from method_table import _one_thread, fresh, prepared_counts, train_tiny  # noqa: F401  (_one_thread: autouse)
+from method_table import _one_thread, assert_counts_match_closed_form, fresh, train_tiny  # noqa: F401  (_one_thread: autouse)
 from peftlab.errors import PeftlabError
 from peftlab.methods import METHODS
 from peftlab.params import all_linears, arch_spec, base_weight_bytes, count_params
@@ -65,10 +65,7 @@ def method_and_params(row: str) -> tuple[Any, Any]:
 def test_counted_equals_closed_form(tiny_backbones, family, row):
     method, params = method_and_params(row)
     model, _ = fresh(tiny_backbones[family], method, params)
-    trainable, total, spec = prepared_counts(method, params, model)
-    assert trainable == method.derived_trainable(params, spec)
-    assert total == method.derived_total(params, spec)
-    assert 0 < trainable <= total
+    assert_counts_match_closed_form(method, params, model)
 
 
 @pytest.mark.parametrize("family", ["bert", "llama"])
