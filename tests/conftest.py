@@ -127,6 +127,12 @@ def _fresh_accelerate_state():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
+def run_cli_process(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m peftlab ...`` in a fresh interpreter: the real entry point, start-up and exit
+    code, for the few end-to-end tests that must see them (~8 CPU-seconds each; prefer run_cli)."""
+    return subprocess.run([sys.executable, "-m", "peftlab", *args], capture_output=True, text=True, timeout=timeout)
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """The CLI's own entry point (``peftlab.cli.main``) in this process: interpreter start-up and the
     torch/transformers imports cost ~8 CPU-seconds per subprocess, too much for many calls."""

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
+from conftest import run_cli_process
 from peftlab.report.collect import Row, RunDir
 from peftlab.report.plots import Point, pareto_frontier, pareto_svg
 from peftlab.report.table import COLUMNS, table
@@ -153,8 +152,7 @@ def test_report_cli_mixed_rows_and_tasks(tiny_run: Path, tmp_path: Path):
     for f in b.rglob("results.json"):
         r = read_result(f)
         r.model_copy(update={"task": "other-task"}).write(f.parent)
-    proc = subprocess.run([sys.executable, "-m", "peftlab", "report", str(a), str(b), "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=120)
+    proc = run_cli_process("report", str(a), str(b), "--out", str(tmp_path / "out"), timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     page = parse(html)
@@ -170,7 +168,7 @@ def test_report_cli_mixed_rows_and_tasks(tiny_run: Path, tmp_path: Path):
 
 
 def test_report_cli_bad_folder(tmp_path: Path):
-    proc = subprocess.run([sys.executable, "-m", "peftlab", "report", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    proc = run_cli_process("report", str(tmp_path), timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no results.json" in proc.stderr
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_cli_process
 from interrupts import run_until_checkpoint
 
 from peftlab.config import validate_raw
@@ -120,8 +121,7 @@ def test_sigkill_at_several_points_then_resume(tiny_bert, reference, tmp_path):
     _kill_when(_start(config), lambda: any(s >= 4 for s in steps("full")))
     _kill_when(_start(config), lambda: any(s >= 8 for s in steps("lora")))
     assert json.loads((out / "lora" / "results.json").read_text())["status"] == "incomplete"
-    done = subprocess.run([sys.executable, "-m", "peftlab", "run", str(config), "-q"],
-                          capture_output=True, text=True, timeout=300)
+    done = run_cli_process("run", str(config), "-q", timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     for name in ("full", "lora"):
         assert metrics(out, name) == metrics(reference / "run", name)
