@@ -7,14 +7,15 @@ network; any other name goes to ``from_pretrained`` unchanged (users elsewhere h
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from peftlab.config import BackboneConfig
-from peftlab.errors import PeftlabError
+from peftlab.errors import PeftlabError, first_line
 from peftlab.gguf_cache import smollm2_folder
 from peftlab.registry import Registry
 from peftlab.tasks.builtin import package_dir
@@ -37,9 +38,28 @@ def _kwargs(cfg: BackboneConfig) -> dict[str, Any]:
 
 
 def _fail(cfg: BackboneConfig, exc: Exception) -> PeftlabError:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     where = "local path" if Path(cfg.name).exists() else "alias, local path or reachable hub id"
-    return PeftlabError(f"backbone {cfg.name!r}: cannot load as {where} ({first})")
+    return PeftlabError(f"backbone {cfg.name!r}: cannot load as {where} ({first_line(exc)})")
+
+
+@contextmanager
+def loading_weights(cfg: BackboneConfig, quiet: bool = False) -> Iterator[None]:
+    """Around a weights ``from_pretrained``: no progress bars and, ``quiet``, none of transformers'
+    info and warnings (the expected "classifier newly initialised" report); a bad name, path or
+    file becomes the one-line PeftlabError naming the backbone."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    if quiet:
+        hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise _fail(cfg, exc) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
 
 
 def load_hf_config(cfg: BackboneConfig, num_labels: int | None = None) -> Any:
@@ -99,12 +119,8 @@ def load_classifier(cfg: BackboneConfig, label_names: list[str], tokenizer: Any,
     transformers' load report (missing / mismatched keys) for :mod:`peftlab.guards`.
     """
     from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the expected "classifier newly initialised" report
-    hf_logging.disable_progress_bar()
-    try:
+    with loading_weights(cfg, quiet=True):
         kwargs: dict[str, Any] = dict(
             num_labels=len(label_names),
             id2label=dict(enumerate(label_names)),
@@ -117,11 +133,6 @@ def load_classifier(cfg: BackboneConfig, label_names: list[str], tokenizer: Any,
         kwargs.update(extra_kwargs or {})
         model, info = AutoModelForSequenceClassification.from_pretrained(resolve(cfg.name), output_loading_info=True,
                                                                          **kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise _fail(cfg, exc) from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
     if loading_info is not None:
         loading_info.update(info)
     if model.config.pad_token_id is None:

@@ -298,6 +298,13 @@ def apply_override(raw: dict[str, Any], path: list[str], value: Any) -> None:
             raise PeftlabError(f"override {'.'.join(path)}: {'.'.join(path[:i])} is not a mapping")
 
 
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> None:
+    """Apply ``key=value`` overrides (the CLI's trailing arguments) to ``raw`` in order."""
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        apply_override(raw, keys, value)
+
+
 def _list_index(items: list[Any], part: str, where: str) -> int:
     if part.lstrip("-").isdigit():
         idx = int(part)
@@ -355,9 +362,7 @@ def _experiment_model() -> type[ExperimentConfig]:
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
     raw = load_raw(path)
-    for text in overrides or []:
-        keys, value = parse_override(text)
-        apply_override(raw, keys, value)
+    apply_overrides(raw, overrides)
     return validate_raw(raw)
 
 

@@ -1,4 +1,5 @@
-"""Atomic file output: a file is either complete or absent, never half-written."""
+"""Atomic file output (a file is either complete or absent, never half-written), and JSON input
+whose failures are one-line PeftlabErrors."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from peftlab.errors import PeftlabError
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -27,6 +30,14 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    """The JSON in ``path``; missing, unreadable or malformed is the user's file: a PeftlabError."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PeftlabError(f"cannot read {path}: {exc}") from None
 
 
 def dir_size_bytes(path: str | Path) -> int:

@@ -12,7 +12,7 @@ sequence-classification class adds (``classifier`` or ``score``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from peftlab.registry import Registry
@@ -183,19 +183,15 @@ def _spec_bert(c: Any) -> ArchSpec:
 
 
 def _spec_roberta_like(c: Any, family: str, prefix: str) -> ArchSpec:
-    base = _spec_bert(c)
+    """BERT's layers and embeddings; RobertaForSequenceClassification has no pooler, and its head
+    is dense + out_proj."""
     h = c.hidden_size
-    return ArchSpec(
+    return replace(
+        _spec_bert(c),
         family=family,
-        num_layers=base.num_layers,
-        hidden=h,
-        num_labels=c.num_labels,
-        layer_linears=base.layer_linears,
-        layer_other=base.layer_other,
-        embeddings=base.embeddings,
-        # RobertaForSequenceClassification has no pooler; its head is dense + out_proj.
+        post_linears={},
+        post_modules=(),
         head=linear_params(h, h, True) + linear_params(h, c.num_labels, True),
-        head_modules=("classifier",),
         layers_prefix=f"{prefix}.encoder.layer",
     )
 

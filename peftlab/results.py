@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import platform
 import subprocess
 from pathlib import Path
@@ -10,8 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from peftlab.errors import PeftlabError
-from peftlab.io import atomic_write_json
+from peftlab.errors import PeftlabError, first_line
+from peftlab.io import atomic_write_json, read_json
 
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
@@ -90,16 +89,13 @@ class RunResult(BaseModel):
 
 
 def read_result(path: Path) -> RunResult:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise PeftlabError(f"cannot read {path}: {exc}") from None
+    data = read_json(path)
     if isinstance(data, dict) and int(data.get("schema_version", 0)) > SCHEMA_VERSION:
         raise PeftlabError(f"{path}: written by a newer peftlab (schema {data['schema_version']})")
     try:
         return RunResult.model_validate(data)
     except ValueError as exc:
-        raise PeftlabError(f"{path}: not a peftlab result ({str(exc).splitlines()[0]})") from None
+        raise PeftlabError(f"{path}: not a peftlab result ({first_line(exc)})") from None
 
 
 def git_hash() -> str | None:

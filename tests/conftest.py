@@ -17,6 +17,7 @@ from transformers import (
     AutoModelForSequenceClassification,
     BertConfig,
     LlamaConfig,
+    LlamaForCausalLM,
     PreTrainedTokenizerFast,
     RobertaConfig,
 )
@@ -93,14 +94,28 @@ def tiny_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
     return rows
 
 
+def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    """``rows`` as a text,label CSV at ``path`` (the tiny rows need no quoting)."""
+    path.write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in rows), encoding="utf-8")
+    return path
+
+
+def write_tiny_csvs(root: Path, n_train: int = 48, n_eval: int = 24, eval_name: str = "eval.csv") -> tuple[Path, Path]:
+    """The tiny task's train.csv (``tiny_rows(n_train, 1)``) and eval file (``tiny_rows(n_eval, 2)``) in ``root``."""
+    return write_csv(root / "train.csv", tiny_rows(n_train, 1)), write_csv(root / eval_name, tiny_rows(n_eval, 2))
+
+
 @pytest.fixture()
 def tiny_csv(tmp_path: Path) -> tuple[Path, Path]:
-    def write(name: str, rows: list[tuple[str, str]]) -> Path:
-        p = tmp_path / name
-        p.write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in rows), encoding="utf-8")
-        return p
+    return write_tiny_csvs(tmp_path)
 
-    return write("train.csv", tiny_rows(48, 1)), write("eval.csv", tiny_rows(24, 2))
+
+def save_tiny_causal_lm(path: Path, seed: int) -> str:
+    """A random tiny Llama causal LM and its tokenizer in ``path``, like a hub checkpoint."""
+    torch.manual_seed(seed)
+    LlamaForCausalLM(tiny_config("llama")).save_pretrained(str(path))
+    make_tokenizer(path, with_cls=False)
+    return str(path)
 
 
 @pytest.fixture(autouse=True)
@@ -110,6 +125,12 @@ def _fresh_accelerate_state():
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def run_cli_process(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m peftlab ...`` in a fresh interpreter: the real entry point, start-up and exit
+    code, for the few end-to-end tests that must see them (~8 CPU-seconds each; prefer run_cli)."""
+    return subprocess.run([sys.executable, "-m", "peftlab", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

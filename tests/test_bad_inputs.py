@@ -15,7 +15,7 @@ from typing import Callable
 import pytest
 import yaml
 
-from conftest import run_cli, tiny_rows
+from conftest import run_cli, tiny_rows, write_tiny_csvs
 
 
 class Setup:
@@ -23,8 +23,7 @@ class Setup:
 
     def __init__(self, root: Path, backbone: str, trained: Path, image_run: Path | None = None) -> None:
         self.root, self.backbone, self.trained, self.image_run = root, backbone, trained, image_run
-        self.train = self.csv("train.csv", "text,label\n" + "".join(f"{t},{l}\n" for t, l in tiny_rows(24, 1)))
-        self.eval = self.csv("eval.csv", "text,label\n" + "".join(f"{t},{l}\n" for t, l in tiny_rows(12, 2)))
+        self.train, self.eval = write_tiny_csvs(root, 24, 12)
         self.out = root / "run"
 
     def csv(self, name: str, text: str | bytes) -> Path:

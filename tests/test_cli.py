@@ -4,26 +4,21 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-
-def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "peftlab", *args], capture_output=True, text=True, timeout=timeout)
+from conftest import run_cli_process as cli
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny_bert, tmp_path_factory) -> Path:
-    from conftest import tiny_rows
+    from conftest import write_tiny_csvs
 
     root = tmp_path_factory.mktemp("e2e")
-    for name, rows in (("train.csv", tiny_rows(48, 1)), ("eval.csv", tiny_rows(24, 2))):
-        (root / name).write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in rows))
+    write_tiny_csvs(root)
     config = {
         "name": "tiny",
         "backbone": tiny_bert,

@@ -22,7 +22,7 @@ from peftlab.compose.expr import linear_form, variables_of
 from peftlab.compose.model import load_with_adapter, merge_to
 from peftlab.compose.ops import add, analogy, lora_delta, lora_scaling, negate, scale, zeros_like
 from peftlab.errors import PeftlabError
-from test_methods_suite import _one_thread  # noqa: F401  (autouse: one intra-op thread)
+from method_table import _one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 
 def make(tiny_bert: str, out: Path, kind: str = "lora", seed: int = 0, **kw) -> Path:

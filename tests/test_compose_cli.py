@@ -12,40 +12,18 @@ import torch
 import yaml
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from peftlab.cli import main
-from test_methods_suite import _one_thread  # noqa: F401  (autouse: one intra-op thread)
-
-
-class Proc:
-    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
-@pytest.fixture()
-def cli(monkeypatch, capsys):
-    """The real entry point in-process (exit code mapping included), without a fresh interpreter."""
-    def call(*args: str) -> Proc:
-        monkeypatch.setattr("sys.argv", ["peftlab", *args])
-        code = 0
-        try:
-            main()
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        out = capsys.readouterr()
-        return Proc(code, out.out, out.err)
-
-    return call
+from conftest import run_cli
+from method_table import _one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 
 @pytest.fixture(scope="module")
 def run_dir(tiny_bert, tmp_path_factory) -> Path:
-    from conftest import tiny_rows
+    from conftest import write_tiny_csvs
     from peftlab.config import load_config
     from peftlab.runners.experiment import run_experiment
 
     root = tmp_path_factory.mktemp("compose_run")
-    for name, rows in (("train.csv", tiny_rows(36, 1)), ("val.csv", tiny_rows(15, 2))):
-        (root / name).write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in rows))
+    write_tiny_csvs(root, 36, 15, eval_name="val.csv")
     config = {
         "name": "tiny_compose", "backbone": tiny_bert, "baseline": False,
         "task": {"source": "csv", "train_file": str(root / "train.csv"), "eval_file": str(root / "val.csv"),
@@ -62,10 +40,10 @@ def run_dir(tiny_bert, tmp_path_factory) -> Path:
     return root
 
 
-def test_sweep_picks_best_on_validation_and_merges(run_dir: Path, cli):
+def test_sweep_picks_best_on_validation_and_merges(run_dir: Path):
     run, out = run_dir / "run", run_dir / "out"
-    proc = cli("compose", "(1 - lambda)*la + lambda*lb", "--adapters", f"la={run / 'la'},lb={run / 'lb'}",
-               "--sweep", "lambda=0:1:0.5", "--eval", str(run_dir / "c.yaml"), "--merge", "--out", str(out))
+    proc = run_cli("compose", "(1 - lambda)*la + lambda*lb", "--adapters", f"la={run / 'la'},lb={run / 'lb'}",
+                   "--sweep", "lambda=0:1:0.5", "--eval", str(run_dir / "c.yaml"), "--merge", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader((out / "sweep.csv").open()))
     assert [float(r["lambda"]) for r in rows] == [0.0, 0.5, 1.0]
@@ -88,9 +66,9 @@ def test_sweep_picks_best_on_validation_and_merges(run_dir: Path, cli):
         assert torch.isfinite(merged(**tok(["good drug"], return_tensors="pt")).logits).all()
 
 
-def test_cli_refusals_are_one_line(run_dir: Path, tmp_path: Path, cli):
+def test_cli_refusals_are_one_line(run_dir: Path, tmp_path: Path):
     run = run_dir / "run"
-    proc = cli("compose", "la + ia3", "-a", f"la={run / 'la'}", "-a", f"ia3={run / 'ia3'}", "--out", str(tmp_path / "x"))
+    proc = run_cli("compose", "la + ia3", "-a", f"la={run / 'la'}", "-a", f"ia3={run / 'ia3'}", "--out", str(tmp_path / "x"))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "different methods: la is lora, ia3 is ia3" in proc.stderr
     assert not (tmp_path / "x").exists()

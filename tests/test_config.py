@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import run_cli_process
 from peftlab.config import load_config, validate_raw
 from peftlab.errors import PeftlabError
 
@@ -85,7 +85,7 @@ def test_malformed_yaml_and_missing_file(tmp_path):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "peftlab", *args], capture_output=True, text=True, timeout=120)
+    return run_cli_process(*args, timeout=120)
 
 
 def test_validate_cli_exit_codes(tmp_path, tiny_csv):

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_rows
+from conftest import write_tiny_csvs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -20,8 +20,7 @@ def run_tiny(tiny_bert, tmp_path, methods):
     from peftlab.config import validate_raw
     from peftlab.runners.experiment import run_experiment
 
-    for name, rows in (("train.csv", tiny_rows(48, 1)), ("eval.csv", tiny_rows(24, 2))):
-        (tmp_path / name).write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in rows))
+    write_tiny_csvs(tmp_path)
     cfg = validate_raw({
         "backbone": tiny_bert,
         "task": {"source": "csv", "train_file": str(tmp_path / "train.csv"), "eval_file": str(tmp_path / "eval.csv")},

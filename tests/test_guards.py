@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file, save_file
 
+from conftest import write_csv
 from peftlab.config import validate_raw
 from peftlab.errors import PeftlabError
 from peftlab.guards import NEWLY_INITIALISED, newly_initialised, overlap_count
@@ -30,11 +31,6 @@ def config(backbone: str, train: Path, evalf: Path, out: Path, **method) -> dict
         "train": {"epochs": 1, "batch_size": 8, "max_length": 32, "device": "cpu", "checkpoints": False},
         "output_dir": str(out),
     }
-
-
-def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
-    path.write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in rows), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,8 @@ import sys
 import pytest
 import torch
 import yaml
-from transformers import LlamaForCausalLM
 
-from conftest import make_tokenizer, run_cli, tiny_config
+from conftest import run_cli, save_tiny_causal_lm
 from peftlab.config import BackboneConfig, validate_raw
 from peftlab.icl.lm import load_causal_lm
 from peftlab.icl.scoring import PrefixScorer, encode_requests, score_brute
@@ -23,11 +22,7 @@ bnb = pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed"
 
 @pytest.fixture(scope="module")
 def tiny_lm_dir(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("tiny-lm-q")
-    torch.manual_seed(3)
-    LlamaForCausalLM(tiny_config("llama")).save_pretrained(str(path))
-    make_tokenizer(path, with_cls=False)
-    return str(path)
+    return save_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm-q"), seed=3)
 
 
 def _scores(model, tok_dir: str) -> tuple[torch.Tensor, torch.Tensor]:

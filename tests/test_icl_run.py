@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from transformers import LlamaForCausalLM
 
-from conftest import make_tokenizer, tiny_config
+from conftest import save_tiny_causal_lm
 from peftlab.config import validate_raw
 from peftlab.errors import PeftlabError
 from peftlab.gguf_cache import CACHE_ENV, DONE_MARK, cached_folder
@@ -26,11 +25,7 @@ EXAMPLE = "{text} so it was"
 
 @pytest.fixture(scope="module")
 def tiny_causal(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("tiny-causal")
-    torch.manual_seed(1)
-    LlamaForCausalLM(tiny_config("llama")).save_pretrained(str(path))
-    make_tokenizer(path, with_cls=False)
-    return str(path)
+    return save_tiny_causal_lm(tmp_path_factory.mktemp("tiny-causal"), seed=1)
 
 
 def _config(tiny_causal: str, tiny_bert: str, csvs: tuple[Path, Path], out: Path, methods: list[dict]) -> dict:

@@ -50,11 +50,9 @@ def test_search_picks_the_known_best_without_training():
 def test_search_in_a_run_picks_the_best_and_never_touches_eval(tiny_bert, tmp_path, monkeypatch):
     """full fine-tuning on the tiny task: 1e-6 barely moves, 10 blows up, 1e-2 learns; the eval
     features reach training only in the final run, never in a trial."""
-    from conftest import tiny_rows
+    from conftest import write_tiny_csvs
 
-    train, evalf = tmp_path / "train.csv", tmp_path / "eval.csv"
-    for path, rows in ((train, tiny_rows(64, 1)), (evalf, tiny_rows(12, 2))):
-        path.write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in rows))
+    train, evalf = write_tiny_csvs(tmp_path, 64, 12)
     real_train, calls = exp._train, []
 
     def spy(method, model, params, spec, cfg, train_f, eval_f, *args, **kwargs):

@@ -12,19 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import DataCollatorWithPadding, set_seed
+from transformers import DataCollatorWithPadding
 
-from conftest import FAMILIES, tiny_rows
-from peftlab.backbones import load_classifier, load_tokenizer
-from peftlab.config import BackboneConfig, TrainConfig
+from conftest import FAMILIES
+from method_table import assert_counts_match_closed_form, fresh, split, train_tiny
 from peftlab.methods import METHODS
-from peftlab.params import arch_spec, count_params
+from peftlab.params import arch_spec
 from peftlab.runners.batching import encode
-from peftlab.runners.experiment import _train
-from peftlab.runners.train import make_accelerator, predict_logits
-from peftlab.tasks.base import Split
-
-LABELS = ["positive", "negative", "neutral"]
+from peftlab.runners.train import predict_logits
 
 #: method -> params for the table; learning rates high enough to move a tiny model fast
 TABLE = {
@@ -35,31 +30,13 @@ TABLE = {
 }
 
 
-def split(n: int, seed: int) -> Split:
-    rows = tiny_rows(n, seed)
-    return Split(texts=[t for t, _ in rows], labels=np.array([LABELS.index(l) for _, l in rows]))
-
-
-def fresh(path: str):
-    set_seed(0)
-    cfg = BackboneConfig(name=path)
-    tok = load_tokenizer(cfg)
-    return load_classifier(cfg, LABELS, tok), tok
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("name", list(TABLE))
 def test_counted_equals_closed_form(tiny_backbones, family, name):
     model, _ = fresh(tiny_backbones[family])
     method = METHODS.get(name)
     params = method.Params(**TABLE[name])
-    spec = arch_spec(model.config)
-    method.check(params, spec, model.config.model_type)
-    model = method.prepare(model, params, spec)
-    trainable, total = count_params(model)
-    assert trainable == method.derived_trainable(params, spec)
-    assert total == method.derived_total(params, spec)
-    assert 0 < trainable <= total
+    assert_counts_match_closed_form(method, params, model)
 
 
 @pytest.mark.parametrize("family", ["bert", "llama"])
@@ -69,39 +46,16 @@ def test_trains_only_its_parameters_and_round_trips(tiny_backbones, tmp_path: Pa
     params = method.Params(**TABLE[name])
     model, tok = fresh(tiny_backbones[family])
     base_model, _ = fresh(tiny_backbones[family])
-    spec = arch_spec(model.config)
-    model = method.prepare(model, params, spec)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    intended = {n for n, p in model.named_parameters() if p.requires_grad}
-
-    tcfg = TrainConfig(epochs=6, batch_size=8, eval_batch_size=16, warmup_ratio=0.0, weight_decay=0.0, device="cpu")
-    train_f, eval_f = encode(tok, split(48, 1), 32), encode(tok, split(24, 2), 32)
-    collate = DataCollatorWithPadding(tok)
-    model, out = _train(method, model, params, spec, _Cfg(tcfg), train_f, eval_f, collate, make_accelerator(tcfg), True)
-
-    losses = [e.train_loss for e in out.epochs]
-    assert losses[-1] < losses[0], losses
-    after = dict(model.named_parameters())
-    changed = {n for n in before if not torch.equal(before[n], after[n].detach())}
-    assert changed, "nothing trained"
-    assert changed <= intended, f"frozen parameters changed: {sorted(changed - intended)[:3]}"
-    # every intended tensor moved (LoRA's A and B both, the head, ...)
-    assert changed == intended, f"trainable but unchanged: {sorted(intended - changed)[:3]}"
+    run = train_tiny(method, params, model, tok, epochs=6)
+    run.assert_trained_exactly_intended()
+    model, spec = run.model, run.spec
 
     method.save(model, params, tmp_path / "adapter")
     reloaded, _ = fresh(tiny_backbones[family])
     reloaded = method.load(reloaded, params, spec, tmp_path / "adapter")
-    dev = torch.device("cpu")
-    trained_logits = predict_logits(model, eval_f, collate, 16, dev)
-    assert np.array_equal(predict_logits(reloaded, eval_f, collate, 16, dev), trained_logits)
-    assert not np.allclose(predict_logits(base_model, eval_f, collate, 16, dev), trained_logits)
-
-
-class _Cfg:
-    """The slice of ExperimentConfig that _train reads."""
-
-    def __init__(self, train: TrainConfig) -> None:
-        self.train = train
+    trained_logits = run.logits(model)
+    assert np.array_equal(run.logits(reloaded), trained_logits)
+    assert not np.allclose(run.logits(base_model), trained_logits)
 
 
 def test_lora_adapter_loads_in_plain_peft(tiny_bert, tmp_path: Path):

@@ -10,28 +10,18 @@ logical counts equal the fp32 closed form.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from transformers import DataCollatorWithPadding, set_seed
 
-from conftest import FAMILIES, tiny_rows
-from peftlab.backbones import load_classifier, load_tokenizer
-from peftlab.config import BackboneConfig, TrainConfig
+from conftest import FAMILIES
+from method_table import _one_thread, assert_counts_match_closed_form, fresh, train_tiny  # noqa: F401  (_one_thread: autouse)
 from peftlab.errors import PeftlabError
 from peftlab.methods import METHODS
-from peftlab.methods.base import DEFAULT_HEADS
 from peftlab.params import all_linears, arch_spec, base_weight_bytes, count_params
-from peftlab.runners.batching import encode
-from peftlab.runners.experiment import _train
-from peftlab.runners.train import make_accelerator, predict_logits
-from peftlab.tasks.base import Split
-
-LABELS = ["positive", "negative", "neutral"]
 
 #: row id -> (method, params); learning rates high enough to move a tiny model in a few epochs
 TABLE: dict[str, tuple[str, dict[str, Any]]] = {
@@ -64,37 +54,10 @@ def assert_same_logits(row: str, got, want) -> None:
         assert np.array_equal(np.asarray(got), np.asarray(want))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared 2-core box they only spin."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def method_and_params(row: str) -> tuple[Any, Any]:
     name, kw = TABLE[row]
     method = METHODS.get(name)
     return method, method.Params(**kw)
-
-
-def split(n: int, seed: int) -> Split:
-    rows = tiny_rows(n, seed)
-    return Split(texts=[t for t, _ in rows], labels=np.array([LABELS.index(l) for _, l in rows]))
-
-
-def fresh(path: str, method: Any = None, params: Any = None):
-    """A freshly loaded backbone, loaded the way ``method`` needs (quantised for qlora)."""
-    set_seed(0)
-    cfg = BackboneConfig(name=path)
-    tok = load_tokenizer(cfg)
-    extra = method.load_kwargs(params, DEFAULT_HEADS) if method is not None else None
-    if extra:  # these tests are the CPU path; bitsandbytes would put the base on a visible GPU
-        extra["device_map"] = "cpu"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return load_classifier(cfg, LABELS, tok, extra), tok
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -102,20 +65,7 @@ def fresh(path: str, method: Any = None, params: Any = None):
 def test_counted_equals_closed_form(tiny_backbones, family, row):
     method, params = method_and_params(row)
     model, _ = fresh(tiny_backbones[family], method, params)
-    spec = arch_spec(model.config)
-    method.check(params, spec, model.config.model_type)
-    model = method.prepare(model, params, spec)
-    trainable, total = count_params(model)
-    assert trainable == method.derived_trainable(params, spec)
-    assert total == method.derived_total(params, spec)
-    assert 0 < trainable <= total
-
-
-class _Cfg:
-    """The slice of ExperimentConfig that _train reads."""
-
-    def __init__(self, train: TrainConfig) -> None:
-        self.train = train
+    assert_counts_match_closed_form(method, params, model)
 
 
 @pytest.mark.parametrize("family", ["bert", "llama"])
@@ -124,26 +74,9 @@ def test_trains_only_its_parameters_and_round_trips(tiny_backbones, tmp_path: Pa
     method, params = method_and_params(row)
     model, tok = fresh(tiny_backbones[family], method, params)
     base_model, _ = fresh(tiny_backbones[family])
-    spec = arch_spec(model.config)
-    model = method.prepare(model, params, spec)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    intended = {n for n, p in model.named_parameters() if p.requires_grad}
-
-    tcfg = TrainConfig(epochs=4, batch_size=8, eval_batch_size=16, warmup_ratio=0.0, weight_decay=0.0, device="cpu")
-    train_f, eval_f = encode(tok, split(48, 1), 32), encode(tok, split(24, 2), 32)
-    collate = DataCollatorWithPadding(tok)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # bitsandbytes 8-bit: "inputs will be cast to float16"
-        model, out = _train(method, model, params, spec, _Cfg(tcfg), train_f, eval_f, collate,
-                            make_accelerator(tcfg), True)
-
-    losses = [e.train_loss for e in out.epochs]
-    assert losses[-1] < losses[0], losses
-    after = dict(model.named_parameters())
-    changed = {n for n in before if not torch.equal(before[n], after[n].detach())}
-    assert changed, "nothing trained"
-    assert changed <= intended, f"frozen parameters changed: {sorted(changed - intended)[:3]}"
-    assert changed == intended, f"trainable but unchanged: {sorted(intended - changed)[:3]}"
+    run = train_tiny(method, params, model, tok, epochs=4)
+    run.assert_trained_exactly_intended()
+    model, spec = run.model, run.spec
     if method.name == "qlora":  # after training the base is still quantised, frozen, untouched
         quant = [p for p in model.parameters() if type(p).__name__ in ("Params4bit", "Int8Params")]
         assert len(quant) == len(all_linears(spec))  # every backbone linear, pooler included
@@ -152,10 +85,9 @@ def test_trains_only_its_parameters_and_round_trips(tiny_backbones, tmp_path: Pa
     method.save(model, params, tmp_path / "adapter")
     reloaded, _ = fresh(tiny_backbones[family], method, params)
     reloaded = method.load(reloaded, params, spec, tmp_path / "adapter")
-    dev = torch.device("cpu")
-    trained_logits = predict_logits(model, eval_f, collate, 16, dev)
-    assert_same_logits(row, predict_logits(reloaded, eval_f, collate, 16, dev), trained_logits)
-    assert not np.allclose(predict_logits(base_model, eval_f, collate, 16, dev), trained_logits)
+    trained_logits = run.logits(model)
+    assert_same_logits(row, run.logits(reloaded), trained_logits)
+    assert not np.allclose(run.logits(base_model), trained_logits)
 
 
 @pytest.mark.parametrize("row", PEFT_ROWS)

@@ -11,14 +11,13 @@ import torch
 
 @pytest.fixture(scope="module")
 def merge_run(tiny_bert: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from conftest import tiny_rows
+    from conftest import write_tiny_csvs
 
     from peftlab.config import validate_raw
     from peftlab.runners.experiment import run_experiment
 
     root = tmp_path_factory.mktemp("merge")
-    for name, rows in (("train.csv", tiny_rows(36, 1)), ("eval.csv", tiny_rows(12, 2))):
-        (root / name).write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in rows))
+    write_tiny_csvs(root, 36, 12)
     cfg = validate_raw({
         "name": "merge", "backbone": tiny_bert,
         "task": {"source": "csv", "train_file": str(root / "train.csv"), "eval_file": str(root / "eval.csv")},

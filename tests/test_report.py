@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
+from conftest import run_cli_process
 from peftlab.report.collect import Row, RunDir
 from peftlab.report.plots import Point, pareto_frontier, pareto_svg
 from peftlab.report.table import COLUMNS, table
@@ -66,7 +65,7 @@ def parse(html: str) -> Page:
 @pytest.fixture(scope="module")
 def tiny_run(tiny_bert: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real two-method run whose third label is a script tag (the escaping test)."""
-    from conftest import tiny_rows
+    from conftest import tiny_rows, write_csv
 
     from peftlab.config import validate_raw
     from peftlab.runners.experiment import run_experiment
@@ -74,7 +73,7 @@ def tiny_run(tiny_bert: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("report")
     rename = {"neutral": EVIL}
     for name, rows in (("train.csv", tiny_rows(48, 1)), ("eval.csv", tiny_rows(24, 2))):
-        (root / name).write_text("text,label\n" + "".join(f"{t},{rename.get(l, l)}\n" for t, l in rows))
+        write_csv(root / name, [(t, rename.get(l, l)) for t, l in rows])
     cfg = validate_raw({
         "name": "tiny", "backbone": tiny_bert,
         "task": {"source": "csv", "train_file": str(root / "train.csv"), "eval_file": str(root / "eval.csv")},
@@ -153,8 +152,7 @@ def test_report_cli_mixed_rows_and_tasks(tiny_run: Path, tmp_path: Path):
     for f in b.rglob("results.json"):
         r = read_result(f)
         r.model_copy(update={"task": "other-task"}).write(f.parent)
-    proc = subprocess.run([sys.executable, "-m", "peftlab", "report", str(a), str(b), "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=120)
+    proc = run_cli_process("report", str(a), str(b), "--out", str(tmp_path / "out"), timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     page = parse(html)
@@ -170,7 +168,7 @@ def test_report_cli_mixed_rows_and_tasks(tiny_run: Path, tmp_path: Path):
 
 
 def test_report_cli_bad_folder(tmp_path: Path):
-    proc = subprocess.run([sys.executable, "-m", "peftlab", "report", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    proc = run_cli_process("report", str(tmp_path), timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no results.json" in proc.stderr
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_cli_process
 from interrupts import run_until_checkpoint
 
 from peftlab.config import validate_raw
@@ -49,13 +50,10 @@ def raw_config(tiny_bert: str, tiny_csv, out: Path, **train) -> dict:
 
 @pytest.fixture(scope="module")
 def reference(tiny_bert, tmp_path_factory) -> Path:
-    from conftest import tiny_rows
+    from conftest import write_tiny_csvs
 
     root = tmp_path_factory.mktemp("ref")
-    files = []
-    for name, rows in (("train.csv", tiny_rows(48, 1)), ("eval.csv", tiny_rows(24, 2))):
-        (root / name).write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in rows))
-        files.append(root / name)
+    files = write_tiny_csvs(root)
     run_experiment(validate_raw(raw_config(tiny_bert, files, root / "run")), quiet=True)
     return root
 
@@ -123,8 +121,7 @@ def test_sigkill_at_several_points_then_resume(tiny_bert, reference, tmp_path):
     _kill_when(_start(config), lambda: any(s >= 4 for s in steps("full")))
     _kill_when(_start(config), lambda: any(s >= 8 for s in steps("lora")))
     assert json.loads((out / "lora" / "results.json").read_text())["status"] == "incomplete"
-    done = subprocess.run([sys.executable, "-m", "peftlab", "run", str(config), "-q"],
-                          capture_output=True, text=True, timeout=300)
+    done = run_cli_process("run", str(config), "-q", timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     for name in ("full", "lora"):
         assert metrics(out, name) == metrics(reference / "run", name)
@@ -154,3 +151,17 @@ def test_nan_loss_stops_the_method_and_keeps_the_last_good_checkpoint(tiny_bert,
     kept = complete_checkpoints(tmp_path / "run" / "full")
     assert [p.name for p in kept][-1] == "step-00000003"  # steps 1-3 were good
     assert not (tmp_path / "run" / "full" / "adapter").exists()  # nothing saved from a diverged model
+
+
+def test_checkpoint_tensors_are_copied_by_name_and_must_all_match(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from peftlab.runners.checkpoint import _copy_saved
+
+    save_file({"a": torch.full((2,), 3.0, dtype=torch.float64), "b": torch.ones(1)}, str(tmp_path / "t.safetensors"))
+    own = {"a": torch.zeros(2), "b": torch.zeros(1)}
+    _copy_saved(tmp_path, "t.safetensors", "weights", own, "unused")
+    assert own["a"].dtype == torch.float32 and torch.equal(own["a"], torch.full((2,), 3.0)) and own["b"].item() == 1
+    with pytest.raises(PeftlabError, match=r"checkpoint .*: its buffers do not match"):
+        _copy_saved(tmp_path, "t.safetensors", "weights", {"a": own["a"]}, "its buffers do not match")

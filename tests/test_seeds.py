@@ -46,13 +46,10 @@ def test_duplicate_seeds_refused(tiny_bert, tmp_path):
 
 @pytest.fixture(scope="module")
 def seeded_run(tiny_bert, tmp_path_factory) -> Path:
-    from conftest import tiny_rows
+    from conftest import write_tiny_csvs
 
     root = tmp_path_factory.mktemp("seeds")
-    files = []
-    for name, rows in (("train.csv", tiny_rows(36, 1)), ("eval.csv", tiny_rows(18, 2))):
-        (root / name).write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in rows))
-        files.append(root / name)
+    files = write_tiny_csvs(root, 36, 18)
     raw = {"backbone": tiny_bert, "seeds": [0, 1, 2],
            "task": {"source": "csv", "train_file": str(files[0]), "eval_file": str(files[1])},
            "methods": [{"method": "lora", "r": 2, "lr": 1e-2}, {"method": "linear_probe", "lr": 1e-2}],

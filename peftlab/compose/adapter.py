@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 
 from peftlab.errors import PeftlabError
 from peftlab.fingerprint import FINGERPRINT_FILE, write_fingerprint
+from peftlab.io import read_json
 from peftlab.methods.base import read_safetensors
 
 CONFIG_FILE = "adapter_config.json"
@@ -125,10 +126,7 @@ def _run_meta(adir: Path) -> dict[str, Any]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise PeftlabError(f"cannot read {path}: {exc}") from None
+    data = read_json(path)
     if not isinstance(data, dict):
         raise PeftlabError(f"{path}: not a JSON object")
     return data

@@ -17,6 +17,7 @@ Grammar::
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from peftlab.errors import PeftlabError
@@ -85,32 +86,33 @@ class _Parser:
         where = f"at position {tok[2] + 1} ({tok[1]!r})" if tok else "at the end"
         return PeftlabError(f"expression {self.text!r}: {what} {where}")
 
-    def eat(self, op: str) -> bool:
+    def take(self, ops: str) -> str | None:
+        """Consume the next token if it is one of the (one-character) operators ``ops``; return it."""
         tok = self.peek()
-        if tok and tok[0] == "op" and tok[1] == op:
+        if tok and tok[0] == "op" and tok[1] in ops:
             self.i += 1
-            return True
-        return False
+            return tok[1]
+        return None
+
+    def eat(self, op: str) -> bool:
+        return self.take(op) is not None
+
+    def binary(self, ops: str, operand: Callable[[], Node]) -> Node:
+        """``operand (op operand)*`` for the operators in ``ops``, left-associative."""
+        node = operand()
+        while op := self.take(ops):
+            node = Binary(op, node, operand())
+        return node
 
     def expr(self) -> Node:
-        node = self.term()
-        while (tok := self.peek()) and tok[0] == "op" and tok[1] in "+-":
-            self.i += 1
-            node = Binary(tok[1], node, self.term())
-        return node
+        return self.binary("+-", self.term)
 
     def term(self) -> Node:
-        node = self.unary()
-        while (tok := self.peek()) and tok[0] == "op" and tok[1] in "*/":
-            self.i += 1
-            node = Binary(tok[1], node, self.unary())
-        return node
+        return self.binary("*/", self.unary)
 
     def unary(self) -> Node:
-        tok = self.peek()
-        if tok and tok[0] == "op" and tok[1] in "+-":
-            self.i += 1
-            return Unary(tok[1], self.unary())
+        if op := self.take("+-"):
+            return Unary(op, self.unary())
         return self.atom()
 
     def atom(self) -> Node:

@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from peftlab.compose import scenario_data as sd
-from peftlab.config import TaskConfig, TrainConfig, apply_override, load_raw, parse_override
+from peftlab.config import TaskConfig, TrainConfig, apply_overrides, load_raw
 from peftlab.config_base import StrictModel
 from peftlab.errors import PeftlabError
 from peftlab.methods.lora import LoraParams
@@ -240,9 +240,7 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
     from peftlab.config import _format_error
 
     raw = load_raw(path)
-    for text in overrides or []:
-        keys, value = parse_override(text)
-        apply_override(raw, keys, value)
+    apply_overrides(raw, overrides)
     try:
         return ScenarioConfig.model_validate(raw)
     except ValidationError as err:

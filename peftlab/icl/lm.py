@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from peftlab.backbones import _fail, _kwargs, resolve
+from peftlab.backbones import _kwargs, loading_weights, resolve
 from peftlab.config import BackboneConfig
 from peftlab.errors import PeftlabError
 from peftlab.methods.qlora import disable_cpu_repacking
@@ -43,16 +43,10 @@ def quantization_kwargs(quantize: str, device: torch.device) -> dict[str, Any]:
 def load_causal_lm(cfg: BackboneConfig, quantize: str, device: torch.device) -> Any:
     """The LM with every weight frozen (in-context learning trains nothing)."""
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
-    try:
+    with loading_weights(cfg):
         model = AutoModelForCausalLM.from_pretrained(
             resolve(cfg.name), dtype=torch.float32, **_kwargs(cfg), **quantization_kwargs(quantize, device))
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise _fail(cfg, exc) from None
-    finally:
-        hf_logging.enable_progress_bar()
     if quantize == "none":
         model.to(device)
     else:

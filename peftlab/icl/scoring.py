@@ -87,24 +87,17 @@ def _select(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
     return DynamicCache(ddp_cache_data=[(layer.keys[rows], layer.values[rows]) for layer in cache.layers])
 
 
-def _pad_left(seqs: Sequence[Ids], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad(seqs: Sequence[Ids], pad: int, device: torch.device, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of ``seqs`` padded with ``pad`` to the longest, on the left (so every
+    row's last real token is in the last column) or on the right."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for r, s in enumerate(seqs):
         if s:
-            ids[r, width - len(s):] = torch.tensor(s)
-            mask[r, width - len(s):] = 1
-    return ids.to(device), mask.to(device)
-
-
-def _pad_right(seqs: Sequence[Ids], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, s in enumerate(seqs):
-        ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[r, : len(s)] = 1
+            cols = slice(width - len(s), width) if left else slice(0, len(s))
+            ids[r, cols] = torch.tensor(s, dtype=torch.long)
+            mask[r, cols] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -153,7 +146,7 @@ class PrefixScorer:
         # tokens every choice of a row starts with (chat answers all open with "\n") are run
         # with the suffix, so usually only the first *distinct* token is left to score
         shared = [shared_len(c) for c in conts]
-        ids, smask = _pad_left([s + c[0][:k] for s, c, k in zip(suffixes, conts, shared)], self.pad_id, dev)
+        ids, smask = _pad([s + c[0][:k] for s, c, k in zip(suffixes, conts, shared)], self.pad_id, dev, left=True)
         attn = torch.cat([torch.ones((b, n_prefix), dtype=torch.long, device=dev), smask], dim=1)
         cache = _repeat(prefix_cache, b) if prefix_cache is not None else DynamicCache()
         keep = max(shared) + 1
@@ -179,7 +172,7 @@ class PrefixScorer:
         for start in range(0, len(rows), step):
             chunk, tokens = rows[start : start + step], feeds[start : start + step]
             sel = torch.tensor([r for r, _ in chunk], dtype=torch.long, device=dev)
-            feed, cmask = _pad_right([t[:-1] for t in tokens], self.pad_id, dev)
+            feed, cmask = _pad([t[:-1] for t in tokens], self.pad_id, dev, left=False)
             out = self.model(input_ids=feed, attention_mask=torch.cat([attn[sel], cmask], dim=1),
                              position_ids=next_pos[sel, None] + torch.arange(feed.shape[1], device=dev),
                              past_key_values=_select(cache, sel), use_cache=True)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftlab.backbones import _fail, _kwargs, load_hf_config, resolve
+from peftlab.backbones import _fail, _kwargs, load_hf_config, loading_weights, resolve
 from peftlab.config import BackboneConfig
 from peftlab.errors import PeftlabError
 from peftlab.images import efficientnet
@@ -110,25 +110,16 @@ def load_image_backbone(cfg: BackboneConfig) -> ClassifierBackbone | ClipBackbon
 
 def _hf_classifier(cfg: BackboneConfig, conf: Any) -> ClassifierBackbone:
     from transformers import AutoModelForImageClassification
-    from transformers.utils import logging as hf_logging
 
     path = resolve(cfg.name)
 
     def load(labels: list[str], seed: int) -> nn.Module:
         torch.manual_seed(seed)  # the new head's initialisation
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # the expected "classifier newly initialised" report
-        hf_logging.disable_progress_bar()
-        try:
+        with loading_weights(cfg, quiet=True):
             return AutoModelForImageClassification.from_pretrained(
                 path, num_labels=len(labels), id2label=dict(enumerate(labels)),
                 label2id={n: i for i, n in enumerate(labels)}, ignore_mismatched_sizes=True,
                 dtype=torch.float32, **_kwargs(cfg))
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise _fail(cfg, exc) from None
-        finally:
-            hf_logging.set_verbosity(verbosity)
-            hf_logging.enable_progress_bar()
 
     default = Preprocess(getattr(conf, "image_size", 224) or 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     return ClassifierBackbone(name=cfg.name, family=conf.model_type, preprocess=from_model_folder(path, default),
@@ -137,17 +128,11 @@ def _hf_classifier(cfg: BackboneConfig, conf: Any) -> ClassifierBackbone:
 
 def _hf_clip(cfg: BackboneConfig) -> ClipBackbone:
     from transformers import AutoTokenizer, CLIPModel
-    from transformers.utils import logging as hf_logging
 
     path = resolve(cfg.name)
-    hf_logging.disable_progress_bar()
-    try:
+    with loading_weights(cfg):
         model = CLIPModel.from_pretrained(path, dtype=torch.float32, **_kwargs(cfg)).eval()
         tok = AutoTokenizer.from_pretrained(path, **_kwargs(cfg))
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise _fail(cfg, exc) from None
-    finally:
-        hf_logging.enable_progress_bar()
     for p in model.parameters():
         p.requires_grad_(False)
     max_len = model.config.text_config.max_position_embeddings

@@ -7,17 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig
 from torch import nn
 
-from peftlab.errors import PeftlabError
 from peftlab.images import params as P
 from peftlab.images.backbones import ClassifierBackbone, logits_of
 from peftlab.images.efficientnet import LiteConfig
 from peftlab.images.method_base import (HEAD_FILE, IMAGE_METHODS, Built, Forward, ImageContext, ImageMethod,
                                         load_tensors, save_tensors)
 from peftlab.methods.base import freeze_all, unfreeze
-from peftlab.methods.peft_common import load_peft
+from peftlab.methods.peft_common import load_peft, wrap_peft
 
 MODEL_FILE = "model.safetensors"
 
@@ -30,20 +29,13 @@ def _pixels_forward(model: nn.Module) -> Forward:
     return lambda x: logits_of(model(pixel_values=x))
 
 
-def _closed_total(bb: ClassifierBackbone, num_labels: int) -> int | None:
+def _closed(bb: ClassifierBackbone, num_labels: int) -> tuple[int | None, int | None]:
+    """(head, total) parameters in closed form; (None, None) for a family without formulas."""
     if isinstance(bb.arch, LiteConfig):
-        return P.lite_total(bb.arch, num_labels)
+        return P.lite_head(bb.arch, num_labels), P.lite_total(bb.arch, num_labels)
     if bb.family == "vit":
-        return P.vit_total(bb.arch, num_labels)
-    return None
-
-
-def _closed_head(bb: ClassifierBackbone, num_labels: int) -> int | None:
-    if isinstance(bb.arch, LiteConfig):
-        return P.lite_head(bb.arch, num_labels)
-    if bb.family == "vit":
-        return P.vit_head(bb.arch, num_labels)
-    return None
+        return P.vit_head(bb.arch, num_labels), P.vit_total(bb.arch, num_labels)
+    return None, None
 
 
 def freeze_batch_norms(model: nn.Module) -> None:
@@ -65,7 +57,7 @@ class ClassifierFull(ImageMethod):
                      x_eval=ctx.x_eval, save=lambda d: save_tensors(model.state_dict(), d / MODEL_FILE))
 
     def derived(self, ctx: ImageContext, params: Any) -> tuple[int | None, int | None]:
-        total = _closed_total(ctx.backbone, ctx.data.num_labels)
+        _, total = _closed(ctx.backbone, ctx.data.num_labels)
         return total, total
 
     def predictor(self, backbone: Any, params: Any, labels: list[str], directory: Path, seed: int) -> Forward:
@@ -100,7 +92,7 @@ class ClassifierProbe(ImageMethod):
                      feature_s=time.perf_counter() - t0)
 
     def derived(self, ctx: ImageContext, params: Any) -> tuple[int | None, int | None]:
-        return _closed_head(ctx.backbone, ctx.data.num_labels), _closed_total(ctx.backbone, ctx.data.num_labels)
+        return _closed(ctx.backbone, ctx.data.num_labels)
 
     def predictor(self, backbone: Any, params: Any, labels: list[str], directory: Path, seed: int) -> Forward:
         model = backbone.load(labels, seed)
@@ -118,10 +110,7 @@ class ClassifierLora(ImageMethod):
 
     def build(self, ctx: ImageContext, params: Any) -> Built:
         base = _fresh(ctx)
-        try:
-            model = get_peft_model(base, self.config(ctx.backbone, base, params))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise PeftlabError(f"lora: peft refused this backbone: {str(exc).splitlines()[0]}") from None
+        model = wrap_peft("lora", base, self.config(ctx.backbone, base, params))
 
         def train_mode() -> None:
             model.train()
@@ -139,9 +128,10 @@ class ClassifierLora(ImageMethod):
             lora = P.vit_lora_params(bb.arch, targets, params.r)
         else:
             return None, None
-        trainable = lora + (_closed_head(bb, n) or 0)
+        head, total = _closed(bb, n)
+        trainable = lora + (head or 0)
         # peft keeps the original head next to the trained copy (modules_to_save)
-        return trainable, (_closed_total(bb, n) or 0) + trainable
+        return trainable, (total or 0) + trainable
 
     def predictor(self, backbone: Any, params: Any, labels: list[str], directory: Path, seed: int) -> Forward:
         return _pixels_forward(load_peft(backbone.load(labels, seed), directory).eval())

@@ -7,7 +7,6 @@ sizes and statistics from a model folder's ``preprocessor_config.json`` when the
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from peftlab.errors import PeftlabError
+from peftlab.io import read_json
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -87,10 +87,7 @@ def from_model_folder(folder: str | Path, default: Preprocess) -> Preprocess:
     path = Path(folder) / "preprocessor_config.json"
     if not path.is_file():
         return default
-    try:
-        conf = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise PeftlabError(f"cannot read {path}: {exc}") from None
+    conf = read_json(path)
     crop = _side(conf.get("crop_size")) if conf.get("do_center_crop", True) else None
     resize = _side(conf.get("size"))
     size = crop or resize or default.size

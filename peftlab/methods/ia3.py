@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from peft import IA3Config, TaskType
+from peft import IA3Config
 from peft.utils.constants import (
     TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as IA3_FEEDFORWARD,
     TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as IA3_TARGETS,
@@ -19,9 +19,8 @@ from torch import nn
 
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.errors import PeftlabError
-from peftlab.methods.base import head_names
-from peftlab.methods.peft_common import PeftMethod
-from peftlab.params import ArchSpec, ia3_params, targeted_linears
+from peftlab.methods.peft_common import PeftMethod, check_targets, seq_cls_config
+from peftlab.params import ArchSpec, ia3_params
 
 
 class Ia3Params(MethodParams):
@@ -59,19 +58,11 @@ class Ia3(PeftMethod):
         stray = [f for f in feedforward if f not in targets]
         if stray:
             raise PeftlabError(f"config error: ia3.feedforward_modules: {stray} are not in target_modules")
-        if spec is not None and not targeted_linears(spec, targets):
-            raise PeftlabError(
-                f"config error: ia3.target_modules: {targets} match no linear layer of this {model_type} backbone"
-            )
+        check_targets("ia3", targets, spec, model_type)
 
     def peft_config(self, params: Ia3Params, model: nn.Module, spec: ArchSpec | None) -> IA3Config:
         targets, feedforward = self.modules(params, model.config.model_type)
-        return IA3Config(
-            task_type=TaskType.SEQ_CLS,
-            target_modules=targets,
-            feedforward_modules=feedforward,
-            modules_to_save=list(head_names(model, spec)),
-        )
+        return seq_cls_config(IA3Config, model, spec, target_modules=targets, feedforward_modules=feedforward)
 
     def derived_trainable(self, params: Ia3Params, spec: ArchSpec) -> int:
         targets, feedforward = self.modules(params, spec.family)

@@ -1,23 +1,23 @@
 """``lora``: low-rank updates W + (alpha/r) * B A on chosen linear layers, through Hugging Face peft.
 
 The head is trained too (peft's ``modules_to_save``), since a new task needs a new head. Saved
-in peft's own format, so plain ``PeftModel.from_pretrained`` loads it.
+in peft's own format, so plain ``PeftModel.from_pretrained`` loads it; prepare/save/load are the
+shared :class:`~peftlab.methods.peft_common.PeftMethod` ones.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft import LoraConfig
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as LORA_TARGETS
 from pydantic import Field
 from torch import nn
 
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.errors import PeftlabError
-from peftlab.methods.base import Method, head_names
-from peftlab.params import ArchSpec, lora_params, targeted_linears, total_params
+from peftlab.methods.peft_common import PeftMethod, check_targets, seq_cls_config
+from peftlab.params import ArchSpec, lora_params
 
 
 class LoraParams(MethodParams):
@@ -38,7 +38,7 @@ def default_targets(model_type: str) -> list[str]:
     return list(LORA_TARGETS[model_type])
 
 
-class Lora(Method):
+class Lora(PeftMethod):
     name = "lora"
     Params = LoraParams
 
@@ -46,40 +46,12 @@ class Lora(Method):
         return params.target_modules or default_targets(model_type)
 
     def check(self, params: LoraParams, spec: ArchSpec | None, model_type: str) -> None:
-        targets = self.targets(params, model_type)
-        if spec is not None and not targeted_linears(spec, targets):
-            raise PeftlabError(
-                f"config error: lora.target_modules: {targets} match no linear layer of this {model_type} backbone"
-            )
+        check_targets("lora", self.targets(params, model_type), spec, model_type)
 
     def peft_config(self, params: LoraParams, model: nn.Module, spec: ArchSpec | None) -> LoraConfig:
-        return LoraConfig(
-            task_type=TaskType.SEQ_CLS,
-            r=params.r,
-            lora_alpha=params.alpha,
-            lora_dropout=params.dropout,
-            target_modules=self.targets(params, model.config.model_type),
-            modules_to_save=list(head_names(model, spec)),
-        )
-
-    def prepare(self, model: nn.Module, params: LoraParams, spec: ArchSpec | None) -> nn.Module:
-        return get_peft_model(model, self.peft_config(params, model, spec))
+        return seq_cls_config(LoraConfig, model, spec, r=params.r, lora_alpha=params.alpha,
+                              lora_dropout=params.dropout, target_modules=self.targets(params, model.config.model_type))
 
     def derived_trainable(self, params: LoraParams, spec: ArchSpec) -> int:
         targets = params.target_modules or default_targets(spec.family)
         return lora_params(spec, targets, params.r) + spec.head
-
-    def derived_total(self, params: LoraParams, spec: ArchSpec) -> int:
-        # peft keeps the original head next to the trained copy (modules_to_save).
-        return total_params(spec) + self.derived_trainable(params, spec)
-
-    def save(self, model: nn.Module, params: LoraParams, directory: Path) -> None:
-        model.save_pretrained(str(directory))
-
-    def load(self, model: nn.Module, params: LoraParams, spec: ArchSpec | None, directory: Path) -> nn.Module:
-        if not (directory / "adapter_config.json").is_file():
-            raise PeftlabError(f"no peft adapter at {directory} (adapter_config.json missing)")
-        try:
-            return PeftModel.from_pretrained(model, str(directory))
-        except (OSError, ValueError, KeyError) as exc:
-            raise PeftlabError(f"cannot load adapter {directory}: {str(exc).splitlines()[0]}") from None

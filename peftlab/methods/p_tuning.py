@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from peft import PromptEncoderConfig, PromptEncoderReparameterizationType, TaskType
+from peft import PromptEncoderConfig, PromptEncoderReparameterizationType
 from pydantic import Field
 from torch import nn
 
 from peftlab.config_base import MethodParams, PositiveFloat
-from peftlab.methods.base import head_names
-from peftlab.methods.peft_common import PeftMethod
+from peftlab.methods.peft_common import PeftMethod, seq_cls_config
 from peftlab.params import ArchSpec, p_tuning_params
 
 #: peft's PromptEncoderConfig.encoder_num_layers default; used by the LSTM encoder only
@@ -38,14 +37,9 @@ class PTuning(PeftMethod):
 
     def peft_config(self, params: PTuningParams, model: nn.Module, spec: ArchSpec | None) -> PromptEncoderConfig:
         kind = PromptEncoderReparameterizationType.MLP if params.encoder == "mlp" else PromptEncoderReparameterizationType.LSTM
-        return PromptEncoderConfig(
-            task_type=TaskType.SEQ_CLS,
-            num_virtual_tokens=params.num_virtual_tokens,
-            encoder_reparameterization_type=kind,
-            encoder_hidden_size=params.encoder_hidden_size,
-            encoder_num_layers=LSTM_LAYERS,
-            modules_to_save=list(head_names(model, spec)),
-        )
+        return seq_cls_config(PromptEncoderConfig, model, spec, num_virtual_tokens=params.num_virtual_tokens,
+                              encoder_reparameterization_type=kind, encoder_hidden_size=params.encoder_hidden_size,
+                              encoder_num_layers=LSTM_LAYERS)
 
     def derived_trainable(self, params: PTuningParams, spec: ArchSpec) -> int:
         enc = params.encoder_hidden_size or spec.hidden

@@ -1,8 +1,9 @@
-"""Shared plumbing for methods implemented by Hugging Face peft (everything but LoRA itself,
-which predates this module and keeps its own copy).
+"""Shared plumbing for the methods implemented by Hugging Face peft (lora, qlora, ia3,
+prompt/p/prefix tuning).
 
 A peft method builds a ``PeftConfig``, wraps the model with ``get_peft_model`` and saves in peft's
-own format, so plain ``PeftModel.from_pretrained`` loads what peftlab trained.
+own format, so plain ``PeftModel.from_pretrained`` loads what peftlab trained. Every such config
+is built by :func:`seq_cls_config`, so the task type and the trained head are set in one place.
 """
 
 from __future__ import annotations
@@ -10,13 +11,33 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from peft import PeftConfig, PeftModel, get_peft_model
+from peft import PeftConfig, PeftModel, TaskType, get_peft_model
 from safetensors import SafetensorError
 from torch import nn
 
-from peftlab.errors import PeftlabError
-from peftlab.methods.base import Method
-from peftlab.params import ArchSpec, total_params
+from peftlab.errors import PeftlabError, first_line
+from peftlab.methods.base import Method, head_names
+from peftlab.params import ArchSpec, targeted_linears, total_params
+
+
+def seq_cls_config(config_class: type[PeftConfig], model: nn.Module, spec: ArchSpec | None,
+                   **fields: Any) -> PeftConfig:
+    """``config_class(**fields)`` for sequence classification, with the head trained and saved.
+
+    A new task needs a new head, so every peft method trains it through peft's
+    ``modules_to_save`` (which also puts it in the saved adapter); the method only names its own
+    fields (rank, virtual tokens, ...).
+    """
+    return config_class(task_type=TaskType.SEQ_CLS, modules_to_save=list(head_names(model, spec)), **fields)
+
+
+def check_targets(method: str, targets: list[str], spec: ArchSpec | None, model_type: str) -> None:
+    """Refuse ``target_modules`` that name no linear layer of a known architecture, before any
+    model is loaded (``spec`` None: an architecture without closed forms, left to peft)."""
+    if spec is not None and not targeted_linears(spec, targets):
+        raise PeftlabError(
+            f"config error: {method}.target_modules: {targets} match no linear layer of this {model_type} backbone"
+        )
 
 
 class PeftMethod(Method):
@@ -26,10 +47,7 @@ class PeftMethod(Method):
         raise NotImplementedError
 
     def prepare(self, model: nn.Module, params: Any, spec: ArchSpec | None) -> nn.Module:
-        try:
-            return get_peft_model(model, self.peft_config(params, model, spec))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise PeftlabError(f"{self.name}: peft refused this backbone: {_first_line(exc)}") from None
+        return wrap_peft(self.name, model, self.peft_config(params, model, spec))
 
     def derived_total(self, params: Any, spec: ArchSpec) -> int:
         # Everything trained is new: the method's own tensors, and the head copy that peft's
@@ -43,15 +61,19 @@ class PeftMethod(Method):
         return load_peft(model, directory)
 
 
+def wrap_peft(method: str, model: nn.Module, config: PeftConfig) -> nn.Module:
+    """``get_peft_model``; a model peft cannot adapt this way (no such modules, unsupported layer
+    type) is the user's choice of backbone or targets, so a one-line PeftlabError."""
+    try:
+        return get_peft_model(model, config)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PeftlabError(f"{method}: peft refused this backbone: {first_line(exc)}") from None
+
+
 def load_peft(model: nn.Module, directory: Path) -> nn.Module:
     if not (directory / "adapter_config.json").is_file():
         raise PeftlabError(f"no peft adapter at {directory} (adapter_config.json missing)")
     try:
         return PeftModel.from_pretrained(model, str(directory))
     except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as exc:  # e.g. a truncated file
-        raise PeftlabError(f"cannot load adapter {directory}: {_first_line(exc)}") from None
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        raise PeftlabError(f"cannot load adapter {directory}: {first_line(exc)}") from None

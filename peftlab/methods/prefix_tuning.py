@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from peft import PrefixTuningConfig, TaskType
+from peft import PrefixTuningConfig
 from pydantic import Field, model_validator
 from torch import nn
 
 from peftlab.config_base import MethodParams, PositiveFloat
-from peftlab.methods.base import head_names
-from peftlab.methods.peft_common import PeftMethod
+from peftlab.methods.peft_common import PeftMethod, seq_cls_config
 from peftlab.params import ArchSpec, prefix_tuning_params
 
 
@@ -41,13 +40,8 @@ class PrefixTuning(PeftMethod):
     Params = PrefixTuningParams
 
     def peft_config(self, params: PrefixTuningParams, model: nn.Module, spec: ArchSpec | None) -> PrefixTuningConfig:
-        return PrefixTuningConfig(
-            task_type=TaskType.SEQ_CLS,
-            num_virtual_tokens=params.num_virtual_tokens,
-            prefix_projection=params.projection,
-            encoder_hidden_size=params.encoder_hidden_size,
-            modules_to_save=list(head_names(model, spec)),
-        )
+        return seq_cls_config(PrefixTuningConfig, model, spec, num_virtual_tokens=params.num_virtual_tokens,
+                              prefix_projection=params.projection, encoder_hidden_size=params.encoder_hidden_size)
 
     def derived_trainable(self, params: PrefixTuningParams, spec: ArchSpec) -> int:
         return (prefix_tuning_params(spec, params.num_virtual_tokens, params.projection, params.encoder_hidden_size)

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from peft import PromptTuningConfig, PromptTuningInit, TaskType
+from peft import PromptTuningConfig, PromptTuningInit
 from pydantic import Field
 from torch import nn
 
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.errors import PeftlabError
-from peftlab.methods.base import head_names
-from peftlab.methods.peft_common import PeftMethod
+from peftlab.methods.peft_common import PeftMethod, seq_cls_config
 from peftlab.params import ArchSpec, prompt_tuning_params
 
 
@@ -46,13 +45,12 @@ class PromptTuning(PeftMethod):
 
     def peft_config(self, params: PromptTuningParams, model: nn.Module, spec: ArchSpec | None) -> PromptTuningConfig:
         text = params.init == "text"
-        return PromptTuningConfig(
-            task_type=TaskType.SEQ_CLS,
+        return seq_cls_config(
+            PromptTuningConfig, model, spec,
             num_virtual_tokens=params.num_virtual_tokens,
             prompt_tuning_init=PromptTuningInit.TEXT if text else PromptTuningInit.RANDOM,
             prompt_tuning_init_text=params.init_text if text else None,
             tokenizer_name_or_path=tokenizer_path(model) if text else None,
-            modules_to_save=list(head_names(model, spec)),
         )
 
     def derived_trainable(self, params: PromptTuningParams, spec: ArchSpec) -> int:

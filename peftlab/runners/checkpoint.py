@@ -225,15 +225,12 @@ def load_checkpoint(path: Path, model: nn.Module, rank: int | None = None) -> Re
         raise PeftlabError(f"checkpoint {path}: unreadable state ({exc})") from None
     if state.get("format") != FORMAT:
         raise PeftlabError(f"checkpoint {path}: format {state.get('format')!r}, this peftlab reads {FORMAT}")
-    weights = read_safetensors(path / "trainable.safetensors", "checkpoint weights")
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if set(weights) != set(params):
-        raise PeftlabError(f"checkpoint {path}: its tensors do not match this method's trainable parameters")
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(weights[name].to(p.device, p.dtype))
+    _copy_saved(path, "trainable.safetensors", "checkpoint weights",
+                {n: p for n, p in model.named_parameters() if p.requires_grad},
+                "its tensors do not match this method's trainable parameters")
     if (path / BUFFERS_FILE).is_file():
-        _load_buffers(path, model)
+        _copy_saved(path, BUFFERS_FILE, "checkpoint buffers", dict(model.named_buffers()),
+                    "its buffers do not match this method's model")
     return Resumed(
         progress=Progress(**state["progress"]),
         optimizer=join_optimizer_state(load_file(str(path / "optimizer.safetensors")), state["optimizer"]),
@@ -244,14 +241,15 @@ def load_checkpoint(path: Path, model: nn.Module, rank: int | None = None) -> Re
     )
 
 
-def _load_buffers(path: Path, model: nn.Module) -> None:
-    saved = read_safetensors(path / BUFFERS_FILE, "checkpoint buffers")
-    own = dict(model.named_buffers())
+def _copy_saved(path: Path, file: str, what: str, own: dict[str, torch.Tensor], mismatch: str) -> None:
+    """Copy the tensors saved in ``path / file`` into ``own`` (each cast to its target's device and
+    dtype); the names must be exactly ``own``'s, else ``mismatch`` is the error."""
+    saved = read_safetensors(path / file, what)
     if set(saved) != set(own):
-        raise PeftlabError(f"checkpoint {path}: its buffers do not match this method's model")
+        raise PeftlabError(f"checkpoint {path}: {mismatch}")
     with torch.no_grad():
-        for name, b in own.items():
-            b.copy_(saved[name].to(b.device, b.dtype))
+        for name, t in own.items():
+            t.copy_(saved[name].to(t.device, t.dtype))
 
 
 def restore_rng(resumed: Resumed) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 from peftlab.config import TaskConfig
 from peftlab.errors import PeftlabError
 from peftlab.registry import Registry
+from peftlab.tasks.loaders import hf_split
 from peftlab.tasks.sampling import finish_splits
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -171,15 +172,8 @@ def hf_image(cfg: TaskConfig) -> tuple[ImageSplit, ImageSplit | None, list[str]]
     """A Hugging Face dataset with an image column and a ClassLabel (food101, Stanford dogs...)."""
     import datasets
 
-    def split(name: str) -> Any:
-        try:
-            local = {"data_dir": cfg.data_dir} if cfg.data_dir else {}  # e.g. hf_id "imagefolder"
-            return datasets.load_dataset(cfg.hf_id, cfg.hf_config, split=name, **local)
-        except Exception as exc:  # network, missing split, unknown id: all user-fixable
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise PeftlabError(f"task.hf_id {cfg.hf_id!r} split {name!r}: cannot load ({first})") from None
-
-    train, ev = split(cfg.train_split), split(cfg.eval_split)
+    local = {"data_dir": cfg.data_dir} if cfg.data_dir else {}  # e.g. hf_id "imagefolder"
+    train, ev = hf_split(cfg, cfg.train_split, **local), hf_split(cfg, cfg.eval_split, **local)
     for col, field in ((cfg.image_column, "image_column"), (cfg.label_column, "label_column")):
         if col not in train.column_names:
             raise PeftlabError(f"config error: task.{field}: column {col!r} not in {cfg.hf_id} "

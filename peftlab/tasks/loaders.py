@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from peftlab.config import TaskConfig
-from peftlab.errors import PeftlabError
+from peftlab.errors import PeftlabError, first_line
 from peftlab.registry import Registry
 from peftlab.tasks.base import Split, TaskData
 from peftlab.tasks.builtin import BUILTIN_TASKS
@@ -40,8 +40,7 @@ def _read_file(kind: str, path: str, nrows: int | None = None) -> pd.DataFrame:
     except UnicodeDecodeError:
         raise PeftlabError(f"data file {p}: not UTF-8 text") from None
     except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise PeftlabError(f"data file {p}: cannot parse as {kind} ({first})") from None
+        raise PeftlabError(f"data file {p}: cannot parse as {kind} ({first_line(exc)})") from None
 
 
 def _file_source(kind: str) -> Callable[[TaskConfig], Frames]:
@@ -64,19 +63,22 @@ def _builtin(cfg: TaskConfig) -> Frames:
     return train, ev, names
 
 
+def hf_split(cfg: TaskConfig, name: str, **kwargs: Any) -> Any:
+    """One split of the Hugging Face dataset ``cfg.hf_id`` (text or image tasks)."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(cfg.hf_id, cfg.hf_config, split=name, **kwargs)
+    except Exception as exc:  # network, missing split, unknown id: all user-fixable
+        raise PeftlabError(f"task.hf_id {cfg.hf_id!r} split {name!r}: cannot load ({first_line(exc)})") from None
+
+
 @SOURCES.register("hf")
 def _hf(cfg: TaskConfig) -> Frames:
     import datasets
 
-    def split(name: str) -> Any:
-        try:
-            return datasets.load_dataset(cfg.hf_id, cfg.hf_config, split=name)
-        except Exception as exc:  # network, missing split, unknown id: all user-fixable
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise PeftlabError(f"task.hf_id {cfg.hf_id!r} split {name!r}: cannot load ({first})") from None
-
-    train = split(cfg.train_split)
-    ev = split(cfg.eval_split)
+    train = hf_split(cfg, cfg.train_split)
+    ev = hf_split(cfg, cfg.eval_split)
     feature = train.features.get(cfg.label_column)
     names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
     return train.to_pandas(), ev.to_pandas(), names
