@@ -53,9 +53,11 @@ def loading_weights(cfg: BackboneConfig, quiet: bool = False) -> Iterator[None]:
     if quiet:
         hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    from safetensors import SafetensorError
+
     try:
         yield
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:  # SafetensorError: a truncated file
         raise _fail(cfg, exc) from None
     finally:
         hf_logging.set_verbosity(verbosity)

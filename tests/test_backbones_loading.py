@@ -37,3 +37,16 @@ def test_missing_weights_name_the_backbone(tiny_bert, tmp_path):
     with pytest.raises(PeftlabError, match=r"^backbone '.*m': cannot load as local path \(") as info:
         load_classifier(cfg, ["a", "b", "c"], load_tokenizer(cfg))
     assert "\n" not in str(info.value)
+
+
+def test_truncated_weights_name_the_backbone(tiny_bert, tmp_path):
+    """A cut-off model.safetensors (an interrupted download) is one line, not safetensors' traceback."""
+    import shutil
+
+    shutil.copytree(tiny_bert, tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    cfg = BackboneConfig(name=str(tmp_path / "m"))
+    with pytest.raises(PeftlabError, match=r"^backbone '.*m': cannot load as local path \(") as info:
+        load_classifier(cfg, ["a", "b", "c"], load_tokenizer(cfg))
+    assert "\n" not in str(info.value)
