@@ -86,11 +86,11 @@ def dropout_text(r: dict[str, Any]) -> str:
         return ""
     return (
         f"Where LoRA's time goes: the same peftlab run with LoRA dropout 0 trains at {med['peftlab_nodrop']:.1f} ex/s\n"
-        f"({med['peftlab_nodrop'] / med['peftlab']:.2f}x the dropout-0.1 run, {100 * util['peftlab_nodrop']:.0f}% of the GEMM peak). "
-        "peft puts a dropout in front of every adapted layer, and torch's CPU dropout\n"
-        "draws one Bernoulli sample per element, which costs more than the layer's rank-8\n"
-        "products. The Trainer pays the same. Replacing torch's dropout was tried (session 3) and reverted: it\n"
-        "changes the random stream, and the demo's LoRA row collapsed with it.\n\n"
+        f"({med['peftlab_nodrop'] / med['peftlab']:.2f}x the dropout-0.1 run, {100 * util['peftlab_nodrop']:.0f}% of the GEMM peak): "
+        "that is what the dropout peft puts in front of\nevery adapted layer costs here (the Trainer pays it too). "
+        "The rest of the gap to the GEMM peak is work that the\nuseful-FLOP count leaves out (attention products, softmax, "
+        "norms, GELU, BERT's own dropouts, the rank-8\nproducts, the optimizer) and GEMMs of the batches' shapes "
+        "running below the peak's rate.\n\n"
     )
 
 
