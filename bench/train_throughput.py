@@ -196,13 +196,15 @@ def side_runs(method: str, n: int, args: argparse.Namespace, tok: Any, out: Path
     """One training run per side on the same ``n`` pairs, and those pairs."""
     cfg = config(method, n, 32, out / "round", args.threads)
     split = load_task(cfg.task, cfg.train.seed).train
-    nodrop = config(method, n, 32, out / "round_nodrop", args.threads, dropout=0.0)
-    return {
+    runs: dict[str, Callable[[], dict[str, Any]]] = {
         "peftlab": lambda: run_peftlab(cfg),
         "notebook": lambda: run_trainer("notebook", method, tok, split, None),
         "tuned": lambda: run_trainer("tuned", method, tok, split, None),
-        "peftlab_nodrop": lambda: run_peftlab(nodrop),
-    }, split
+    }
+    if method in REFERENCE:  # LoRA's dropout; full fine-tuning has no such parameter
+        nodrop = config(method, n, 32, out / "round_nodrop", args.threads, dropout=0.0)
+        runs[REFERENCE[method]] = lambda: run_peftlab(nodrop)
+    return runs, split
 
 
 def timed_rounds(method: str, args: argparse.Namespace, tok: Any, out: Path) -> tuple[dict[str, list[float]], list[float], Split]:
