@@ -118,9 +118,10 @@ def projection_text(r: dict[str, Any]) -> str:
         return ""
     table = "\n".join(f"| {n} | {p['notebook']:.2f}x | {p['tuned']:.2f}x |" for n, p in rows)
     return (
-        f"Projected at larger training sets (not timed): the rounds' per-token rates carried to the padding of\n"
-        f"each size (table above). Attention's cost grows faster than linearly with padded length, so (a)'s\n"
-        f"projection is slightly pessimistic for peftlab; otherwise only per-step overheads could move these.\n\n"
+        f"Projected at larger training sets (not timed): the rounds' rates per computed token carried to the\n"
+        f"padding of each size (table above). It assumes a computed token costs each side the same at every size,\n"
+        f"but the sides' batch shapes differ at the round size (longer padded batches run larger GEMMs and larger\n"
+        f"attention products), so read these as rough, about as uncertain as the rounds' own spread.\n\n"
         f"| training pairs | vs (a) notebook | vs (b) tuned Trainer |\n|---|---|---|\n{table}\n\n"
     )
 
