@@ -18,7 +18,7 @@ from torch import nn
 from peftlab.backbones import _fail, _kwargs, load_hf_config, loading_weights, resolve
 from peftlab.config import BackboneConfig
 from peftlab.errors import PeftlabError
-from peftlab.images import efficientnet
+from peftlab.images import clip_prefix, efficientnet
 from peftlab.images.preprocess import CLIP_MEAN, CLIP_STD, Preprocess, from_model_folder
 from peftlab.registry import Registry
 
@@ -71,6 +71,9 @@ class ClipBackbone:
     token_embedding: nn.Embedding | None  # CoOp substitutes its context vectors at this module's output
     logit_scale: float
     kind: str = "clip"
+    # (prefix (P, d) embeddings, ids (C, L)) -> (C, D): the text tower with the shared first P
+    # positions computed once (clip_prefix.py); None where the tower's layout is not handled
+    encode_text_shared_prefix: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 IMAGE_ALIASES: Registry[Callable[[BackboneConfig], Any]] = Registry("image backbone alias")
@@ -147,11 +150,16 @@ def _hf_clip(cfg: BackboneConfig) -> ClipBackbone:
     def encode_image(pixels: torch.Tensor) -> torch.Tensor:
         return model.get_image_features(pixel_values=pixels).pooler_output
 
+    def encode_text_shared_prefix(prefix: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return clip_prefix.encode_shared_prefix(model.text_model, model.text_projection, prefix, ids)
+
     size = model.config.vision_config.image_size
     return ClipBackbone(
         name=cfg.name, model=model, preprocess=from_model_folder(path, Preprocess(size, CLIP_MEAN, CLIP_STD)),
         tokenize=tokenize, encode_text=encode_text, encode_image=encode_image,
         token_embedding=model.text_model.embeddings.token_embedding, logit_scale=float(model.logit_scale.exp()),
+        encode_text_shared_prefix=(encode_text_shared_prefix if clip_prefix.supports_shared_prefix(model.text_model)
+                                   else None),
     )
 
 

@@ -180,7 +180,9 @@ class PromptLearner(nn.Module):
 
     Only ``ctx`` is a parameter; the token ids of the class-name prompts are buffers. The context
     replaces the placeholder positions at the output of the frozen token embedding (a forward
-    hook), so the text encoder, its positions, causal mask and EOS pooling run unchanged.
+    hook), so the text encoder, its positions, causal mask and EOS pooling run unchanged. With one
+    context for all classes and a text tower clip_prefix.py handles, [BOS] + context runs once
+    instead of once per class (same features; the text tower is what every cached step costs).
     """
 
     def __init__(self, clip: ClipBackbone, label_names: list[str], params: Any, seed: int) -> None:
@@ -216,6 +218,11 @@ class PromptLearner(nn.Module):
 
     def text_features(self) -> torch.Tensor:
         clip = self.clip[0]
+        if self.ctx.ndim == 2 and clip.encode_text_shared_prefix is not None:
+            # one context for all classes: [BOS] + ctx is every prompt's prefix, computed once
+            bos = clip.token_embedding(self.ids[:1, :1])[0]
+            prefix = torch.cat([bos, self.ctx.to(bos.dtype)], dim=0)
+            return clip.encode_text_shared_prefix(prefix, self.ids).float()
         handle = clip.token_embedding.register_forward_hook(self._substitute)
         try:
             return clip.encode_text(self.ids, self.mask).float()
