@@ -9,7 +9,6 @@ import json
 
 import pytest
 import torch
-import yaml
 
 from conftest import write_tiny_csvs
 

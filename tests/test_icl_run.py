@@ -15,7 +15,7 @@ from peftlab.config import validate_raw
 from peftlab.errors import PeftlabError
 from peftlab.gguf_cache import CACHE_ENV, DONE_MARK, cached_folder
 from peftlab.icl.scoring import encode_requests, score_brute
-from peftlab.prompts.template import Demo, load_template, render_context
+from peftlab.prompts.template import load_template, render_context
 from peftlab.runners.experiment import run_experiment
 from peftlab.tasks import load_task
 
