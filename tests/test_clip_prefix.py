@@ -10,7 +10,7 @@ from tiny_images import make_tiny_clip
 
 from peftlab.config import BackboneConfig
 from peftlab.images.backbones import load_image_backbone
-from peftlab.images.clip_prefix import pool_positions
+from peftlab.images.clip_prefix import packed_layout, pool_positions
 from peftlab.images.methods_clip import PromptLearner
 from peftlab.methods.clip_methods import CoopParams
 
@@ -45,10 +45,11 @@ def test_shared_prefix_equals_the_plain_forward_values_and_gradients(clip, n_ctx
 
 
 def test_shared_prefix_runs_the_prefix_once(clip):
-    """The text tower's first projection sees P + C x S rows instead of C x (P + S)."""
+    """The text tower's first projection sees the prefix once and each prompt up to its EOS (no
+    padding), instead of every padded prompt whole."""
     rows: list[int] = []
     q = clip.model.text_model.encoder.layers[0].self_attn.q_proj
-    handle = q.register_forward_hook(lambda _m, args, _out: rows.append(args[0].shape[0] * args[0].shape[1]))
+    handle = q.register_forward_hook(lambda _m, args, _out: rows.append(args[0].numel() // args[0].shape[-1]))
     learner = PromptLearner(clip, NAMES, CoopParams(n_ctx=16, ctx_init=None), seed=0)
     try:
         with torch.no_grad():
@@ -57,10 +58,10 @@ def test_shared_prefix_runs_the_prefix_once(clip):
                           CoopParams(n_ctx=16, ctx_init=None), seed=0).text_features()
     finally:
         handle.remove()
-    length = learner.ids.shape[1]
-    prefix = 1 + 16
-    # shared: the prefix (one row of P), then the suffixes; plain: every full prompt in one call
-    assert rows == [prefix, len(NAMES) * (length - prefix), len(NAMES) * length]
+    prefix, length = 1 + 16, learner.ids.shape[1]
+    own = [2 + len(name.split()) for name in NAMES]  # name words, ".", EOS
+    assert length == prefix + max(own)
+    assert rows == [prefix + sum(own), len(NAMES) * length]
 
 
 def test_class_specific_context_keeps_the_plain_path(clip):
@@ -77,3 +78,17 @@ def test_pool_positions_follow_transformers_rule():
     assert pool_positions(ids, eos_token_id=3).tolist() == [3, 1]
     # old configs (eos_token_id == 2) take the highest id, as CLIPTextModel does
     assert pool_positions(torch.tensor([[5, 7, 49407, 0]]), eos_token_id=2).tolist() == [2]
+
+
+def test_packed_layout_masks_each_prompt_to_the_prefix_and_itself():
+    pos, allowed, eos = packed_layout(2, [3, 4])  # prefix rows 0-1; prompt 0: position 2-3; prompt 1: 2-4
+    assert pos.tolist() == [0, 1, 2, 3, 2, 3, 4]
+    assert eos.tolist() == [3, 6]
+    want = [[1, 0, 0, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0, 0, 0],
+            [1, 1, 1, 0, 0, 0, 0],
+            [1, 1, 1, 1, 0, 0, 0],
+            [1, 1, 0, 0, 1, 0, 0],
+            [1, 1, 0, 0, 1, 1, 0],
+            [1, 1, 0, 0, 1, 1, 1]]
+    assert allowed.int().tolist() == want
