@@ -20,7 +20,7 @@ from peftlab.methods.qlora import is_quantised
 from peftlab.params import arch_spec
 from peftlab.results import RESULTS_FILE, read_result
 from peftlab.runners.batching import encode
-from peftlab.runners.experiment import ADAPTER_DIR
+from peftlab.runners.rows import ADAPTER_DIR
 from peftlab.runners.train import predict_logits
 from peftlab.tasks.base import Split
 

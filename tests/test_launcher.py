@@ -13,7 +13,8 @@ from peftlab.config import validate_raw
 from peftlab.errors import PeftlabError
 from peftlab.launcher import launch_prefix, launcher_record
 from peftlab.report.collect import load_run_dir
-from peftlab.runners.experiment import guarded, prepare_output
+from peftlab.runners.output import prepare_output
+from peftlab.runners.rows import guarded
 from peftlab.tasks.base import Split, TaskData
 
 ACCELERATE_DDP = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0",

@@ -20,7 +20,7 @@ from peftlab.images.backbones import backbone_kind, load_image_backbone
 from peftlab.images.method_base import Forward, image_method
 from peftlab.images.preprocess import Preprocess
 from peftlab.results import RESULTS_FILE, read_result
-from peftlab.runners.experiment import ADAPTER_DIR
+from peftlab.runners.rows import ADAPTER_DIR
 
 
 @dataclass

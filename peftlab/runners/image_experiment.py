@@ -36,9 +36,10 @@ from peftlab.results import RunResult, environment
 from peftlab.runners.cached import fit_tensors, predict_tensors
 from peftlab.runners.checkpoint import clear_checkpoints
 from peftlab.runners.distributed import is_main
-from peftlab.runners.experiment import (ADAPTER_DIR, BASELINE, ResumeMode, _changed, _fingerprint, _say, baseline_result,
-                                        checkpoint_plan, guarded, kept_or_run, prepare_output, save_atomically,
-                                        stop_if_diverged, trained_result_fields)
+from peftlab.runners.output import ResumeMode, prepare_output
+from peftlab.runners.rows import (ADAPTER_DIR, BASELINE, baseline_result, changed_since, checkpoint_plan, guarded,
+                                  kept_or_run, save_atomically, say, stop_if_diverged, trainable_fingerprint,
+                                  trained_result_fields)
 from peftlab.runners.measure import PeakMemory
 from peftlab.runners.train import CheckpointPlan, FitOutcome, epoch_record, make_accelerator
 from peftlab.tasks.images import load_image_task
@@ -66,7 +67,7 @@ def build_context(cfg: ExperimentConfig, cache_dir: Path | None, quiet: bool = T
     prep = backbone.preprocess.with_size(cfg.task.image_size)
     t0 = time.perf_counter()
     x_train, x_eval = prep.batch(data.train.images), prep.batch(data.eval.images)
-    _say(quiet, f"task {data.name}: {len(data.train)} train / {len(data.eval)} eval images at {prep.size}px "
+    say(quiet, f"task {data.name}: {len(data.train)} train / {len(data.eval)} eval images at {prep.size}px "
                 f"({time.perf_counter() - t0:.1f} s to preprocess), labels {data.label_names}")
     fingerprint = image_base_fingerprint(backbone, data.label_names, cfg.train.seed)
     return ImageContext(backbone=backbone, data=data, x_train=x_train, x_eval=x_eval, tcfg=cfg.train,
@@ -92,12 +93,12 @@ def run_image_experiment(cfg: ExperimentConfig, quiet: bool = False, resume: Res
 
 def run_image_method(ctx: ImageContext, cfg: ExperimentConfig, params: MethodParams, kind: str, out: Path,
                      quiet: bool) -> RunResult:
-    """One row, marked incomplete until it ends; a failure becomes a failed row (runners.experiment.guarded)."""
-    _say(quiet, f"== {params.label} ({params.method} on a {kind} backbone, lr={params.lr:g})")
+    """One row, marked incomplete until it ends; a failure becomes a failed row (runners.rows.guarded)."""
+    say(quiet, f"== {params.label} ({params.method} on a {kind} backbone, lr={params.lr:g})")
 
     def work(base: RunResult, mdir: Path) -> RunResult:
         result = _run(ctx, cfg, params, kind, mdir, base, quiet)
-        _say(quiet, f"   accuracy {result.accuracy:.4f}, macro-F1 {result.macro_f1:.4f} "
+        say(quiet, f"   accuracy {result.accuracy:.4f}, macro-F1 {result.macro_f1:.4f} "
                     f"({result.timing.wall_s if result.timing else 0:.0f} s)")
         return result
 
@@ -128,13 +129,13 @@ def _run(ctx: ImageContext, cfg: ExperimentConfig, params: MethodParams, kind: s
         built = method.build(ctx, params)
         built.model.to(ctx.device)
         trainable, total = count_params(built.model)
-        before = _fingerprint(built.model)
+        before = trainable_fingerprint(built.model)
         plan = checkpoint_plan(cfg, mdir, built.trainable, quiet) if built.trains else None
         outcome = _fit(ctx, built, params, plan)
         wall = time.perf_counter() - t0
     d_train, d_total = method.derived(ctx, params)
     agree = None if d_train is None else (d_train == trainable and (d_total is None or d_total == total))
-    unchanged = built.trains and not _changed(before, built.model)
+    unchanged = built.trains and not changed_since(before, built.model)
     flags = [f for f, on in (("nan_loss", outcome.nan_loss), ("params_unchanged", unchanged),
                              ("params_mismatch", agree is False)) if on]
     assert outcome.logits is not None

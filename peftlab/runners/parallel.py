@@ -76,8 +76,9 @@ def run_parallel(cfg: ExperimentConfig, workers: int, quiet: bool = False, resum
                  command: list[str] | None = None) -> list[RunResult]:
     """Every method of ``cfg`` on up to ``workers`` processes at once; results in config order."""
     from peftlab.plan import check_fits
-    from peftlab.runners.experiment import (BASELINE, baseline_result, finished_result, preflight,
-                                            prepare_output, write_run_report)
+    from peftlab.runners.experiment import preflight
+    from peftlab.runners.output import prepare_output, write_run_report
+    from peftlab.runners.rows import BASELINE, baseline_result, finished_result
     from peftlab.report.compare import write_comparison
     from peftlab.runners.checkpoint import clear_checkpoints
     from peftlab.tasks import load_task
@@ -168,7 +169,7 @@ def _start(params: MethodParams, slot: int, out: Path, reuse: bool, env: dict[st
 
 def _collect(job: Job, cfg: ExperimentConfig, out: Path, data: Any) -> RunResult:
     """The worker's result; a worker that died before writing one gives a ``failed`` result."""
-    from peftlab.runners.experiment import base_result
+    from peftlab.runners.rows import base_result
 
     path = out / job.params.label / RESULTS_FILE
     try:
