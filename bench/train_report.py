@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+#: bench/train_accuracy.py's bar: "final accuracy within 0.5 points"
+ACCURACY_BAR = 0.005
+
+
+def standard_error(acc: float, n: int) -> float:
+    """Binomial standard error of an accuracy measured on ``n`` examples."""
+    return math.sqrt(acc * (1 - acc) / n)
+
+
+def verdict(diff: float, se_diff: float) -> str:
+    """What an accuracy difference between two sides says, against the 0.5-point bar and the noise."""
+    within = "within 0.5 points" if abs(diff) <= ACCURACY_BAR else "NOT within 0.5 points"
+    noise = "within" if abs(diff) <= 2 * se_diff else "beyond"
+    return f"{within}; {noise} 2 standard errors of the difference"
 
 SIDE_NAMES = {
     "peftlab": "peftlab (runners/train.py fit)",

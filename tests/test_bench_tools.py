@@ -117,3 +117,16 @@ def test_throughput_projection_carries_round_rates_to_each_sizes_padding():
     assert ratios["tuned"] == pytest.approx(1.2 * 1.10 / 1.00 * 1.00 / 1.32)
     assert ratios["notebook"] == pytest.approx(3.0 * 1.10)
     assert projected({**r, "round_examples": 160}) == []  # no padding row at the round size: nothing to project from
+
+
+def test_accuracy_verdict_separates_the_bar_from_the_noise():
+    """bench/train_report.verdict: the 0.5-point bar and two standard errors are separate statements."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    try:
+        from train_report import standard_error, verdict
+    finally:
+        sys.path.pop(0)
+    assert standard_error(0.5, 100) == pytest.approx(0.05)
+    assert verdict(0.004, 0.01) == "within 0.5 points; within 2 standard errors of the difference"
+    assert verdict(-0.015, 0.01) == "NOT within 0.5 points; within 2 standard errors of the difference"
+    assert verdict(0.03, 0.01) == "NOT within 0.5 points; beyond 2 standard errors of the difference"
