@@ -75,7 +75,10 @@ def render(results: list[dict[str, Any]], cmd: str, hw: str, git: str) -> str:
         "bench/train_throughput.py) and is scored on the same "
         f"{first['n_eval']} validation_matched pairs (majority class {first['eval_majority']:.3f}). The sides see "
         "the pairs in their own order (peftlab groups by length, the notebook recipe shuffles, the tuned Trainer "
-        "groups by length its own way), so their runs differ the way two seeds of one recipe differ.",
+        "groups by length its own way), so their runs differ the way two seeds of one recipe differ. The Trainer "
+        "sides predict with a Trainer of default arguments: with group_by_length the Trainer length-groups its "
+        "evaluation sampler too, and `trainer.predict` then returns predictions in another order than the labels "
+        "(an earlier run of this script scored (b) at chance that way).",
         "", *rows, "",
         "Standard errors are binomial over the evaluation pairs; the difference's is the two combined as if "
         "independent (the sides score the same pairs, so this overstates it somewhat). One seed per side: the "

@@ -41,26 +41,43 @@ def load_text(load: float | None) -> str:
     return f"1-minute load average {load:.2f} at the start: machine {busy}."
 
 
+#: sides whose Trainer length-groups its evaluation sampler (group_by_length)
+LENGTH_GROUPED_EVAL = ("tuned",)
+MISORDERED_NOTE = (
+    " (b)'s accuracy in this run is invalid: the Trainer with group_by_length length-groups its\n"
+    "evaluation sampler too, so `trainer.predict` returned predictions in another order than the labels they were\n"
+    "compared with. bench/train_throughput.py now predicts in dataset order; see \"Training accuracy\" below.")
+
+
+def misordered_sides(full: dict[str, Any]) -> set[str]:
+    """Sides of a saved run whose accuracy came from a length-grouped (reordered) prediction pass."""
+    return {s for s in LENGTH_GROUPED_EVAL if s in full and full[s].get("eval_order") != "dataset"}
+
+
 def render_section(r: dict[str, Any], title: str, cmd: str, hw: str) -> str:
     med, full, util = r["median_ex_s"], r["full"], r["utilisation"]
     a = r["args"]
+    misordered = misordered_sides(full)
     rows = []
     for side, name in SIDE_NAMES.items():
         if side not in med:
             continue
         ratio = med["peftlab"] / med[side]
         f = full.get(side)
+        acc_cell = "invalid (see below)" if side in misordered else _fmt(f and f['accuracy'], '.4f')
         rows.append(
             f"| {name} | {med[side]:.1f} | {ratio:.2f}x | {' '.join(f'{x:.1f}' for x in r['rates'][side])} | "
-            f"{_fmt(f and f['examples'] / f['train_s'])} | {_fmt(f and f['accuracy'], '.4f')} | "
+            f"{_fmt(f and f['examples'] / f['train_s'])} | {acc_cell} | "
             f"{r['useful_flops_s'][side] / 1e9:.1f} | {100 * util[side]:.0f}% |"
         )
     verdict = []
     for side, target in TARGETS.items():
         ratio = med["peftlab"] / med[side]
         verdict.append(f"vs {side}: {ratio:.2f}x (target >= {target}x: {'met' if ratio >= target else 'NOT met'})")
-    acc_gaps = {s: round(100 * (full["peftlab"]["accuracy"] - full[s]["accuracy"]), 6) for s in TARGETS}
-    acc_note = ("" if min(f["accuracy"] for f in full.values()) > 0.45 else
+    acc_gaps = {s: round(100 * (full["peftlab"]["accuracy"] - full[s]["accuracy"]), 6) for s in TARGETS
+                if s not in misordered}
+    acc_note = (MISORDERED_NOTE if misordered else "") + (
+                "" if min(f["accuracy"] for s, f in full.items() if s not in misordered) > 0.45 else
                 " All three are near chance (3 classes): one epoch on this few pairs teaches MiniLM little, and\n"
                 "differences of a few points on this eval set are within sampling noise (different data orders and\n"
                 "dropout draws), so this run cannot show agreement within 0.5 points; a longer run would be needed.")

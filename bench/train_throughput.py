@@ -146,9 +146,15 @@ def run_trainer(style: str, method: str, tok: Any, train: Split, evalset: Split 
         trainer.train()
         acc = None
         if evalset is not None:
-            pred = trainer.predict(hf_dataset(tok, evalset, padded)).predictions
+            # Not trainer.predict: with group_by_length the Trainer length-groups its evaluation sampler
+            # too (transformers 5 Trainer._get_eval_sampler), so predictions come back in another order
+            # than the dataset's labels. A Trainer with default arguments predicts in dataset order.
+            in_order = Trainer(model=trainer.model, args=TrainingArguments(
+                output_dir=tmp, per_device_eval_batch_size=64, report_to="none", disable_tqdm=True, use_cpu=True),
+                processing_class=tok, data_collator=DataCollatorWithPadding(tok))
+            pred = in_order.predict(hf_dataset(tok, evalset, padded)).predictions
             acc = float((np.asarray(pred).argmax(-1) == evalset.labels).mean())
-    return {"train_s": clock.s, "examples": len(train), "accuracy": acc}
+    return {"train_s": clock.s, "examples": len(train), "accuracy": acc, "eval_order": "dataset"}
 
 
 # --- useful FLOPs --------------------------------------------------------------------------------
