@@ -78,7 +78,7 @@ def render_section(r: dict[str, Any], title: str, cmd: str, hw: str) -> str:
                 if s not in misordered}
     acc_note = (MISORDERED_NOTE if misordered else "") + (
                 "" if min(f["accuracy"] for s, f in full.items() if s not in misordered) > 0.45 else
-                " All three are near chance (3 classes): one epoch on this few pairs teaches MiniLM little, and\n"
+                " The sides scored here are near chance (3 classes): one epoch on this few pairs teaches MiniLM little, and\n"
                 "differences of a few points on this eval set are within sampling noise (different data orders and\n"
                 "dropout draws), so this run cannot show agreement within 0.5 points; a longer run would be needed.")
     acc_line = "; ".join(f"peftlab - {s}: {g:+.1f} points ({'within' if abs(g) <= 0.5 else 'NOT within'} 0.5)"
