@@ -1,6 +1,7 @@
 """Final accuracy of the three training-throughput sides at a size where training does something.
 
 Usage: python bench/train_accuracy.py [--methods full] [--n-train 6400] [--n-eval 4000] [--threads 1] [--quick]
+       [--render-only]
 
 bench/train_throughput.py times peftlab against the transformers Trainer (notebook and tuned
 recipes) on 640 pairs, where one epoch leaves MiniLM near chance, so its accuracies cannot show
@@ -65,7 +66,7 @@ def render(results: list[dict[str, Any]], cmd: str, hw: str, git: str) -> str:
                 continue
             diff = acc - base
             se_diff = math.sqrt(se ** 2 + standard_error(base, n) ** 2)
-            rows.append(f"| {r['method']} | {label} | {acc:.4f} | {se:.4f} | {100 * diff:+.1f} | {verdict(diff, se_diff)} |")
+            rows.append(f"| {r['method']} | {label} | {acc:.4f} | {se:.4f} | {100 * diff:+.2f} | {verdict(diff, se_diff)} |")
     first = results[0]
     return "\n".join([
         SECTION, "",
@@ -95,7 +96,14 @@ def main() -> int:
     ap.add_argument("--n-eval", type=int, default=4000)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="smoke run: 64 train / 32 eval pairs, nothing written")
+    ap.add_argument("--render-only", action="store_true", help="rewrite the section from runs/bench_accuracy/results.json")
     args = ap.parse_args()
+    saved = benchkit.ROOT / "runs" / "bench_accuracy" / "results.json"
+    if args.render_only:
+        run_info = json.loads(saved.read_text(encoding="utf-8"))
+        benchkit.write_section(SECTION, render(run_info["results"], run_info["command"], run_info["hardware"],
+                                               run_info["git"]))
+        return 0
     if not DATA.is_dir():
         print(f"skip: {DATA} not found (benchmark data is optional)")
         return 0
@@ -114,13 +122,13 @@ def main() -> int:
             print(f"error: --methods: unknown method {method!r} (choose from {', '.join(METHODS)})", file=sys.stderr)
             return 2
         results.append(run(method, args, tok))
-    body = render(results, benchkit.command("train_accuracy.py"), hw, git_hash())
+    run_info = {"results": results, "command": benchkit.command("train_accuracy.py"), "hardware": hw, "git": git_hash()}
+    body = render(results, run_info["command"], hw, run_info["git"])
     if args.quick:
         print(body)
         return 0
-    out = benchkit.ROOT / "runs" / "bench_accuracy" / "results.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(run_info, indent=2, default=str), encoding="utf-8")
     benchkit.write_section(SECTION, body)
     return 0
 
