@@ -47,14 +47,13 @@ def loading_weights(cfg: BackboneConfig, quiet: bool = False) -> Iterator[None]:
     """Around a weights ``from_pretrained``: no progress bars and, ``quiet``, none of transformers'
     info and warnings (the expected "classifier newly initialised" report); a bad name, path or
     file becomes the one-line PeftlabError naming the backbone."""
+    from safetensors import SafetensorError
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     if quiet:
         hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    from safetensors import SafetensorError
-
     try:
         yield
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:  # SafetensorError: a truncated file

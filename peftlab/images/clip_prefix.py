@@ -85,12 +85,12 @@ def encode_shared_prefix(text_model: Any, projection: nn.Module, prefix: torch.T
     in the plain forward the padding mask and causal attention keep them out of the EOS state too.
     """
     p = prefix.shape[0]
-    ends = pool_positions(ids, text_model.eos_token_id)
-    if bool((ends < p).any()):
+    ends = pool_positions(ids, text_model.eos_token_id).tolist()
+    if min(ends) < p:
         raise ValueError("an EOS token falls inside the shared prefix")
-    pos, allowed, eos_rows = packed_layout(p, ends.tolist())
+    pos, allowed, eos_rows = packed_layout(p, ends)
     device = prefix.device
-    rest = torch.cat([ids[c, p : e + 1] for c, e in enumerate(ends.tolist())]).to(device)
+    rest = torch.cat([ids[c, p : e + 1] for c, e in enumerate(ends)]).to(device)
     h = torch.cat([prefix, text_model.embeddings.token_embedding(rest)])
     h = h + text_model.embeddings.position_embedding.weight[pos.to(device)]
     allowed = allowed.to(device)

@@ -68,7 +68,7 @@ def build_context(cfg: ExperimentConfig, cache_dir: Path | None, quiet: bool = T
     t0 = time.perf_counter()
     x_train, x_eval = prep.batch(data.train.images), prep.batch(data.eval.images)
     say(quiet, f"task {data.name}: {len(data.train)} train / {len(data.eval)} eval images at {prep.size}px "
-                f"({time.perf_counter() - t0:.1f} s to preprocess), labels {data.label_names}")
+               f"({time.perf_counter() - t0:.1f} s to preprocess), labels {data.label_names}")
     fingerprint = image_base_fingerprint(backbone, data.label_names, cfg.train.seed)
     return ImageContext(backbone=backbone, data=data, x_train=x_train, x_eval=x_eval, tcfg=cfg.train,
                         device=device, cache_dir=cache_dir, fingerprint=fingerprint)
@@ -99,7 +99,7 @@ def run_image_method(ctx: ImageContext, cfg: ExperimentConfig, params: MethodPar
     def work(base: RunResult, mdir: Path) -> RunResult:
         result = _run(ctx, cfg, params, kind, mdir, base, quiet)
         say(quiet, f"   accuracy {result.accuracy:.4f}, macro-F1 {result.macro_f1:.4f} "
-                    f"({result.timing.wall_s if result.timing else 0:.0f} s)")
+                   f"({result.timing.wall_s if result.timing else 0:.0f} s)")
         return result
 
     return guarded(cfg, params, ctx.data, out, work)

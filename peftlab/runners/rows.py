@@ -37,6 +37,7 @@ from peftlab.tracking import log_result
 
 
 ADAPTER_DIR = "adapter"
+BASELINE = "majority_class"
 
 
 def checkpoint_plan(cfg: ExperimentConfig, mdir: Path, model: torch.nn.Module, quiet: bool) -> CheckpointPlan | None:
@@ -48,11 +49,9 @@ def checkpoint_plan(cfg: ExperimentConfig, mdir: Path, model: torch.nn.Module, q
     if found:
         plan.resume = load_checkpoint(found[-1], model)
         say(quiet, f"   resuming from {found[-1].name} (epoch {plan.resume.progress.epoch}, "
-                    f"{plan.resume.progress.batches_done} batches done)")
+                   f"{plan.resume.progress.batches_done} batches done)")
     return plan
 
-
-BASELINE = "majority_class"
 
 
 def say(quiet: bool, msg: str) -> None:
