@@ -166,6 +166,24 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 
+def _is_click_error(exc: BaseException) -> bool:
+    """A click usage error, from whichever click is in use.
+
+    typer >= 0.29 ships its own copy of click (``typer._click``), whose ``ClickException`` is not
+    ``click.ClickException``; older typers raise the real click's. Matching the class by name in
+    the exception's MRO works for both, and for any later vendoring, without importing either.
+    """
+    return any(c.__name__ == "ClickException" for c in type(exc).__mro__) and hasattr(exc, "format_message")
+
+
+def usage_error_line(exc: Exception) -> str:
+    """One line for a CLI usage error: click's own message plus where to look for help."""
+    ctx = getattr(exc, "ctx", None)
+    where = f" (see '{ctx.command_path} --help')" if ctx is not None and getattr(ctx, "command_path", "") else ""
+    message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+    return f"error: {message}{where}"
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet_libraries()
@@ -183,12 +201,13 @@ def main() -> None:
         print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         sys.exit(2)
     except Exception as exc:  # click usage errors come here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(2)
-        raise
+        if not _is_click_error(exc):
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `peftlab`: the help text, as click prints it
+            exc.show()  # type: ignore[attr-defined]
+        else:
+            print(usage_error_line(exc), file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

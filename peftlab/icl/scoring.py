@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from peftlab.kv_cache import cache_kwargs, returned_cache
+
 Ids = list[int]
 
 
@@ -137,7 +139,7 @@ class PrefixScorer:
 
     def _encode_prefix(self, prefix: Ids) -> DynamicCache:
         ids = torch.tensor([prefix], device=self.device)
-        return self.model(input_ids=ids, use_cache=True).past_key_values
+        return returned_cache(self.model(input_ids=ids, use_cache=True))
 
     def _score_batch(self, suffixes: list[Ids], conts: list[list[Ids]], n_prefix: int,
                      prefix_cache: DynamicCache | None) -> list[list[float]]:
@@ -151,7 +153,7 @@ class PrefixScorer:
         cache = _repeat(prefix_cache, b) if prefix_cache is not None else DynamicCache()
         keep = max(shared) + 1
         out = self.model(input_ids=ids, attention_mask=attn, position_ids=_positions(smask, n_prefix),
-                         past_key_values=cache, use_cache=True, logits_to_keep=keep)
+                         **cache_kwargs(cache), use_cache=True, logits_to_keep=keep)
         logp = torch.log_softmax(out.logits[:, -keep:].float(), dim=-1)  # (B, keep, V), rows end-aligned
         sums = []
         for r, (c, k) in enumerate(zip(conts, shared)):
@@ -160,7 +162,7 @@ class PrefixScorer:
         tails = [(r, j) for r in range(b) for j, ch in enumerate(conts[r]) if len(ch) > shared[r] + 1]
         if tails:
             feeds = [conts[r][j][shared[r]:] for r, j in tails]  # from the first distinct token on
-            self._add_tails(sums, tails, feeds, out.past_key_values, attn, n_prefix + smask.sum(1))
+            self._add_tails(sums, tails, feeds, returned_cache(out), attn, n_prefix + smask.sum(1))
         return sums
 
     def _add_tails(self, sums: list[list[float]], rows: list[tuple[int, int]], feeds: list[Ids],
@@ -175,7 +177,7 @@ class PrefixScorer:
             feed, cmask = _pad([t[:-1] for t in tokens], self.pad_id, dev, left=False)
             out = self.model(input_ids=feed, attention_mask=torch.cat([attn[sel], cmask], dim=1),
                              position_ids=next_pos[sel, None] + torch.arange(feed.shape[1], device=dev),
-                             past_key_values=_select(cache, sel), use_cache=True)
+                             **cache_kwargs(_select(cache, sel)), use_cache=True)
             logp = torch.log_softmax(out.logits.float(), dim=-1)
             for row, ((r, j), t) in enumerate(zip(chunk, tokens)):
                 target = torch.tensor(t[1:], device=dev)

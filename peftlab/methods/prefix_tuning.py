@@ -9,6 +9,7 @@ attention (Llama) the key/value width is kv_heads * head_dim, not the hidden siz
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from peft import PrefixTuningConfig
@@ -16,6 +17,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from peftlab.config_base import MethodParams, PositiveFloat
+from peftlab.kv_cache import route_prefix_cache
 from peftlab.methods.peft_common import PeftMethod, seq_cls_config
 from peftlab.params import ArchSpec, prefix_tuning_params
 
@@ -42,6 +44,12 @@ class PrefixTuning(PeftMethod):
     def peft_config(self, params: PrefixTuningParams, model: nn.Module, spec: ArchSpec | None) -> PrefixTuningConfig:
         return seq_cls_config(PrefixTuningConfig, model, spec, num_virtual_tokens=params.num_virtual_tokens,
                               prefix_projection=params.projection, encoder_hidden_size=params.encoder_hidden_size)
+
+    def prepare(self, model: nn.Module, params: PrefixTuningParams, spec: ArchSpec | None) -> nn.Module:
+        return route_prefix_cache(super().prepare(model, params, spec))
+
+    def load(self, model: nn.Module, params: PrefixTuningParams, spec: ArchSpec | None, directory: Path) -> nn.Module:
+        return route_prefix_cache(super().load(model, params, spec, directory))
 
     def derived_trainable(self, params: PrefixTuningParams, spec: ArchSpec) -> int:
         return (prefix_tuning_params(spec, params.num_virtual_tokens, params.projection, params.encoder_hidden_size)
