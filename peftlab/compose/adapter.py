@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from peftlab.errors import PeftlabError
 from peftlab.fingerprint import FINGERPRINT_FILE, write_fingerprint
-from peftlab.io import read_json
+from peftlab.io import read_json, save_safetensors
 from peftlab.methods.base import read_safetensors
 
 CONFIG_FILE = "adapter_config.json"
@@ -152,7 +151,7 @@ def save_adapter(ad: Adapter, out: str | Path, record: dict[str, Any] | None = N
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in ad.tensors.items()}, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+        save_safetensors({k: v.contiguous() for k, v in ad.tensors.items()}, out / WEIGHTS_FILE, metadata={"format": "pt"})
         (out / CONFIG_FILE).write_text(json.dumps(ad.config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         body = {**(record or {}), "fingerprint": ad.meta}
         (out / COMPOSE_FILE).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")

@@ -24,7 +24,7 @@ from peftlab.config_base import MethodParams
 from peftlab.errors import PeftlabError
 from peftlab.fingerprint import write_fingerprint
 from peftlab.guards import overlap_count
-from peftlab.io import dir_size_bytes
+from peftlab.io import dir_size_bytes, follow_umask
 from peftlab.metrics import classification_metrics, is_collapsed, majority_class
 from peftlab.results import RESULTS_FILE, ParamCounts, RunResult, Timing, read_result
 from peftlab.runners.checkpoint import clear_checkpoints, complete_checkpoints, load_checkpoint
@@ -194,6 +194,7 @@ def save_atomically(method: Any, model: torch.nn.Module, params: MethodParams, t
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     method.save(model, params, tmp)
+    follow_umask(tmp)  # peft's save_pretrained writes its weights 0600 (safetensors >= 0.8)
     if fingerprint is not None:
         write_fingerprint(tmp, fingerprint)
     shutil.rmtree(target, ignore_errors=True)
