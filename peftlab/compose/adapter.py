@@ -8,7 +8,8 @@ with safetensors only (never pickle).
 
 The fingerprint (``meta``) comes from the peftlab run around the adapter (``results.json``:
 method, backbone, labels) or from the ``peftlab_compose.json`` a composed adapter carries; a plain
-peft folder has only ``base_model_name_or_path`` and ``revision``. ``base_fp`` is peftlab's
+peft folder has only ``base_model_name_or_path`` and ``revision`` (an offline alias's hub id there
+is read back as the alias: its packaged copy, :func:`peftlab.backbones.alias_of`). ``base_fp`` is peftlab's
 fingerprint of the base weights (``base_fingerprint.json``, :mod:`peftlab.fingerprint`), which
 every adapter peftlab saves carries, composed ones included, so that none is put on another base.
 """
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 
+from peftlab.backbones import alias_of
 from peftlab.errors import PeftlabError
 from peftlab.fingerprint import FINGERPRINT_FILE, write_fingerprint
 from peftlab.io import read_json, save_safetensors
@@ -141,7 +143,8 @@ def load_adapter(name: str, path: str | Path) -> Adapter:
         )
     tensors = read_safetensors(adir / WEIGHTS_FILE, f"adapter weights ({WEIGHTS_FILE})")
     meta = _run_meta(adir)
-    meta.setdefault("base_model", config.get("base_model_name_or_path"))
+    recorded = config.get("base_model_name_or_path")  # an alias's hub id: that alias, its packaged copy
+    meta.setdefault("base_model", alias_of(recorded) if isinstance(recorded, str) else recorded)
     base_fp = _read_json(adir / FINGERPRINT_FILE) if (adir / FINGERPRINT_FILE).is_file() else None
     return Adapter(name=name, config=config, tensors=tensors, meta=meta, source=str(adir), base_fp=base_fp)
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from peftlab.backbones import record_portable_base
 from peftlab.config import ExperimentConfig
 from peftlab.config_base import MethodParams
 from peftlab.errors import PeftlabError
@@ -196,6 +197,7 @@ def save_atomically(method: Any, model: torch.nn.Module, params: MethodParams, t
     method.save(model, params, tmp)
     follow_umask(tmp)  # peft's save_pretrained writes its weights 0600 (safetensors >= 0.8)
     if fingerprint is not None:
+        record_portable_base(tmp, fingerprint["base"])  # an alias's hub id, not this venv's path
         write_fingerprint(tmp, fingerprint)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
