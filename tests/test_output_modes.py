@@ -95,3 +95,21 @@ def test_run_report_predict_compose_merge_outputs_follow_the_umask(tiny_bert: st
     assert {"run/comparison.md", "run/command.json", "run/la/results.json", "run/la/adapter/adapter_model.safetensors",
             "report/report.html", "composed/adapter/adapter_model.safetensors", "composed/model.safetensors"} <= written
     assert any(p.startswith("run/pfeiffer/adapter/") and p.endswith(".safetensors") for p in written)
+
+
+def test_image_run_outputs_follow_the_umask(tmp_path: Path):
+    """Image rows save otherwise: a ViT's peft LoRA, full weights, the probe's feature cache."""
+    from tiny_images import make_tiny_vit, write_image_folder
+
+    write_image_folder(tmp_path / "imgs", per_class=4)
+    cfg = {"name": "img-modes", "backbone": make_tiny_vit(tmp_path / "vit"), "output_dir": str(tmp_path / "run"),
+           "task": {"source": "image_folder", "data_dir": str(tmp_path / "imgs"), "eval_fraction": 0.25},
+           "methods": [{"method": "lora", "r": 2}, {"method": "full"}, {"method": "linear_probe"}],
+           "train": {"epochs": 1, "batch_size": 4, "num_threads": 1}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    with umask(0o027):
+        proc = run_cli("run", str(tmp_path / "c.yaml"), "-q")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    bad = wrong_modes(tmp_path / "run", 0o027)
+    assert bad == [], "\n".join(bad)
+    assert any((tmp_path / "run" / ".feature_cache").glob("*.safetensors"))
