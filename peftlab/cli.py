@@ -61,10 +61,15 @@ def run(config: Path, overrides: Overrides = None,
 
 @app.command()
 def validate(config: Path, overrides: Overrides = None) -> None:
-    """Check CONFIG (schema, values, data files and columns) without loading any model."""
+    """Check CONFIG (schema, values, data files and columns) without loading any model; a
+    compose-scenario config (configs/compose_*.yaml) is checked as one."""
+    from peftlab.compose.scenarios import check_scenario, is_scenario
     from peftlab.config import load_config
     from peftlab.tasks import check_task
 
+    if is_scenario(config):
+        print(check_scenario(config, overrides))
+        return
     cfg = load_config(config, overrides)
     check_task(cfg.task)
     from peftlab.tracking import check_trackers

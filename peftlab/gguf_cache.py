@@ -13,11 +13,11 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from peftlab.errors import PeftlabError
+from peftlab.io import follow_umask, temp_dir
 
 CACHE_ENV = "PEFTLAB_CACHE"
 DONE_MARK = ".peftlab-complete"
@@ -39,11 +39,12 @@ def cached_folder(name: str, build: Callable[[Path], None]) -> Path:
         return target
     try:
         root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+        tmp = temp_dir(root, f".{name}.")  # 0777 less the umask, not 0700
     except OSError as exc:
         raise PeftlabError(f"model cache {root}: cannot write ({exc.strerror or exc}); set {CACHE_ENV}") from None
     try:
         build(tmp)
+        follow_umask(tmp)  # save_pretrained writes the weights 0600 (safetensors >= 0.8)
         (tmp / DONE_MARK).write_text("ok\n", encoding="utf-8")
         if target.exists() and not (target / DONE_MARK).is_file():
             shutil.rmtree(target, ignore_errors=True)  # a stale folder from an older layout

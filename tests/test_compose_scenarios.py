@@ -63,6 +63,26 @@ def test_bad_scenario_config(tmp_path):
         load_scenario(p)
 
 
+def test_validate_checks_scenario_configs_as_such(tmp_path):
+    """``peftlab validate`` on a scenario config: one ok line, or one error line and exit 2."""
+    from conftest import run_cli
+
+    for path in CONFIGS:
+        proc = run_cli("validate", str(path))
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+        assert proc.stdout.startswith(f"ok: {path} (") and proc.stdout.count("\n") == 1 and "scenario" in proc.stdout
+    bad = tmp_path / "s.yaml"
+    negation = str(next(p for p in CONFIGS if p.stem == "compose_negation"))
+    for text, args, why in [("scenario: analogy\nskew: 0.3\n", [], "skew"),
+                            ("scenario: negation\nsweep: lambda=1:0:0.5\n", [], "sweep"),
+                            ("scenario: analogy\ntask: drugreview\ndomain: [No such condition]\n", [], "empty split"),
+                            (None, [negation, "n_trian=50"], "n_trian: unknown key")]:
+        if text is not None:
+            bad.write_text(text)
+        proc = run_cli("validate", *(args or [str(bad)]))
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and why in proc.stderr, proc.stderr
+
+
 def test_generalisation_runs_end_to_end(tiny_bert, tmp_path):
     from peftlab.compose.scenario_run import run_scenario
 

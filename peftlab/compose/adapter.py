@@ -8,7 +8,8 @@ with safetensors only (never pickle).
 
 The fingerprint (``meta``) comes from the peftlab run around the adapter (``results.json``:
 method, backbone, labels) or from the ``peftlab_compose.json`` a composed adapter carries; a plain
-peft folder has only ``base_model_name_or_path`` and ``revision``. ``base_fp`` is peftlab's
+peft folder has only ``base_model_name_or_path`` and ``revision`` (an offline alias's hub id there
+is read back as the alias: its packaged copy, :func:`peftlab.backbones.alias_of`). ``base_fp`` is peftlab's
 fingerprint of the base weights (``base_fingerprint.json``, :mod:`peftlab.fingerprint`), which
 every adapter peftlab saves carries, composed ones included, so that none is put on another base.
 """
@@ -22,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
+from peftlab.backbones import alias_of
 from peftlab.errors import PeftlabError
 from peftlab.fingerprint import FINGERPRINT_FILE, write_fingerprint
-from peftlab.io import read_json
+from peftlab.io import read_json, save_safetensors
 from peftlab.methods.base import read_safetensors
 
 CONFIG_FILE = "adapter_config.json"
@@ -142,7 +143,8 @@ def load_adapter(name: str, path: str | Path) -> Adapter:
         )
     tensors = read_safetensors(adir / WEIGHTS_FILE, f"adapter weights ({WEIGHTS_FILE})")
     meta = _run_meta(adir)
-    meta.setdefault("base_model", config.get("base_model_name_or_path"))
+    recorded = config.get("base_model_name_or_path")  # an alias's hub id: that alias, its packaged copy
+    meta.setdefault("base_model", alias_of(recorded) if isinstance(recorded, str) else recorded)
     base_fp = _read_json(adir / FINGERPRINT_FILE) if (adir / FINGERPRINT_FILE).is_file() else None
     return Adapter(name=name, config=config, tensors=tensors, meta=meta, source=str(adir), base_fp=base_fp)
 
@@ -152,7 +154,7 @@ def save_adapter(ad: Adapter, out: str | Path, record: dict[str, Any] | None = N
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in ad.tensors.items()}, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+        save_safetensors({k: v.contiguous() for k, v in ad.tensors.items()}, out / WEIGHTS_FILE, metadata={"format": "pt"})
         (out / CONFIG_FILE).write_text(json.dumps(ad.config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         body = {**(record or {}), "fingerprint": ad.meta}
         (out / COMPOSE_FILE).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")

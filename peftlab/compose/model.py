@@ -23,6 +23,7 @@ from peftlab.compose.adapter import COMPOSE_FILE, Adapter, head_tensors
 from peftlab.config import BackboneConfig
 from peftlab.errors import PeftlabError
 from peftlab.fingerprint import base_fingerprint, check_base, write_fingerprint
+from peftlab.io import follow_umask
 from peftlab.methods.peft_common import load_peft
 from peftlab.metrics import classification_metrics
 from peftlab.runners.batching import encode
@@ -85,9 +86,10 @@ def merge_to(adapter_dir: Path, ad: Adapter, out: Path, base: str | None = None,
     try:
         merged.save_pretrained(str(out), safe_serialization=True)
         tok.save_pretrained(str(out))
+        follow_umask(*out.glob("*.safetensors"))  # written 0600 by safetensors >= 0.8
         write_fingerprint(out, fingerprint)  # what it was merged into
         if (adapter_dir / COMPOSE_FILE).is_file():
-            shutil.copy(adapter_dir / COMPOSE_FILE, out / COMPOSE_FILE)
+            shutil.copyfile(adapter_dir / COMPOSE_FILE, out / COMPOSE_FILE)  # a new file: the umask's mode
     except OSError as exc:
         raise PeftlabError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
     return out

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from peftlab.compose import scenario_data as sd
 from peftlab.config import TaskConfig, TrainConfig, apply_overrides, load_raw
@@ -56,6 +56,17 @@ class ScenarioConfig(StrictModel):
     #: analogy on drugreview: the conditions that make domain A (the rest is domain B)
     domain: list[str] = Field(default_factory=lambda: ["Birth Control", "Emergency Contraception"])
     output_dir: str = "runs/compose"
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweep(cls, text: str) -> str:  # refused when the config is read, not after training
+        from peftlab.compose.sweep import parse_sweep
+
+        try:
+            parse_sweep(text)
+        except PeftlabError as exc:
+            raise ValueError(str(exc).removeprefix(f"--sweep {text!r}: ")) from None
+        return text
 
     @model_validator(mode="after")
     def _check(self) -> "ScenarioConfig":
@@ -245,3 +256,20 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
         return ScenarioConfig.model_validate(raw)
     except ValidationError as err:
         raise PeftlabError(f"scenario config error: {_format_error(err)}") from None
+
+
+def is_scenario(path: str | Path) -> bool:
+    """A compose-scenario config (``peftlab compose-scenario``), not an experiment config: it names a ``scenario``."""
+    return "scenario" in load_raw(path)
+
+
+def check_scenario(path: str | Path, overrides: list[str] | None = None) -> str:
+    """``peftlab validate`` of a scenario config: its schema (sweep included), trackers and data
+    splits (the plan), with no model loaded; returns the ok line (a problem is one PeftlabError)."""
+    from peftlab.tracking import check_trackers
+
+    cfg = load_scenario(path, overrides)
+    check_trackers(cfg.train.log_to)
+    plan = SCENARIOS.get(cfg.scenario)(cfg)
+    return (f"ok: {path} ({cfg.scenario} scenario on {cfg.task}: {len(plan.modules)} modules: "
+            f"{', '.join(m.name for m in plan.modules)}; {len(plan.rows)} rows)")

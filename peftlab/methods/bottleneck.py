@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
-from safetensors.torch import save_file
 from torch import nn
 
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.errors import PeftlabError
+from peftlab.io import save_safetensors
 from peftlab.methods import bottleneck_layers as bl
 from peftlab.methods.base import Method, freeze_all, head_names, read_safetensors, unfreeze
 from peftlab.params import ArchSpec, total_params
@@ -84,7 +84,7 @@ class BottleneckMethod(Method):
         except ValueError as exc:
             raise PeftlabError(f"{self.name}: cannot save: {exc}") from None
         heads = _head_tensors(model)
-        save_file({n: p.detach().cpu().contiguous() for n, p in heads.items()}, str(directory / HEAD_FILE))
+        save_safetensors({n: p.detach().cpu().contiguous() for n, p in heads.items()}, directory / HEAD_FILE)
 
     def load(self, model: nn.Module, params: BottleneckParams, spec: ArchSpec | None, directory: Path) -> nn.Module:
         head_path = directory / HEAD_FILE

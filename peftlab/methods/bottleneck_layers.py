@@ -204,7 +204,7 @@ def load_adapter_state_dict(model: nn.Module, sd: dict[str, torch.Tensor]) -> No
 
 def save_adapters(model: nn.Module, cfg: BottleneckConfig, directory) -> None:
     """Write adapter_model.safetensors + adapter_config.json into ``directory`` (created)."""
-    from safetensors.torch import save_file
+    from peftlab.io import save_safetensors
 
     wrapped = _wrapped(model)
     if not wrapped:
@@ -214,7 +214,7 @@ def save_adapters(model: nn.Module, cfg: BottleneckConfig, directory) -> None:
             raise ValueError(f"adapter at {name} has bottleneck {m.adapter.down.out_features}, config implies {cfg.size_for(m.out_features)}")
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    save_file(adapter_state_dict(model), str(d / WEIGHTS_NAME))
+    save_safetensors(adapter_state_dict(model), d / WEIGHTS_NAME)
     meta = {"peftlab_method": cfg.kind, **cfg.to_dict(), "sites": [n for n, _ in wrapped]}
     (d / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
 

@@ -30,10 +30,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from peftlab.errors import PeftlabError
+from peftlab.io import save_safetensors
 from peftlab.methods.base import read_safetensors
 from peftlab.runners import data_parallel as dp
 from peftlab.runners.distributed import rank as launcher_rank
@@ -192,13 +193,13 @@ def save_checkpoint(method_dir: Path, model: nn.Module, optimizer: Any, schedule
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        save_file(trainable_tensors(model), str(tmp / "trainable.safetensors"))
+        save_safetensors(trainable_tensors(model), tmp / "trainable.safetensors")
         opt_tensors, opt_meta = split_optimizer_state(optimizer.state_dict())
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        save_safetensors(opt_tensors, tmp / "optimizer.safetensors")
         rng_tensors, rng_meta = rng_state()
-        save_file(rng_tensors, str(tmp / "rng.safetensors"))
+        save_safetensors(rng_tensors, tmp / "rng.safetensors")
         if buffers and buffer_tensors(model):
-            save_file(buffer_tensors(model), str(tmp / BUFFERS_FILE))
+            save_safetensors(buffer_tensors(model), tmp / BUFFERS_FILE)
         for r, payload in (rank_rngs or {}).items():
             (tmp / RANK_RNG_FILE.format(r)).write_bytes(payload)
         state = {"format": FORMAT, "progress": progress.__dict__, "optimizer": opt_meta,

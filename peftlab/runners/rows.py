@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from peftlab.backbones import record_portable_base
 from peftlab.config import ExperimentConfig
 from peftlab.config_base import MethodParams
 from peftlab.errors import PeftlabError
 from peftlab.fingerprint import write_fingerprint
 from peftlab.guards import overlap_count
-from peftlab.io import dir_size_bytes
+from peftlab.io import dir_size_bytes, follow_umask
 from peftlab.metrics import classification_metrics, is_collapsed, majority_class
 from peftlab.results import RESULTS_FILE, ParamCounts, RunResult, Timing, read_result
 from peftlab.runners.checkpoint import clear_checkpoints, complete_checkpoints, load_checkpoint
@@ -194,7 +195,9 @@ def save_atomically(method: Any, model: torch.nn.Module, params: MethodParams, t
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     method.save(model, params, tmp)
+    follow_umask(tmp)  # peft's save_pretrained writes its weights 0600 (safetensors >= 0.8)
     if fingerprint is not None:
+        record_portable_base(tmp, fingerprint["base"])  # an alias's hub id, not this venv's path
         write_fingerprint(tmp, fingerprint)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
