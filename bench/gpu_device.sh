@@ -30,12 +30,12 @@ install() {  # wheels (all of .whl, or all but the HF set) into $SITE
         if [ "$1" = no-hf ]; then for p in $HF_WHEELS; do case "$(basename "$w")" in "$p"*) skip=1 ;; esac; done; fi
         [ $skip = 0 ] && wheels+=("$w")
     done
-    timeout 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+    timeout 90 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
         "${wheels[@]}" 2>&1 | tail -5 | tee -a "$OUT/device.log"
 }
 
 imports() {
-    timeout 120 "$PY" -c "
+    timeout 60 "$PY" -c "
 import importlib.metadata as md, torch, transformers, peft, accelerate, pydantic, bitsandbytes
 print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available(),
       *[f'{p} {md.version(p)}' for p in ('transformers', 'peft', 'accelerate', 'pydantic', 'bitsandbytes', 'huggingface_hub', 'tokenizers', 'safetensors')])
@@ -62,13 +62,13 @@ if ! imports && [ "$WHEELS" = all ]; then
 fi
 
 say "bench/gpu.py"
-timeout 240 "$PY" bench/gpu.py --data-dir .gpudata --out "$OUT/gpu.json" --rounds 3 --train-budget-s 120 \
+timeout 220 "$PY" bench/gpu.py --data-dir .gpudata --out "$OUT/gpu.json" --rounds 3 --train-budget-s 120 \
     > "$OUT/gpu.log" 2>&1
 say "bench/gpu.py exit $? (log: gpu.log, result: gpu.json)"
 grep -E "^(models|peak|train|icl|latency)|FAILED|^train round|^wrote" "$OUT/gpu.log" | tail -20
 
 say "CUDA tests"
-timeout 100 "$PY" -m pytest -q -p no:cacheprovider -rA tests/test_cuda.py \
+timeout 75 "$PY" -m pytest -q -p no:cacheprovider -rA tests/test_cuda.py \
     "tests/test_icl_quant.py::test_4bit_and_8bit_on_cuda" > "$OUT/pytest_cuda.log" 2>&1
 say "CUDA tests exit $? (log: pytest_cuda.log)"
 tail -15 "$OUT/pytest_cuda.log"
