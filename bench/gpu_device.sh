@@ -36,7 +36,7 @@ install() {  # wheels (all of .whl, or all but the HF set) into $SITE
 
 imports() {
     timeout 60 "$PY" -c "
-import importlib.metadata as md, torch, transformers, peft, accelerate, pydantic, bitsandbytes
+import importlib.metadata as md, peftlab, torch, transformers, peft, accelerate, pydantic, bitsandbytes
 print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available(),
       *[f'{p} {md.version(p)}' for p in ('transformers', 'peft', 'accelerate', 'pydantic', 'bitsandbytes', 'huggingface_hub', 'tokenizers', 'safetensors')])
 import peftlab.runners.experiment, peftlab.methods.qlora, tempfile

@@ -8,8 +8,8 @@ huggingface_hub than the project's lock. These wheels bring the locked versions;
 them for CPython 3.12 manylinux x86_64 whatever this machine runs. Everything carried to the
 device must stay under 64 MiB, so bitsandbytes' wheel (43 MB: one library per CUDA/ROCm/XPU
 version) is rewritten with only its CPU and CUDA 13.x libraries (~7 MB). ``kernels`` comes too:
-transformers 5.25's ``from_pretrained`` refuses to load any model without it (bitsandbytes then
-prints one line at import about a CPU kernel it cannot fetch from the Hub; harmless on CUDA).
+transformers 5.25's ``from_pretrained`` refuses to load any model without it (peftlab's import
+guard, peftlab.hub_kernels, keeps bitsandbytes from fetching a kernel from the Hub with it).
 """
 
 from __future__ import annotations

@@ -39,7 +39,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from transformers import TrainerCallback
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's peftlab
@@ -51,6 +50,7 @@ from peftlab.report.sections import replace_section  # noqa: E402
 from peftlab.runners.experiment import run_experiment  # noqa: E402
 from peftlab.tasks import load_task  # noqa: E402
 from peftlab.tasks.base import Split  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402  (after peftlab: its import guards come first)
 
 DATA = ROOT.parent / "shared" / "data" / "mnli"
 LABELS = ["entailment", "neutral", "contradiction"]
