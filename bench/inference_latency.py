@@ -31,8 +31,9 @@ SECTION = "## Inference latency (LoRA merged, unmerged, base model)"
 LABELS = ["negative", "neutral", "positive"]
 
 
-def models(r: int) -> dict[str, torch.nn.Module]:
-    bb = BackboneConfig(name="minilm-l6")
+def models(r: int, backbone: str = "minilm-l6") -> dict[str, torch.nn.Module]:
+    """base, merged and unmerged LoRA (B random) of ``backbone`` (an alias or a model folder), fp32 on CPU."""
+    bb = BackboneConfig(name=backbone)
     tok = load_tokenizer(bb)
     base = load_classifier(bb, LABELS, tok).eval()
     torch.manual_seed(0)

@@ -50,6 +50,7 @@ from peftlab.report.sections import replace_section  # noqa: E402
 from peftlab.runners.experiment import run_experiment  # noqa: E402
 from peftlab.tasks import load_task  # noqa: E402
 from peftlab.tasks.base import Split  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402  (after peftlab: its import guards come first)
 
 DATA = ROOT.parent / "shared" / "data" / "mnli"
 LABELS = ["entailment", "neutral", "contradiction"]
@@ -73,15 +74,17 @@ def section(method: str) -> str:
     return f"## Training throughput: {method} fine-tuning, peftlab vs transformers Trainer (MiniLM-L6, MultiNLI)"
 
 
-def config(method: str, n_train: int, n_eval: int, out: Path, threads: int, **override: Any) -> Any:
+def config(method: str, n_train: int, n_eval: int, out: Path, threads: int, backbone: str = "minilm-l6",
+           data: Path = DATA, params: dict[str, Any] | None = None, device: str = "cpu", **override: Any) -> Any:
+    """peftlab's config for one side: ``params`` replace METHODS[method], ``override`` some of their fields."""
     return validate_raw({
-        "name": "bench_throughput", "backbone": "minilm-l6", "baseline": False, "output_dir": str(out),
-        "task": {"source": "jsonl", "name": "mnli", "train_file": str(DATA / "train.jsonl.gz"),
-                 "eval_file": str(DATA / "validation_matched.jsonl"), "text_column": "premise",
+        "name": "bench_throughput", "backbone": backbone, "baseline": False, "output_dir": str(out),
+        "task": {"source": "jsonl", "name": "mnli", "train_file": str(data / "train.jsonl.gz"),
+                 "eval_file": str(data / "validation_matched.jsonl"), "text_column": "premise",
                  "text_pair_column": "hypothesis", "label_column": "label", "label_names": LABELS,
                  "n_train": n_train, "n_eval": n_eval},
-        "methods": [{**METHODS[method], **override}],
-        "train": {**HP, "epochs": 1, "num_threads": threads, "device": "cpu", "checkpoints": False},
+        "methods": [{**(params or METHODS[method]), **override}],
+        "train": {**HP, "epochs": 1, "num_threads": threads, "device": device, "checkpoints": False},
     })
 
 
@@ -95,20 +98,27 @@ def run_peftlab(cfg: Any) -> dict[str, Any]:
 
 # --- the transformers Trainer (notebook and tuned recipes) ---------------------------------------
 
-def hf_model(method: str) -> Any:
-    from peft import LoraConfig, TaskType, get_peft_model
+def hf_model(method: str, backbone: str = "minilm-l6", lora: dict[str, Any] | None = None, head: str = "classifier",
+             **load: Any) -> Any:
+    """The Trainer side's model, as a transformers + peft user builds it: ``backbone`` (alias or
+    folder) with a new head; LoRA (``lora``: r, alpha, dropout, target_modules; default
+    METHODS["lora"]) on it for ``lora``/``qlora``, ``qlora`` after peft's k-bit preparation of a
+    base quantised through ``load`` (quantization_config, device_map)."""
+    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForSequenceClassification, set_seed
 
     from peftlab.backbones import resolve
 
     set_seed(HP["seed"])  # the same head initialisation as peftlab's (it seeds before loading)
-    model = AutoModelForSequenceClassification.from_pretrained(resolve("minilm-l6"), num_labels=len(LABELS),
-                                                               dtype=torch.float32)
-    if method == "lora":
-        m = METHODS["lora"]
+    model = AutoModelForSequenceClassification.from_pretrained(resolve(backbone), num_labels=len(LABELS),
+                                                               dtype=torch.float32, **load)
+    if method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if method in ("lora", "qlora"):
+        m = lora or METHODS["lora"]
         model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=m["r"], lora_alpha=m["alpha"],
                                                  lora_dropout=m["dropout"], target_modules=m["target_modules"],
-                                                 modules_to_save=["classifier"]))
+                                                 modules_to_save=[head]))
     return model
 
 
@@ -121,25 +131,43 @@ def hf_dataset(tok: Any, split: Split, padded: bool) -> Any:
                   remove_columns=["premise", "hypothesis"])
 
 
+class Clock(TrainerCallback):
+    """Times ``trainer.train()`` (with CUDA work finished at both ends)."""
+
+    def on_train_begin(self, *a: Any, **k: Any) -> None:
+        self._sync()
+        self.t0 = time.perf_counter()
+
+    def on_train_end(self, *a: Any, **k: Any) -> None:
+        self._sync()
+        self.s = time.perf_counter() - self.t0
+
+    @staticmethod
+    def _sync() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+
+def trainer_args(output_dir: str, lr: float, n_train: int, padded: bool, **extra: Any) -> Any:
+    """TrainingArguments with this benchmark's hyperparameters (HP), one epoch over ``n_train``
+    pairs; ``padded`` (the notebook recipe) drops group_by_length; ``extra``: device, precision."""
+    from transformers import TrainingArguments
+
+    steps = -(-n_train // HP["batch_size"])
+    return TrainingArguments(
+        output_dir=output_dir, per_device_train_batch_size=HP["batch_size"], per_device_eval_batch_size=64,
+        learning_rate=lr, num_train_epochs=1, warmup_steps=int(HP["warmup_ratio"] * steps),
+        weight_decay=HP["weight_decay"], max_grad_norm=HP["max_grad_norm"], seed=HP["seed"],
+        lr_scheduler_type="linear", save_strategy="no", logging_strategy="no", report_to="none",
+        disable_tqdm=True, **({} if padded else {"train_sampling_strategy": "group_by_length"}), **extra)
+
+
 def run_trainer(style: str, method: str, tok: Any, train: Split, evalset: Split | None) -> dict[str, Any]:
-    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, *a: Any, **k: Any) -> None:
-            self.t0 = time.perf_counter()
-
-        def on_train_end(self, *a: Any, **k: Any) -> None:
-            self.s = time.perf_counter() - self.t0
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     padded = style == "notebook"
-    steps = -(-len(train) // HP["batch_size"])
     with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=HP["batch_size"], per_device_eval_batch_size=64,
-            learning_rate=METHODS[method]["lr"], num_train_epochs=1, warmup_steps=int(HP["warmup_ratio"] * steps),
-            weight_decay=HP["weight_decay"], max_grad_norm=HP["max_grad_norm"], seed=HP["seed"],
-            lr_scheduler_type="linear", save_strategy="no", logging_strategy="no", report_to="none",
-            disable_tqdm=True, use_cpu=True, **({} if padded else {"train_sampling_strategy": "group_by_length"}))
+        args = trainer_args(tmp, METHODS[method]["lr"], len(train), padded, use_cpu=True)
         clock = Clock()
         trainer = Trainer(model=hf_model(method), args=args, train_dataset=hf_dataset(tok, train, padded),
                           processing_class=tok, data_collator=DataCollatorWithPadding(tok), callbacks=[clock])
@@ -159,9 +187,10 @@ def run_trainer(style: str, method: str, tok: Any, train: Split, evalset: Split 
 
 # --- useful FLOPs --------------------------------------------------------------------------------
 
-def useful_flops(method: str, tok: Any, split: Split) -> tuple[int, list[LinearUse], int]:
-    """Training FLOPs of one epoch over ``split`` (real tokens only), and the token count."""
-    model = hf_model(method)
+def useful_flops(method: str, tok: Any, split: Split, model: Any = None) -> tuple[int, list[LinearUse], int]:
+    """Training FLOPs of one epoch over ``split`` (real tokens only), and the token count; ``model``:
+    the one to observe (default: the Trainer side's MiniLM-L6 for ``method``)."""
+    model = hf_model(method) if model is None else model
     enc = tok(split.texts, split.pairs, truncation=True, max_length=HP["max_length"])
     tokens = sum(len(x) for x in enc["input_ids"])
     sample = tok(split.texts[:2], split.pairs[:2], truncation=True, max_length=HP["max_length"], padding=True,

@@ -27,18 +27,25 @@ def shapes(tokens: int, hidden: int = 384, ffn: int = 1536) -> list[tuple[int, i
     return [(tokens, hidden, hidden), (tokens, hidden, ffn), (tokens, ffn, hidden), (1024, 1024, 1024)]
 
 
-def gemm_rate(m: int, k: int, n: int, seconds: float = 0.3) -> float:
-    """Best FLOP/s of ``torch.matmul`` (fp32) on an (m x k) @ (k x n) product over a few repeats."""
-    a, b = torch.randn(m, k), torch.randn(k, n)
-    out = torch.empty(m, n)
+def gemm_rate(m: int, k: int, n: int, seconds: float = 0.3, device: str = "cpu",
+              dtype: torch.dtype = torch.float32) -> float:
+    """Best FLOP/s of ``torch.matmul`` (fp32 unless ``dtype``) on an (m x k) @ (k x n) product on
+    ``device`` over a few repeats (CUDA: timed to the end of the queued work)."""
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
+    out = torch.empty(m, n, device=device, dtype=dtype)
     torch.matmul(a, b, out=out)  # warm-up (allocation, kernel choice)
+    sync()
     best, flops = 0.0, gemm_flops(m, k, n)
     for _ in range(3):
         reps, t0 = 0, time.perf_counter()
         while (dt := time.perf_counter() - t0) < seconds / 3:
             torch.matmul(a, b, out=out)
             reps += 1
-        best = max(best, reps * flops / dt)
+            if reps % 8 == 0:
+                sync()
+        sync()
+        best = max(best, reps * flops / (time.perf_counter() - t0))
     return best
 
 

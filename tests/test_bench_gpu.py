@@ -1,0 +1,113 @@
+"""bench/gpu.py's and bench/gpu_wheels.py's pure parts: targets, verdicts, rendering, the slimmed wheel
+(no benchmark runs; the script itself is checked end to end by ``python bench/gpu.py --tiny``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture(scope="module")
+def gpu():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import gpu
+        import gpu_wheels
+    finally:
+        sys.path.remove(str(BENCH))
+    gpu.wheels = gpu_wheels
+    return gpu
+
+
+def entry(model, method, peftlab_s, trainer_s, peak=None, plan=None, flops=None):
+    run = {"examples": 100, "peak_bytes": peak, "plan_bytes": plan}
+    return {"model": model, "method": method, "round_examples": 100, "tokens": 5000, "flops": flops, "errors": {},
+            "rounds": {"peftlab": [{**run, "train_s": s} for s in peftlab_s],
+                       "trainer": [{"examples": 100, "train_s": s, "peak_bytes": None} for s in trainer_s]}}
+
+
+def result():
+    train = {
+        "minilm/lora": entry("minilm", "lora", [1.0, 1.0, 3.0], [2.0, 1.5, 1.0], peak=100, plan=110),
+        "smollm2/lora": entry("smollm2", "lora", [1.0], [1.2], peak=1000, plan=1300),
+        "smollm2/qlora": entry("smollm2", "qlora", [2.0], [2.0], peak=400, plan=450),
+        # 1e12 FLOPs per 100 examples at 100 ex/s = 1e12 FLOP/s: 40% of a 2.5e12 peak
+        "smollm2/full": entry("smollm2", "full", [1.0], [1.4], peak=3000, plan=3000, flops=1e12),
+    }
+    return {"train": train, "peak": {"dtype": "bfloat16", "rates": {"square": 2.5e12}, "peak": 2.5e12},
+            "env": {"gpu": "Some GPU", "tiny": False}, "errors": {"latency": "RuntimeError: boom"},
+            "notes": ["train: stopped after 1 round(s)"], "command": "python bench/gpu.py"}
+
+
+def test_rates_are_medians_over_rounds(gpu):
+    e = result()["train"]["minilm/lora"]
+    assert gpu.rate(e, "peftlab") == 100.0  # 100, 100, 33
+    assert gpu.rate(e, "trainer") == pytest.approx(100 / 1.5)
+    assert gpu.rate(e, "peftlab", "tokens") == 5000.0
+    assert gpu.rate({}, "peftlab") != gpu.rate({}, "peftlab")  # nan without rounds
+    assert gpu.measured_peak(e) == 100 and gpu.measured_peak(e, "trainer") is None
+
+
+def test_targets_name_each_bar_and_verdict(gpu):
+    rows = {t["target"]: t for t in gpu.targets(result())}
+    lora_minilm = rows["lora on MiniLM-L6: peftlab / Trainer examples/s"]
+    assert lora_minilm["value"] == pytest.approx(1.5) and lora_minilm["verdict"] == "met"
+    assert rows["lora on SmolLM2-135M: peftlab / Trainer examples/s"]["verdict"] == "missed"  # 1.2x
+    assert rows["full on SmolLM2-135M: peftlab / Trainer examples/s"]["verdict"] == "met"  # 1.4x
+    assert rows["full on MiniLM-L6: peftlab / Trainer examples/s"]["verdict"] == "not measured"
+    share = rows["full fine-tuning of SmolLM2-135M: useful FLOP/s / measured bf16 matmul peak"]
+    assert share["value"] == pytest.approx(0.4) and share["verdict"] == "met"
+    mem = rows["QLoRA peak memory / LoRA's on SmolLM2-135M"]
+    assert mem["value"] == pytest.approx(0.4) and mem["verdict"] == "met"
+    assert rows["plan estimate vs measured peak, SmolLM2-135M lora"]["value"] == pytest.approx(0.3)
+    assert rows["plan estimate vs measured peak, SmolLM2-135M lora"]["verdict"] == "missed"
+    assert rows["plan estimate vs measured peak, MiniLM-L6 lora"]["verdict"] == "met"
+
+
+def test_verdict_edges(gpu):
+    assert gpu.verdict(None, 1.3) == "not measured" and gpu.verdict(float("nan"), 1.3) == "not measured"
+    assert gpu.verdict(0.5, 0.5, higher=False) == "met" and gpu.verdict(0.51, 0.5, higher=False) == "missed"
+
+
+def test_render_lists_targets_failures_and_what_was_not_measured(gpu):
+    body = gpu.render(result())
+    assert body.startswith("## GPU\n")
+    assert "| lora on MiniLM-L6: peftlab / Trainer examples/s | 1.50x | >= 1.3x | **met** |" in body
+    assert "| full on MiniLM-L6: peftlab / Trainer examples/s | - | >= 1.3x | **not measured** |" in body
+    assert "lm-eval is not installed on the device machine" in body
+    assert "- latency: RuntimeError: boom" in body and "stopped after 1 round" in body
+    assert "Some GPU" in body
+
+
+def test_render_only_never_writes_a_tiny_run(gpu, tmp_path, monkeypatch):
+    written = []
+    monkeypatch.setattr(gpu.benchkit, "write_section", lambda heading, body: written.append(heading))
+    res = result()
+    (tmp_path / "tiny.json").write_text(json.dumps({**res, "env": {"tiny": True}}))
+    assert gpu.render_only(tmp_path / "tiny.json") is False and written == []
+    (tmp_path / "gpu.json").write_text(json.dumps(res))
+    assert gpu.render_only(tmp_path / "gpu.json") is True and written == ["## GPU"]
+
+
+def test_slimmed_bitsandbytes_wheel_keeps_cuda13_and_a_matching_record(gpu, tmp_path):
+    wheel = tmp_path / "bitsandbytes-0.50.2-py3-none-manylinux_2_24_x86_64.whl"
+    files = {"bitsandbytes/__init__.py": b"x = 1\n", "bitsandbytes/libbitsandbytes_cpu.so": b"cpu",
+             "bitsandbytes/libbitsandbytes_cuda118.so": b"old", "bitsandbytes/libbitsandbytes_cuda130.so": b"13",
+             "bitsandbytes/libbitsandbytes_rocm64.so": b"amd", "bitsandbytes-0.50.2.dist-info/RECORD": b"stale"}
+    with zipfile.ZipFile(wheel, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    gpu.wheels.slim(wheel)
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        record = z.read("bitsandbytes-0.50.2.dist-info/RECORD").decode().splitlines()
+    assert names == {"bitsandbytes/__init__.py", "bitsandbytes/libbitsandbytes_cpu.so",
+                     "bitsandbytes/libbitsandbytes_cuda130.so", "bitsandbytes-0.50.2.dist-info/RECORD"}
+    assert {r.split(",")[0] for r in record} == names
+    assert all(r.endswith(",,") or ",sha256=" in r for r in record)
