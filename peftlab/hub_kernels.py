@@ -1,5 +1,7 @@
 """No kernel downloads from the Hugging Face Hub that the user did not ask for.
 
+Two dependencies fetch compiled kernels from the Hub on their own; :func:`install` stops both.
+
 bitsandbytes (>= 0.50), when imported on a CPU with AVX512-BF16, asks the ``kernels`` package for
 ``kernels-community/quantization-bitsandbytes``: a download of compiled code from the Hub, with a
 network round trip (or, offline, a "Skipping publisher trust check ..." line on stderr). And it is
@@ -103,10 +105,23 @@ class _Finder(importlib.abc.MetaPathFinder):
         return None
 
 
+#: transformers (>= 5.25) reads this at every ``from_pretrained``; unset means "YES"
+TRANSFORMERS_SWITCH = "USE_HUB_KERNELS"
+
+
 def install() -> None:
-    """Put the finder first on ``sys.meta_path`` (once), unless the user opted in to hub kernels."""
+    """Refuse unrequested hub kernels, unless the user opted in (``PEFTLAB_HUB_KERNELS=1``):
+
+    * transformers 5.25 made ``from_pretrained(use_kernels=None)`` mean *on*: on CUDA, the first
+      ``model.train()`` / ``model.eval()`` then kernelizes the model with layers downloaded from
+      the Hub (``kernels-community/activation``, ``.../rotary``; offline, the load fails). Its own
+      switch ``USE_HUB_KERNELS`` is set to ``NO`` unless the user set it (so ``YES`` still wins);
+      child processes (workers, ``accelerate launch``) inherit it.
+    * bitsandbytes' import: the meta-path finder above, first on ``sys.meta_path`` (once).
+    """
     if os.environ.get(OPT_IN, "").strip().lower() in {"1", "true", "yes", "on"}:
         return
+    os.environ.setdefault(TRANSFORMERS_SWITCH, "NO")
     if WRAPPED in sys.modules or any(isinstance(f, _Finder) for f in sys.meta_path):
         return
     sys.meta_path.insert(0, _Finder())

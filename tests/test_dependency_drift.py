@@ -5,6 +5,7 @@ ships, no stderr line from a dependency the user did not ask for, and the suppor
 from __future__ import annotations
 
 import contextlib
+import os
 import logging
 import subprocess
 import sys
@@ -135,3 +136,18 @@ def test_prefix_tuning_uses_the_supported_cache_api(tiny_backbones, family):
     assert not [m for m in seen if "deprecat" in m.lower()], seen
     prefix = [p for n, p in model.named_parameters() if p.requires_grad and "prompt_encoder" in n]
     assert prefix and all(p.grad is not None and p.grad.abs().sum() > 0 for p in prefix)
+
+
+def test_transformers_hub_kernels_off_unless_asked(tiny_bert, monkeypatch):
+    """transformers >= 5.25 defaults from_pretrained to hub kernels (fetched at the first
+    train()/eval() on CUDA); peftlab's import turns its switch off, and a user's own value wins."""
+    from peftlab.hub_kernels import TRANSFORMERS_SWITCH, install
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert)
+    assert getattr(model, "use_kernels", False) is False
+    monkeypatch.setenv(TRANSFORMERS_SWITCH, "YES")
+    install()
+    assert os.environ[TRANSFORMERS_SWITCH] == "YES"
+    monkeypatch.delenv(TRANSFORMERS_SWITCH)
+    install()
+    assert os.environ[TRANSFORMERS_SWITCH] == "NO"
