@@ -36,6 +36,7 @@ import copy
 import gc
 import gzip
 import json
+import os
 import platform
 import shutil
 import sys
@@ -356,7 +357,8 @@ def environment(tiny: bool) -> dict[str, Any]:
     from peftlab.results import git_hash
 
     env = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-           "tiny": tiny, "git": git_hash(), "hardware": benchkit.hardware()}
+           # GPU_GIT: the commit measured (the device machine's copy of .git can be older than its tree)
+           "tiny": tiny, "git": os.environ.get("GPU_GIT") or git_hash(), "hardware": benchkit.hardware()}
     env.update({p: version(p) for p in ("transformers", "peft", "accelerate", "bitsandbytes", "pydantic", "kernels",
                                         "huggingface_hub", "tokenizers")})
     if cuda():
