@@ -63,6 +63,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 HEADS = {"bert": "classifier", "llama": "score"}
 LORA_TARGETS = {"bert": ["query", "key", "value", "dense"],  # every linear layer, as bench/train_throughput.py
                 "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+# SmolLM2 trains at a tenth of MiniLM's learning rates: with random weights at MiniLM's rates
+# (1e-4 full, 3e-3 LoRA) its loss went to NaN within 32 steps on the H200 (2026-12-04 run)
+LR_SCALE = {"llama": 0.1}
 TRAIN_METHODS = ("full", "lora", "qlora")
 SIDES = ("peftlab", "trainer")
 TINY = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4}
@@ -143,9 +146,10 @@ def held() -> int:
 
 def method_params(model_type: str, method: str) -> dict[str, Any]:
     """bench/train_throughput.py's hyperparameters; LoRA on every linear layer of the family."""
+    scale = LR_SCALE.get(model_type, 1.0)
     if method == "full":
-        return dict(tt.METHODS["full"])
-    lora = {**tt.METHODS["lora"], "target_modules": LORA_TARGETS[model_type]}
+        return {**tt.METHODS["full"], "lr": tt.METHODS["full"]["lr"] * scale}
+    lora = {**tt.METHODS["lora"], "target_modules": LORA_TARGETS[model_type], "lr": tt.METHODS["lora"]["lr"] * scale}
     return {**lora, "method": method}
 
 
@@ -203,6 +207,7 @@ class TrainBench:
         if r.status != "ok" or r.timing is None:
             raise RuntimeError(f"peftlab {sub} {method}: {r.status}: {r.error}")
         return {"train_s": r.timing.train_s, "examples": r.n_train, "peak_bytes": (r.peak_memory_bytes or 0) - before,
+                "train_loss": r.epochs[-1].train_loss if r.epochs else None,
                 "held_before": before, "plan_bytes": r.details.get("memory_estimate_bytes"),
                 "memory_kind": r.memory_kind}
 
@@ -232,13 +237,16 @@ class TrainBench:
         with tempfile.TemporaryDirectory(dir=self.work) as tmp:
             clock = tt.Clock()
             lr = method_params(self.model_type(sub), method)["lr"]
-            trainer = Trainer(model=self.hf_model(sub, method), args=tt.trainer_args(tmp, lr, n, False, **extra),
+            # logging_nan_inf_filter off: the Trainer's default drops NaN/inf step losses from the
+            # average it reports, which would hide a diverged run that peftlab stops and reports
+            args = tt.trainer_args(tmp, lr, n, False, logging_nan_inf_filter=False, **extra)
+            trainer = Trainer(model=self.hf_model(sub, method), args=args,
                               train_dataset=encode(tok, split, tt.HP["max_length"]), processing_class=tok,
                               data_collator=DataCollatorWithPadding(tok), callbacks=[clock])
-            trainer.train()
+            loss = trainer.train().training_loss
             peak = int(torch.cuda.max_memory_allocated()) - before if cuda() else None
             del trainer
-        return {"train_s": clock.s, "examples": n, "peak_bytes": peak, "held_before": before}
+        return {"train_s": clock.s, "examples": n, "peak_bytes": peak, "held_before": before, "train_loss": loss}
 
     def run(self, side: str, sub: str, method: str, n: int) -> dict[str, Any]:
         return (self.peftlab if side == "peftlab" else self.trainer)(sub, method, n)
