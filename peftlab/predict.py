@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from peftlab.fingerprint import base_fingerprint, check_base
 from peftlab.methods import METHODS
 from peftlab.methods.qlora import is_quantised
 from peftlab.params import arch_spec
+from peftlab.precision import Precision, resolve, shapes_of
 from peftlab.results import RESULTS_FILE, read_result
 from peftlab.runners.batching import encode
 from peftlab.runners.rows import ADAPTER_DIR
@@ -27,6 +28,9 @@ from peftlab.tasks.base import Split
 #: peft adapter types whose update folds exactly into the base weights: LoRA (W + s * B A) and
 #: (IA)^3 (a per-channel rescaling of W). Other peft methods (prompts, prefixes) have nothing to fold.
 MERGEABLE = frozenset({"LORA", "IA3"})
+
+#: texts per forward pass
+BATCH = 32
 
 #: separates premise and hypothesis on one line for sentence-pair tasks
 PAIR_SEP = " ||| "
@@ -38,6 +42,8 @@ class Predictor:
     labels: list[str]
     model: Any
     tokenizer: Any
+    #: what the forward passes compute in: the run's ``train.mixed_precision`` resolved on this CPU
+    precision: Precision = field(default_factory=lambda: Precision("fp32", "default"))
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
         pairs = None
@@ -48,7 +54,8 @@ class Predictor:
             texts, pairs = [s[0] for s in split], [s[1] for s in split]
         feats = encode(self.tokenizer, Split(texts=texts, labels=np.zeros(len(texts), dtype=np.int64), pairs=pairs),
                        self.cfg.train.max_length)
-        logits = predict_logits(self.model, feats, DataCollatorWithPadding(self.tokenizer), 32, torch.device("cpu"))
+        logits = predict_logits(self.model, feats, DataCollatorWithPadding(self.tokenizer), BATCH, torch.device("cpu"),
+                                self.precision.autocast)
         return torch.softmax(torch.from_numpy(logits), -1).numpy()
 
 
@@ -103,4 +110,12 @@ def load_predictor(method_dir: str | Path, force_base: bool = False, merge: bool
     model = load_adapter(method, model, params, mdir / ADAPTER_DIR)
     model = merge_for_inference(model) if merge else model
     model.eval()
-    return Predictor(cfg=cfg, labels=result.labels, model=model, tokenizer=tokenizer)
+    return Predictor(cfg=cfg, labels=result.labels, model=model, tokenizer=tokenizer,
+                     precision=predict_precision(cfg, method, params, model))
+
+
+def predict_precision(cfg: ExperimentConfig, method: Any, params: Any, model: Any) -> Precision:
+    """The run's ``train.mixed_precision`` resolved for prediction on this CPU, as training and
+    evaluation resolve it (peftlab.precision): ``auto`` probes at the model's shapes and one batch."""
+    return resolve(cfg.train.mixed_precision, "cpu", lambda: shapes_of(model.config, BATCH * cfg.train.max_length),
+                   method.keeps_fp32(params, "cpu"))

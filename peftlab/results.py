@@ -80,6 +80,10 @@ class RunResult(BaseModel):
     macro_f1_std: float | None = None
     seed_accuracy: list[float] = Field(default_factory=list)
     seed_macro_f1: list[float] = Field(default_factory=list)
+    #: what the row computed in ("fp32", "bf16", "fp16" autocast) and why: "asked for", "CUDA",
+    #: the CPU probe's two figures, PEFTLAB_CPU_PRECISION, or the method's reason to stay fp32
+    precision: str | None = None
+    precision_reason: str | None = None
     #: the machine's 1-minute load average when the run started; above the core count, other jobs
     #: competed for the CPU and the timings are slower than the method alone would be
     load_avg_start: float | None = None

@@ -22,6 +22,11 @@ from transformers import (
     RobertaConfig,
 )
 
+# What `train.mixed_precision: auto` means on a CPU is measured per machine (peftlab.precision);
+# the suite's exact comparisons must not depend on which CPU runs them, so it computes in fp32
+# (also in subprocesses, which inherit this). tests/test_precision.py exercises bf16 explicitly.
+os.environ["PEFTLAB_CPU_PRECISION"] = "fp32"
+
 WORDS = ["good", "great", "fine", "bad", "awful", "poor", "meh", "okay", "so", "the", "drug",
          "was", "it", "really", "not", "very", "pain", "sleep", "day", "a"]
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[EOS]"]

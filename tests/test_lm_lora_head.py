@@ -15,6 +15,7 @@ from peftlab.config import TrainConfig
 from peftlab.icl.answer_loss import accepts_logits_to_keep, answer_loss, answer_positions, full_head_loss
 from peftlab.methods import lm_lora
 from peftlab.methods.lm_lora import LmLoraParams, _batch, train_verbalizer
+from peftlab.precision import Precision
 
 # (prompt ids, answer ids): prompt lengths 3..9, answers of 1 to 3 tokens
 ROWS = [([4, 10, 11, 12], [20]), ([4, 13, 14, 15, 16, 17, 18, 19, 10], [21, 22, 23]),
@@ -123,7 +124,7 @@ def _train(loss_fn, monkeypatch) -> tuple[object, dict[str, torch.Tensor], dict[
     monkeypatch.setattr(lm_lora, "training_rows", lambda ctx: ROWS * 3)
     ctx = SimpleNamespace(cfg=SimpleNamespace(train=TrainConfig(epochs=2, batch_size=4, seed=0)),
                           prompting=SimpleNamespace(tokenizer=SimpleNamespace(pad_token_id=0)),
-                          device=torch.device("cpu"))
+                          device=torch.device("cpu"), precision=Precision("fp32", "test"))
     out = train_verbalizer(model, LmLoraParams(lr=1e-2), ctx, loss_fn=loss_fn)
     return out, before, {n: p.detach().clone() for n, p in model.named_parameters()}
 

@@ -108,7 +108,7 @@ def score(composed: Adapter, record: dict[str, Any], val: Validation, name: str,
                       eval_examples_per_s=len(val.split) / eval_s if eval_s else None),
         # nothing is trained: one evaluation, recorded as epoch 0
         epochs=[EpochRecord(epoch=0, eval_loss=m["eval_loss"], accuracy=m["accuracy"], macro_f1=m["macro_f1"])],
-        environment=environment("cpu"), adapter_bytes=size,
+        environment=environment("cpu"), adapter_bytes=size, precision="fp32", precision_reason="compose evaluates in fp32",
         flags=["collapsed"] if sum(any(col) for col in zip(*m["confusion_matrix"])) <= 1 else [],
     )
 

@@ -49,6 +49,12 @@ class Method:
         """
         return {}
 
+    def keeps_fp32(self, params: Any, device_type: str) -> str | None:
+        """Why this method computes in fp32 on ``device_type`` whatever ``train.mixed_precision``
+        says (recorded as the row's precision reason), or None: it follows the setting
+        (peftlab.precision: bf16 autocast on CUDA, and on CPUs where it is measured faster)."""
+        return None
+
     def prepare(self, model: nn.Module, params: Any, spec: ArchSpec | None) -> nn.Module:
         """Freeze/inject so that exactly this method's parameters require grad."""
         raise NotImplementedError

@@ -68,6 +68,12 @@ class Icl(Method):
 
         check_quantize(params.quantize)
 
+    def keeps_fp32(self, params: Any, device_type: str) -> str | None:
+        """A 4-/8-bit LM on CPU stays fp32, as qlora does (peftlab.methods.qlora.cpu_quantised_fp32)."""
+        from peftlab.methods.qlora import cpu_quantised_fp32
+
+        return cpu_quantised_fp32(device_type) if params.quantize != "none" else None
+
     def prepare_lm(self, model: Any, params: Any, ctx: Any) -> tuple[Any, Any]:
         """Adapt the LM before scoring; returns (model, FitOutcome). In-context learning trains
         nothing: the LM is used as loaded."""

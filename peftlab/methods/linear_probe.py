@@ -1,7 +1,8 @@
 """``linear_probe``: the backbone stays frozen and only the classification head trains.
 
 Because nothing before the head changes, the runner computes the head's input features once
-and trains on the cache: epochs after the first cost almost nothing.
+and trains on the cache: epochs after the first cost almost nothing. It computes in fp32 on every
+device (``keeps_fp32``): bf16 could only speed up the one feature pass.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ class LinearProbe(Method):
         for name in head_names(model, spec):
             unfreeze(model.get_submodule(name))
         return model
+
+    def keeps_fp32(self, params: LinearProbeParams, device_type: str) -> str | None:
+        # one forward pass over the data, then epochs of one small matmul: bf16 would save a
+        # fraction of the one pass, and its rounding would sit in the cached features of every epoch
+        return "linear_probe: features are cached once and the head trains on them in fp32"
 
     def derived_trainable(self, params: LinearProbeParams, spec: ArchSpec) -> int:
         return spec.head

@@ -110,7 +110,8 @@ def train_verbalizer(model: Any, params: LmLoraParams, ctx: Any,
         order = torch.randperm(len(rows), generator=gen).tolist()
         for s in range(0, len(order), tcfg.batch_size):
             chunk = [rows[i] for i in order[s : s + tcfg.batch_size]]
-            loss = loss_fn(model, _batch(chunk, pad, ctx.device))
+            with ctx.precision.autocast():  # the loss itself comes out fp32 (autocast keeps cross-entropy fp32)
+                loss = loss_fn(model, _batch(chunk, pad, ctx.device))
             if not torch.isfinite(loss):
                 outcome.nan_loss = True
                 break

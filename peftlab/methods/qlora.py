@@ -8,6 +8,9 @@ an unquantised model rather than silently running plain LoRA. The head modules a
 quantisation (``llm_int8_skip_modules``): a new head must train, and on CPU bitsandbytes cannot
 even build a Linear4bit head of this size.
 
+On a CPU the row runs without autocast whatever ``train.mixed_precision`` says
+(:func:`cpu_quantised_fp32`); on CUDA it follows the setting.
+
 Parameter counts are logical (a 4-bit weight counts as one parameter, see
 :func:`peftlab.params.count_params`), so they equal ``lora``'s; memory differs, which
 :func:`peftlab.params.base_weight_bytes` reports.
@@ -54,6 +57,20 @@ def is_quantised(model: nn.Module) -> bool:
     return any(type(p).__name__ in ("Params4bit", "Int8Params") for p in model.parameters())
 
 
+def cpu_quantised_fp32(device_type: str) -> str | None:
+    """Why bitsandbytes layers on a CPU compute without autocast (None on CUDA, where QLoRA under
+    bf16 autocast is the usual recipe).
+
+    A 4-bit layer dequantises its weight and multiplies in its own ``compute_dtype`` (the row's
+    ``compute_dtype``, fp32 by default); autocast on top silently overrides that choice, and the CPU
+    probe times plain matmuls, not dequantise-then-multiply, so its verdict does not carry over.
+    8-bit layers run LLM.int8's own integer path. Set ``compute_dtype: bfloat16`` for bf16.
+    """
+    if device_type != "cpu":
+        return None
+    return "bitsandbytes layers on CPU: fp32 autocast-free (their own compute_dtype decides)"
+
+
 def disable_cpu_repacking(model: nn.Module) -> None:
     """Turn off bitsandbytes' CPU inference fast path for 4-bit layers.
 
@@ -76,6 +93,9 @@ class Qlora(Lora):
     def check(self, params: QloraParams, spec: ArchSpec | None, model_type: str) -> None:
         _bitsandbytes()
         super().check(params, spec, model_type)
+
+    def keeps_fp32(self, params: QloraParams, device_type: str) -> str | None:
+        return cpu_quantised_fp32(device_type)
 
     def load_kwargs(self, params: QloraParams, head_names: tuple[str, ...]) -> dict[str, Any]:
         bnb_config = _bitsandbytes()

@@ -147,7 +147,22 @@ def environment_table(rows: list[Row]) -> list[tuple[str, str]]:
         out.append((k, "; ".join("-" if v is None else str(v) for v in vals)))
     seeds = _distinct([r.result.seed for r in rows])
     out.append(("seed", ", ".join(map(str, seeds))))
+    prec = precision_text(rows)
+    if prec:
+        out.append(("precision", prec))
     return out
+
+
+def precision_text(rows: list[Row]) -> str:
+    """What the rows computed in and why ("bf16 (probe ...)"); when rows differ, each value
+    names its rows. Empty when no row recorded it (results written before it was recorded)."""
+    groups: dict[str, list[str]] = {}
+    for r in rows:
+        if r.result.precision and not r.is_baseline:
+            groups.setdefault(f"{r.result.precision} ({r.result.precision_reason or 'no reason recorded'})", []).append(r.label)
+    if len(groups) == 1:
+        return next(iter(groups))
+    return "; ".join(f"{value}: {', '.join(labels)}" for value, labels in groups.items())
 
 
 def rows_of(run: RunDir, rows: list[Row]) -> list[Row]:

@@ -44,7 +44,7 @@ from peftlab.runners.rows import (ADAPTER_DIR, BASELINE, baseline_result, change
                                   trainable_fingerprint, trained_result_fields)
 from peftlab.runners.seeds import run_seeds, single_seed
 from peftlab.runners.sharded import is_sharded, refuse_unsupported, unsharded_copy, use_sharding, wrap_blocks
-from peftlab.runners.train import CheckpointPlan, FitOutcome, fit, make_accelerator
+from peftlab.runners.train import CheckpointPlan, FitOutcome, device_type, fit, make_accelerator, train_precision
 from peftlab.tasks import TaskData, load_task
 from peftlab.threads import warn_if_busy
 from peftlab.tracking import check_trackers
@@ -178,7 +178,11 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
                 train_f: Features, eval_f: Features, mdir: Path, base: RunResult, quiet: bool) -> RunResult:
     set_seed(cfg.train.seed)
     refuse_unsupported(method)  # before accelerate reads the launcher's FSDP/DeepSpeed settings
-    acc = make_accelerator(cfg.train)
+    bb = cfg.backbone_for(params)
+    tcfg = cfg.train
+    precision = train_precision(tcfg, lambda: load_hf_config(bb, num_labels=data.num_labels),
+                                method.keeps_fp32(params, device_type(tcfg)))
+    acc = make_accelerator(tcfg, precision)
     sharded = use_sharding(acc)
     collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if acc.device.type == "cuda" else None)
     search = None
@@ -192,7 +196,6 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
     overhead = psutil.Process().memory_info().rss if acc.device.type == "cpu" else 0  # in the measured peak
     with PeakMemory(acc.device) as mem:
         t0 = time.perf_counter()
-        bb = cfg.backbone_for(params)
         extra = method_load_kwargs(bb, method, params, data.num_labels)
         loading_info: dict[str, Any] = {}
         model = load_classifier(bb, data.label_names, tokenizer, extra, loading_info)
@@ -234,7 +237,7 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
     return base.model_copy(update=dict(
         **trained_result_fields(outcome, m, (trainable, total, d_train, d_total, agree), wall, mem),
         adapter_bytes=adapter_bytes, adapter_path=f"{mdir.name}/{ADAPTER_DIR}",
-        flags=flags, environment=environment(str(acc.device)),
+        flags=flags, environment=environment(str(acc.device)), **precision.result_fields(),
         details={**base.details, "memory_estimate_bytes": estimate, "train_time_estimate_s": outcome.estimated_train_s, **({"lr_search": search} if search else {}), **({"fsdp_processes": acc.num_processes} if model is not trained else {}), **({"newly_initialised": fresh[:50], "newly_initialised_count": len(fresh)} if fresh else {})},
     ))
 

@@ -4,13 +4,15 @@ One row = one method config; with several demonstration ``seeds`` every seed is 
 the eval set, and the row reports the mean and spread of accuracy and macro-F1 (per-class report
 and confusion matrix pooled over the seeds). Methods with ``runner = "icl"`` may first adapt the
 LM (``Method.prepare_lm``: LoRA on the verbalizer objective); scoring is then identical.
+Both follow ``train.mixed_precision`` as training does (peftlab.precision), probed at the LM's
+own shapes; a quantised LM on CPU stays fp32 (``Icl.keeps_fp32``).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,14 +26,15 @@ from peftlab.icl.demos import SELECTORS, minilm_embedder
 from peftlab.icl.fit import Window, context_limit, fit_prompt
 from peftlab.icl.lm import load_causal_lm
 from peftlab.icl.reasoning import extract_answer, majority_vote, sample_chains
-from peftlab.icl.scoring import PrefixScorer, encode_requests
+from peftlab.icl.scoring import Encoded, PrefixScorer, encode_requests
 from peftlab.methods.icl import template_overrides
 from peftlab.metrics import classification_metrics, is_collapsed, majority_class
 from peftlab.params import count_params
 from peftlab.prompts.template import Demo, PromptTemplate, answer_strings, load_template, render_context
 from peftlab.results import ParamCounts, RunResult, Timing, environment
 from peftlab.runners.measure import PeakMemory
-from peftlab.runners.train import make_accelerator
+from peftlab.precision import Precision
+from peftlab.runners.train import make_accelerator, train_precision
 from peftlab.tasks.base import Split, TaskData
 
 
@@ -83,12 +86,23 @@ def make_prompting(params: Any, tokenizer: Any, label_names: list[str], limit: i
                      limit)
 
 
+def verbalizer_scores(scorer: PrefixScorer, p: Prompting, contexts: list[str]) -> tuple[Encoded, list[list[float]]]:
+    """The requests (every verbalizer after every context) and their summed log-likelihoods."""
+    flat = [w for words in p.answers for w in words]
+    enc = encode_requests(p.tokenizer, contexts, [flat] * len(contexts))
+    return enc, scorer.score(enc)
+
+
 def score_probs(scorer: PrefixScorer, p: Prompting, contexts: list[str], normalize: str, temperature: float) -> np.ndarray:
     """(n, labels) probabilities from every verbalizer's (normalised) log-likelihood."""
+    enc, sums = verbalizer_scores(scorer, p, contexts)
+    return label_probs(p, enc, sums, normalize, temperature)
+
+
+def label_probs(p: Prompting, enc: Encoded, sums: list[list[float]], normalize: str, temperature: float) -> np.ndarray:
+    """(n, labels) probabilities from :func:`verbalizer_scores`' log-likelihoods."""
     flat = [w for words in p.answers for w in words]
     owners = [lab for lab, words in enumerate(p.answers) for _ in words]
-    enc = encode_requests(p.tokenizer, contexts, [flat] * len(contexts))
-    sums = scorer.score(enc)
     scores = np.stack([
         label_scores([normalise(s, len(ids), len(w), normalize) for s, ids, w in zip(row, conts, flat)], owners, len(p.answers))
         for row, conts in zip(sums, enc.continuations)
@@ -151,14 +165,17 @@ def run_icl(cfg: ExperimentConfig, method: Any, params: Any, data: TaskData, bas
         tokenizer = load_tokenizer(bb)
         model = load_causal_lm(bb, params.quantize, device)
         p = make_prompting(params, tokenizer, data.label_names, context_limit(model, tokenizer))
-        model, fit = method.prepare_lm(model, params, LmContext(cfg, p, data, device, quiet))
+        precision = train_precision(cfg.train, lambda: model.config, method.keeps_fp32(params, device.type),
+                                    tokens=params.batch_size * cfg.train.max_length)
+        model, fit = method.prepare_lm(model, params, LmContext(cfg, p, data, device, quiet, precision))
         trainable, total = count_params(model)
         adapter_bytes = save(model) if save is not None else None
         embed = minilm_embedder(params.embedder) if params.shots and params.selection == "nearest" else None
         scorer = PrefixScorer(model, tokenizer.pad_token_id, params.batch_size)
         t1 = time.perf_counter()
         seeds = seeds_to_run(params)
-        runs = [predict_seed(model, scorer, p, params, data, s, embed) for s in seeds]
+        with precision.autocast():  # scoring, calibration and generation alike
+            runs = [predict_seed(model, scorer, p, params, data, s, embed) for s in seeds]
         eval_s = time.perf_counter() - t1
         wall = time.perf_counter() - t0
     return base.model_copy(update=dict(
@@ -169,6 +186,7 @@ def run_icl(cfg: ExperimentConfig, method: Any, params: Any, data: TaskData, bas
                       eval_examples_per_s=len(data.eval) * len(seeds) / eval_s if eval_s else None),
         epochs=fit.epochs, peak_memory_bytes=mem.peak_bytes, memory_kind=mem.kind, adapter_bytes=adapter_bytes,
         flags=_flags(runs, data.num_labels, fit) + (["prompt_shortened"] if p.shortened else []), environment=environment(str(device)),
+        **precision.result_fields(),
     ))
 
 
@@ -207,3 +225,5 @@ class LmContext:
     data: TaskData
     device: torch.device
     quiet: bool
+    #: what training computes in (the same as the scoring after it)
+    precision: Precision = field(default_factory=lambda: Precision("fp32", "default"))

@@ -31,6 +31,7 @@ from peftlab.images.method_base import Built, ImageContext, image_method
 from peftlab.images.report import per_class_summary, report_lines
 from peftlab.metrics import classification_metrics, is_collapsed
 from peftlab.params import count_params
+from peftlab.precision import Precision
 from peftlab.report.compare import write_comparison
 from peftlab.results import RunResult, environment
 from peftlab.runners.cached import fit_tensors, predict_tensors
@@ -46,6 +47,11 @@ from peftlab.tasks.images import load_image_task
 from peftlab.tracking import check_trackers
 
 FEATURE_CACHE = ".feature_cache"
+
+
+#: image rows (ViT/CNN methods, CLIP) train and evaluate without autocast on every device: their
+#: loop (peftlab.runners.cached.fit_tensors) has no mixed-precision path yet
+IMAGE_PRECISION = Precision("fp32", "image runs compute in fp32 (no autocast path)")
 
 
 def preflight_image(cfg: ExperimentConfig) -> str:
@@ -153,6 +159,6 @@ def _run(ctx: ImageContext, cfg: ExperimentConfig, params: MethodParams, kind: s
     return base.model_copy(update=dict(
         **trained_result_fields(outcome, m, (trainable, total, d_train, d_total, agree), wall, mem),
         adapter_bytes=adapter_bytes, adapter_path=f"{mdir.name}/{ADAPTER_DIR}",
-        flags=flags, details=details, environment=environment(str(ctx.device)),
+        flags=flags, details=details, environment=environment(str(ctx.device)), **IMAGE_PRECISION.result_fields(),
     ))
 

@@ -1,6 +1,7 @@
 """The supervised training loop: AdamW, linear warm-up/decay, accumulation, eval every epoch.
 
-Written on ``accelerate`` so the same loop runs on CPU (fp32), on one GPU (bf16/fp16 autocast)
+Written on ``accelerate`` so the same loop runs on CPU (fp32, or bf16 autocast where
+peftlab.precision finds it faster), on one GPU (bf16/fp16 autocast)
 and under ``accelerate launch`` (data parallel). Evaluation runs on every process over the whole
 eval set (cheap next to training) so no gathering is needed.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, replace
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from peftlab.config import TrainConfig
 from peftlab.errors import PeftlabError
+from peftlab.precision import Precision, resolve, shapes_of
 from peftlab.results import EpochRecord
 from peftlab.runners.batching import Features, LengthGroupedBatches, sorted_batches
 from peftlab.runners.eta import TIMED_STEPS, eta_line, remaining_s
@@ -44,18 +47,42 @@ class FitOutcome:
     estimated_train_s: float | None = None
 
 
-def make_accelerator(tcfg: TrainConfig) -> Accelerator:
-    """bf16 autocast on CUDA when supported (fp16 otherwise), fp32 on CPU, unless set."""
-    mp = tcfg.mixed_precision
+def device_type(tcfg: TrainConfig) -> str:
+    """"cuda" when a GPU is visible and not refused by ``train.device``, else "cpu"."""
     if tcfg.device == "cuda" and not torch.cuda.is_available():
         raise PeftlabError("config error: train.device: 'cuda' asked for, but no CUDA device is visible")
-    cpu = tcfg.device == "cpu"
-    if mp == "auto":
-        if torch.cuda.is_available() and not cpu:
-            mp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            mp = "no"
-    return Accelerator(mixed_precision=mp, gradient_accumulation_steps=tcfg.grad_accum, cpu=cpu)
+    return "cuda" if torch.cuda.is_available() and tcfg.device != "cpu" else "cpu"
+
+
+def train_precision(tcfg: TrainConfig, model_config: Callable[[], Any] | None = None,
+                    keep_fp32: str | None = None, tokens: int | None = None) -> Precision:
+    """``train.mixed_precision`` resolved for this device (peftlab.precision): on a CPU, ``auto``
+    probes the feed-forward shapes of ``model_config()`` at ``tokens`` rows (default: one
+    training batch at ``max_length``). ``keep_fp32``: the method's ``keeps_fp32`` reason."""
+    rows = tokens or tcfg.batch_size * tcfg.max_length
+    shapes = (lambda: shapes_of(model_config(), rows)) if model_config is not None else None
+    return resolve(tcfg.mixed_precision, device_type(tcfg), shapes, keep_fp32)
+
+
+def make_accelerator(tcfg: TrainConfig, precision: Precision | None = None) -> Accelerator:
+    """An Accelerator computing in ``precision`` (default: :func:`train_precision` without model
+    shapes, so a CPU's ``auto`` follows PEFTLAB_CPU_PRECISION or stays fp32)."""
+    precision = precision or train_precision(tcfg)
+    allow_mixed_precision(precision.mixed_precision)
+    return Accelerator(mixed_precision=precision.mixed_precision, gradient_accumulation_steps=tcfg.grad_accum,
+                       cpu=device_type(tcfg) == "cpu")
+
+
+def allow_mixed_precision(mixed_precision: str) -> None:
+    """Let the next Accelerator use ``mixed_precision`` even if an earlier one in this process used
+    another: accelerate keeps one setting per process and refuses a change, but rows of one run may
+    differ (a method that stays fp32 next to bf16 ones). Only the mixed-precision state is reset;
+    PartialState (the process group of an ``accelerate launch``) is kept."""
+    from accelerate.state import AcceleratorState
+
+    before = AcceleratorState._shared_state.get("_mixed_precision")
+    if before is not None and before != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
