@@ -318,7 +318,7 @@ def icl_part(models: dict[str, Path], args: argparse.Namespace, work: Path) -> d
                 raise RuntimeError(f"icl {shots} shots: {r.status}: {r.error}")
             rates.append(r.timing.eval_examples_per_s)
         out[f"{shots}-shot"] = {"examples": args.icl_examples, "ex_s": rates[1:], "median_ex_s": median(rates[1:]),
-                                "batch_size": 8}
+                                "batch_size": 8, "precision": getattr(r, "precision", None) or "fp32"}
     return out
 
 
@@ -447,13 +447,15 @@ def render(res: dict[str, Any]) -> str:
     """The "## GPU" section of BENCHMARKS.md from a result JSON."""
     env, peak = res.get("env", {}), (res.get("peak") or {}).get("peak")
     lines = [SECTION, "",
-             "peftlab's CUDA path on one GPU, measured in one run by `bench/gpu.py` (random weights of the real "
+             f"peftlab's CUDA path on one GPU, measured by `bench/gpu.py` ({res.get('command', '').count('run ') or 1} "
+             "device run(s), see Command; random weights of the real "
              "shapes: speed and memory do not depend on the values; MultiNLI pairs for realistic lengths). "
              f"Training: bench/train_throughput.py's hyperparameters (batch {tt.HP['batch_size']}, max_length "
              f"{tt.HP['max_length']}, one epoch of {res.get('args', {}).get('round_examples')} pairs per round), bf16 "
              "autocast on both sides, dynamic padding and length grouping on both; LoRA r=8 on every linear layer, "
              "QLoRA = that LoRA on an NF4 base with peftlab's defaults (double quantisation, fp32 compute) on both "
-             "sides. Rounds interleaved after an untimed warm-up of every run; medians.",
+             "sides. Rounds interleaved after an untimed warm-up of every run; medians over the rounds (the "
+             "table's last column: rounds per side).",
              f"Command: `{res.get('command', '')}`; device: {env.get('gpu', 'no GPU')} "
              f"({env.get('gpu_memory_gib', '?')} GiB, capability {env.get('capability', '?')}); torch {env.get('torch')} "
              f"(CUDA {env.get('cuda')}), transformers {env.get('transformers')}, peft {env.get('peft')}, "
@@ -467,8 +469,10 @@ def render(res: dict[str, Any]) -> str:
         util = e["flops"] * a / e["round_examples"] / peak if e.get("flops") and peak and a == a else None
         plan = (e.get("rounds", {}).get("peftlab") or [{}])[0].get("plan_bytes")
         n = "/".join(str(len(e.get("rounds", {}).get(s) or [])) for s in SIDES)
-        lines.append(f"| {TITLES.get(e['model'], e['model'])} | {e['method']} | {a:.0f} | {b:.0f} | {a / b:.2f}x | "
-                     f"{rate(e, 'peftlab', 'tokens'):.0f} | {'-' if util is None else f'{util:.1%}'} | "
+        num = lambda v, f="{:.0f}": "-" if v != v else f.format(v)  # noqa: E731 - nan (no round) as "-"
+        lines.append(f"| {TITLES.get(e['model'], e['model'])} | {e['method']} | {num(a)} | {num(b)} | "
+                     f"{num(a / b, '{:.2f}x')} | "
+                     f"{num(rate(e, 'peftlab', 'tokens'))} | {'-' if util is None else f'{util:.1%}'} | "
                      f"{mb(measured_peak(e))} | {mb(measured_peak(e, 'trainer'))} | {mb(plan)} | {n} |")
     if res.get("peak"):
         lines += ["", f"Measured {res['peak'].get('dtype')} matmul TFLOP/s (best of 3): " + ", ".join(
@@ -476,8 +480,9 @@ def render(res: dict[str, Any]) -> str:
     icl = res.get("icl") or {}
     if "0-shot" in icl:
         lines += ["", "In-context classification (SmolLM2-135M, peftlab's shared-prefix scorer through "
-                  "`run_experiment`, template nli, fp32 as peftlab scores today, batch 8): " + ", ".join(
-                      f"{k} {v['median_ex_s']:.0f} examples/s" for k, v in icl.items() if k.endswith("-shot"))
+                  "`run_experiment`, template nli, batch 8): " + ", ".join(
+                      f"{k} {v['median_ex_s']:.0f} examples/s ({v.get('precision', 'fp32')})"
+                      for k, v in icl.items() if k.endswith("-shot"))
                   + f". vs lm-eval: {icl.get('lm_eval', LM_EVAL)}."]
     else:
         lines += ["", f"In-context vs lm-eval: {LM_EVAL}."]
@@ -488,18 +493,42 @@ def render(res: dict[str, Any]) -> str:
                   "unmerged / merged |", "|---|---|---|---|---|---|"]
         lines += [f"| {k} | {v['tokens']} | {v['base']:.2f} | {v['merged']:.2f} | {v['unmerged']:.2f} | "
                   f"{v['unmerged'] / v['merged']:.2f}x |" for k, v in lat.items()]
-    problems = [f"- {k}: {v}" for k, v in res.get("errors", {}).items()]
-    problems += [f"- {e['model']}/{e['method']} {k}: {v}" for e in res.get("train", {}).values()
+    # error_text() is "message | traceback tail": the section keeps the message, the JSON both
+    problems = [f"- {k}: {v.split(' | ')[0]}" for k, v in res.get("errors", {}).items()]
+    problems += [f"- {e['model']}/{e['method']} {k}: {v.split(' | ')[0]}" for e in res.get("train", {}).values()
                  for k, v in e.get("errors", {}).items()]
     if problems or res.get("notes"):
         lines += ["", "Not measured or failed:", *problems, *[f"- {n}" for n in res.get("notes", [])]]
     return "\n".join(lines) + "\n"
 
 
-def render_only(path: Path) -> bool:
-    """Print the section from a saved JSON and write it into BENCHMARKS.md, unless the run was tiny
-    or had no GPU (its numbers mean nothing); returns whether it wrote."""
-    res = json.loads(path.read_text(encoding="utf-8"))
+def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from several device runs (a later run's part replaces an earlier one's): GPU time
+    is scarce, so a rerun may measure only the parts that failed. Errors and notes keep their run's
+    number; ``args`` are those of the run the train part came from; every command and commit is kept."""
+    if len(runs) == 1:
+        return runs[0]
+    out: dict[str, Any] = {"command": "; ".join(f"run {i}: {r.get('command', '')}" for i, r in enumerate(runs, 1)),
+                           "errors": {}, "notes": [], "env": dict(runs[-1].get("env", {})),
+                           "args": runs[-1].get("args", {})}
+    gits = list(dict.fromkeys(str(r.get("env", {}).get("git")) for r in runs))
+    out["env"]["git"] = ", ".join(gits)
+    out["env"]["tiny"] = any(r.get("env", {}).get("tiny") for r in runs)
+    for i, r in enumerate(runs, 1):
+        parts = [p for p in PARTS if r.get(p)]
+        for p in parts:
+            out[p] = r[p]
+        if "train" in parts:
+            out["args"] = r.get("args", {})
+        out["errors"].update({f"run {i} {k}": v for k, v in r.get("errors", {}).items()})
+        out["notes"] += [f"run {i}: {n}" for n in r.get("notes", [])]
+    return out
+
+
+def render_only(*paths: Path) -> bool:
+    """Print the section from saved JSONs (several: merged, see :func:`merge_runs`) and write it into
+    BENCHMARKS.md, unless a run was tiny or had no GPU (its numbers mean nothing); returns whether it wrote."""
+    res = merge_runs([json.loads(p.read_text(encoding="utf-8")) for p in paths])
     body = render(res)
     if res.get("env", {}).get("tiny") or not res.get("env", {}).get("gpu"):
         print(body + "\n(tiny or CPU-only run: BENCHMARKS.md left alone)")
@@ -528,7 +557,8 @@ def main() -> int:
     ap.add_argument("--train-budget-s", type=float, default=130,
                     help="seconds for the train part: no round starts that would end later (the first always runs)")
     ap.add_argument("--tiny", action="store_true", help="tiny models and sizes (automatic without CUDA)")
-    ap.add_argument("--render-only", type=Path, metavar="JSON", help="write BENCHMARKS.md's GPU section from JSON")
+    ap.add_argument("--render-only", type=Path, nargs="+", metavar="JSON",
+                    help="write BENCHMARKS.md's GPU section from JSON (several: one run's parts each, later ones win)")
     ap.add_argument("--prepare-data", type=Path, metavar="DIR", help="write the data folder (needs the aliases)")
     args = ap.parse_args()
     if args.prepare_data:
@@ -536,7 +566,7 @@ def main() -> int:
         print(f"wrote {args.prepare_data}")
         return 0
     if args.render_only:
-        render_only(args.render_only)
+        render_only(*args.render_only)
         return 0
     args.tiny = args.tiny or not cuda()
     from transformers.utils import logging as hf_logging

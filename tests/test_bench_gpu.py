@@ -111,3 +111,18 @@ def test_slimmed_bitsandbytes_wheel_keeps_cuda13_and_a_matching_record(gpu, tmp_
                      "bitsandbytes/libbitsandbytes_cuda130.so", "bitsandbytes-0.50.2.dist-info/RECORD"}
     assert {r.split(",")[0] for r in record} == names
     assert all(r.endswith(",,") or ",sha256=" in r for r in record)
+
+
+def test_merged_runs_take_each_part_from_the_last_run_that_measured_it(gpu):
+    first = {**result(), "latency": {"m b1 fp32": {"tokens": 4, "base": 1.0, "merged": 1.0, "unmerged": 2.0}},
+             "env": {"gpu": "Some GPU", "tiny": False, "git": "aaa"}, "command": "python bench/gpu.py"}
+    second = {"train": {"minilm/full": entry("minilm", "full", [1.0], [2.0])}, "errors": {}, "notes": ["short"],
+              "env": {"gpu": "Some GPU", "tiny": False, "git": "bbb"}, "args": {"round_examples": 100},
+              "command": "python bench/gpu.py --only train"}
+    merged = gpu.merge_runs([first, second])
+    assert set(merged["train"]) == {"minilm/full"} and merged["latency"] == first["latency"]
+    assert merged["peak"] == first["peak"] and merged["env"]["git"] == "aaa, bbb"
+    assert merged["errors"] == {"run 1 latency": "RuntimeError: boom"}
+    assert merged["notes"] == ["run 1: train: stopped after 1 round(s)", "run 2: short"]
+    assert "run 2: python bench/gpu.py --only train" in merged["command"]
+    assert gpu.merge_runs([first]) is first
