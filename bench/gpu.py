@@ -63,8 +63,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 HEADS = {"bert": "classifier", "llama": "score"}
 LORA_TARGETS = {"bert": ["query", "key", "value", "dense"],  # every linear layer, as bench/train_throughput.py
                 "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
-# SmolLM2 trains at a tenth of MiniLM's learning rates: with random weights at MiniLM's rates
-# (1e-4 full, 3e-3 LoRA) its loss went to NaN within 32 steps on the H200 (2026-12-04 run)
+# SmolLM2 trains at a tenth of MiniLM's learning rates, as fine-tuning a 135M decoder usually does.
+# (On the H200, 2026-12-04, peftlab's SmolLM2 loss went NaN at MiniLM's rates and at these alike,
+# while the Trainer's on the same model and pairs did not: an open bug of peftlab's CUDA path.)
 LR_SCALE = {"llama": 0.1}
 TRAIN_METHODS = ("full", "lora", "qlora")
 SIDES = ("peftlab", "trainer")
