@@ -20,6 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python bench/x.py` must use this checkout, not an installed peftlab
     sys.path.insert(0, str(ROOT))
 
+# CPU sections compare peftlab with fp32 peers and with earlier fp32 sections, so peftlab's
+# `auto` precision means fp32 here, whatever the CPU's bf16 probe says; a script that measures
+# bf16 (precision_agreement.py, train_throughput.py --precision bf16) sets its own.
+os.environ.setdefault("PEFTLAB_CPU_PRECISION", "fp32")
+
 BENCH_MD = ROOT / "BENCHMARKS.md"
 SHARED = ROOT.parent / "shared"
 

@@ -70,8 +70,19 @@ def sides(method: str) -> tuple[str, ...]:
     return SIDES + ((REFERENCE[method],) if method in REFERENCE else ())
 
 
-def section(method: str) -> str:
-    return f"## Training throughput: {method} fine-tuning, peftlab vs transformers Trainer (MiniLM-L6, MultiNLI)"
+def section(method: str, precision: str = "fp32") -> str:
+    tail = ", bf16 autocast on both sides" if precision == "bf16" else ""
+    return f"## Training throughput: {method} fine-tuning, peftlab vs transformers Trainer (MiniLM-L6, MultiNLI{tail})"
+
+
+def use_precision(precision: str) -> None:
+    """Every side of this run in ``precision`` on the CPU: peftlab's ``auto`` follows
+    PEFTLAB_CPU_PRECISION; the Trainer sides get ``bf16=True`` from :func:`trainer_precision`."""
+    os.environ["PEFTLAB_CPU_PRECISION"] = precision
+
+
+def trainer_precision() -> dict[str, Any]:
+    return {"bf16": True} if os.environ.get("PEFTLAB_CPU_PRECISION") == "bf16" else {}
 
 
 def config(method: str, n_train: int, n_eval: int, out: Path, threads: int, backbone: str = "minilm-l6",
@@ -167,7 +178,7 @@ def run_trainer(style: str, method: str, tok: Any, train: Split, evalset: Split 
 
     padded = style == "notebook"
     with tempfile.TemporaryDirectory() as tmp:
-        args = trainer_args(tmp, METHODS[method]["lr"], len(train), padded, use_cpu=True)
+        args = trainer_args(tmp, METHODS[method]["lr"], len(train), padded, use_cpu=True, **trainer_precision())
         clock = Clock()
         trainer = Trainer(model=hf_model(method), args=args, train_dataset=hf_dataset(tok, train, padded),
                           processing_class=tok, data_collator=DataCollatorWithPadding(tok), callbacks=[clock])
@@ -178,7 +189,8 @@ def run_trainer(style: str, method: str, tok: Any, train: Split, evalset: Split 
             # too (transformers 5 Trainer._get_eval_sampler), so predictions come back in another order
             # than the dataset's labels. A Trainer with default arguments predicts in dataset order.
             in_order = Trainer(model=trainer.model, args=TrainingArguments(
-                output_dir=tmp, per_device_eval_batch_size=64, report_to="none", disable_tqdm=True, use_cpu=True),
+                output_dir=tmp, per_device_eval_batch_size=64, report_to="none", disable_tqdm=True, use_cpu=True,
+                **trainer_precision()),
                 processing_class=tok, data_collator=DataCollatorWithPadding(tok))
             pred = in_order.predict(hf_dataset(tok, evalset, padded)).predictions
             acc = float((np.asarray(pred).argmax(-1) == evalset.labels).mean())
@@ -254,13 +266,14 @@ def timed_rounds(method: str, args: argparse.Namespace, tok: Any, out: Path) -> 
         warm[side]()
     runs, split = side_runs(method, args.round_examples, args, tok, out)
     rates: dict[str, list[float]] = {s: [] for s in names}
-    peaks = [gemm_peak(args.gemm_tokens)["peak"]]
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    peaks = [gemm_peak(args.gemm_tokens, dtype=dtype)["peak"]]
     for r in range(args.rounds):
         order = names[r % len(names):] + names[: r % len(names)]
         for side in order:
             res = runs[side]()
             rates[side].append(res["examples"] / res["train_s"])
-        peaks.append(gemm_peak(args.gemm_tokens)["peak"])
+        peaks.append(gemm_peak(args.gemm_tokens, dtype=dtype)["peak"])
         print(f"round {r + 1}: " + ", ".join(f"{s} {rates[s][-1]:.1f} ex/s" for s in names)
               + f"; GEMM peak {peaks[-1] / 1e9:.0f} GFLOP/s", flush=True)
     return rates, peaks, split
@@ -312,7 +325,7 @@ def hardware(threads: int) -> str:
 def render(r: dict[str, Any], cmd: str, hw: str) -> str:
     from train_report import render_section
 
-    return render_section(r, section(r["method"]), cmd, hw)
+    return render_section(r, section(r["method"], r.get("precision", "fp32")), cmd, hw)
 
 
 def main() -> int:
@@ -326,6 +339,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads for every side (1: on a shared CPU, 2 threads ran ~10x slower here)")
     ap.add_argument("--gemm-tokens", type=int, default=1536, help="rows of the GEMM-peak products (~one batch's tokens)")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="every side (and the GEMM peak) in this precision; bf16: autocast, for CPUs where it is faster")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--render-only", action="store_true",
@@ -337,6 +352,7 @@ def main() -> int:
     if args.quick:
         args.n_train, args.n_eval, args.rounds, args.round_examples = 96, 48, 2, 32
     torch.set_num_threads(args.threads)
+    use_precision(args.precision)
     from peftlab.backbones import load_tokenizer
     from peftlab.config import BackboneConfig
 
@@ -344,14 +360,15 @@ def main() -> int:
     cmd = "python bench/train_throughput.py " + " ".join(sys.argv[1:])
     hw = hardware(args.threads)
     for method in args.methods.split(","):
-        out = ROOT / "runs" / "bench_throughput" / f"{method}{'-quick' if args.quick else ''}.json"
+        tag = ("-bf16" if args.precision == "bf16" else "") + ("-quick" if args.quick else "")
+        out = ROOT / "runs" / "bench_throughput" / f"{method}{tag}.json"
         if args.render_only:
             r = json.loads(out.read_text(encoding="utf-8"))
         else:
             load = os.getloadavg()[0]
             r = bench(method, args, tok)
             r["load_avg_start"] = load
-            r["command"], r["hardware"] = cmd.strip(), hw
+            r["command"], r["hardware"], r["precision"] = cmd.strip(), hw, args.precision
             from peftlab.results import git_hash
 
             r["git"] = git_hash()
@@ -365,7 +382,7 @@ def main() -> int:
         print(body)
         if not (args.quick or args.no_write):
             bench_md = ROOT / "BENCHMARKS.md"
-            bench_md.write_text(replace_section(bench_md.read_text(encoding="utf-8"), section(method), body),
+            bench_md.write_text(replace_section(bench_md.read_text(encoding="utf-8"), section(method, r.get("precision", "fp32")), body),
                                 encoding="utf-8")
     return 0
 

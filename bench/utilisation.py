@@ -49,9 +49,9 @@ def gemm_rate(m: int, k: int, n: int, seconds: float = 0.3, device: str = "cpu",
     return best
 
 
-def gemm_peak(tokens: int, seconds: float = 0.3) -> dict[str, float]:
+def gemm_peak(tokens: int, seconds: float = 0.3, dtype: torch.dtype = torch.float32) -> dict[str, float]:
     """FLOP/s per shape and the peak (the best of them), on torch's current thread count."""
-    rates = {f"{m}x{k}x{n}": gemm_rate(m, k, n, seconds) for m, k, n in shapes(tokens)}
+    rates = {f"{m}x{k}x{n}": gemm_rate(m, k, n, seconds, dtype=dtype) for m, k, n in shapes(tokens)}
     return {**rates, "peak": max(rates.values())}
 
 
