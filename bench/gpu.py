@@ -101,12 +101,12 @@ def prepare_data(out: Path, n_train: int = 2000, n_eval: int = 500) -> None:
         f"the first {n_train} training / {n_eval} validation_matched pairs of ../shared/data/mnli.\n", encoding="utf-8")
 
 
-def build_models(data_dir: Path, work: Path, tiny: bool) -> dict[str, Path]:
-    """A random-weight checkpoint of each model (its real config; ``tiny``: shrunk) with its tokenizer."""
+def build_models(data_dir: Path, work: Path, tiny: bool, subs: tuple[str, ...] = tuple(MODELS)) -> dict[str, Path]:
+    """A random-weight checkpoint of each model of ``subs`` (its real config; ``tiny``: shrunk) with its tokenizer."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     out = {}
-    for sub in MODELS:
+    for sub in subs:
         conf = AutoConfig.from_pretrained(str(data_dir / sub))
         if tiny:
             for k, v in TINY.items():

@@ -2,6 +2,8 @@
 # The one command a GPU machine runs for issue 24 (item 3): bench/gpu.py and the CUDA-only tests.
 #
 #   bash bench/gpu_device.sh            (from the repository root; writes into $OUT)
+#   GPU_PROBE=1 bash bench/gpu_device.sh    (the same set-up, then bench/gpu_nan_probe.py only:
+#                                        GPU_PROBE_ARGS / GPU_PROBE_TIMEOUT as GPU_BENCH_* below)
 #
 # Needs, beside the checkout: .whl/ (python bench/gpu_wheels.py: the locked transformers, peft,
 # accelerate, pydantic, bitsandbytes... for CPython 3.12) and .gpudata/ (python bench/gpu.py
@@ -59,6 +61,16 @@ if ! imports && [ "$WHEELS" = all ]; then
     say "the locked transformers does not import here: falling back to the machine's transformers"
     install no-hf
     imports || say "imports still fail: the benchmark will record what fails"
+fi
+
+if [ "${GPU_PROBE:-0}" = 1 ]; then  # GPU_PROBE=1: the NaN probe (bench/gpu_nan_probe.py) instead of gpu.py and the tests
+    say "bench/gpu_nan_probe.py"
+    # shellcheck disable=SC2086
+    timeout "${GPU_PROBE_TIMEOUT:-150}" "$PY" bench/gpu_nan_probe.py --data-dir .gpudata --out "$OUT/nan_probe.json" \
+        ${GPU_PROBE_ARGS:-} > "$OUT/nan_probe.log" 2>&1
+    say "bench/gpu_nan_probe.py exit $? (log: nan_probe.log, result: nan_probe.json)"
+    tail -40 "$OUT/nan_probe.log"
+    exit 0
 fi
 
 say "bench/gpu.py"

@@ -1,5 +1,6 @@
-"""bench/gpu.py's and bench/gpu_wheels.py's pure parts: targets, verdicts, rendering, the slimmed wheel
-(no benchmark runs; the script itself is checked end to end by ``python bench/gpu.py --tiny``)."""
+"""bench/gpu.py's, bench/gpu_wheels.py's and bench/gpu_nan_probe.py's pure parts: targets, verdicts,
+rendering, the slimmed wheel, the probe's masks and orders (no benchmark runs; the scripts themselves
+are checked end to end by ``python bench/gpu.py --tiny`` and ``python bench/gpu_nan_probe.py --tiny``)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,16 @@ def gpu():
         sys.path.remove(str(BENCH))
     gpu.wheels = gpu_wheels
     return gpu
+
+
+@pytest.fixture(scope="module")
+def probe(gpu):
+    sys.path.insert(0, str(BENCH))
+    try:
+        import gpu_nan_probe
+    finally:
+        sys.path.remove(str(BENCH))
+    return gpu_nan_probe
 
 
 def entry(model, method, peftlab_s, trainer_s, peak=None, plan=None, flops=None):
@@ -126,3 +137,31 @@ def test_merged_runs_take_each_part_from_the_last_run_that_measured_it(gpu):
     assert merged["notes"] == ["run 1: train: stopped after 1 round(s)", "run 2: short"]
     assert "run 2: python bench/gpu.py --only train" in merged["command"]
     assert gpu.merge_runs([first]) is first
+
+
+def test_masked_queries_counts_the_positions_that_attend_to_no_key(probe):
+    left = [[0, 0, 0, 1, 1], [0, 1, 1, 1, 1], [0, 0, 0, 0, 0]]  # left padding to a multiple: every row
+    assert probe.masked_queries(left) == {"positions": 3 + 1 + 5, "rows": 3, "batch_rows": 3}
+    right = [[1, 1, 0, 0], [1, 1, 1, 1]]  # trailing pads still see the real tokens before them
+    assert probe.masked_queries(right) == {"positions": 0, "rows": 0, "batch_rows": 2}
+    assert probe.masked_queries(right, causal=False) == {"positions": 0, "rows": 0, "batch_rows": 2}
+    assert probe.masked_queries(left, causal=False) == {"positions": 5, "rows": 1, "batch_rows": 3}
+
+
+def test_trainer_batches_cover_every_item_once_longest_first(probe):
+    lengths = [5, 30, 7, 12, 9, 3, 25, 8, 40, 11]
+    batches = probe.trainer_batches(lengths, 3, seed=0)
+    assert sorted(i for b in batches for i in b) == list(range(10))
+    assert [len(b) for b in batches] == [3, 3, 3, 1] and batches[0][0] == 8  # the longest item first
+    assert batches == probe.trainer_batches(lengths, 3, seed=0)  # seeded
+
+
+def test_first_step_and_summary_name_where_a_variant_went_non_finite(probe):
+    steps = [{"step": 1, "loss": 1.1, "grads_finite": True}, {"step": 2, "loss": 1.0, "grads_finite": False},
+             {"step": 3, "loss": float("nan")}]
+    assert probe.first_step(steps, "loss") == 3 and probe.first_step(steps, "grads_finite") == 2
+    assert probe.first_step(steps, "weights_finite") is None
+    assert probe.summary({"first_nonfinite": {"loss": 3, "grad": 2, "weight": None}}) == "non-finite loss@3 grad@2"
+    assert probe.summary({"first_nonfinite": {"loss": None}, "steps_run": 16}) == "finite (16 steps)"
+    assert probe.summary({"error": "RuntimeError: boom | tb"}) == "ERROR RuntimeError: boom"
+    assert probe.summary({"skipped": "past --deadline-s 100"}) == "skipped: past --deadline-s 100"
