@@ -32,7 +32,8 @@ IMAGE_SOURCES = ("image_folder", "hf_image", "cifar10", "fashion_mnist")
 class TaskConfig(StrictModel):
     """Where the data comes from and which columns mean what.
 
-    ``source`` is ``builtin`` (offline tasks shipped in packages: ``drugreview``, ``bbcnews``),
+    ``source`` is ``builtin`` (offline tasks shipped in packages: ``drugreview``, ``bbcnews``,
+    ``rotten_tomatoes``),
     ``hf`` (a Hugging Face dataset id), or a local ``csv``/``tsv``/``jsonl``/``parquet`` file.
     """
 
