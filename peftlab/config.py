@@ -32,7 +32,8 @@ IMAGE_SOURCES = ("image_folder", "hf_image", "cifar10", "fashion_mnist")
 class TaskConfig(StrictModel):
     """Where the data comes from and which columns mean what.
 
-    ``source`` is ``builtin`` (offline tasks shipped in packages: ``drugreview``, ``bbcnews``),
+    ``source`` is ``builtin`` (offline tasks shipped in packages: ``drugreview``, ``bbcnews``,
+    ``rotten_tomatoes``),
     ``hf`` (a Hugging Face dataset id), or a local ``csv``/``tsv``/``jsonl``/``parquet`` file.
     """
 
@@ -103,6 +104,12 @@ class TrainConfig(StrictModel):
     eval_every_epoch: bool = True
     group_by_length: bool = True
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    #: "balanced": each example's loss times n_samples / (n_classes * count of its class) in the
+    #: training split (sklearn's "balanced"), for imbalanced tasks; "none": plain cross-entropy
+    class_weight: Literal["none", "balanced"] = "none"
+    #: what "best" means in the report's verdicts (peftlab.metrics.SELECT_METRICS); for the
+    #: learning-rate search see ``search.metric``
+    select_metric: Literal["accuracy", "macro_f1"] = "accuracy"
     #: "auto" uses CUDA when present; "cpu" forces the CPU even there (exact fp32 comparisons)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(default=None, ge=1)
@@ -132,7 +139,7 @@ class SearchConfig(StrictModel):
     budget_steps: int = Field(default=30, ge=1)
     #: share of the training split held out to score the trials (the eval split is never used)
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
-    metric: Literal["eval_loss", "accuracy"] = "eval_loss"
+    metric: Literal["eval_loss", "accuracy", "macro_f1"] = "eval_loss"
 
     @field_validator("lr")
     @classmethod
@@ -199,6 +206,17 @@ class ExperimentConfig(StrictModel):
                 raise ValueError("seeds: several seeds run on text tasks only (for now); give one")
             if self.search is not None:
                 raise ValueError("search: the learning-rate search runs on text tasks only (for now)")
+        return self
+
+    @model_validator(mode="after")
+    def _class_weight_applies(self) -> "ExperimentConfig":
+        """lm_lora trains on its answer tokens' language-model loss, which ``class_weight`` does
+        not reach: refuse rather than report a row as weighted that was not."""
+        if self.train.class_weight != "none":
+            for i, m in enumerate(self.methods):
+                if m.method == "lm_lora":
+                    raise ValueError(f"train.class_weight: {self.train.class_weight} does not apply to methods[{i}] "
+                                     f"(lm_lora trains on its answer tokens' loss); run it in a config without it")
         return self
 
     @model_validator(mode="after")

@@ -39,3 +39,22 @@ def majority_class(train_labels: np.ndarray) -> int:
 def is_collapsed(y_pred: np.ndarray, num_labels: int) -> bool:
     """True when every prediction is the same class although the task has several."""
     return num_labels > 1 and len(np.unique(y_pred)) == 1
+
+
+#: what "best" can be judged by (``train.select_metric``, and ``search.metric`` besides eval_loss):
+#: attributes of both EpochRecord and RunResult, higher is better
+SELECT_METRICS = {"accuracy": "accuracy", "macro_f1": "macro-F1"}
+
+
+def selection_value(record: Any, metric: str) -> float | None:
+    """``record``'s value of the selection metric (an EpochRecord, RunResult or seed summary)."""
+    if metric not in SELECT_METRICS:
+        raise ValueError(f"unknown selection metric {metric!r}")
+    return getattr(record, metric)
+
+
+def never_predicted(confusion: list[list[int]], label_names: list[str]) -> list[str]:
+    """Labels no evaluation example was predicted as (a zero column of the confusion matrix)."""
+    if not confusion or len(confusion[0]) != len(label_names):
+        return []
+    return [n for j, n in enumerate(label_names) if not any(row[j] for row in confusion)]

@@ -80,6 +80,10 @@ class RunResult(BaseModel):
     macro_f1_std: float | None = None
     seed_accuracy: list[float] = Field(default_factory=list)
     seed_macro_f1: list[float] = Field(default_factory=list)
+    #: the loss weight per label the training used (train.class_weight: balanced); None: unweighted
+    class_weights: dict[str, float] | None = None
+    #: the metric "best" is judged by in the report (train.select_metric): accuracy or macro_f1
+    select_metric: Literal["accuracy", "macro_f1"] = "accuracy"
     #: what the row computed in ("fp32", "bf16", "fp16" autocast) and why: "asked for", "CUDA",
     #: the CPU probe's two figures, PEFTLAB_CPU_PRECISION, or the method's reason to stay fp32
     precision: str | None = None

@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 from peftlab.io import atomic_write_text
+from peftlab.report.facts import missing_classes
 from peftlab.report.fairness import search_summary
 from peftlab.report.seeds import distinct_seeds, summary_csv, summary_markdown
 from peftlab.results import RunResult
@@ -42,7 +43,7 @@ def row(r: RunResult) -> dict[str, str]:
         "train_ex_per_s": "" if t is None else _fmt(t.train_examples_per_s, ".1f"),
         "eval_ex_per_s": "" if t is None else _fmt(t.eval_examples_per_s, ".1f"),
         "adapter_mb": _fmt(None if r.adapter_bytes is None else r.adapter_bytes / 2**20, ".3f"),
-        "flags": " ".join(r.flags) if r.status == "ok" else f"{r.status}: {r.error or ''}",
+        "flags": " ".join(r.flags + [m for m in [missing_classes(r)] if m]) if r.status == "ok" else f"{r.status}: {r.error or ''}",
         "accuracy_std": _fmt(r.accuracy_std, ".4f"),
         "macro_f1_std": _fmt(r.macro_f1_std, ".4f"),
         "backbone": r.backbone,
@@ -91,7 +92,7 @@ def to_markdown(results: list[RunResult]) -> str:
         lines.append("| " + " | ".join(_md_cell(cells[k]) for k in keys) + " |")
     lines += ["", "params check: counted trainable and total parameters equal the closed-form formula "
               "(ok), differ (MISMATCH), or no formula for this architecture (blank). "
-              "Flags: collapsed = every eval prediction is one class; nan_loss = training stopped on a "
+              "Flags: collapsed = every eval prediction is one class; never predicts X = no eval example was predicted as X; nan_loss = training stopped on a "
               "non-finite loss; params_unchanged = trainable weights never moved; backbone_newly_initialised = "
               "backbone weights beyond the head were missing from the checkpoint (random); train_eval_overlap = "
               "some eval inputs also occur in training; prompt_shortened = some prompts exceeded the model's context and "

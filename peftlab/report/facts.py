@@ -9,9 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from peftlab.metrics import never_predicted
 from peftlab.report.collect import Row, RunDir
 from peftlab.report.plots import Point, pareto_frontier
 from peftlab.report.svg import colour
+from peftlab.results import RunResult
 
 #: environment keys shown as "hardware" rather than "versions"
 HARDWARE_KEYS = ("device", "cuda", "threads", "platform")
@@ -169,12 +171,21 @@ def rows_of(run: RunDir, rows: list[Row]) -> list[Row]:
     return [r for r in rows if r.run is run]
 
 
+def missing_classes(result: RunResult) -> str:
+    """"never predicts X, Y" for a row some class was never predicted by (from its confusion
+    matrix); empty when every class was, and for the baseline, which never predicts but one."""
+    if result.status != "ok" or result.method == "majority_class":
+        return ""
+    missing = never_predicted(result.confusion_matrix, result.labels)
+    return f"never predicts {', '.join(missing)}" if missing else ""
+
+
 def health_notes(rows: list[Row]) -> list[str]:
-    """One line per row that needs a reader's attention: failures and health flags."""
+    """One line per row that needs a reader's attention: failures, health flags, classes never predicted."""
     notes = []
     for r in rows:
         if r.result.status != "ok":
             notes.append(f"{r.label}: failed ({r.result.error or 'no error recorded'})")
-        elif r.result.flags and not r.is_baseline:
-            notes.append(f"{r.label}: {', '.join(r.result.flags)}")
+        elif not r.is_baseline and (parts := r.result.flags + [m for m in [missing_classes(r.result)] if m]):
+            notes.append(f"{r.label}: {', '.join(parts)}")
     return notes

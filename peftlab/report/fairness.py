@@ -18,7 +18,11 @@ def fairness_lines(r: RunResult) -> list[str]:
         out.append(f"learning rate {search['chosen']:g} chosen by a search on {search['n_val']} held-out training "
                    f"examples ({search['budget_steps']} steps per trial, {search['cost_s']:.1f} s in all; "
                    f"{search['metric']}): {curve}")
+    if r.class_weights:
+        out.append("loss weighted by class (train.class_weight: balanced): "
+                   + ", ".join(f"{n} {w:.3f}" for n, w in r.class_weights.items()))
     est = d.get("memory_estimate_bytes")
+
     if isinstance(est, (int, float)) and r.peak_memory_bytes:
         out.append(f"memory: estimated {est / MB:.0f} MB before the run, measured peak {r.peak_memory_bytes / MB:.0f} MB "
                    f"({r.memory_kind or 'unknown kind'}; ratio {est / r.peak_memory_bytes:.2f})")

@@ -11,11 +11,12 @@ import json
 import zlib
 from html import escape
 
+from peftlab.metrics import SELECT_METRICS
 from peftlab.report import facts
 from peftlab.report.collect import Row, RunDir, group_by_task, reproduce_note, run_dirs
 from peftlab.report.plots import confusion_svg, hbar_svg, line_svg, nothing_svg, pareto_svg
 from peftlab.report.fairness import fairness_lines
-from peftlab.report.seeds import NOTE as SEED_NOTE, distinct_seeds, summary_rows
+from peftlab.report.seeds import distinct_seeds, note, select_metric, summary_rows
 from peftlab.report.table import COLUMNS, legend, table
 
 CSS = """
@@ -141,14 +142,15 @@ def seed_section(rows: list[Row]) -> str:
     results = [r.result for r in rows]
     if len(distinct_seeds(results)) <= 1:
         return ""
-    heads = ["method", "seeds", "accuracy", "macro-F1", "vs best"]
+    metric = select_metric(results)
+    heads = ["method", "seeds", "accuracy", "macro-F1", f"vs best ({SELECT_METRICS[metric]})"]
     body = "".join(
         f"<tr><td>{e(x['method'])}</td><td>{e(x['seeds'])}</td>"
         f"<td>{e(x['accuracy_mean'])} ± {e(x['accuracy_std'])}</td>"
         f"<td>{e(x['macro_f1_mean'])} ± {e(x['macro_f1_std'])}</td><td>{e(x['vs_best'])}</td></tr>"
         for x in summary_rows(results))
     return (f"<h3>Mean ± std over seeds</h3><table><thead><tr>{''.join(f'<th>{h}</th>' for h in heads)}</tr></thead>"
-            f"<tbody>{body}</tbody></table><p class=\"mute\">{e(SEED_NOTE)}</p>")
+            f"<tbody>{body}</tbody></table><p class=\"mute\">{e(note(metric))}</p>")
 
 
 def task_section(i: int, task: str, rows: list[Row]) -> str:

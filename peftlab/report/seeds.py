@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from peftlab.metrics import SELECT_METRICS, selection_value
 from peftlab.results import RunResult
 
 BEST, NOT_SIGNIFICANT, BELOW = "best", "n.s. (within spread of best)", "below best"
@@ -44,6 +45,12 @@ class SeedSummary:
     def f1(self) -> tuple[float, float] | None:
         return mean_std(self.macro_f1) if self.macro_f1 else None
 
+    def stat(self, metric: str) -> tuple[float, float] | None:
+        """(mean, std) of a selection metric over the seeds (its per-seed values are the field
+        of that name)."""
+        values = selection_value(self, metric)
+        return mean_std(values) if values else None
+
 
 def distinct_seeds(results: list[RunResult]) -> list[int]:
     return sorted({r.seed for r in results})
@@ -68,14 +75,22 @@ def within_spread(a: tuple[float, float], b: tuple[float, float]) -> bool:
     return abs(a[0] - b[0]) < a[1] + b[1]
 
 
-def versus_best(summaries: list[SeedSummary]) -> dict[str, str]:
-    """Each method against the best mean accuracy: best / n.s. (within spread) / below best."""
-    scored = [s for s in summaries if s.acc is not None]
-    if not scored:
+def select_metric(results: list[RunResult]) -> str:
+    """The metric "best" is judged by (``train.select_metric``): the one the results recorded, or
+    accuracy when they disagree (a report over runs with different settings) or recorded none."""
+    found = {r.select_metric for r in results}
+    return found.pop() if len(found) == 1 else "accuracy"
+
+
+def versus_best(summaries: list[SeedSummary], metric: str = "accuracy") -> dict[str, str]:
+    """Each method against the best mean ``metric`` (peftlab.metrics.selection_value): best /
+    n.s. (within spread) / below best."""
+    stats = {s.name: v for s in summaries if (v := s.stat(metric)) is not None and not math.isnan(v[0])}
+    if not stats:
         return {}
-    best = max(scored, key=lambda s: s.acc[0])  # type: ignore[index]
-    return {s.name: BEST if s is best else NOT_SIGNIFICANT if within_spread(s.acc, best.acc) else BELOW  # type: ignore[arg-type]
-            for s in scored}
+    best = max(stats, key=lambda n: stats[n][0])
+    return {n: BEST if n == best else NOT_SIGNIFICANT if within_spread(v, stats[best]) else BELOW
+            for n, v in stats.items()}
 
 
 def pm(ms: tuple[float, float] | None) -> str:
@@ -89,7 +104,7 @@ SUMMARY_COLUMNS = ["method", "kind", "seeds", "accuracy_mean", "accuracy_std", "
 def summary_rows(results: list[RunResult]) -> list[dict[str, str]]:
     """The per-method rows of comparison.csv for a multi-seed run."""
     sums = summarise(results)
-    verdict = versus_best(sums)
+    verdict = versus_best(sums, select_metric(results))
     rows = []
     for s in sums:
         acc, f1 = s.acc, s.f1
@@ -105,19 +120,21 @@ def summary_rows(results: list[RunResult]) -> list[dict[str, str]]:
 def summary_markdown(results: list[RunResult], level: int = 2) -> list[str]:
     """A Markdown table of mean ± std per method, with the significance verdict against the best."""
     sums = summarise(results)
-    verdict = versus_best(sums)
+    metric = select_metric(results)
+    verdict = versus_best(sums, metric)
     lines = [f"{'#' * level} Mean ± std over seeds {', '.join(map(str, distinct_seeds(results)))}", "",
-             "| method | seeds | accuracy | macro-F1 | vs best |", "|---|---|---|---|---|"]
+             f"| method | seeds | accuracy | macro-F1 | vs best ({SELECT_METRICS[metric]}) |", "|---|---|---|---|---|"]
     for s in sums:
         failed = f" ({len(s.failed)} failed)" if s.failed else ""
         lines.append(f"| {s.name} | {len(s.seeds)}{failed} | {pm(s.acc)} | {pm(s.f1)} | {verdict.get(s.name, '')} |")
-    lines += ["", NOTE, ""]
+    lines += ["", note(metric), ""]
     return lines
 
 
-NOTE = ("std is the sample standard deviation over seeds. n.s. = the difference to the best mean "
-        "accuracy is smaller than the two standard deviations together (the ±1 std ranges overlap): "
-        "these seeds cannot tell the two apart.")
+def note(metric: str = "accuracy") -> str:
+    return ("std is the sample standard deviation over seeds. n.s. = the difference to the best mean "
+            f"{SELECT_METRICS[metric]} (train.select_metric) is smaller than the two standard deviations together "
+            "(the ±1 std ranges overlap): these seeds cannot tell the two apart.")
 
 
 def summary_csv(results: list[RunResult]) -> str:

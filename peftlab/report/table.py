@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 from peftlab.report.collect import Row
+from peftlab.report.facts import missing_classes
 from peftlab.results import RunResult
 
 Better = Literal["max", "min"]
@@ -62,7 +63,7 @@ def params_check(r: RunResult) -> str:
 def flags_text(r: RunResult) -> str:
     if r.status != "ok":
         return f"failed: {r.error or 'no error recorded'}"
-    return " ".join(r.flags)
+    return " ".join(r.flags + [m for m in [missing_classes(r)] if m])
 
 
 def _timing(attr: str) -> Callable[[RunResult], float | None]:
@@ -89,7 +90,8 @@ COLUMNS: list[Column] = [
     Column("eval_ex_s", "eval ex/s", _timing("eval_examples_per_s"), lambda v: f"{v:.1f}", "max"),
     Column("adapter_mb", "adapter MB", lambda r: _mb(r.adapter_bytes), lambda v: f"{v:.3f}", "min"),
     Column("flags", "health", _none, str, text=lambda row: flags_text(row.result),
-           note="collapsed = every eval prediction is one class; nan_loss = training stopped on a "
+           note="collapsed = every eval prediction is one class; never predicts X = no eval example was "
+                "predicted as class X; nan_loss = training stopped on a "
                 "non-finite loss; params_unchanged = trainable weights never moved; "
                 "params_mismatch = counted and derived parameter numbers differ"),
 ]

@@ -24,8 +24,8 @@ from peftlab.runners.progress import bar as progress_bar
 from peftlab.runners.progress import metrics_text, say, track
 from peftlab.runners.checkpoint import rank_rng_states, restore_rng, save_checkpoint
 from peftlab.runners import data_parallel as dp
-from peftlab.runners.train import (CheckpointPlan, FitOutcome, _sync_progress, epoch_line, epoch_record, feature_labels,
-                                   make_optimizer, start_from)
+from peftlab.runners.train import (CheckpointPlan, FitOutcome, _sync_progress, class_weights, epoch_line, epoch_record,
+                                   feature_labels, make_optimizer, start_from, training_loss)
 
 
 @torch.no_grad()
@@ -128,6 +128,8 @@ def fit_tensors(trainable: nn.Module, forward: Callable[[torch.Tensor], torch.Te
     for _ in range(prog.epoch - 1):
         torch.randperm(n, generator=gen)
     params = [p for p in trainable.parameters() if p.requires_grad]
+    weights = class_weights(y_train, tcfg.class_weight)
+    outcome.class_weights = None if weights is None else weights.tolist()
 
     def checkpoint() -> None:
         if ckpt is None:
@@ -155,7 +157,7 @@ def fit_tensors(trainable: nn.Module, forward: Callable[[torch.Tensor], torch.Te
                 resumed = None
             idx = order[positions]
             logits = forward(x_train[idx].to(device))
-            loss = nn.functional.cross_entropy(logits.float(), y_train_t[idx.to(device)])
+            loss = training_loss(logits, y_train_t[idx.to(device)], weights)
             if not dp.finite_everywhere(loss):
                 outcome.nan_loss = True
                 break

@@ -20,6 +20,7 @@ import numpy as np
 from peftlab.config import SearchConfig
 from peftlab.config_base import MethodParams
 from peftlab.errors import PeftlabError
+from peftlab.metrics import selection_value
 from peftlab.results import EpochRecord
 from peftlab.runners.batching import Features
 
@@ -60,17 +61,23 @@ def trial_epochs(n_train: int, batch_size: int, budget_steps: int) -> tuple[int,
 @dataclass
 class Trial:
     lr: float
-    score: float  # lower is better: eval loss, or 1 - accuracy
+    score: float  # lower is better: eval loss, or 1 - accuracy / macro-F1
     eval_loss: float | None
     accuracy: float | None
     steps: int
+    macro_f1: float | None = None
 
 
 def score(rec: EpochRecord | None, metric: str) -> float:
-    """Lower is better; a diverged or missing trial scores +inf."""
+    """Lower is better: eval loss, or 1 - the selection metric (peftlab.metrics.selection_value);
+    a diverged or missing trial scores +inf."""
     if rec is None:
         return math.inf
-    value = rec.eval_loss if metric == "eval_loss" else (None if rec.accuracy is None else 1.0 - rec.accuracy)
+    if metric == "eval_loss":
+        value = rec.eval_loss
+    else:
+        higher = selection_value(rec, metric)
+        value = None if higher is None else 1.0 - higher
     return math.inf if value is None or not math.isfinite(value) else float(value)
 
 
@@ -95,7 +102,7 @@ def search_lr(params: MethodParams, search: SearchConfig, train_f: Features, see
     for lr in lr_grid(search, params):
         rec = run_trial(params.model_copy(update={"lr": lr, "epochs": epochs}), trial_train, held_out)
         trials.append(Trial(lr=lr, score=score(rec, search.metric), eval_loss=rec and rec.eval_loss,
-                            accuracy=rec and rec.accuracy, steps=steps))
+                            accuracy=rec and rec.accuracy, steps=steps, macro_f1=rec and rec.macro_f1))
         say(f"   search {params.label}: lr {lr:g} -> {search.metric} "
             f"{trials[-1].score if search.metric == 'eval_loss' else 1 - trials[-1].score:.4f}")
     chosen = best_lr(trials)

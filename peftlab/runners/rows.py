@@ -97,7 +97,7 @@ def baseline_result(cfg: ExperimentConfig, data: TaskData) -> RunResult:
         accuracy=m["accuracy"], macro_f1=m["macro_f1"], per_class=m["per_class"],
         confusion_matrix=m["confusion_matrix"], params=ParamCounts(trainable=0, total=0, percent_trainable=0.0),
         flags=(["collapsed"] if is_collapsed(pred, data.num_labels) else []) + overlap_flags(data),
-        details=overlap_details(data),
+        details=overlap_details(data), select_metric=cfg.train.select_metric,
     )
 
 
@@ -137,7 +137,7 @@ def base_result(cfg: ExperimentConfig, params: MethodParams, data: TaskData) -> 
         name=params.label, method=params.method, method_params=params.model_dump(mode="json"),
         task=data.name, backbone=cfg.backbone_for(params).name, seed=cfg.train.seed, labels=data.label_names,
         n_train=len(data.train), n_eval=len(data.eval), details=overlap_details(data),
-        load_avg_start=load_at_start(),
+        load_avg_start=load_at_start(), select_metric=cfg.train.select_metric,
     )
 
 
@@ -174,7 +174,8 @@ def trained_result_fields(outcome: FitOutcome, m: dict[str, Any], counts: tuple[
     trainable, derived total, and whether counted and derived agree.
     """
     trainable, total, d_train, d_total, agree = counts
-    return dict(
+    weights = None if outcome.class_weights is None else dict(zip(m["per_class"], outcome.class_weights))
+    return dict(class_weights=weights,
         epochs=outcome.epochs, accuracy=m["accuracy"], macro_f1=m["macro_f1"], per_class=m["per_class"],
         confusion_matrix=m["confusion_matrix"],
         params=ParamCounts(trainable=trainable, total=total, percent_trainable=100.0 * trainable / total,

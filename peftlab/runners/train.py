@@ -45,6 +45,8 @@ class FitOutcome:
     nan_loss: bool = False
     #: training seconds estimated from the first timed steps (peftlab.runners.eta); None if too few steps
     estimated_train_s: float | None = None
+    #: the per-class loss weights training used (train.class_weight), in label-id order; None: unweighted
+    class_weights: list[float] | None = None
 
 
 def device_type(tcfg: TrainConfig) -> str:
@@ -140,6 +142,29 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(nn.functional.cross_entropy(t, torch.from_numpy(labels)).item())
 
 
+def class_weights(labels: np.ndarray, mode: str) -> np.ndarray | None:
+    """``train.class_weight`` on the training labels: None for "none"; for "balanced",
+    sklearn's n_samples / (n_classes * count_c) over the classes present (a class absent from
+    training is never a target, so its weight, 1.0, never counts). Indexed by label id."""
+    if mode == "none":
+        return None
+    counts = np.bincount(np.asarray(labels, dtype=np.int64))
+    present = counts > 0
+    w = np.ones(len(counts))
+    w[present] = len(labels) / (present.sum() * counts[present])
+    return w
+
+
+def training_loss(logits: torch.Tensor, labels: torch.Tensor, weights: np.ndarray | None) -> torch.Tensor:
+    """Cross-entropy, each example's times its class's weight when ``weights`` is given, averaged
+    over the batch: unbiased for the balanced loss, unlike PyTorch's ``weight=`` mean (divided by
+    the batch's weight sum, which cancels the weights in a batch of one class)."""
+    if weights is None:
+        return nn.functional.cross_entropy(logits.float(), labels)
+    losses = nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+    return (losses * torch.as_tensor(weights, dtype=losses.dtype, device=losses.device)[labels]).mean()
+
+
 def feature_labels(feats: Features) -> np.ndarray:
     return np.asarray([x["labels"] for x in feats.items], dtype=np.int64)
 
@@ -232,6 +257,8 @@ def _fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr:
     if not acc.is_main_process:  # a checkpoint holds the epoch's running sums of all processes: rank 0 carries them on
         prog.loss_sum, prog.seen = 0.0, 0
     trainable = [p for p in wrapped.parameters() if p.requires_grad]
+    weights = class_weights(feature_labels(train), tcfg.class_weight)
+    outcome.class_weights = None if weights is None else weights.tolist()
     timed_from, timed_step0 = time.perf_counter(), prog.step
 
     def checkpoint() -> None:
@@ -259,7 +286,11 @@ def _fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr:
                 restore_rng(resumed)
                 resumed = None
             with acc.accumulate(wrapped):
-                loss = wrapped(**batch).loss
+                if weights is None:
+                    loss = wrapped(**batch).loss
+                else:  # the model's own loss is unweighted: compute it here from the logits
+                    logits = wrapped(**{k: v for k, v in batch.items() if k != "labels"}).logits
+                    loss = training_loss(logits, batch["labels"], weights)
                 if not all_finite(acc, loss):  # every process stops together (no all-reduce left waiting)
                     outcome.nan_loss = True
                     break

@@ -52,6 +52,30 @@ def stratified_split(labels: np.ndarray, eval_fraction: float, seed: int) -> tup
     return np.flatnonzero(mask), eval_idx
 
 
+def group_split(groups: np.ndarray, labels: np.ndarray, eval_fraction: float,
+                seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (train, eval) by whole groups (movies): no group on both sides.
+
+    About ``eval_fraction`` of the groups go to eval, stratified as well as whole groups allow:
+    groups are ordered by their label shares (ties in seeded random order) and every
+    ``1 / eval_fraction``-th one, from a seeded random start, is held out, so eval spans the
+    range from all-negative to all-positive groups. Ascending indices.
+    """
+    groups, labels = np.asarray(groups), np.asarray(labels)
+    names, inverse = np.unique(groups, return_inverse=True)
+    shares = np.zeros((len(names), int(labels.max()) + 1))
+    np.add.at(shares, (inverse, labels), 1.0)
+    shares /= shares.sum(1, keepdims=True)
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permutation(len(names))
+    order = shuffled[np.lexsort(shares[shuffled].T[::-1])]  # by label shares; ties stay shuffled
+    start = rng.random()
+    pos = np.arange(len(names)) * eval_fraction + start
+    held = order[np.floor(pos + eval_fraction) > np.floor(pos)]
+    in_eval = np.isin(inverse, held)
+    return np.flatnonzero(~in_eval), np.flatnonzero(in_eval)
+
+
 def k_shot_indices(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     """At most ``k`` indices per class (all of a class with fewer), seeded; ascending order.
 
