@@ -14,6 +14,10 @@ wraps bitsandbytes' first import: while its package body runs, ``kernels.get_ker
 bitsandbytes takes its own documented fallback (its portable CPU 4-bit path, the one it uses
 whenever the kernel cannot be loaded) without logging about it. ``kernels`` itself is left as it
 is for everything else, and nothing changes once bitsandbytes is imported.
+
+transformers (>= 5.25) loads every model with hub kernels on by default; on CUDA its first
+``train()`` / ``eval()`` swaps layers for kernels downloaded from the Hub. Its own switch,
+``USE_HUB_KERNELS``, is turned off unless the user set it.
 """
 
 from __future__ import annotations
