@@ -105,7 +105,8 @@ def render_section(r: dict[str, Any], title: str, cmd: str, hw: str) -> str:
         f"{r['round_flops'] / 1e12:.2f} TFLOP per epoch ({r['trainable_linear_params']} trainable linear weights): "
         f"per linear layer 2n forward, 2n input gradient only where something below is trainable, 2n weight\n"
         f"gradient only when trainable; embeddings, attention products, norms and padding not counted. Divided by the\n"
-        f"median fp32 GEMM peak (torch.matmul of the model's shapes, {a['threads']} threads) measured before,\n"
+        f"median {'bf16' if r.get('precision') == 'bf16' else 'fp32'} GEMM peak (torch.matmul of the "
+        f"model's shapes, {a['threads']} threads) measured before,\n"
         f"between and after the rounds: {peaks} GFLOP/s (median {r['gemm_peak_median'] / 1e9:.0f}); the peak moves with\n"
         f"the machine's load, so these percentages are rough (target >= 50%: peftlab at {100 * util['peftlab']:.0f}%).\n\n"
         + padding
