@@ -77,9 +77,10 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
-def write_section(heading: str, body: str) -> None:
-    """Replace this script's section of BENCHMARKS.md (``body`` starts with ``heading``)."""
+def write_section(heading: str, body: str, path: Path = BENCH_MD) -> None:
+    """Replace this script's section of BENCHMARKS.md, or of ``path`` (a smoke run's
+    BENCHMARKS.quick.md); ``body`` starts with ``heading``."""
     from peftlab.report.sections import write_section as write
 
-    write(BENCH_MD, heading, body)
+    write(path, heading, body)
     print(body)

@@ -130,3 +130,75 @@ def test_accuracy_verdict_separates_the_bar_from_the_noise():
     assert verdict(0.004, 0.01) == "within 0.5 points; within 2 standard errors of the difference"
     assert verdict(-0.015, 0.01) == "NOT within 0.5 points; within 2 standard errors of the difference"
     assert verdict(0.03, 0.01) == "NOT within 0.5 points; beyond 2 standard errors of the difference"
+
+
+def _suite():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    try:
+        import method_suite
+    finally:
+        sys.path.pop(0)
+    return method_suite
+
+
+def _row(name, seed, acc, method=None, status="ok", **kw):
+    from peftlab.results import ParamCounts, RunResult, Timing
+
+    return RunResult(name=name, method=method or name, task="sst2", backbone="minilm-l6", seed=seed, status=status,
+                     accuracy=acc if status == "ok" else None, macro_f1=acc if status == "ok" else None,
+                     params=ParamCounts(trainable=10, total=1000, percent_trainable=1.0),
+                     timing=Timing(wall_s=12.0, train_s=10.0), peak_memory_bytes=2**30,
+                     details={"lr_search": {"chosen": 1e-3, "cost_s": 4.0}}, **kw)
+
+
+def test_method_suite_config_is_a_valid_peftlab_config_per_benchmark():
+    """bench/method_suite: one config per benchmark, every text method of all_methods.yaml, seeds and search."""
+    ms = _suite()
+    from peftlab.config import load_raw, validate_raw
+
+    source = load_raw(REPO / "configs" / "all_methods.yaml")
+    methods = ms.text_methods(source["methods"])
+    assert len(methods) >= 10
+    raw = ms.suite_config(ms.BENCHES["mnli"], source, methods, [0, 1, 2], Path("runs/x"), 8000, 2000,
+                           search=True)
+    cfg = validate_raw(raw)
+    assert cfg.seed_list == [0, 1, 2] and cfg.search is not None and cfg.search.lr == "auto"
+    assert cfg.task.text_pair_column == "hypothesis" and cfg.task.n_train is None  # the subsample is in the file
+    assert cfg.output_dir == "runs/x/mnli/run" and cfg.train.seed == 0
+    assert cfg.task.train_file.endswith("mnli/data/train-8000.jsonl")  # another size is another config
+    quick = validate_raw(ms.suite_config(ms.BENCHES["sst2"], source, ms.pick_methods(methods, ["lora", "full"]), [0],
+                                         Path("runs/q"), 64, 32, search=False, epochs=1))
+    assert [m.label for m in quick.methods] == ["full", "lora"] and quick.search is None
+    assert quick.train.epochs == 1 and all(m.epochs is None for m in quick.methods)
+    with pytest.raises(SystemExit):
+        ms.pick_methods(methods, ["nope"])
+    line = ms.subsample_lines(["a"], ["b"], [2], ms.BENCHES["mnli"])
+    assert line == '{"premise": "a", "hypothesis": "b", "label": "contradiction"}\n'
+
+
+def test_method_suite_renders_partial_progress_and_the_ordering_from_results():
+    """Counts done rows of the plan, lists what remains, reuses peftlab's n.s., states the measured ordering."""
+    ms = _suite()
+    results = [_row("full", 0, 0.90), _row("full", 1, 0.92), _row("lora", 0, 0.91), _row("lora", 1, 0.90),
+               _row("prompt_tuning", 0, 0.70), _row("houlsby", 0, 0.80), _row("houlsby", 1, 0.0, status="failed",
+                                                                                  error="boom")]
+    view = ms.BenchView(ms.BENCHES["sst2"], ["full", "lora", "prompt_tuning", "houlsby", "ia3"], [0, 1], 100, 50,
+                        results)
+    assert len(view.done()) == 6
+    assert view.remaining() == [(0, "ia3"), (1, "prompt_tuning"), (1, "houlsby"), (1, "ia3")]
+    body = ms.render([view], "python bench/method_suite.py", "cpu", ms.SEARCH, quick=False)
+    assert body.startswith(ms.SECTION + "\n")
+    assert "**Progress: 6 of 10 planned rows (method x seed) done.**" in body
+    assert "- SST-2 seed 1: prompt_tuning, houlsby, ia3" in body and "houlsby failed (boom)" in body
+    table = {line.split(" | ")[0][2:]: line for line in body.splitlines() if line.startswith("| ")}
+    assert "0.9100 ± 0.0141" in table["full"] and table["full"].endswith("| best |")
+    assert table["lora"].endswith("| n.s. |")  # 0.905 ± 0.007 overlaps the best's spread
+    assert table["ia3"].startswith("| ia3 | 0 | not run yet")
+    assert "| 1 (1 failed) |" in table["houlsby"]
+    assert "| 1 | 10 | 4 | 1024 | 0.001 |" in table["full"]  # trainable %, train s, search s, peak MB, lr
+    para = ms.ordering(view)
+    assert "full 91.0 > lora 90.5 > houlsby 80.0 > prompt_tuning 70.0" in para
+    assert "houlsby -11.0" in para and "within 3 points: none" in para
+    assert "LoRA -0.5 points, within 1 point" in para and "holds" in para
+    assert "not measured yet" in ms.ordering(ms.BenchView(ms.BENCHES["mnli"], ["lora"], [0], 1, 1,
+                                                          [_row("lora", 0, 0.5)]))

@@ -1,0 +1,491 @@
+"""Method comparison suite: every text method of configs/all_methods.yaml on SST-2 and MultiNLI.
+
+Usage: python bench/method_suite.py [--benchmarks sst2,mnli] [--n-train 8000] [--n-eval N] [--seeds 0,1,2]
+       [--methods lora,full,...] [--parallel N] [--precision probe|fp32|bf16] [--quick] [--render-only]
+
+Hours of CPU, built to be stopped and re-run (kill -9 included). Per benchmark it writes
+``runs/method_suite/<bench>/``:
+
+* ``data/train-N.jsonl``, ``data/eval-M.jsonl``: the seeded stratified subsample (peftlab's own loader,
+  seed 0) of ../shared/data, written once, so every seed trains and is scored on the same examples
+  (peftlab's rule for several seeds: they vary training only);
+* ``config.yaml``: one peftlab config, the methods and train block of all_methods.yaml with
+  ``seeds`` and a per-method ``search: {lr: auto}`` (on held-out training data only);
+* ``run/seed-N/``: each seed as peftlab's multi-seed runner lays it out (``seed_config``), run
+  through peftlab's real path (``run_experiment``, or ``run_parallel`` with ``--parallel N > 1``:
+  peftlab runs several methods at once but not several seeds, so seeds go one after the other).
+  peftlab's resume keeps every finished method of an unchanged config and continues the others
+  from their newest checkpoint, so re-running this script continues where it stopped.
+  Equivalent by hand: ``peftlab run runs/method_suite/<bench>/run/seed-N/config.yaml``.
+
+Seeds are the outer loop (seed 0 on every benchmark first), so a partial run already has a whole
+single-seed table. Then the section "## Method comparison suite" of BENCHMARKS.md is rendered
+from the results files (what is measured, how many planned method x seed rows are done, what
+remains); ``--render-only`` renders without training. ``--quick``: 64 train / 32 eval examples,
+seed 0, three methods, one epoch, no search, into runs/method_suite_quick/ and
+BENCHMARKS.quick.md (a smoke run of this script, never the real section).
+Skips (exit 0) when ../shared/data lacks the benchmarks' files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_USER_PRECISION = os.environ.get("PEFTLAB_CPU_PRECISION")  # before benchkit sets its fp32 default
+
+import benchkit  # noqa: E402  (this checkout's peftlab on sys.path)
+import yaml  # noqa: E402
+from train_throughput import DATA as MNLI_DATA  # noqa: E402
+from train_throughput import LABELS as MNLI_LABELS  # noqa: E402
+
+from peftlab.config import ExperimentConfig, TaskConfig, dump_config, load_config, load_raw, validate_raw  # noqa: E402
+from peftlab.config_base import MethodParams  # noqa: E402
+from peftlab.errors import PeftlabError  # noqa: E402
+from peftlab.io import atomic_write_text  # noqa: E402
+from peftlab.methods import METHODS  # noqa: E402
+from peftlab.report.seeds import BEST, NOT_SIGNIFICANT, pm, select_metric, summarise, versus_best  # noqa: E402
+from peftlab.results import RESULTS_FILE, RunResult, read_result  # noqa: E402
+from peftlab.runners.rows import BASELINE, finished_result  # noqa: E402
+from peftlab.runners.seeds import seed_config, seed_dir  # noqa: E402
+
+SECTION = "## Method comparison suite"
+SOURCE_CONFIG = "configs/all_methods.yaml"
+BACKBONE = "minilm-l6"
+DATA_SEED = 0  # the subsample; the seeds vary training only
+#: the lr search of every method and seed: 60 steps per grid value, scored on 10% of the training split
+SEARCH = {"lr": "auto", "budget_steps": 60, "val_fraction": 0.1, "metric": "eval_loss"}
+#: a checkpoint every 100 optimizer steps besides each epoch end: a kill loses at most that much
+CHECKPOINT_EVERY = 100
+QUICK = {"n_train": 64, "n_eval": 32, "seeds": "0", "methods": "full,lora,prompt_tuning"}
+#: what the issue quotes (T5-small on IMDB; RoBERTa-base on MNLI in the LoRA paper)
+PUBLISHED = ("T5-small on IMDB: full 90.1, adapter 90.7, LoRA r=8 88.9, soft prompt 87.0; "
+             "RoBERTa-base on MNLI (LoRA paper): full 87.6, LoRA 87.5")
+NEAR_FULL = ("houlsby", "pfeiffer", "prefix_tuning", "ia3")  # "within a few points of full fine-tuning"
+FEW_POINTS = 3.0
+LORA_POINTS = 1.0
+
+
+@dataclass(frozen=True)
+class Bench:
+    key: str
+    title: str
+    folder: Path
+    train_file: str
+    eval_file: str
+    text_column: str
+    pair_column: str | None
+    labels: tuple[str, ...]
+    n_eval: int  # default number of evaluation examples
+
+    def present(self) -> bool:
+        return (self.folder / self.train_file).is_file() and (self.folder / self.eval_file).is_file()
+
+
+BENCHES = {
+    "sst2": Bench("sst2", "SST-2", benchkit.SHARED / "data" / "sst2", "train.jsonl", "validation.jsonl", "text", None,
+                  ("negative", "positive"), 872),
+    "mnli": Bench("mnli", "MultiNLI", MNLI_DATA, "train.jsonl.gz", "validation_matched.jsonl", "premise", "hypothesis",
+                  tuple(MNLI_LABELS), 2000),
+}
+
+
+# --- config generation (pure) -----------------------------------------------------------------
+
+def text_methods(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of a config whose method fine-tunes a text classifier (not in-context scoring)."""
+    return [r for r in rows if METHODS.get(r["method"]).runner == "train"]
+
+
+def row_label(row: dict[str, Any]) -> str:
+    return str(row.get("name") or row["method"])
+
+
+def pick_methods(rows: list[dict[str, Any]], wanted: list[str] | None) -> list[dict[str, Any]]:
+    """``rows`` restricted to the labels in ``wanted`` (None: all); an unknown label is an error."""
+    if not wanted:
+        return rows
+    known = [row_label(r) for r in rows]
+    unknown = [w for w in wanted if w not in known]
+    if unknown:
+        raise SystemExit(f"error: --methods {','.join(unknown)}: not a text method of {SOURCE_CONFIG} ({', '.join(known)})")
+    return [r for r in rows if row_label(r) in wanted]
+
+
+def run_root(quick: bool) -> Path:
+    return Path("runs") / ("method_suite_quick" if quick else "method_suite")
+
+
+def data_files(root: Path, bench: Bench, n_train: int, n_eval: int) -> tuple[Path, Path]:
+    """The subsample's files; their names carry the sizes, so another size is another config (and
+    peftlab's resume starts it afresh instead of keeping rows trained on other data)."""
+    data = root / bench.key / "data"
+    return data / f"train-{n_train}.jsonl", data / f"eval-{n_eval}.jsonl"
+
+
+def suite_config(bench: Bench, source: dict[str, Any], methods: list[dict[str, Any]], seeds: list[int],
+                 root: Path, n_train: int, n_eval: int, search: bool, epochs: int | None = None) -> dict[str, Any]:
+    """The peftlab config of one benchmark (paths relative to the repository root).
+
+    ``source`` is all_methods.yaml's raw dict (its train block is kept); ``epochs`` (the smoke run)
+    replaces every epoch count, the per-method ones included."""
+    train_file, eval_file = data_files(root, bench, n_train, n_eval)
+    rows = [{k: v for k, v in m.items() if not (epochs and k == "epochs")} for m in methods]
+    train = {**source.get("train", {}), "seed": DATA_SEED, "checkpoint_every": CHECKPOINT_EVERY,
+             **({"epochs": epochs} if epochs else {})}
+    return {
+        "name": f"method_suite_{bench.key}",
+        "backbone": BACKBONE,
+        "task": {"source": "jsonl", "name": bench.key, "train_file": str(train_file),
+                 "eval_file": str(eval_file), "text_column": bench.text_column,
+                 **({"text_pair_column": bench.pair_column} if bench.pair_column else {}),
+                 "label_column": "label", "label_names": list(bench.labels)},
+        "methods": rows,
+        "train": train,
+        "seeds": seeds,
+        **({"search": dict(SEARCH)} if search else {}),
+        "output_dir": str(root / bench.key / "run"),
+    }
+
+
+def subsample_lines(texts: list[str], pairs: list[str] | None, labels: list[int], bench: Bench) -> str:
+    """A split as the JSONL it came from (the columns of ``bench``, label names)."""
+    out = []
+    for i, text in enumerate(texts):
+        row = {bench.text_column: text, **({bench.pair_column: pairs[i]} if bench.pair_column and pairs else {}),
+               "label": bench.labels[labels[i]]}
+        out.append(json.dumps(row, ensure_ascii=False))
+    return "\n".join(out) + "\n"
+
+
+# --- progress (pure over results; the loader reads the run folders) ------------------------------
+
+@dataclass
+class BenchView:
+    """What one benchmark has measured so far, for the section."""
+
+    bench: Bench
+    planned: list[str]  # method labels, config order
+    seeds: list[int]
+    n_train: int
+    n_eval: int
+    results: list[RunResult] = field(default_factory=list)  # finished (ok) and failed rows of the current config
+    baseline: RunResult | None = None
+
+    def done(self) -> set[tuple[int, str]]:
+        return {(r.seed, r.name) for r in self.results if r.status == "ok"}
+
+    def remaining(self) -> list[tuple[int, str]]:
+        done = self.done()
+        return [(s, m) for s in self.seeds for m in self.planned if (s, m) not in done]
+
+    def failed(self) -> list[RunResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+
+def load_view(bench: Bench, cfg: ExperimentConfig, n_train: int, n_eval: int) -> BenchView:
+    """The finished and failed rows of ``cfg``'s seeds: a seed folder whose config.yaml is not this
+    config's (another size, other methods) counts as not started, as peftlab's resume would treat it."""
+    view = BenchView(bench, [p.label for p in cfg.methods], cfg.seed_list, n_train, n_eval)
+    for s in cfg.seed_list:
+        scfg = seed_config(cfg, s)
+        sdir = Path(scfg.output_dir)
+        cfile = sdir / "config.yaml"
+        if not cfile.is_file() or cfile.read_text(encoding="utf-8") != dump_config(scfg):
+            continue
+        for params in scfg.methods:
+            view.results += [r for r in [row_result(sdir / params.label, params)] if r is not None]
+        if view.baseline is None and (sdir / BASELINE / RESULTS_FILE).is_file():
+            view.baseline = read_result(sdir / BASELINE / RESULTS_FILE)
+    return view
+
+
+def row_result(mdir: Path, params: MethodParams) -> RunResult | None:
+    """peftlab's own verdict on a row (finished_result: ok, same parameters, adapter saved), else its
+    ``failed`` result, else None (not run, or still running)."""
+    done = finished_result(mdir, params)
+    if done is not None:
+        return done
+    try:
+        r = read_result(mdir / RESULTS_FILE)
+    except PeftlabError:  # absent or half-written: not done
+        return None
+    return r if r.status == "failed" and r.method_params == params.model_dump(mode="json") else None
+
+
+# --- rendering (pure) ------------------------------------------------------------------------------
+
+VERDICT = {BEST: "best", NOT_SIGNIFICANT: "n.s.", "below best": "below"}
+
+
+def _fmt_lr(values: list[float]) -> str:
+    return " / ".join(f"{v:.2g}" for v in sorted(set(values))) if values else "-"
+
+
+def method_row(label: str, rows: list[RunResult], verdict: str) -> str:
+    ok = [r for r in rows if r.status == "ok"]
+    failed = len(rows) - len(ok)
+    if not ok:
+        return f"| {label} | 0{f' ({failed} failed)' if failed else ''} | not run yet | | | | | | | |"
+    s = summarise(ok)[0]
+    pct = next((r.params.percent_trainable for r in ok if r.params), None)
+    train_s = [r.timing.train_s for r in ok if r.timing]
+    search_s = [r.details["lr_search"]["cost_s"] for r in ok if "lr_search" in r.details]
+    peak = [r.peak_memory_bytes for r in ok if r.peak_memory_bytes]
+    lrs = [r.details["lr_search"]["chosen"] for r in ok if "lr_search" in r.details] or [
+        r.method_params["lr"] for r in ok if "lr" in r.method_params]
+    collapsed = sum("collapsed" in r.flags for r in ok)
+    return (f"| {label} | {len(ok)}{f' ({failed} failed)' if failed else ''} | {pm(s.acc)} | {pm(s.f1)} | "
+            f"{'-' if pct is None else f'{pct:.3g}'} | "
+            f"{sum(train_s) / len(train_s):.0f} | {f'{sum(search_s) / len(search_s):.0f}' if search_s else '-'} | "
+            f"{max(peak) / 2**20:.0f} | {_fmt_lr(lrs)} | "
+            f"{VERDICT.get(verdict, verdict)}{f'; collapsed in {collapsed}' if collapsed else ''} |")
+
+
+def bench_table(view: BenchView) -> list[str]:
+    ok = [r for r in view.results if r.status == "ok"]
+    verdict = versus_best(summarise(ok), select_metric(ok)) if ok else {}
+    lines = ["| method | seeds done | accuracy | macro-F1 | trainable % | train s | search s | peak MB | lr | vs best |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [method_row(m, [r for r in view.results if r.name == m], verdict.get(m, "")) for m in view.planned]
+    if view.baseline is not None and view.baseline.accuracy is not None:
+        lines.append(f"| majority class (reference) | - | {view.baseline.accuracy:.4f} | "
+                     f"{view.baseline.macro_f1 or 0:.4f} | 0 | | | | | |")
+    return lines
+
+
+def _means(view: BenchView) -> dict[str, tuple[float, float]]:
+    """Mean ± std accuracy per method kind (the first row of each kind), finished seeds only."""
+    out: dict[str, tuple[float, float]] = {}
+    for s in summarise([r for r in view.results if r.status == "ok"]):
+        if s.acc is not None and s.kind not in out:
+            out[s.kind] = s.acc
+    return out
+
+
+def ordering(view: BenchView) -> str:
+    """The measured ordering and the published statements checked against it (a template: every
+    claim is computed from the results, none is written by hand)."""
+    ok = [r for r in view.results if r.status == "ok"]
+    if not ok:
+        return f"{view.bench.title}: nothing measured yet."
+    sums = sorted((s for s in summarise(ok) if s.acc is not None), key=lambda s: -s.acc[0])
+    verdict = versus_best(sums, select_metric(ok))
+    order = f"{sums[0].name} {100 * sums[0].acc[0]:.1f}" + "".join(
+        f" {'=' if b.acc[0] == a.acc[0] else '>'} {b.name} {100 * b.acc[0]:.1f}" for a, b in zip(sums, sums[1:]))
+    tied = [s.name for s in sums if verdict.get(s.name) == NOT_SIGNIFICANT]
+    n_seeds = sorted({len(s.seeds) for s in sums})
+    parts = [f"{view.bench.title}, measured ordering (mean accuracy %, {'/'.join(map(str, n_seeds))} seed(s) per row): "
+             f"{order}. Within the spread of the best ({sums[0].name}): {', '.join(tied) or 'none'}"
+             + (" (one seed: no spread, so no row can be within it)." if n_seeds == [1] else ".")]
+    means = _means(view)
+    if "full" not in means:
+        parts.append("Full fine-tuning is not measured yet, so the published gaps to it cannot be checked.")
+        return " ".join(parts)
+    full = 100 * means["full"][0]
+
+    def gap(kind: str) -> float:
+        return 100 * means[kind][0] - full
+
+    near = [k for k in NEAR_FULL if k in means]
+    if near:
+        inside = [k for k in near if gap(k) >= -FEW_POINTS]
+        parts.append(f"Published: bottleneck adapters, prefix tuning and (IA)^3 land within a few points of full "
+                     f"fine-tuning. Measured gaps to full: {', '.join(f'{k} {gap(k):+.1f}' for k in near)}; within "
+                     f"{FEW_POINTS:g} points: {', '.join(inside) or 'none'}"
+                     f"{'; not within: ' + ', '.join(k for k in near if k not in inside) if len(inside) < len(near) else ''}.")
+    if "lora" in means:
+        parts.append(f"Published: LoRA matches full fine-tuning (87.5 vs 87.6 on MNLI). Measured: LoRA {gap('lora'):+.1f} "
+                     f"points, {'within' if abs(gap('lora')) <= LORA_POINTS else 'not within'} {LORA_POINTS:g} point.")
+    peers = [k for k in ("lora", "houlsby", "pfeiffer") if k in means]
+    if "prompt_tuning" in means and peers:
+        trails = all(means["prompt_tuning"][0] < means[k][0] for k in peers)
+        parts.append(f"Published: prompt tuning trails on small models. Measured: prompt_tuning {gap('prompt_tuning'):+.1f} "
+                     f"points to full, {'below' if trails else 'not below'} every one of {', '.join(peers)}: "
+                     f"{'holds' if trails else 'does not hold'}.")
+    return " ".join(parts)
+
+
+def remaining_text(views: list[BenchView]) -> str:
+    lines = []
+    for v in views:
+        left = v.remaining()
+        for s in v.seeds:
+            names = [m for seed, m in left if seed == s]
+            if names:
+                what = f"all {len(v.planned)} methods" if len(names) == len(v.planned) else ", ".join(names)
+                lines.append(f"- {v.bench.title} seed {s}: {what}")
+        for r in v.failed():
+            lines.append(f"- {v.bench.title} seed {r.seed}: {r.name} failed ({(r.error or '').splitlines()[0][:160]})")
+    return "\n".join(lines)
+
+
+def render(views: list[BenchView], command: str, hardware: str, search: dict[str, Any] | None, quick: bool) -> str:
+    planned = sum(len(v.planned) * len(v.seeds) for v in views)
+    done = sum(len(v.done()) for v in views)
+    precisions = sorted({r.precision for v in views for r in v.results if r.precision})
+    sizes = "; ".join(f"{v.bench.title} {v.n_train} train / {v.n_eval} eval" for v in views)
+    lines = [
+        SECTION, "",
+        ("**Smoke run (`--quick`): the numbers mean nothing.** " if quick else "")
+        + f"MiniLM-L6 ({BACKBONE}) on {sizes} (seeded stratified subsamples of ../shared/data, the same for every "
+        f"seed), every text method of `{SOURCE_CONFIG}` with its own hyperparameters and that config's train block, "
+        + (f"the learning rate of each method and seed chosen by peftlab's search (`search: {json.dumps(search)}`: "
+           "a grid around the method's default, trials scored on held-out training examples, never on the evaluation "
+           "split)" if search else "no learning-rate search (each method's configured lr)")
+        + f", seeds {', '.join(map(str, views[0].seeds)) if views else '-'}; precision {', '.join(precisions) or '-'}.",
+        f"Command: `{command}` (re-running it continues where it stopped); hardware: {hardware}.",
+        "",
+        f"**Progress: {done} of {planned} planned rows (method x seed) done.**"
+        + (" Every planned row is measured." if done == planned else " The tables show what is measured; remaining:"),
+    ]
+    rest = remaining_text(views)
+    if rest:
+        lines += ["", rest]
+    for v in views:
+        lines += ["", f"### {v.bench.title}", "", *bench_table(v)]
+    lines += ["", "accuracy and macro-F1: mean ± sample std over the finished seeds; trainable %: of all parameters; "
+              "train s: mean training time per seed (evaluation and search excluded); search s: the learning-rate "
+              "search per seed; peak MB: the highest peak memory over seeds (process RSS on CPU); lr: the learning rate(s) trained with (chosen per seed by the search when it ran); vs best: peftlab's "
+              "multi-seed verdict, n.s. = within the spread of the best (|difference| < std_a + std_b).", "",
+              "#### Ordering against the published results", "",
+              f"Published (as quoted in issue 19): {PUBLISHED}. Those are larger models and other tasks; what carries "
+              "over is the ordering, checked here from the measured means:", ""]
+    lines += [f"- {ordering(v)}" for v in views]
+    return "\n".join(lines) + "\n"
+
+
+# --- running -----------------------------------------------------------------------------------------
+
+def write_data(bench: Bench, n_train: int, n_eval: int, files: tuple[Path, Path]) -> None:
+    """peftlab's seeded stratified subsample of the benchmark, as JSONL files (rewritten only if changed)."""
+    from peftlab.tasks import load_task
+
+    task = TaskConfig.model_validate({
+        "source": "jsonl", "name": bench.key, "train_file": str(bench.folder / bench.train_file),
+        "eval_file": str(bench.folder / bench.eval_file), "text_column": bench.text_column,
+        **({"text_pair_column": bench.pair_column} if bench.pair_column else {}), "label_column": "label",
+        "label_names": list(bench.labels), "n_train": n_train, "n_eval": n_eval})
+    data = load_task(task, DATA_SEED)
+    for path, split in zip(files, (data.train, data.eval)):
+        text = subsample_lines(split.texts, split.pairs, split.labels.tolist(), bench)
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            atomic_write_text(path, text)
+
+
+def run_seed(cfg: ExperimentConfig, seed: int, parallel: int, quiet: bool = True) -> None:
+    """One seed of one benchmark through peftlab's real path, resuming what an earlier run left."""
+    from peftlab.runners.experiment import run_experiment
+    from peftlab.runners.parallel import run_parallel
+
+    scfg = seed_config(cfg, seed)
+    command = ["peftlab", "run", str(Path(scfg.output_dir) / "config.yaml"), "-q"] + (
+        ["--parallel", str(parallel)] if parallel > 1 else [])
+    if parallel > 1:
+        run_parallel(scfg, parallel, quiet=quiet, resume="auto", command=command)
+    else:
+        run_experiment(scfg, quiet=quiet, resume="auto", command=command)
+
+
+def canonical_command(args: argparse.Namespace) -> str:
+    """The command that reproduces the section (without --parallel / --render-only: they change nothing)."""
+    out = ["python", "bench/method_suite.py"]
+    if args.quick:
+        out.append("--quick")
+    out += ["--benchmarks", args.benchmarks, "--n-train", str(args.n_train), "--seeds", args.seeds]
+    if args.n_eval is not None:
+        out += ["--n-eval", str(args.n_eval)]
+    if args.methods:
+        out += ["--methods", args.methods]
+    return shlex.join(out)
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--benchmarks", default="sst2,mnli")
+    ap.add_argument("--n-train", type=int, default=None, help="training examples per benchmark (default 8000)")
+    ap.add_argument("--n-eval", type=int, default=None, help="default: all 872 of SST-2, 2000 of MultiNLI")
+    ap.add_argument("--seeds", default=None, help="comma-separated (default 0,1,2)")
+    ap.add_argument("--methods", default=None, help=f"comma-separated row names of {SOURCE_CONFIG} (default: all)")
+    ap.add_argument("--parallel", type=int, default=1, help="methods at once (peftlab run --parallel)")
+    ap.add_argument("--precision", choices=["probe", "fp32", "bf16"], default=_USER_PRECISION or "probe",
+                    help="what peftlab's auto precision means on a CPU (PEFTLAB_CPU_PRECISION; default: peftlab's probe)")
+    ap.add_argument("--verbose", action="store_true", help="peftlab's own progress (searches, resumes, bars) on stderr")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--render-only", action="store_true")
+    args = ap.parse_args(argv)
+    args.n_train = args.n_train or (QUICK["n_train"] if args.quick else 8000)
+    args.n_eval = args.n_eval or (QUICK["n_eval"] if args.quick else None)
+    args.seeds = args.seeds or (QUICK["seeds"] if args.quick else "0,1,2")
+    args.methods = args.methods or (QUICK["methods"] if args.quick else None)
+    unknown = [b for b in args.benchmarks.split(",") if b not in BENCHES]
+    if unknown or args.parallel < 1:
+        ap.error(f"--benchmarks: known {', '.join(BENCHES)}" if unknown else "--parallel: 1 or more")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    os.chdir(benchkit.ROOT)  # the configs' paths are relative to the repository root
+    os.environ["PEFTLAB_CPU_PRECISION"] = args.precision
+    benches = [BENCHES[b] for b in args.benchmarks.split(",")]
+    if not args.render_only:
+        missing = [b for b in benches if not b.present()]
+        for b in missing:
+            print(f"skip {b.key}: {b.folder} lacks {b.train_file} / {b.eval_file} (benchmark data is optional)")
+        benches = [b for b in benches if b not in missing]
+        if not benches:
+            return 0
+    source = load_raw(SOURCE_CONFIG)
+    methods = pick_methods(text_methods(source["methods"]), args.methods.split(",") if args.methods else None)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    root = run_root(args.quick)
+    cfgs: dict[str, tuple[ExperimentConfig, int]] = {}
+    for b in benches:
+        n_eval = args.n_eval or b.n_eval
+        raw = suite_config(b, source, methods, seeds, root, args.n_train, n_eval, search=not args.quick,
+                           epochs=1 if args.quick else None)
+        path = root / b.key / "config.yaml"
+        if not args.render_only:
+            write_data(b, args.n_train, n_eval, data_files(root, b, args.n_train, n_eval))
+            text = yaml.safe_dump(raw, sort_keys=False)
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                atomic_write_text(path, text)
+        cfgs[b.key] = (load_config(path) if path.is_file() else validate_raw(raw), n_eval)
+    if not args.render_only:
+        for seed in seeds:  # seed 0 everywhere first: a partial run has whole single-seed tables
+            for b in benches:
+                t0 = time.perf_counter()
+                print(f"== {b.key} seed {seed}: {len(methods)} methods ({SOURCE_CONFIG}), "
+                      f"{root / b.key / 'run' / f'seed-{seed}'}", flush=True)
+                run_seed(cfgs[b.key][0], seed, args.parallel, quiet=not args.verbose)
+                print(f"   {b.key} seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
+    views = [load_view(b, cfg, args.n_train, n_eval) for b, (cfg, n_eval) in zip(benches, cfgs.values())]
+    if not args.render_only:
+        for v, (cfg, _) in zip(views, cfgs.values()):
+            summary(v, Path(cfg.output_dir))
+    body = render(views, canonical_command(args), benchkit.hardware(), None if args.quick else SEARCH, args.quick)
+    benchkit.write_section(SECTION, body, benchkit.ROOT / ("BENCHMARKS.quick.md" if args.quick else "BENCHMARKS.md"))
+    left = sum(len(v.remaining()) for v in views)
+    print(f"{'all planned rows done' if not left else f'{left} planned row(s) not done yet: re-run the same command'}")
+    return 0
+
+
+def summary(view: BenchView, out: Path) -> None:
+    """comparison.md/csv in the run folder over every finished seed: peftlab's own multi-seed table
+    (mean ± std, n.s.), as its multi-seed runner writes it."""
+    from peftlab.report.compare import write_comparison
+
+    if view.results:
+        write_comparison(([view.baseline] if view.baseline else []) + view.results, out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
