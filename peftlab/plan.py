@@ -108,6 +108,8 @@ class MethodPlan:
     #: CPU only: freed activation memory the allocator keeps (see the module docstring)
     allocator_bytes: int = 0
     device: str = "cpu"
+    #: the backbone this row is planned on (the row's own, else the experiment's)
+    backbone: str = ""
 
     @property
     def total_bytes(self) -> int:
@@ -129,6 +131,8 @@ class Plan:
     methods: list[MethodPlan] = field(default_factory=list)
     #: label -> reason no estimate exists (no closed form for the architecture, image task)
     skipped: dict[str, str] = field(default_factory=dict)
+    #: backbone name -> (its closed-form spec or None, its transformers config), loaded once each
+    backbones: dict[str, tuple[ArchSpec | None, Any]] = field(default_factory=dict, repr=False)
 
 
 class NoEstimate(Exception):
@@ -190,7 +194,8 @@ def task_labels(cfg: ExperimentConfig) -> int:
 
 
 def make_plan(cfg: ExperimentConfig, num_labels: int | None = None) -> Plan:
-    """Estimates for every method of ``cfg`` from the backbone's config alone (and the label count)."""
+    """Estimates for every method of ``cfg``, each on its own backbone (``cfg.backbone_for``), from the
+    backbones' configs alone (and the label count)."""
     from peftlab.backbones import load_hf_config
     from peftlab.params import arch_spec
 
@@ -199,17 +204,23 @@ def make_plan(cfg: ExperimentConfig, num_labels: int | None = None) -> Plan:
     if cfg.task.modality != "text":
         plan.skipped = {m.label: "image tasks have no closed-form estimate yet" for m in cfg.methods}
         return plan
-    conf = load_hf_config(cfg.backbone, num_labels=num_labels or task_labels(cfg))
-    spec = arch_spec(conf)
+    labels = num_labels or task_labels(cfg)
     for params in cfg.methods:
+        bb = cfg.backbone_for(params)
+        if bb.name not in plan.backbones:
+            conf = load_hf_config(bb, num_labels=labels)
+            plan.backbones[bb.name] = (arch_spec(conf), conf)
+        spec, conf = plan.backbones[bb.name]
         if spec is None:
             plan.skipped[params.label] = f"no closed form for architecture {conf.model_type!r}"
             continue
         try:
-            plan.methods.append(plan_method(params, spec, conf, cfg.train.batch_size, cfg.train.max_length, overhead,
-                                            device))
+            mp = plan_method(params, spec, conf, cfg.train.batch_size, cfg.train.max_length, overhead, device)
         except NoEstimate as exc:
             plan.skipped[params.label] = str(exc)
+            continue
+        mp.backbone = bb.name
+        plan.methods.append(mp)
     return plan
 
 
@@ -259,32 +270,30 @@ def alternatives(mp: MethodPlan, cfg: ExperimentConfig, spec: ArchSpec, conf: An
 
 
 def check_fits(cfg: ExperimentConfig, num_labels: int | None = None) -> Plan:
-    """Stop before loading any weights when a method's estimate exceeds the free memory."""
-    from peftlab.backbones import load_hf_config
-    from peftlab.params import arch_spec
-
+    """Stop before loading any weights when a method's estimate (on its own backbone) exceeds the free memory."""
     plan = make_plan(cfg, num_labels)
     too_big = [mp for mp in plan.methods if not fits(mp, plan.available_bytes)]
     if too_big:
-        conf = load_hf_config(cfg.backbone, num_labels=num_labels or task_labels(cfg))
-        spec = arch_spec(conf)
-        assert spec is not None  # methods are planned only with a closed form
         mp = too_big[0]
+        spec, conf = plan.backbones[mp.backbone]
+        assert spec is not None  # methods are planned only with a closed form
         options = alternatives(mp, cfg, spec, conf, plan.available_bytes)
         raise PeftlabError(
-            f"method {mp.label} needs about {mp.new_bytes / MB:.0f} MB but {plan.device} has "
+            f"method {mp.label}{f' (on {mp.backbone})' if len(plan.backbones) > 1 else ''} needs about {mp.new_bytes / MB:.0f} MB but {plan.device} has "
             f"{plan.available_bytes / MB:.0f} MB free; would fit: {'; '.join(options) or 'none of a 4-bit base, a smaller batch or shorter sequences'}"
             f" (or train.memory_check=false to try anyway)")
     return plan
 
 
 def format_plan(plan: Plan, cfg: ExperimentConfig) -> str:
-    """The ``peftlab plan`` table: one row per method, megabytes."""
-    heads = ["method", "base fp32", "bf16", "8-bit", "4-bit", "loads as", "trainable", "weights", "grads",
-             "optimizer", "activations", "allocator", "process", "total", "fits"]
+    """The ``peftlab plan`` table: one row per method, megabytes; a backbone column when rows differ in it."""
+    per_row = len(plan.backbones) > 1
+    heads = ["method", *(["backbone"] if per_row else []), "base fp32", "bf16", "8-bit", "4-bit", "loads as",
+             "trainable", "weights", "grads", "optimizer", "activations", "allocator", "process", "total", "fits"]
     rows = []
     for mp in plan.methods:
-        rows.append([mp.label, *(f"{mp.base[p] / MB:.1f}" for p in PRECISIONS), mp.precision, f"{mp.trainable:,}",
+        rows.append([mp.label, *([mp.backbone] if per_row else []), *(f"{mp.base[p] / MB:.1f}" for p in PRECISIONS),
+                     mp.precision, f"{mp.trainable:,}",
                      *(f"{b / MB:.1f}" for b in (mp.weights_bytes, mp.grads_bytes, mp.optimizer_bytes,
                                                  mp.activation_bytes, mp.allocator_bytes, mp.overhead_bytes,
                                                  mp.total_bytes)),

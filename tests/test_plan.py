@@ -15,7 +15,7 @@ from peftlab.config import validate_raw
 from peftlab.errors import PeftlabError
 from peftlab.methods import METHODS
 from peftlab.params import arch_spec, base_weight_bytes, count_params
-from peftlab.plan import STATED_FACTOR, base_bytes, check_fits, make_plan
+from peftlab.plan import STATED_FACTOR, USABLE, base_bytes, check_fits, format_plan, make_plan
 from peftlab.runners.experiment import run_experiment
 
 
@@ -78,6 +78,39 @@ def test_run_stops_when_it_will_not_fit_and_names_what_would(tiny_bert, tiny_csv
     assert not (tmp_path / "o").exists()  # stopped before anything was written or loaded
     monkeypatch.setattr(plan_mod, "device_memory", lambda c: ("cpu", int(need * 2), 0))
     check_fits(cfg)  # silent when it fits
+
+
+def test_each_row_is_planned_on_its_own_backbone(tiny_bert, wider_bert, tiny_csv, tmp_path, monkeypatch):
+    """A row naming its own backbone is planned (and memory-checked) with that backbone's shapes, like a
+    config of that backbone alone; rows without one use the experiment's (issue 20)."""
+    import peftlab.plan as plan_mod
+
+    rows = [{"method": "full", "name": "full_small"}, {"method": "full", "name": "full_wide", "backbone": wider_bert},
+            {"method": "lora", "r": 4, "name": "lora_wide", "backbone": wider_bert}]
+    cfg = validate_raw(raw(tiny_bert, *tiny_csv, tmp_path / "o", rows))
+    plan = make_plan(cfg)
+    by_label = {mp.label: mp for mp in plan.methods}
+    assert set(by_label) == {"full_small", "full_wide", "lora_wide"} and not plan.skipped
+    for row in rows:
+        own = row.get("backbone", tiny_bert)
+        alone = make_plan(validate_raw(raw(own, *tiny_csv, tmp_path / "alone", [
+            {k: v for k, v in row.items() if k != "backbone"}]))).methods[0]
+        mp = by_label[row["name"]]
+        assert mp.backbone == own
+        assert (mp.base, mp.trainable, mp.total, mp.weights_bytes, mp.activation_bytes, mp.new_bytes) == (
+            alone.base, alone.trainable, alone.total, alone.weights_bytes, alone.activation_bytes, alone.new_bytes)
+    small, wide = by_label["full_small"], by_label["full_wide"]
+    assert wide.total > 5 * small.total and wide.new_bytes > small.new_bytes
+    table = format_plan(plan, cfg).splitlines()
+    assert "backbone" in table[1].split()
+    assert [ln.split()[:2] for ln in table[2:5]] == [["full_small", tiny_bert], ["full_wide", wider_bert],
+                                                     ["lora_wide", wider_bert]]
+    # room for the small row but not the wide one: the guard stops on the wide row's own numbers
+    free = int((small.new_bytes + wide.new_bytes) / 2 / USABLE)
+    monkeypatch.setattr(plan_mod, "device_memory", lambda c: ("cpu", free, 0))
+    with pytest.raises(PeftlabError, match=r"^method full_wide \(on .*wider-bert.*\) needs about "):
+        check_fits(cfg)
+    check_fits(validate_raw(raw(tiny_bert, *tiny_csv, tmp_path / "o", rows[:1])))  # the small row alone fits
 
 
 def test_plan_cli_prints_every_method(tiny_bert, tiny_csv, tmp_path):
