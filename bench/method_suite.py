@@ -10,7 +10,10 @@ Hours of CPU, built to be stopped and re-run (kill -9 included). Per benchmark i
   seed 0) of ../shared/data, written once, so every seed trains and is scored on the same examples
   (peftlab's rule for several seeds: they vary training only);
 * ``config.yaml``: one peftlab config, the methods and train block of all_methods.yaml with
-  ``seeds`` and a per-method ``search: {lr: auto}`` (on held-out training data only);
+  ``seeds``; each method's learning rate is its best value for this benchmark in the documented
+  per-method search of bench/method_defaults.py (bench/results/method_defaults/<bench>.json: trials
+  on held-out training data only, 200 steps each, the same search that sets the methods' defaults),
+  chosen once per method and benchmark so the seeds vary training only;
 * ``run/seed-N/``: each seed as peftlab's multi-seed runner lays it out (``seed_config``), run
   through peftlab's real path (``run_experiment``, or ``run_parallel`` with ``--parallel N > 1``:
   peftlab runs several methods at once but not several seeds, so seeds go one after the other).
@@ -22,7 +25,7 @@ Seeds are the outer loop (seed 0 on every benchmark first), so a partial run alr
 single-seed table. Then the section "## Method comparison suite" of BENCHMARKS.md is rendered
 from the results files (what is measured, how many planned method x seed rows are done, what
 remains); ``--render-only`` renders without training. ``--quick``: 64 train / 32 eval examples,
-seed 0, three methods, one epoch, no search, into runs/method_suite_quick/ and
+seed 0, three methods, one epoch, each row's own lr, into runs/method_suite_quick/ and
 BENCHMARKS.quick.md (a smoke run of this script, never the real section).
 Skips (exit 0) when ../shared/data lacks the benchmarks' files.
 """
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import sys
@@ -60,8 +64,11 @@ SECTION = "## Method comparison suite"
 SOURCE_CONFIG = "configs/all_methods.yaml"
 BACKBONE = "minilm-l6"
 DATA_SEED = 0  # the subsample; the seeds vary training only
-#: the lr search of every method and seed: 60 steps per grid value, scored on 10% of the training split
-SEARCH = {"lr": "auto", "budget_steps": 60, "val_fraction": 0.1, "metric": "eval_loss"}
+#: where bench/method_defaults.py keeps its trials (one file per benchmark); the suite trains each
+#: method with its best value there
+SEARCH_RESULTS = benchkit.ROOT / "bench" / "results" / "method_defaults"
+#: methods that take another method's searched value (same trainable module, different base)
+SAME_AS = {"qlora": "lora"}
 #: a checkpoint every 100 optimizer steps besides each epoch end: a kill loses at most that much
 CHECKPOINT_EVERY = 100
 QUICK = {"n_train": 64, "n_eval": 32, "seeds": "0", "methods": "full,lora,prompt_tuning"}
@@ -130,14 +137,61 @@ def data_files(root: Path, bench: Bench, n_train: int, n_eval: int) -> tuple[Pat
     return data / f"train-{n_train}.jsonl", data / f"eval-{n_eval}.jsonl"
 
 
+def ladder(k: int) -> float:
+    """The k-th half-decade learning rate 10^(k/2), 3 significant digits (the searched values)."""
+    return float(f"{10 ** (k / 2):.3g}")
+
+
+def normalised(loss: float | None, num_labels: int) -> float:
+    """Held-out loss as a fraction of chance loss ln(K); a diverged trial is +inf."""
+    return math.inf if loss is None or not math.isfinite(loss) else loss / math.log(num_labels)
+
+
+def trial_scores(entry: dict[str, Any], num_labels: int) -> dict[int, float]:
+    """A stored method's trials as ladder index -> normalised held-out loss (lower is better)."""
+    return {int(k): normalised(t["eval_loss"], num_labels) for k, t in entry["trials"].items()}
+
+
+def best_index(scores: dict[int, float]) -> int | None:
+    """The lowest finite score's index, ties to the smaller learning rate; None when all diverged."""
+    finite = [k for k, v in scores.items() if math.isfinite(v)]
+    return min(finite, key=lambda k: (scores[k], k)) if finite else None
+
+
+def searched(bench: Bench) -> dict[str, Any]:
+    """bench/method_defaults.py's stored trials for ``bench`` ({} before it ran)."""
+    path = SEARCH_RESULTS / f"{bench.key}.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def searched_lrs(bench: Bench, labels: list[str], store: dict[str, Any]) -> dict[str, float]:
+    """Each label's best searched learning rate on ``bench``; a label without trials is an error
+    that says which command fills it in."""
+    out, missing = {}, []
+    for label in labels:
+        entry = store.get(SAME_AS.get(label, label))
+        k = best_index(trial_scores(entry, len(bench.labels))) if entry and entry["trials"] else None
+        if k is None:
+            missing.append(label)
+        else:
+            out[label] = ladder(k)
+    if missing:
+        raise SystemExit(f"error: {bench.key}: no searched learning rate for {', '.join(missing)}; run "
+                         f"python bench/method_defaults.py --benchmarks {bench.key} first")
+    return out
+
+
 def suite_config(bench: Bench, source: dict[str, Any], methods: list[dict[str, Any]], seeds: list[int],
-                 root: Path, n_train: int, n_eval: int, search: bool, epochs: int | None = None) -> dict[str, Any]:
+                 root: Path, n_train: int, n_eval: int, lrs: dict[str, float] | None = None,
+                 epochs: int | None = None) -> dict[str, Any]:
     """The peftlab config of one benchmark (paths relative to the repository root).
 
-    ``source`` is all_methods.yaml's raw dict (its train block is kept); ``epochs`` (the smoke run)
-    replaces every epoch count, the per-method ones included."""
+    ``source`` is all_methods.yaml's raw dict (its train block is kept); ``lrs`` (label -> value)
+    replaces the rows' learning rates; ``epochs`` (the smoke run) replaces every epoch count, the
+    per-method ones included."""
     train_file, eval_file = data_files(root, bench, n_train, n_eval)
-    rows = [{k: v for k, v in m.items() if not (epochs and k == "epochs")} for m in methods]
+    rows = [{**{k: v for k, v in m.items() if not (epochs and k == "epochs")},
+             **({"lr": lrs[row_label(m)]} if lrs else {})} for m in methods]
     train = {**source.get("train", {}), "seed": DATA_SEED, "checkpoint_every": CHECKPOINT_EVERY,
              **({"epochs": epochs} if epochs else {})}
     return {
@@ -150,7 +204,6 @@ def suite_config(bench: Bench, source: dict[str, Any], methods: list[dict[str, A
         "methods": rows,
         "train": train,
         "seeds": seeds,
-        **({"search": dict(SEARCH)} if search else {}),
         "output_dir": str(root / bench.key / "run"),
     }
 
@@ -178,6 +231,7 @@ class BenchView:
     n_eval: int
     results: list[RunResult] = field(default_factory=list)  # finished (ok) and failed rows of the current config
     baseline: RunResult | None = None
+    search_cost: dict[str, float] = field(default_factory=dict)  # label -> seconds of its documented lr search
 
     def done(self) -> set[tuple[int, str]]:
         return {(r.seed, r.name) for r in self.results if r.status == "ok"}
@@ -190,10 +244,18 @@ class BenchView:
         return [r for r in self.results if r.status == "failed"]
 
 
-def load_view(bench: Bench, cfg: ExperimentConfig, n_train: int, n_eval: int) -> BenchView:
+def search_costs(store: dict[str, Any]) -> dict[str, float]:
+    """Seconds each stored method's lr search took (its trials' sum); SAME_AS labels share their source's."""
+    own = {k: sum(t.get("cost_s", 0.0) for t in e["trials"].values()) for k, e in store.items()}
+    return {**own, **{k: own[v] for k, v in SAME_AS.items() if v in own}}
+
+
+def load_view(bench: Bench, cfg: ExperimentConfig, n_train: int, n_eval: int,
+              search_cost: dict[str, float] | None = None) -> BenchView:
     """The finished and failed rows of ``cfg``'s seeds: a seed folder whose config.yaml is not this
     config's (another size, other methods) counts as not started, as peftlab's resume would treat it."""
-    view = BenchView(bench, [p.label for p in cfg.methods], cfg.seed_list, n_train, n_eval)
+    view = BenchView(bench, [p.label for p in cfg.methods], cfg.seed_list, n_train, n_eval,
+                     search_cost=dict(search_cost or {}))
     for s in cfg.seed_list:
         scfg = seed_config(cfg, s)
         sdir = Path(scfg.output_dir)
@@ -229,7 +291,7 @@ def _fmt_lr(values: list[float]) -> str:
     return " / ".join(f"{v:.2g}" for v in sorted(set(values))) if values else "-"
 
 
-def method_row(label: str, rows: list[RunResult], verdict: str) -> str:
+def method_row(label: str, rows: list[RunResult], verdict: str, search_s: float | None = None) -> str:
     ok = [r for r in rows if r.status == "ok"]
     failed = len(rows) - len(ok)
     if not ok:
@@ -237,14 +299,12 @@ def method_row(label: str, rows: list[RunResult], verdict: str) -> str:
     s = summarise(ok)[0]
     pct = next((r.params.percent_trainable for r in ok if r.params), None)
     train_s = [r.timing.train_s for r in ok if r.timing]
-    search_s = [r.details["lr_search"]["cost_s"] for r in ok if "lr_search" in r.details]
     peak = [r.peak_memory_bytes for r in ok if r.peak_memory_bytes]
-    lrs = [r.details["lr_search"]["chosen"] for r in ok if "lr_search" in r.details] or [
-        r.method_params["lr"] for r in ok if "lr" in r.method_params]
+    lrs = [r.method_params["lr"] for r in ok if "lr" in r.method_params]
     collapsed = sum("collapsed" in r.flags for r in ok)
     return (f"| {label} | {len(ok)}{f' ({failed} failed)' if failed else ''} | {pm(s.acc)} | {pm(s.f1)} | "
             f"{'-' if pct is None else f'{pct:.3g}'} | "
-            f"{sum(train_s) / len(train_s):.0f} | {f'{sum(search_s) / len(search_s):.0f}' if search_s else '-'} | "
+            f"{sum(train_s) / len(train_s):.0f} | {'-' if search_s is None else f'{search_s:.0f}'} | "
             f"{max(peak) / 2**20:.0f} | {_fmt_lr(lrs)} | "
             f"{VERDICT.get(verdict, verdict)}{f'; collapsed in {collapsed}' if collapsed else ''} |")
 
@@ -254,7 +314,8 @@ def bench_table(view: BenchView) -> list[str]:
     verdict = versus_best(summarise(ok), select_metric(ok)) if ok else {}
     lines = ["| method | seeds done | accuracy | macro-F1 | trainable % | train s | search s | peak MB | lr | vs best |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    lines += [method_row(m, [r for r in view.results if r.name == m], verdict.get(m, "")) for m in view.planned]
+    lines += [method_row(m, [r for r in view.results if r.name == m], verdict.get(m, ""), view.search_cost.get(m))
+              for m in view.planned]
     if view.baseline is not None and view.baseline.accuracy is not None:
         lines.append(f"| majority class (reference) | - | {view.baseline.accuracy:.4f} | "
                      f"{view.baseline.macro_f1 or 0:.4f} | 0 | | | | | |")
@@ -327,7 +388,7 @@ def remaining_text(views: list[BenchView]) -> str:
     return "\n".join(lines)
 
 
-def render(views: list[BenchView], command: str, hardware: str, search: dict[str, Any] | None, quick: bool) -> str:
+def render(views: list[BenchView], command: str, hardware: str, search: bool, quick: bool) -> str:
     planned = sum(len(v.planned) * len(v.seeds) for v in views)
     done = sum(len(v.done()) for v in views)
     precisions = sorted({r.precision for v in views for r in v.results if r.precision})
@@ -337,9 +398,11 @@ def render(views: list[BenchView], command: str, hardware: str, search: dict[str
         ("**Smoke run (`--quick`): the numbers mean nothing.** " if quick else "")
         + f"MiniLM-L6 ({BACKBONE}) on {sizes} (seeded stratified subsamples of ../shared/data, the same for every "
         f"seed), every text method of `{SOURCE_CONFIG}` with its own hyperparameters and that config's train block, "
-        + (f"the learning rate of each method and seed chosen by peftlab's search (`search: {json.dumps(search)}`: "
-           "a grid around the method's default, trials scored on held-out training examples, never on the evaluation "
-           "split)" if search else "no learning-rate search (each method's configured lr)")
+        + ("the learning rate of each method its best value on that benchmark in the documented per-method search "
+           "of bench/method_defaults.py (section \"Per-method default learning rates\": half-decade values, "
+           "200-step trials on 90% of this training subsample scored by the loss on the other 10%, never on the "
+           "evaluation split), chosen once per method and benchmark so the seeds vary training only"
+           if search else "no learning-rate search (each method's configured lr)")
         + f", seeds {', '.join(map(str, views[0].seeds)) if views else '-'}; precision {', '.join(precisions) or '-'}.",
         f"Command: `{command}` (re-running it continues where it stopped); hardware: {hardware}.",
         "",
@@ -352,8 +415,9 @@ def render(views: list[BenchView], command: str, hardware: str, search: dict[str
     for v in views:
         lines += ["", f"### {v.bench.title}", "", *bench_table(v)]
     lines += ["", "accuracy and macro-F1: mean ± sample std over the finished seeds; trainable %: of all parameters; "
-              "train s: mean training time per seed (evaluation and search excluded); search s: the learning-rate "
-              "search per seed; peak MB: the highest peak memory over seeds (process RSS on CPU); lr: the learning rate(s) trained with (chosen per seed by the search when it ran); vs best: peftlab's "
+              "train s: mean training time per seed (evaluation excluded); search s: the method's lr search on this "
+              "benchmark (once, for all seeds); peak MB: the highest peak memory over seeds (process RSS on CPU); "
+              "lr: the learning rate trained with; vs best: peftlab's "
               "multi-seed verdict, n.s. = within the spread of the best (|difference| < std_a + std_b).", "",
               "#### Ordering against the published results", "",
               f"Published (as quoted in issue 19): {PUBLISHED}. Those are larger models and other tasks; what carries "
@@ -450,9 +514,13 @@ def main(argv: list[str] | None = None) -> int:
     cfgs: dict[str, tuple[ExperimentConfig, int]] = {}
     for b in benches:
         n_eval = args.n_eval or b.n_eval
-        raw = suite_config(b, source, methods, seeds, root, args.n_train, n_eval, search=not args.quick,
-                           epochs=1 if args.quick else None)
         path = root / b.key / "config.yaml"
+        if args.render_only and path.is_file():
+            cfgs[b.key] = (load_config(path), n_eval)
+            continue
+        lrs = None if args.quick else searched_lrs(b, [row_label(m) for m in methods], searched(b))
+        raw = suite_config(b, source, methods, seeds, root, args.n_train, n_eval, lrs=lrs,
+                           epochs=1 if args.quick else None)
         if not args.render_only:
             write_data(b, args.n_train, n_eval, data_files(root, b, args.n_train, n_eval))
             text = yaml.safe_dump(raw, sort_keys=False)
@@ -467,11 +535,12 @@ def main(argv: list[str] | None = None) -> int:
                       f"{root / b.key / 'run' / f'seed-{seed}'}", flush=True)
                 run_seed(cfgs[b.key][0], seed, args.parallel, quiet=not args.verbose)
                 print(f"   {b.key} seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
-    views = [load_view(b, cfg, args.n_train, n_eval) for b, (cfg, n_eval) in zip(benches, cfgs.values())]
+    views = [load_view(b, cfg, args.n_train, n_eval, search_costs(searched(b)) if not args.quick else {})
+             for b, (cfg, n_eval) in zip(benches, cfgs.values())]
     if not args.render_only:
         for v, (cfg, _) in zip(views, cfgs.values()):
             summary(v, Path(cfg.output_dir))
-    body = render(views, canonical_command(args), benchkit.hardware(), None if args.quick else SEARCH, args.quick)
+    body = render(views, canonical_command(args), benchkit.hardware(), not args.quick, args.quick)
     benchkit.write_section(SECTION, body, benchkit.ROOT / ("BENCHMARKS.quick.md" if args.quick else "BENCHMARKS.md"))
     left = sum(len(v.remaining()) for v in views)
     print(f"{'all planned rows done' if not left else f'{left} planned row(s) not done yet: re-run the same command'}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -148,7 +149,7 @@ def _row(name, seed, acc, method=None, status="ok", **kw):
                      accuracy=acc if status == "ok" else None, macro_f1=acc if status == "ok" else None,
                      params=ParamCounts(trainable=10, total=1000, percent_trainable=1.0),
                      timing=Timing(wall_s=12.0, train_s=10.0), peak_memory_bytes=2**30,
-                     details={"lr_search": {"chosen": 1e-3, "cost_s": 4.0}}, **kw)
+                     method_params={"method": method or name, "lr": 1e-3}, **kw)
 
 
 def test_method_suite_config_is_a_valid_peftlab_config_per_benchmark():
@@ -159,15 +160,15 @@ def test_method_suite_config_is_a_valid_peftlab_config_per_benchmark():
     source = load_raw(REPO / "configs" / "all_methods.yaml")
     methods = ms.text_methods(source["methods"])
     assert len(methods) >= 10
-    raw = ms.suite_config(ms.BENCHES["mnli"], source, methods, [0, 1, 2], Path("runs/x"), 8000, 2000,
-                           search=True)
+    lrs = {ms.row_label(m): 0.0316 for m in methods}
+    raw = ms.suite_config(ms.BENCHES["mnli"], source, methods, [0, 1, 2], Path("runs/x"), 8000, 2000, lrs=lrs)
     cfg = validate_raw(raw)
-    assert cfg.seed_list == [0, 1, 2] and cfg.search is not None and cfg.search.lr == "auto"
+    assert cfg.seed_list == [0, 1, 2] and cfg.search is None and {m.lr for m in cfg.methods} == {0.0316}
     assert cfg.task.text_pair_column == "hypothesis" and cfg.task.n_train is None  # the subsample is in the file
     assert cfg.output_dir == "runs/x/mnli/run" and cfg.train.seed == 0
     assert cfg.task.train_file.endswith("mnli/data/train-8000.jsonl")  # another size is another config
     quick = validate_raw(ms.suite_config(ms.BENCHES["sst2"], source, ms.pick_methods(methods, ["lora", "full"]), [0],
-                                         Path("runs/q"), 64, 32, search=False, epochs=1))
+                                         Path("runs/q"), 64, 32, epochs=1))
     assert [m.label for m in quick.methods] == ["full", "lora"] and quick.search is None
     assert quick.train.epochs == 1 and all(m.epochs is None for m in quick.methods)
     with pytest.raises(SystemExit):
@@ -186,7 +187,8 @@ def test_method_suite_renders_partial_progress_and_the_ordering_from_results():
                         results)
     assert len(view.done()) == 6
     assert view.remaining() == [(0, "ia3"), (1, "prompt_tuning"), (1, "houlsby"), (1, "ia3")]
-    body = ms.render([view], "python bench/method_suite.py", "cpu", ms.SEARCH, quick=False)
+    view.search_cost = {"full": 4.0}
+    body = ms.render([view], "python bench/method_suite.py", "cpu", True, quick=False)
     assert body.startswith(ms.SECTION + "\n")
     assert "**Progress: 6 of 10 planned rows (method x seed) done.**" in body
     assert "- SST-2 seed 1: prompt_tuning, houlsby, ia3" in body and "houlsby failed (boom)" in body
@@ -202,3 +204,44 @@ def test_method_suite_renders_partial_progress_and_the_ordering_from_results():
     assert "LoRA -0.5 points, within 1 point" in para and "holds" in para
     assert "not measured yet" in ms.ordering(ms.BenchView(ms.BENCHES["mnli"], ["lora"], [0], 1, 1,
                                                           [_row("lora", 0, 0.5)]))
+
+
+def test_method_suite_trains_each_method_at_its_searched_value():
+    """The suite's lr per method and benchmark is the best stored trial of bench/method_defaults.py; QLoRA
+    takes LoRA's; a method without trials stops the suite with the command that fills them in."""
+    ms = _suite()
+    bench = ms.BENCHES["sst2"]
+    store = {"lora": {"trials": {"-6": {"eval_loss": 0.60, "cost_s": 2.0}, "-5": {"eval_loss": 0.40, "cost_s": 3.0},
+                                 "-4": {"eval_loss": None, "cost_s": 1.0}}},
+             "full": {"trials": {"-8": {"eval_loss": 0.5, "cost_s": 1.0}, "-7": {"eval_loss": 0.5, "cost_s": 1.0}}}}
+    assert ms.searched_lrs(bench, ["lora", "qlora", "full"], store) == {"lora": 0.00316, "qlora": 0.00316,
+                                                                         "full": 0.0001}  # a tie: the smaller
+    assert ms.search_costs(store) == {"lora": 6.0, "full": 2.0, "qlora": 6.0}
+    with pytest.raises(SystemExit, match="no searched learning rate for ia3; run python bench/method_defaults.py"):
+        ms.searched_lrs(bench, ["lora", "ia3"], store)
+
+
+def _defaults():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    try:
+        import method_defaults
+    finally:
+        sys.path.pop(0)
+    return method_defaults
+
+
+def test_method_defaults_grid_bracketing_and_pick():
+    """Half-decade ladder around the default; an edge best asks for the next value; the pick averages benchmarks."""
+    md = _defaults()
+    assert [md.ladder(k) for k in md.window(5e-4)] == [3.16e-05, 0.0001, 0.000316, 0.001, 0.00316, 0.01]
+    assert md.window(1e-2) == [-6, -5, -4, -3, -2, -1]
+    assert md.extension({-4: 0.9, -3: 0.8, -2: 0.7}) == -1  # best at the top edge: try higher
+    assert md.extension({-4: 0.6, -3: 0.8, -2: 0.7}) == -5  # best at the bottom edge: try lower
+    assert md.extension({-4: 0.9, -3: 0.5, -2: float("inf")}) is None  # bracketed
+    assert md.extension({-4: float("inf")}) is None
+    assert md.normalised(math.log(3), 3) == 1.0 and md.normalised(None, 2) == float("inf")
+    # sst2 prefers -3, mnli prefers -2; the mean decides, and an index one benchmark lacks does not count
+    per = {"sst2": {-4: 0.9, -3: 0.5, -2: 0.6, -1: 0.1}, "mnli": {-4: 0.99, -3: 0.95, -2: 0.8}}
+    assert md.pick(per) == -2
+    assert md.pick({"sst2": {-3: float("inf")}}) is None
+

@@ -80,3 +80,28 @@ def test_search_in_a_run_picks_the_best_and_never_touches_eval(tiny_bert, tmp_pa
     assert stored["details"]["lr_search"]["chosen"] == 1e-2 and stored["method_params"]["lr"] == 1e-6
     assert "lr 0.01 from [1e-06, 0.01, 10]" in (tmp_path / "o" / "comparison.md").read_text()
     assert "chosen by a search" in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_search_method_alone_gives_the_search_of_a_run_and_writes_nothing(tiny_bert, tmp_path):
+    """``search_method`` (bench/method_defaults.py's entry point) is the run's own search, without the run."""
+    from conftest import write_tiny_csvs
+
+    from peftlab.tasks import load_task
+
+    train, evalf = write_tiny_csvs(tmp_path, 48, 12)
+    raw = {"backbone": tiny_bert, "task": {"source": "csv", "train_file": str(train), "eval_file": str(evalf)},
+           "methods": [{"method": "full", "lr": 1e-6}], "output_dir": str(tmp_path / "o"),
+           "search": {"lr": [1e-6, 1e-2], "budget_steps": 12, "val_fraction": 0.25},
+           "train": {"epochs": 1, "batch_size": 8, "max_length": 32, "device": "cpu", "checkpoints": False,
+                     "num_threads": 1}}
+    cfg = validate_raw(raw)
+    data = load_task(cfg.task, cfg.train.seed)
+    alone = exp.search_method(cfg, cfg.methods[0], data, exp.Encodings(cfg, data))
+    assert not (tmp_path / "o").exists()
+    assert alone["precision"] == "fp32" and alone["precision_reason"]
+    (run,) = [r for r in exp.run_experiment(cfg, quiet=True) if r.method == "full"]
+    in_run = run.details["lr_search"]
+    assert [t["score"] for t in alone["trials"]] == [t["score"] for t in in_run["trials"]]
+    assert alone["chosen"] == in_run["chosen"] and alone["n_val"] == in_run["n_val"] == 12
+    with pytest.raises(PeftlabError, match="no search block"):
+        exp.search_method(cfg.model_copy(update={"search": None}), cfg.methods[0], data, exp.Encodings(cfg, data))

@@ -176,15 +176,9 @@ RUNNERS.add("icl", _run_icl)
 
 def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: TaskData, tokenizer: Any,
                 train_f: Features, eval_f: Features, mdir: Path, base: RunResult, quiet: bool) -> RunResult:
-    set_seed(cfg.train.seed)
-    refuse_unsupported(method)  # before accelerate reads the launcher's FSDP/DeepSpeed settings
     bb = cfg.backbone_for(params)
-    tcfg = cfg.train
-    precision = train_precision(tcfg, lambda: load_hf_config(bb, num_labels=data.num_labels),
-                                method.keeps_fp32(params, device_type(tcfg)))
-    acc = make_accelerator(tcfg, precision)
+    precision, acc, collate = _setup(cfg, method, params, data, tokenizer)
     sharded = use_sharding(acc)
-    collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if acc.device.type == "cuda" else None)
     search = None
     if cfg.search is not None:  # on held-out training data only; the full run below uses the best value
         search = search_lr(params, cfg.search, train_f, cfg.train.seed, cfg.train.batch_size,
@@ -205,7 +199,7 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
                                   acc.device.type)
         fresh = newly_initialised(loading_info, spec.head_modules if spec is not None else DEFAULT_HEADS)
         if fresh:
-            warn(newly_initialised_warning(cfg.backbone.name, fresh))
+            warn(newly_initialised_warning(bb.name, fresh))
         model = method.prepare(model, params, spec)
         trainable, total = count_params(model)
         before = trainable_fingerprint(model)
@@ -240,6 +234,35 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
         flags=flags, environment=environment(str(acc.device)), **precision.result_fields(),
         details={**base.details, "memory_estimate_bytes": estimate, "train_time_estimate_s": outcome.estimated_train_s, **({"lr_search": search} if search else {}), **({"fsdp_processes": acc.num_processes} if model is not trained else {}), **({"newly_initialised": fresh[:50], "newly_initialised_count": len(fresh)} if fresh else {})},
     ))
+
+
+def _setup(cfg: ExperimentConfig, method: Any, params: MethodParams, data: TaskData,
+           tokenizer: Any) -> tuple[Any, Any, Any]:
+    """(precision, accelerator, collator) of one row, seeded: shared by the run and a search alone."""
+    set_seed(cfg.train.seed)
+    refuse_unsupported(method)  # before accelerate reads the launcher's FSDP/DeepSpeed settings
+    bb = cfg.backbone_for(params)
+    precision = train_precision(cfg.train, lambda: load_hf_config(bb, num_labels=data.num_labels),
+                                method.keeps_fp32(params, device_type(cfg.train)))
+    acc = make_accelerator(cfg.train, precision)
+    collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if acc.device.type == "cuda" else None)
+    return precision, acc, collate
+
+
+def search_method(cfg: ExperimentConfig, params: MethodParams, data: TaskData, encodings: Encodings,
+                  quiet: bool = True) -> dict[str, Any]:
+    """``cfg.search`` for one row without its full run: the record a run stores as
+    ``details.lr_search`` (bench/method_defaults.py chooses the methods' default learning rates
+    with it). Trials train on part of the training split and are scored on the rest."""
+    if cfg.search is None:
+        raise PeftlabError("search_method: the config has no search block")
+    method = METHODS.get(params.method)
+    tokenizer, train_f, _ = encodings.get(cfg.backbone_for(params))
+    precision, acc, collate = _setup(cfg, method, params, data, tokenizer)
+    record = search_lr(params, cfg.search, train_f, cfg.train.seed, cfg.train.batch_size,
+                       lambda p, tr, va: _trial(cfg, method, p, data, tokenizer, tr, va, collate, acc),
+                       lambda msg: say(quiet, msg))
+    return {**record, **precision.result_fields()}
 
 
 def _trial(cfg: ExperimentConfig, method: Any, params: MethodParams, data: TaskData, tokenizer: Any,
