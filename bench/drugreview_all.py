@@ -1,6 +1,6 @@
 """Every method on the offline drug reviews: ``peftlab run configs/all_methods.yaml``, as a section.
 
-Usage: python bench/drugreview_all.py [--threads 1] [--quick]
+Usage: python bench/drugreview_all.py [--threads 1] [--precision probe|fp32|bf16] [--quick]
 
 Runs exactly the command printed in the section (in a child process, this checkout's peftlab),
 then writes its comparison table and the rows flagged ``collapsed`` into the "Every method on drug
@@ -20,9 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-import benchkit
+_USER_PRECISION = os.environ.get("PEFTLAB_CPU_PRECISION")  # before benchkit sets its fp32 default
 
-from peftlab.config import load_raw
+import benchkit  # noqa: E402
+
+from peftlab.config import load_raw  # noqa: E402
 
 SECTION = "## Every method on drug reviews (configs/all_methods.yaml)"
 CONFIG = "configs/all_methods.yaml"
@@ -46,13 +48,25 @@ def collapsed(run_dir: Path) -> list[str]:
     return names
 
 
+def row_precisions(run_dir: Path) -> str:
+    """Which rows trained in which precision (from their results.json), e.g. 'bf16 (full, lora), fp32 (qlora)'."""
+    by: dict[str, list[str]] = {}
+    for f in sorted(run_dir.glob("*/results.json")):
+        r = json.loads(f.read_text(encoding="utf-8"))
+        if r.get("precision"):
+            by.setdefault(r["precision"], []).append(r["name"])
+    return "; ".join(f"{k} ({', '.join(v)})" for k, v in sorted(by.items())) or "-"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--precision", choices=["probe", "fp32", "bf16"], default=_USER_PRECISION or "probe",
+                    help="what peftlab's auto precision means on a CPU (default: peftlab's probe, as a user gets it)")
     args = ap.parse_args()
     cmd, run_dir = peftlab_args(args)
-    env = {**os.environ, "PYTHONPATH": str(benchkit.ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(benchkit.ROOT), "PEFTLAB_CPU_PRECISION": args.precision}
     t0, c0 = time.perf_counter(), os.times()
     code = subprocess.run([sys.executable, "-m", "peftlab", *cmd], cwd=benchkit.ROOT, env=env).returncode
     wall, c1 = time.perf_counter() - t0, os.times()
@@ -63,15 +77,18 @@ def main() -> int:
         return 1
     table = table_file.read_text(encoding="utf-8").split("\n", 2)[2].strip()
     flagged = collapsed(run_dir)
+    precisions = row_precisions(run_dir)
     body = "\n".join([
         SECTION, "",
         f"MiniLM-L6 on the offline drug-review task ({'a 60 / 30 review smoke subset, 1 epoch' if args.quick else '600 train / 379 test reviews'}, "
-        f"3 classes), every method with the hyperparameters of `{CONFIG}`, {args.threads} torch thread(s).",
+        f"3 classes), every method with the hyperparameters of `{CONFIG}` (learning rates: each method's default, "
+        "from the section \"Per-method default learning rates\"), "
+        f"{args.threads} torch thread(s); precision (peftlab's auto, PEFTLAB_CPU_PRECISION={args.precision}): "
+        f"{precisions}.",
         f"Command: `peftlab {shlex.join(cmd)}` (run by `{benchkit.command('drugreview_all.py')}`); "
         f"hardware: {benchkit.hardware(args.threads)}; {wall / 60:.1f} min wall, {cpu_min:.0f} CPU-min.",
         "", table, "",
-        (f"Rows flagged `collapsed` (every eval prediction is one class): {', '.join(flagged)}. A per-method "
-         "learning-rate search (`search: {lr: auto}`, configs/drugreview_fair.yaml) is the fair next run."
+        (f"Rows flagged `collapsed` (every eval prediction is one class): {', '.join(flagged)}."
          if flagged else "No method collapsed to a single class."),
     ])
     benchkit.write_section(SECTION, body)
