@@ -84,6 +84,26 @@ def test_comparison_shows_mean_and_std(seeded_run):
     assert f"{mean:.4f} ± {std:.4f}" in md and "lora (seed 2)" in md and "seeds 0, 1, 2" in md
 
 
+def test_paired_verdict_beside_the_spread_test(seeded_run):
+    """Every seed's rows leave predictions; the summary shows the Wilson interval of the mean and a
+    paired verdict over all seeds beside the spread test; each seed's comparison judges its runs."""
+    from peftlab.report.paired import BEST, wilson_interval
+
+    for seed in (0, 1, 2):
+        for name in ("majority_class", "lora", "linear_probe"):
+            assert (seeded_run / f"seed-{seed}" / name / "predictions.jsonl").is_file()
+        seed_rows = list(csv.DictReader((seeded_run / f"seed-{seed}" / "comparison.csv").open()))
+        assert [r["vs_best"] for r in seed_rows].count(BEST) == 1
+    rows = {r["method"]: r for r in csv.DictReader((seeded_run / "comparison.csv").open())}
+    assert [r["vs_best_paired"] for r in rows.values()].count(BEST) == 1
+    assert all(r["vs_best_paired"] in ("best", "better", "worse", "not distinguishable") for r in rows.values())
+    assert rows["majority_class"]["vs_best_paired"] != BEST and rows["lora"]["vs_best"]  # the spread test stays
+    lo, _ = wilson_interval(float(rows["lora"]["accuracy_mean"]) * 18, 18)
+    assert float(rows["lora"]["accuracy_ci_low"]) == pytest.approx(lo, abs=1e-3)
+    md = (seeded_run / "comparison.md").read_text()
+    assert "vs best (paired, accuracy)" in md and "accuracy 95% CI" in md
+
+
 def test_report_renders_seeds(seeded_run):
     md = (seeded_run / "report.md").read_text()
     html = (seeded_run / "report.html").read_text()
