@@ -16,6 +16,9 @@ from pydantic import BaseModel, Field
 from peftlab.errors import PeftlabError, first_line
 from peftlab.io import atomic_write_json, atomic_write_text, read_json
 
+#: the method (and row name) of the majority-class reference row every text and image run starts with
+BASELINE_METHOD = "majority_class"
+
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
 #: one line per evaluation example (per demonstration seed, for rows scored under several), beside results.json

@@ -37,6 +37,13 @@ def test_differences_within_the_spread_are_not_significant():
     assert versus_best(list(sums.values())) == {"a": BEST, "b": NOT_SIGNIFICANT, "c": BELOW}
 
 
+def test_the_majority_baseline_is_never_the_best_row():
+    """A task where every method collapsed below the majority class: the baseline is judged, not crowned."""
+    rows = ([result("majority_class", s, 0.65) for s in range(3)]
+            + [result("lora", s, v) for s, v in enumerate([0.60, 0.62, 0.64])])
+    assert versus_best(summarise(rows)) == {"lora": BEST, "majority_class": BELOW}
+
+
 def test_duplicate_seeds_refused(tiny_bert, tmp_path):
     raw = {"backbone": tiny_bert, "task": {"source": "csv", "train_file": "x.csv"}, "methods": ["full"],
            "seeds": [0, 1, 1]}

@@ -16,12 +16,11 @@ from typing import Any
 import yaml
 
 from peftlab.errors import PeftlabError
-from peftlab.results import PREDICTIONS_FILE, RESULTS_FILE, Predictions, RunResult, read_predictions, read_result
+from peftlab.results import BASELINE_METHOD, PREDICTIONS_FILE, RESULTS_FILE, Predictions, RunResult, read_predictions, read_result
 
 CONFIG_FILE = "config.yaml"
 #: the command line that started a run and its working folder (written by ``peftlab run``)
 COMMAND_FILE = "command.json"
-BASELINE_METHOD = "majority_class"
 #: folders that hold saved weights, never results worth a row
 _SKIP_DIRS = {"adapter", "adapter.tmp", "mlruns", "mlartifacts", "tensorboard", "__pycache__"}
 

@@ -24,10 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import binomtest, norm
 
-from peftlab.results import Predictions, RunResult
+from peftlab.results import BASELINE_METHOD, Predictions, RunResult
 
 #: the majority-class row: a reference floor, never the best (as in the comparison table)
-BASELINE_METHOD = "majority_class"
 
 LEVEL = 0.95
 RESAMPLES = 2000

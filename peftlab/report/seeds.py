@@ -15,7 +15,7 @@ from pathlib import Path
 
 from peftlab.metrics import SELECT_METRICS, selection_value
 from peftlab.report.paired import Paired, interval_text, wilson_interval
-from peftlab.results import RunResult
+from peftlab.results import BASELINE_METHOD, RunResult
 
 BEST, NOT_SIGNIFICANT, BELOW = "best", "n.s. (within spread of best)", "below best"
 
@@ -98,7 +98,10 @@ def versus_best(summaries: list[SeedSummary], metric: str = "accuracy") -> dict[
     stats = {s.name: v for s in summaries if (v := s.stat(metric)) is not None and not math.isnan(v[0])}
     if not stats:
         return {}
-    best = max(stats, key=lambda n: stats[n][0])
+    kinds = {s.name: s.kind for s in summaries}
+    # the majority-class reference is judged against the best, never the best itself
+    candidates = [n for n in stats if kinds[n] != BASELINE_METHOD] or list(stats)
+    best = max(candidates, key=lambda n: stats[n][0])
     return {n: BEST if n == best else NOT_SIGNIFICANT if within_spread(v, stats[best]) else BELOW
             for n, v in stats.items()}
 

@@ -13,7 +13,7 @@ from typing import Callable, Literal
 from peftlab.report.collect import Row
 from peftlab.report.facts import missing_classes
 from peftlab.report.paired import accuracy_interval, interval_text, note, paired_verdicts
-from peftlab.results import RunResult
+from peftlab.results import BASELINE_METHOD, RunResult
 
 Better = Literal["max", "min"]
 ARROW = {"max": "\u2191", "min": "\u2193"}  # up / down arrows: which direction is better
@@ -54,7 +54,7 @@ def _mb(b: int | None) -> float | None:
 def params_check(r: RunResult) -> str:
     """Counted vs closed-form parameter numbers, said in words a reader can check."""
     p = r.params
-    if p is None or r.method == "majority_class":
+    if p is None or r.method == BASELINE_METHOD:
         return ""
     if p.agree is None:
         return "no formula"

@@ -27,7 +27,7 @@ from peftlab.fingerprint import write_fingerprint
 from peftlab.guards import overlap_count
 from peftlab.io import dir_size_bytes, follow_umask
 from peftlab.metrics import classification_metrics, is_collapsed, majority_class
-from peftlab.results import (PREDICTIONS_FILE, RESULTS_FILE, ParamCounts, Predictions, RunResult, Timing, read_result,
+from peftlab.results import (BASELINE_METHOD, PREDICTIONS_FILE, RESULTS_FILE, ParamCounts, Predictions, RunResult, Timing, read_result,
                              write_predictions)
 from peftlab.runners.checkpoint import clear_checkpoints, complete_checkpoints, load_checkpoint
 from peftlab.runners.distributed import barrier, is_main
@@ -39,7 +39,7 @@ from peftlab.tracking import log_result
 
 
 ADAPTER_DIR = "adapter"
-BASELINE = "majority_class"
+BASELINE = BASELINE_METHOD
 
 
 def checkpoint_plan(cfg: ExperimentConfig, mdir: Path, model: torch.nn.Module, quiet: bool) -> CheckpointPlan | None:
