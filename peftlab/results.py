@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import math
 import platform
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, Field
 
 from peftlab.errors import PeftlabError, first_line
-from peftlab.io import atomic_write_json, read_json
+from peftlab.io import atomic_write_json, atomic_write_text, read_json
+
+#: the method (and row name) of the majority-class reference row every text and image run starts with
+BASELINE_METHOD = "majority_class"
 
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
+#: one line per evaluation example (per demonstration seed, for rows scored under several), beside results.json
+PREDICTIONS_FILE = "predictions.jsonl"
 
 
 class EpochRecord(BaseModel):
@@ -104,6 +113,109 @@ def read_result(path: Path) -> RunResult:
         return RunResult.model_validate(data)
     except ValueError as exc:
         raise PeftlabError(f"{path}: not a peftlab result ({first_line(exc)})") from None
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """A row's answer on every evaluation example: what paired tests between rows need.
+
+    Accuracy alone cannot say whether two rows differ beyond chance on the same examples; the
+    per-example answers can (peftlab.report.paired). Arrays are aligned: entry ``j`` is example
+    ``index[j]`` of the eval split. A row scored in several passes (in-context demonstration
+    seeds) holds one entry per example and pass, ``seed`` naming the pass; otherwise ``seed`` is None.
+    """
+
+    labels: list[str]
+    index: np.ndarray  # (m,) int64: position in the eval split
+    gold: np.ndarray  # (m,) int64 label ids
+    pred: np.ndarray  # (m,) int64 label ids
+    probs: np.ndarray  # (m, labels) float64; NaN where the row has no probability (a vote that named no label)
+    seed: np.ndarray | None = None  # (m,) int64, or None for a single pass
+
+    @classmethod
+    def of(cls, labels: list[str], gold: np.ndarray, preds: list[np.ndarray], probs: list[np.ndarray],
+           seeds: list[int] | None = None) -> Predictions:
+        """One or several passes over the same eval split; ``seeds`` names them (needed for more than one)."""
+        n = len(gold)
+        if len(preds) > 1 and (seeds is None or len(seeds) != len(preds)):
+            raise ValueError("several passes need one seed each")
+        return cls(labels=list(labels), index=np.tile(np.arange(n, dtype=np.int64), len(preds)),
+                   gold=np.tile(np.asarray(gold, dtype=np.int64), len(preds)),
+                   pred=np.concatenate([np.asarray(p, dtype=np.int64) for p in preds]),
+                   probs=np.concatenate([np.asarray(q, dtype=np.float64).reshape(n, len(labels)) for q in probs]),
+                   seed=None if len(preds) == 1 else np.repeat(np.asarray(seeds, dtype=np.int64), n))
+
+    @classmethod
+    def from_logits(cls, labels: list[str], gold: np.ndarray, logits: np.ndarray) -> Predictions:
+        """A trained row's single pass: the argmax and the softmax of its eval logits (in float64)."""
+        from scipy.special import softmax
+
+        logits = np.asarray(logits, dtype=np.float64)
+        return cls.of(labels, gold, [logits.argmax(-1)], [softmax(logits, axis=-1)])
+
+    @classmethod
+    def pooled(cls, parts: list[Predictions]) -> Predictions:
+        """Several runs' answers on the same examples as one multi-pass row (a method over its
+        seeds): per-example correctness becomes the share of passes right, as for demonstration seeds."""
+        seeds = [p.seed if p.seed is not None else np.full(len(p.index), k, dtype=np.int64) for k, p in enumerate(parts)]
+        if len(parts) == 1:
+            return parts[0]
+        return cls(labels=parts[0].labels, index=np.concatenate([p.index for p in parts]),
+                   gold=np.concatenate([p.gold for p in parts]), pred=np.concatenate([p.pred for p in parts]),
+                   probs=np.concatenate([p.probs for p in parts]), seed=np.concatenate(seeds))
+
+    def correct_per_example(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(example indices ascending, their gold ids, the fraction of passes that got each right):
+        0/1 for a single pass, the mean over demonstration seeds otherwise (the row's accuracy is
+        that mean too)."""
+        order = np.unique(self.index)
+        pos = np.searchsorted(order, self.index)
+        hits = np.bincount(pos, weights=(self.pred == self.gold).astype(np.float64), minlength=len(order))
+        passes = np.bincount(pos, minlength=len(order))
+        gold = np.empty(len(order), dtype=np.int64)
+        gold[pos] = self.gold
+        return order, gold, hits / passes
+
+
+def write_predictions(directory: Path, preds: Predictions) -> Path:
+    """``directory/predictions.jsonl``, written atomically like results.json (umask, no half file).
+
+    Each line: ``index``, ``seed`` (only for several passes), ``gold`` and ``predicted`` as label
+    ids and names, and ``probs`` per label name (null where unknown); floats keep every digit, so
+    reading gives back the same arrays.
+    """
+    lines = []
+    for j in range(len(preds.index)):
+        g, p = int(preds.gold[j]), int(preds.pred[j])
+        line: dict[str, Any] = {"index": int(preds.index[j])}
+        if preds.seed is not None:
+            line["seed"] = int(preds.seed[j])
+        line.update(gold=g, predicted=p, gold_label=preds.labels[g], predicted_label=preds.labels[p],
+                    probs={n: None if math.isnan(v) else float(v) for n, v in zip(preds.labels, preds.probs[j])})
+        lines.append(json.dumps(line, ensure_ascii=False, allow_nan=False))
+    path = Path(directory) / PREDICTIONS_FILE
+    atomic_write_text(path, "".join(x + "\n" for x in lines))
+    return path
+
+
+def read_predictions(path: Path) -> Predictions:
+    """The arrays :func:`write_predictions` wrote; a malformed file is a one-line PeftlabError."""
+    path = Path(path)
+    try:
+        rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        labels = list(rows[0]["probs"]) if rows else []
+        seeded = bool(rows) and "seed" in rows[0]
+        return Predictions(
+            labels=labels,
+            index=np.array([r["index"] for r in rows], dtype=np.int64),
+            gold=np.array([r["gold"] for r in rows], dtype=np.int64),
+            pred=np.array([r["predicted"] for r in rows], dtype=np.int64),
+            probs=np.array([[np.nan if r["probs"][n] is None else r["probs"][n] for n in labels] for r in rows],
+                           dtype=np.float64).reshape(len(rows), len(labels)),
+            seed=np.array([r["seed"] for r in rows], dtype=np.int64) if seeded else None,
+        )
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise PeftlabError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
 
 
 def git_hash() -> str | None:

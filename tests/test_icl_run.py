@@ -83,6 +83,19 @@ def test_icl_rows_sit_next_to_lora_rows(tiny_causal, tiny_bert, tiny_csv, tmp_pa
     model = LlamaForCausalLM.from_pretrained(tiny_causal)
     pred = np.asarray(score_brute(model, enc)).argmax(1)
     assert zs.accuracy == pytest.approx(float((pred == data.eval.labels).mean()))
+    # predictions.jsonl: the zero-shot row's answers are the brute-force ones; several demonstration
+    # seeds give one pass each, whose mean accuracy is the row's
+    from peftlab.results import read_predictions
+
+    zp = read_predictions(tmp_path / "run" / "zero_shot" / "predictions.jsonl")
+    assert zp.seed is None and np.array_equal(zp.pred, pred) and np.array_equal(zp.gold, data.eval.labels)
+    assert np.allclose(zp.probs.sum(1), 1.0) and np.array_equal(zp.probs.argmax(1), pred)
+    tp = read_predictions(tmp_path / "run" / "two_shot" / "predictions.jsonl")
+    assert sorted(set(tp.seed.tolist())) == [0, 1, 2] and len(tp.index) == 3 * zs.n_eval
+    assert float(tp.correct_per_example()[2].mean()) == pytest.approx(two.accuracy)
+    for name in ("near", "lora_bert", "lora_llama", "lm_lora", "majority_class"):
+        assert (tmp_path / "run" / name / "predictions.jsonl").is_file(), name
+    assert "vs best (paired)" in md
     stored = json.loads((tmp_path / "run" / "two_shot" / "results.json").read_text())
     assert stored["seed_accuracy"] == two.seed_accuracy
     # predict reloads a LoRA row on its own backbone, and refuses prompting rows in one line
@@ -102,6 +115,13 @@ def test_reasoning_rows_run(tiny_causal, tiny_bert, tiny_csv, tmp_path):
     results = run_experiment(validate_raw(raw), quiet=True)
     assert [r.status for r in results[1:]] == ["ok", "ok"], [r.error for r in results]
     assert all(r.n_eval == 6 and r.accuracy is not None for r in results[1:])
+    from peftlab.results import read_predictions
+
+    for r in results[1:]:  # vote shares over the chains (NaN where no chain named a label)
+        got = read_predictions(tmp_path / "run" / r.name / "predictions.jsonl")
+        assert float(np.mean(got.pred == got.gold)) == pytest.approx(r.accuracy)
+        answered = ~np.isnan(got.probs).any(1)
+        assert np.allclose(got.probs[answered].sum(1), 1.0)
 
 
 def test_icl_config_errors_name_the_field(tiny_bert, tiny_csv, tmp_path):

@@ -79,6 +79,13 @@ def test_clip_methods_end_to_end(clip_run):
     assert d["search"]["classes"][0]["class"] == d["worst_class"]
     md = (run / "comparison.md").read_text()
     assert "worst class by F1" in md and "template search" in md and "| coop |" in md
+    # every image row, zero-shot included, leaves its per-example answers and the comparison judges them
+    from peftlab.results import read_predictions
+
+    for r in rows:
+        got = read_predictions(run / r["name"] / "predictions.jsonl")
+        assert len(got.index) == r["n_eval"] and float((got.pred == got.gold).mean()) == pytest.approx(r["accuracy"])
+    assert "vs best (paired)" in md and "accuracy 95% CI" in md
     assert any((run / ".feature_cache").glob("clip_image-*.safetensors"))
 
 

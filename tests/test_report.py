@@ -259,3 +259,58 @@ def test_code_fence_cannot_be_closed_by_its_content():
     assert block.startswith("````yaml\n") and block.endswith("\n````")
     assert outside_code_fences("before\n" + block + "\nafter") == "before\n\nafter"
     assert cell("a|b\n<i>") == "a\\|b &lt;i&gt;"
+
+
+def test_run_writes_predictions_and_the_paired_comparison(tiny_run: Path):
+    """Every trained row and the baseline leave predictions.jsonl whose answers give the row's
+    accuracy; comparison.md/csv and the report show the Wilson interval and the paired verdict."""
+    import csv
+
+    import numpy as np
+
+    from peftlab.report.paired import BEST, wilson_interval
+    from peftlab.results import read_predictions
+
+    for name in ("majority_class", "linear_probe", "lora"):
+        res = read_result(tiny_run / name / "results.json")
+        preds = read_predictions(tiny_run / name / "predictions.jsonl")
+        assert len(preds.index) == res.n_eval == 24 and preds.labels == res.labels, name
+        assert float(np.mean(preds.pred == preds.gold)) == pytest.approx(res.accuracy), name
+        assert np.allclose(preds.probs.sum(1), 1.0), name
+    rows = {r["method"]: r for r in csv.DictReader((tiny_run / "comparison.csv").open())}
+    assert sum(r["vs_best"] == BEST for r in rows.values()) == 1 and rows["majority_class"]["vs_best"] != BEST
+    assert all(r["vs_best"] in ("best", "better", "worse", "not distinguishable") for r in rows.values())
+    lora = read_result(tiny_run / "lora" / "results.json")
+    lo, hi = wilson_interval(lora.accuracy * 24, 24)
+    assert float(rows["lora"]["accuracy_ci_low"]) == pytest.approx(lo, abs=1e-4)
+    for text in ((tiny_run / "comparison.md").read_text(), (tiny_run / "report.md").read_text(),
+                 (tiny_run / "report.html").read_text()):
+        assert "accuracy 95% CI" in text and "vs best (paired)" in text and f"[{lo:.3f}, {hi:.3f}]" in text
+        assert "McNemar" in text
+
+
+def test_report_rows_without_predictions_say_dash(tiny_run: Path, tmp_path: Path):
+    """Older results (no predictions.jsonl) and failed rows are shown as "-", never judged; when
+    the most accurate row is such a row, nobody is judged (no silent second-best)."""
+    from peftlab.report.collect import collect
+
+    run = tmp_path / "copy"
+    shutil.copytree(tiny_run, run)
+    add_other_rows(run)
+    col = {c.key: i for i, c in enumerate(COLUMNS)}
+
+    def verdicts(others: float) -> dict[str, str]:
+        """With the rows lacking predictions at accuracy ``others``."""
+        for name in ("icl-4shot", "zs-no-params"):
+            old = read_result(run / name / "results.json")
+            old.model_copy(update={"accuracy": others}).write(run / name)
+        rows = collect([run])
+        return {r.label: c[col["vs_best"]].text for r, c in zip(rows, table(rows))}
+
+    low = verdicts(0.0)
+    assert low["icl-4shot"] == low["broken"] == low["zs-no-params"] == "-"
+    assert list(low.values()).count("best") == 1 and low["majority_class"] != "-"
+    assert set(verdicts(1.0).values()) == {"-"}
+    rows = collect([run])
+    ci = {r.label: c[col["accuracy_ci"]].text for r, c in zip(rows, table(rows))}
+    assert ci["broken"] == "" and ci["lora"].startswith("[")

@@ -37,6 +37,13 @@ def test_differences_within_the_spread_are_not_significant():
     assert versus_best(list(sums.values())) == {"a": BEST, "b": NOT_SIGNIFICANT, "c": BELOW}
 
 
+def test_the_majority_baseline_is_never_the_best_row():
+    """A task where every method collapsed below the majority class: the baseline is judged, not crowned."""
+    rows = ([result("majority_class", s, 0.65) for s in range(3)]
+            + [result("lora", s, v) for s, v in enumerate([0.60, 0.62, 0.64])])
+    assert versus_best(summarise(rows)) == {"lora": BEST, "majority_class": BELOW}
+
+
 def test_duplicate_seeds_refused(tiny_bert, tmp_path):
     raw = {"backbone": tiny_bert, "task": {"source": "csv", "train_file": "x.csv"}, "methods": ["full"],
            "seeds": [0, 1, 1]}
@@ -82,6 +89,26 @@ def test_comparison_shows_mean_and_std(seeded_run):
     assert {r["vs_best"] for r in rows.values()} & {BEST}
     md = (seeded_run / "comparison.md").read_text()
     assert f"{mean:.4f} ± {std:.4f}" in md and "lora (seed 2)" in md and "seeds 0, 1, 2" in md
+
+
+def test_paired_verdict_beside_the_spread_test(seeded_run):
+    """Every seed's rows leave predictions; the summary shows the Wilson interval of the mean and a
+    paired verdict over all seeds beside the spread test; each seed's comparison judges its runs."""
+    from peftlab.report.paired import BEST, wilson_interval
+
+    for seed in (0, 1, 2):
+        for name in ("majority_class", "lora", "linear_probe"):
+            assert (seeded_run / f"seed-{seed}" / name / "predictions.jsonl").is_file()
+        seed_rows = list(csv.DictReader((seeded_run / f"seed-{seed}" / "comparison.csv").open()))
+        assert [r["vs_best"] for r in seed_rows].count(BEST) == 1
+    rows = {r["method"]: r for r in csv.DictReader((seeded_run / "comparison.csv").open())}
+    assert [r["vs_best_paired"] for r in rows.values()].count(BEST) == 1
+    assert all(r["vs_best_paired"] in ("best", "better", "worse", "not distinguishable") for r in rows.values())
+    assert rows["majority_class"]["vs_best_paired"] != BEST and rows["lora"]["vs_best"]  # the spread test stays
+    lo, _ = wilson_interval(float(rows["lora"]["accuracy_mean"]) * 18, 18)
+    assert float(rows["lora"]["accuracy_ci_low"]) == pytest.approx(lo, abs=1e-3)
+    md = (seeded_run / "comparison.md").read_text()
+    assert "vs best (paired, accuracy)" in md and "accuracy 95% CI" in md
 
 
 def test_report_renders_seeds(seeded_run):

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from peftlab.errors import PeftlabError
-from peftlab.results import RESULTS_FILE, RunResult, read_result
+from peftlab.results import BASELINE_METHOD, PREDICTIONS_FILE, RESULTS_FILE, Predictions, RunResult, read_predictions, read_result
 
 CONFIG_FILE = "config.yaml"
 #: the command line that started a run and its working folder (written by ``peftlab run``)
 COMMAND_FILE = "command.json"
-BASELINE_METHOD = "majority_class"
 #: folders that hold saved weights, never results worth a row
 _SKIP_DIRS = {"adapter", "adapter.tmp", "mlruns", "mlartifacts", "tensorboard", "__pycache__"}
 
@@ -63,6 +63,18 @@ class Row:
     @property
     def is_baseline(self) -> bool:
         return self.result.method == BASELINE_METHOD
+
+    @cached_property
+    def predictions(self) -> Predictions | None:
+        """The per-example answers beside results.json (read once), for the paired tests; None
+        for a row that is not ok or has none (older peftlab, other writers) or an unreadable file."""
+        path = self.path.parent / PREDICTIONS_FILE
+        if self.result.status != "ok" or not path.is_file():
+            return None
+        try:
+            return read_predictions(path)
+        except PeftlabError:
+            return None
 
 
 def reproduce_note(run: RunDir) -> str:

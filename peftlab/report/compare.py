@@ -6,17 +6,22 @@ import csv
 import io
 from pathlib import Path
 
+from peftlab.errors import PeftlabError
 from peftlab.io import atomic_write_text
 from peftlab.report.facts import missing_classes
 from peftlab.report.fairness import search_summary
-from peftlab.report.seeds import distinct_seeds, summary_csv, summary_markdown
-from peftlab.results import RunResult
+from peftlab.report.paired import NO_VERDICT, Paired, accuracy_interval, interval_text, note, paired_verdicts, pooled_verdicts
+from peftlab.report.seeds import distinct_seeds, seed_dir, summary_csv, summary_markdown
+from peftlab.results import PREDICTIONS_FILE, Predictions, RunResult, read_predictions
 from peftlab.threads import contended_lines
 
 COLUMNS = [
     "method", "kind", "status", "accuracy", "macro_f1", "trainable", "total", "pct_trainable",
     "derived_trainable", "params_check", "train_s", "peak_mem_mb", "train_ex_per_s",
     "eval_ex_per_s", "adapter_mb", "flags", "accuracy_std", "macro_f1_std", "backbone",
+    # the accuracy's 95% Wilson interval, and the paired test against the best row (peftlab.report.paired)
+    "accuracy_ci_low", "accuracy_ci_high", "vs_best", "vs_best_diff", "vs_best_diff_low", "vs_best_diff_high",
+    "vs_best_p",
 ]
 
 
@@ -24,8 +29,11 @@ def _fmt(v: float | None, spec: str) -> str:
     return "" if v is None else format(v, spec)
 
 
-def row(r: RunResult) -> dict[str, str]:
+def row(r: RunResult, paired: Paired | None = None) -> dict[str, str]:
+    """One CSV row; ``paired``: the row against the best row (None: not computed, shown as "-")."""
     p, t = r.params, r.timing
+    ci = accuracy_interval(r)
+    v = paired or Paired(NO_VERDICT)
     check = "" if p is None or p.agree is None else ("ok" if p.agree else "MISMATCH")
     return {
         "method": r.name,
@@ -47,7 +55,28 @@ def row(r: RunResult) -> dict[str, str]:
         "accuracy_std": _fmt(r.accuracy_std, ".4f"),
         "macro_f1_std": _fmt(r.macro_f1_std, ".4f"),
         "backbone": r.backbone,
+        "accuracy_ci_low": "" if ci is None else f"{ci[0]:.4f}",
+        "accuracy_ci_high": "" if ci is None else f"{ci[1]:.4f}",
+        "vs_best": v.verdict, "vs_best_diff": _fmt(v.diff, ".4f"), "vs_best_diff_low": _fmt(v.low, ".4f"),
+        "vs_best_diff_high": _fmt(v.high, ".4f"), "vs_best_p": _fmt(v.p, ".4g"),
     }
+
+
+def row_predictions(results: list[RunResult], out: Path | None) -> list[Predictions | None]:
+    """Each ok row's predictions.jsonl in the run folder ``out`` (``out/seed-N/METHOD`` for several
+    seeds); None where absent or unreadable (older results, rows other runners wrote): that row
+    then says "-" rather than a guess."""
+    if out is None:
+        return [None] * len(results)
+    multi = len(distinct_seeds(results)) > 1
+    found: list[Predictions | None] = []
+    for r in results:
+        path = (seed_dir(out, r.seed) if multi else out) / r.name / PREDICTIONS_FILE
+        try:
+            found.append(read_predictions(path) if r.status == "ok" and path.is_file() else None)
+        except PeftlabError:
+            found.append(None)
+    return found
 
 
 def _with_spread(mean: str, std: str) -> str:
@@ -55,12 +84,14 @@ def _with_spread(mean: str, std: str) -> str:
     return f"{mean} ± {std}" if std else mean
 
 
-def to_csv(results: list[RunResult]) -> str:
+def to_csv(results: list[RunResult], preds: list[Predictions | None] | None = None) -> str:
+    """``preds``: each row's predictions (:func:`row_predictions`), for the paired columns."""
+    verdicts = paired_verdicts(results, preds or [None] * len(results))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     w.writeheader()
-    for r in results:
-        w.writerow(row(r))
+    for r, v in zip(results, verdicts):
+        w.writerow(row(r, v))
     return buf.getvalue()
 
 
@@ -68,11 +99,14 @@ def _md_cell(s: str) -> str:
     return s.replace("|", "\\|").replace("\n", " ")
 
 
-def to_markdown(results: list[RunResult]) -> str:
-    heads = ["method", "backbone", "accuracy", "macro-F1", "trainable", "% trainable", "params check", "train s",
-             "peak MB", "train ex/s", "eval ex/s", "adapter MB", "flags"]
-    keys = ["method", "backbone", "accuracy", "macro_f1", "trainable", "pct_trainable", "params_check", "train_s",
-            "peak_mem_mb", "train_ex_per_s", "eval_ex_per_s", "adapter_mb", "flags"]
+def to_markdown(results: list[RunResult], preds: list[Predictions | None] | None = None) -> str:
+    """``preds``: each row's predictions (:func:`row_predictions`), for the paired verdicts."""
+    heads = ["method", "backbone", "accuracy", "accuracy 95% CI", "vs best (paired)", "macro-F1", "trainable",
+             "% trainable", "params check", "train s", "peak MB", "train ex/s", "eval ex/s", "adapter MB", "flags"]
+    keys = ["method", "backbone", "accuracy", "accuracy_ci", "vs_best", "macro_f1", "trainable", "pct_trainable",
+            "params_check", "train_s", "peak_mem_mb", "train_ex_per_s", "eval_ex_per_s", "adapter_mb", "flags"]
+    preds = preds or [None] * len(results)
+    verdicts = paired_verdicts(results, preds)
     task = results[0].task if results else ""
     lines = [f"# Comparison: {task}", ""]
     multi = len(distinct_seeds(results)) > 1
@@ -81,10 +115,12 @@ def to_markdown(results: list[RunResult]) -> str:
         seeds = f"seeds {', '.join(map(str, distinct_seeds(results)))}" if multi else f"seed {r0.seed}"
         lines += [f"{r0.n_train} train / {r0.n_eval} eval examples, labels: {', '.join(r0.labels)}; {seeds}.", ""]
     if multi:  # one row per method over its seeds first, then every single run
-        lines += summary_markdown(results) + ["## Every run", ""]
+        lines += summary_markdown(results, paired=pooled_verdicts(results, preds)) + ["## Every run", ""]
     lines += ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-    for r in results:
-        cells = row(r)
+    for r, v in zip(results, verdicts):
+        cells = row(r, v)
+        cells["accuracy_ci"] = interval_text(accuracy_interval(r))
+        cells["vs_best"] = v.text()
         cells["accuracy"] = _with_spread(cells["accuracy"], cells["accuracy_std"])
         cells["macro_f1"] = _with_spread(cells["macro_f1"], cells["macro_f1_std"])
         if multi:
@@ -96,7 +132,8 @@ def to_markdown(results: list[RunResult]) -> str:
               "non-finite loss; params_unchanged = trainable weights never moved; backbone_newly_initialised = "
               "backbone weights beyond the head were missing from the checkpoint (random); train_eval_overlap = "
               "some eval inputs also occur in training; prompt_shortened = some prompts exceeded the model's context and "
-              "were shortened (demonstrations dropped, then the input's beginning cut). a ± b: mean and standard deviation over demonstration seeds.", ""]
+              "were shortened (demonstrations dropped, then the input's beginning cut). a ± b: mean and standard deviation over demonstration seeds.",
+              "", note() + (" With several seeds, each run is compared with the best run of its seed." if multi else ""), ""]
     lines += search_summary(results)
     lines += contended_lines(results)
     for r in results:  # method-specific diagnostics, e.g. zero-shot's worst class and template search
@@ -106,8 +143,10 @@ def to_markdown(results: list[RunResult]) -> str:
 
 
 def write_comparison(results: list[RunResult], out: Path) -> str:
-    md = to_markdown(results)
+    preds = row_predictions(results, out)
+    md = to_markdown(results, preds)
     multi = len(distinct_seeds(results)) > 1  # several seeds: one row per method with mean and std
-    atomic_write_text(out / "comparison.csv", summary_csv(results) if multi else to_csv(results))
+    atomic_write_text(out / "comparison.csv",
+                      summary_csv(results, pooled_verdicts(results, preds)) if multi else to_csv(results, preds))
     atomic_write_text(out / "comparison.md", md)
     return md

@@ -13,7 +13,7 @@ from peftlab.metrics import never_predicted
 from peftlab.report.collect import Row, RunDir
 from peftlab.report.plots import Point, pareto_frontier
 from peftlab.report.svg import colour
-from peftlab.results import RunResult
+from peftlab.results import BASELINE_METHOD, RunResult
 
 #: environment keys shown as "hardware" rather than "versions"
 HARDWARE_KEYS = ("device", "cuda", "threads", "platform")
@@ -174,7 +174,7 @@ def rows_of(run: RunDir, rows: list[Row]) -> list[Row]:
 def missing_classes(result: RunResult) -> str:
     """"never predicts X, Y" for a row some class was never predicted by (from its confusion
     matrix); empty when every class was, and for the baseline, which never predicts but one."""
-    if result.status != "ok" or result.method == "majority_class":
+    if result.status != "ok" or result.method == BASELINE_METHOD:
         return ""
     missing = never_predicted(result.confusion_matrix, result.labels)
     return f"never predicts {', '.join(missing)}" if missing else ""

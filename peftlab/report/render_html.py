@@ -16,7 +16,8 @@ from peftlab.report import facts
 from peftlab.report.collect import Row, RunDir, group_by_task, reproduce_note, run_dirs
 from peftlab.report.plots import confusion_svg, hbar_svg, line_svg, nothing_svg, pareto_svg
 from peftlab.report.fairness import fairness_lines
-from peftlab.report.seeds import distinct_seeds, note, select_metric, summary_rows
+from peftlab.report.paired import pooled_verdicts
+from peftlab.report.seeds import distinct_seeds, note, paired_note, select_metric, summary_rows
 from peftlab.report.table import COLUMNS, legend, table
 
 CSS = """
@@ -143,14 +144,23 @@ def seed_section(rows: list[Row]) -> str:
     if len(distinct_seeds(results)) <= 1:
         return ""
     metric = select_metric(results)
-    heads = ["method", "seeds", "accuracy", "macro-F1", f"vs best ({SELECT_METRICS[metric]})"]
+    paired = pooled_verdicts(results, [r.predictions for r in rows])
+    heads = ["method", "seeds", "accuracy", "accuracy 95% CI", "macro-F1", f"vs best ({SELECT_METRICS[metric]})",
+             "vs best (paired, accuracy)"]
     body = "".join(
         f"<tr><td>{e(x['method'])}</td><td>{e(x['seeds'])}</td>"
         f"<td>{e(x['accuracy_mean'])} ± {e(x['accuracy_std'])}</td>"
-        f"<td>{e(x['macro_f1_mean'])} ± {e(x['macro_f1_std'])}</td><td>{e(x['vs_best'])}</td></tr>"
-        for x in summary_rows(results))
+        f"<td>{e(_ci(x['accuracy_ci_low'], x['accuracy_ci_high']))}</td>"
+        f"<td>{e(x['macro_f1_mean'])} ± {e(x['macro_f1_std'])}</td><td>{e(x['vs_best'])}</td>"
+        f"<td>{e(paired[x['method']].text() if x['method'] in paired else '-')}</td></tr>"
+        for x in summary_rows(results, paired))
     return (f"<h3>Mean ± std over seeds</h3><table><thead><tr>{''.join(f'<th>{h}</th>' for h in heads)}</tr></thead>"
-            f"<tbody>{body}</tbody></table><p class=\"mute\">{e(note(metric))}</p>")
+            f"<tbody>{body}</tbody></table><p class=\"mute\">{e(note(metric))}</p>"
+            f"<p class=\"mute\">{e(paired_note())}</p>")
+
+
+def _ci(low: str, high: str) -> str:
+    return f"[{float(low):.3f}, {float(high):.3f}]" if low and high else ""
 
 
 def task_section(i: int, task: str, rows: list[Row]) -> str:

@@ -14,6 +14,7 @@ from html import escape
 from peftlab.report import facts
 from peftlab.report.collect import Row, RunDir, group_by_task, reproduce_note, run_dirs
 from peftlab.report.fairness import fairness_lines
+from peftlab.report.paired import pooled_verdicts
 from peftlab.report.seeds import distinct_seeds, summary_markdown
 from peftlab.report.table import COLUMNS, legend, table
 
@@ -68,7 +69,8 @@ def task_block(task: str, rows: list[Row]) -> list[str]:
         out += ["**Needs attention:**", ""] + [f"- {cell(n)}" for n in notes] + [""]
     out += comparison(rows) + [""]
     if len(distinct_seeds([r.result for r in rows])) > 1:
-        out += summary_markdown([r.result for r in rows], level=3)
+        results = [r.result for r in rows]
+        out += summary_markdown(results, level=3, paired=pooled_verdicts(results, [r.predictions for r in rows]))
     front = facts.frontier_labels(rows)
     out += [f"Pareto frontier (accuracy vs trainable parameters): {cell(', '.join(front) or 'none')}. "
             "Figures: see report.html.", ""]

@@ -11,11 +11,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from peftlab.metrics import SELECT_METRICS, selection_value
-from peftlab.results import RunResult
+from peftlab.report.paired import Paired, interval_text, wilson_interval
+from peftlab.results import BASELINE_METHOD, RunResult
 
 BEST, NOT_SIGNIFICANT, BELOW = "best", "n.s. (within spread of best)", "below best"
+
+
+def seed_dir(out: Path, seed: int) -> Path:
+    """Where a multi-seed run keeps seed ``seed``'s complete single-seed run (peftlab.runners.seeds)."""
+    return out / f"seed-{seed}"
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -36,6 +43,8 @@ class SeedSummary:
     accuracy: list[float] = field(default_factory=list)
     macro_f1: list[float] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
+    #: evaluation examples per run (the same split for every seed)
+    n_eval: int = 0
 
     @property
     def acc(self) -> tuple[float, float] | None:
@@ -63,6 +72,7 @@ def summarise(results: list[RunResult]) -> list[SeedSummary]:
         s = out.setdefault(r.name, SeedSummary(name=r.name, kind=r.method))
         if r.status == "ok" and r.accuracy is not None:
             s.seeds.append(r.seed)
+            s.n_eval = r.n_eval
             s.accuracy.append(r.accuracy)
             s.macro_f1.append(r.macro_f1 if r.macro_f1 is not None else float("nan"))
         else:
@@ -88,7 +98,10 @@ def versus_best(summaries: list[SeedSummary], metric: str = "accuracy") -> dict[
     stats = {s.name: v for s in summaries if (v := s.stat(metric)) is not None and not math.isnan(v[0])}
     if not stats:
         return {}
-    best = max(stats, key=lambda n: stats[n][0])
+    kinds = {s.name: s.kind for s in summaries}
+    # the majority-class reference is judged against the best, never the best itself
+    candidates = [n for n in stats if kinds[n] != BASELINE_METHOD] or list(stats)
+    best = max(candidates, key=lambda n: stats[n][0])
     return {n: BEST if n == best else NOT_SIGNIFICANT if within_spread(v, stats[best]) else BELOW
             for n, v in stats.items()}
 
@@ -98,17 +111,37 @@ def pm(ms: tuple[float, float] | None) -> str:
 
 
 SUMMARY_COLUMNS = ["method", "kind", "seeds", "accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std",
-                   "vs_best", "failed_seeds"]
+                   "vs_best", "failed_seeds", "accuracy_ci_low", "accuracy_ci_high", "vs_best_paired",
+                   "vs_best_paired_diff", "vs_best_paired_low", "vs_best_paired_high"]
 
 
-def summary_rows(results: list[RunResult]) -> list[dict[str, str]]:
-    """The per-method rows of comparison.csv for a multi-seed run."""
+def mean_interval(s: SeedSummary) -> tuple[float, float] | None:
+    """The Wilson interval of the mean accuracy over the ``n_eval`` examples: the uncertainty from
+    which examples were drawn, which the spread over seeds does not show."""
+    acc = s.acc
+    return None if acc is None or s.n_eval <= 0 else wilson_interval(acc[0] * s.n_eval, s.n_eval)
+
+
+def _paired_cells(v: Paired | None) -> dict[str, str]:
+    def f(x: float | None) -> str:
+        return "" if x is None else f"{x:.4f}"
+
+    if v is None:
+        return {"vs_best_paired": "-", "vs_best_paired_diff": "", "vs_best_paired_low": "", "vs_best_paired_high": ""}
+    return {"vs_best_paired": v.verdict, "vs_best_paired_diff": f(v.diff), "vs_best_paired_low": f(v.low),
+            "vs_best_paired_high": f(v.high)}
+
+
+def summary_rows(results: list[RunResult], paired: dict[str, Paired] | None = None) -> list[dict[str, str]]:
+    """The per-method rows of comparison.csv for a multi-seed run; ``paired``: each method's
+    pooled paired verdict against the best (peftlab.report.paired.pooled_verdicts), "-" if absent."""
     sums = summarise(results)
     verdict = versus_best(sums, select_metric(results))
     rows = []
     for s in sums:
-        acc, f1 = s.acc, s.f1
-        rows.append({
+        acc, f1, ci = s.acc, s.f1, mean_interval(s)
+        rows.append({**_paired_cells((paired or {}).get(s.name)),
+            "accuracy_ci_low": "" if ci is None else f"{ci[0]:.4f}", "accuracy_ci_high": "" if ci is None else f"{ci[1]:.4f}",
             "method": s.name, "kind": s.kind, "seeds": " ".join(map(str, s.seeds)),
             "accuracy_mean": "" if acc is None else f"{acc[0]:.4f}", "accuracy_std": "" if acc is None else f"{acc[1]:.4f}",
             "macro_f1_mean": "" if f1 is None else f"{f1[0]:.4f}", "macro_f1_std": "" if f1 is None else f"{f1[1]:.4f}",
@@ -117,18 +150,29 @@ def summary_rows(results: list[RunResult]) -> list[dict[str, str]]:
     return rows
 
 
-def summary_markdown(results: list[RunResult], level: int = 2) -> list[str]:
-    """A Markdown table of mean ± std per method, with the significance verdict against the best."""
+def summary_markdown(results: list[RunResult], level: int = 2, paired: dict[str, Paired] | None = None) -> list[str]:
+    """A Markdown table of mean ± std per method, with the spread verdict against the best and,
+    beside it, the paired one over every example of every seed (``paired``; "-" where absent)."""
     sums = summarise(results)
     metric = select_metric(results)
     verdict = versus_best(sums, metric)
     lines = [f"{'#' * level} Mean ± std over seeds {', '.join(map(str, distinct_seeds(results)))}", "",
-             f"| method | seeds | accuracy | macro-F1 | vs best ({SELECT_METRICS[metric]}) |", "|---|---|---|---|---|"]
+             f"| method | seeds | accuracy | accuracy 95% CI | macro-F1 | vs best ({SELECT_METRICS[metric]}) "
+             "| vs best (paired, accuracy) |", "|---|---|---|---|---|---|---|"]
     for s in sums:
         failed = f" ({len(s.failed)} failed)" if s.failed else ""
-        lines.append(f"| {s.name} | {len(s.seeds)}{failed} | {pm(s.acc)} | {pm(s.f1)} | {verdict.get(s.name, '')} |")
-    lines += ["", note(metric), ""]
+        v = (paired or {}).get(s.name)
+        lines.append(f"| {s.name} | {len(s.seeds)}{failed} | {pm(s.acc)} | {interval_text(mean_interval(s))} | {pm(s.f1)} "
+                     f"| {verdict.get(s.name, '')} | {'-' if v is None else v.text()} |")
+    lines += ["", note(metric), "", paired_note(), ""]
     return lines
+
+
+def paired_note() -> str:
+    return ("accuracy 95% CI: Wilson interval of the mean accuracy over the evaluation examples. vs best (paired): "
+            "every example of every seed, each example scored by the share of seeds that got it right, against the "
+            "method with the best mean accuracy: better / worse when the 95% paired bootstrap interval of the "
+            "difference (shown) excludes 0, else not distinguishable; - = some seed has no per-example predictions.")
 
 
 def note(metric: str = "accuracy") -> str:
@@ -137,12 +181,12 @@ def note(metric: str = "accuracy") -> str:
             "(the ±1 std ranges overlap): these seeds cannot tell the two apart.")
 
 
-def summary_csv(results: list[RunResult]) -> str:
+def summary_csv(results: list[RunResult], paired: dict[str, Paired] | None = None) -> str:
     import csv
     import io
 
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
     w.writeheader()
-    w.writerows(summary_rows(results))
+    w.writerows(summary_rows(results, paired))
     return buf.getvalue()

@@ -12,7 +12,8 @@ from typing import Callable, Literal
 
 from peftlab.report.collect import Row
 from peftlab.report.facts import missing_classes
-from peftlab.results import RunResult
+from peftlab.report.paired import accuracy_interval, interval_text, note, paired_verdicts
+from peftlab.results import BASELINE_METHOD, RunResult
 
 Better = Literal["max", "min"]
 ARROW = {"max": "\u2191", "min": "\u2193"}  # up / down arrows: which direction is better
@@ -28,6 +29,8 @@ class Column:
     better: Better | None = None
     text: Callable[[Row], str] | None = None
     note: str = ""
+    #: a text column whose cells depend on every row (the paired verdict against the best row)
+    texts: Callable[[list[Row]], list[str]] | None = None
 
     @property
     def title(self) -> str:
@@ -51,7 +54,7 @@ def _mb(b: int | None) -> float | None:
 def params_check(r: RunResult) -> str:
     """Counted vs closed-form parameter numbers, said in words a reader can check."""
     p = r.params
-    if p is None or r.method == "majority_class":
+    if p is None or r.method == BASELINE_METHOD:
         return ""
     if p.agree is None:
         return "no formula"
@@ -66,6 +69,11 @@ def flags_text(r: RunResult) -> str:
     return " ".join(r.flags + [m for m in [missing_classes(r)] if m])
 
 
+def paired_texts(rows: list[Row]) -> list[str]:
+    """Each row against the best row of its task and seed, on the same examples (peftlab.report.paired)."""
+    return [v.text() for v in paired_verdicts([r.result for r in rows], [r.predictions for r in rows])]
+
+
 def _timing(attr: str) -> Callable[[RunResult], float | None]:
     return lambda r: None if r.timing is None else getattr(r.timing, attr)
 
@@ -74,6 +82,9 @@ COLUMNS: list[Column] = [
     Column("method", "method", _none, str, text=lambda row: row.label),
     Column("kind", "kind", _none, str, text=lambda row: row.result.method),
     Column("accuracy", "accuracy", lambda r: r.accuracy, lambda v: f"{v:.4f}", "max"),
+    Column("accuracy_ci", "accuracy 95% CI", _none, str, text=lambda row: interval_text(accuracy_interval(row.result)),
+           note=note()),
+    Column("vs_best", "vs best (paired)", _none, str, texts=paired_texts),
     Column("macro_f1", "macro-F1", lambda r: r.macro_f1, lambda v: f"{v:.4f}", "max"),
     Column("trainable", "trainable", lambda r: None if r.params is None else r.params.trainable,
            lambda v: f"{int(v):,}", "min"),
@@ -120,10 +131,14 @@ def best_values(rows: list[Row], columns: list[Column] = COLUMNS) -> dict[str, f
 def table(rows: list[Row], columns: list[Column] = COLUMNS) -> list[list[Cell]]:
     """Formatted cells, one list per row, with the best value per column marked."""
     best = best_values(rows, columns)
+    whole = {col.key: col.texts(rows) for col in columns if col.texts is not None}
     out = []
-    for row in rows:
+    for i, row in enumerate(rows):
         cells = []
         for col in columns:
+            if col.key in whole:
+                cells.append(Cell(whole[col.key][i]))
+                continue
             if col.text is not None:
                 cells.append(Cell(col.text(row)))
                 continue

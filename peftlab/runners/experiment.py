@@ -30,7 +30,7 @@ from peftlab.params import arch_spec, count_params
 from peftlab.plan import check_fits, estimate_bytes
 from peftlab.registry import Registry
 from peftlab.report.compare import write_comparison
-from peftlab.results import EpochRecord, RunResult, environment
+from peftlab.results import EpochRecord, Predictions, RunResult, environment
 from peftlab.runners.batching import Features, encode
 from peftlab.runners.cached import fit_head
 from peftlab.runners.checkpoint import clear_checkpoints
@@ -39,8 +39,8 @@ from peftlab.runners.icl import run_icl
 from peftlab.runners.lr_search import search_lr
 from peftlab.runners.measure import PeakMemory
 from peftlab.runners.output import ResumeMode, prepare_output, write_run_report
-from peftlab.runners.rows import (ADAPTER_DIR, BASELINE, baseline_result, changed_since, checkpoint_plan, guarded,
-                                  kept_or_run, overlap_flags, save_atomically, say, stop_if_diverged,
+from peftlab.runners.rows import (ADAPTER_DIR, baseline_row, changed_since, checkpoint_plan, guarded, kept_or_run,
+                                  overlap_flags, record_predictions, save_atomically, say, stop_if_diverged,
                                   trainable_fingerprint, trained_result_fields)
 from peftlab.runners.seeds import run_seeds, single_seed
 from peftlab.runners.sharded import is_sharded, refuse_unsupported, unsharded_copy, use_sharding, wrap_blocks
@@ -116,9 +116,7 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False, resume: ResumeMod
 def run_methods(cfg: ExperimentConfig, data: TaskData, encodings: Encodings, out: Path, reuse: bool,
                 quiet: bool) -> list[RunResult]:
     """The baseline and every method with ``cfg.train.seed``, results in ``out/METHOD``."""
-    results = [baseline_result(cfg, data)] if cfg.baseline else []
-    if results and is_main():
-        results[0].write(out / BASELINE)
+    results = [baseline_row(cfg, data, out)] if cfg.baseline else []
     for params in cfg.methods:
         runner = RUNNERS.get(METHODS.get(params.method).runner)
         results.append(kept_or_run(out, params, reuse, quiet, lambda: runner(cfg, params, data, encodings, out, quiet)))
@@ -164,7 +162,7 @@ def _run_icl(cfg: ExperimentConfig, params: MethodParams, data: TaskData, encodi
         # LoRA leaves the base weights as they were, so the adapted LM still has its base's fingerprint
         save = (lambda m: save_atomically(method, m, params, mdir / ADAPTER_DIR, base_fingerprint(m, bb_name))
                 ) if method.saves_adapter else None
-        result = run_icl(cfg, method, params, data, base, quiet, save)
+        result = run_icl(cfg, method, params, data, base, quiet, save, lambda p: record_predictions(mdir, p))
         return result.model_copy(update={"adapter_path": f"{mdir.name}/{ADAPTER_DIR}"}) if save else result
 
     return guarded(cfg, params, data, out, work)
@@ -228,6 +226,7 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
     if acc.is_main_process:
         clear_checkpoints(mdir)
     m = classification_metrics(data.eval.labels, pred, data.label_names)
+    record_predictions(mdir, Predictions.from_logits(data.label_names, data.eval.labels, outcome.logits))
     return base.model_copy(update=dict(
         **trained_result_fields(outcome, m, (trainable, total, d_train, d_total, agree), wall, mem),
         adapter_bytes=adapter_bytes, adapter_path=f"{mdir.name}/{ADAPTER_DIR}",

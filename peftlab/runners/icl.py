@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from peftlab.methods.icl import template_overrides
 from peftlab.metrics import classification_metrics, is_collapsed, majority_class
 from peftlab.params import count_params
 from peftlab.prompts.template import Demo, PromptTemplate, answer_strings, load_template, render_context
-from peftlab.results import ParamCounts, RunResult, Timing, environment
+from peftlab.results import ParamCounts, Predictions, RunResult, Timing, environment
 from peftlab.runners.measure import PeakMemory
 from peftlab.precision import Precision
 from peftlab.runners.train import make_accelerator, train_precision
@@ -114,9 +114,17 @@ def _pair(split: Split, i: int) -> str | None:
     return None if split.pairs is None else split.pairs[i]
 
 
+class SeedPass(NamedTuple):
+    """One pass over the eval split with one seed's demonstrations."""
+
+    pred: np.ndarray  # (n,) label ids
+    probs: np.ndarray  # (n, labels): scored probabilities, or the chains' vote shares (NaN: no chain answered)
+    unanswered: int  # queries whose chains named no label (reasoning mode)
+
+
 def predict_seed(model: Any, scorer: PrefixScorer, p: Prompting, params: Any, data: TaskData, seed: int,
-                 embed: Any) -> tuple[np.ndarray, int]:
-    """Predictions on the eval split with the demonstrations of ``seed``; (pred, unanswered)."""
+                 embed: Any) -> SeedPass:
+    """Predictions on the eval split with the demonstrations of ``seed``."""
     n = len(data.eval)
     chosen = SELECTORS.get(params.selection)(data.train, data.eval, params.shots, seed, embed) if params.shots else [[]] * n
     demos = [[p.demo(data.train, j) for j in idx] for idx in chosen]
@@ -127,23 +135,27 @@ def predict_seed(model: Any, scorer: PrefixScorer, p: Prompting, params: Any, da
     if params.calibrate:
         free = [p.context(demos[0], cf, cf if data.is_pair else None) for cf in CONTENT_FREE]
         probs = calibrate(probs, content_free_prior(score_probs(scorer, p, free, params.normalize, params.temperature)))
-    return probs.argmax(-1), 0
+    return SeedPass(probs.argmax(-1), probs, 0)
 
 
 def _reason(model: Any, p: Prompting, params: Any, data: TaskData, demos: list[list[Demo]],
-            seed: int) -> tuple[np.ndarray, int]:
+            seed: int) -> SeedPass:
     """Chain of thought (one greedy chain) or self-consistency (majority over sampled chains).
     A query whose chains name no label falls back to the majority training class."""
     n_chains = params.samples if params.reasoning == "self_consistency" else 1
     prompts = [p.context(demos[i], data.eval.texts[i], _pair(data.eval, i), p.template.cot_trigger,
                          generate=params.max_new_tokens) for i in range(len(data.eval))]
     chains = sample_chains(model, p.tokenizer, prompts, n_chains, params.max_new_tokens, params.sample_temperature, seed)
-    fallback, missing, pred = majority_class(data.train.labels), 0, []
+    fallback, missing, pred, shares = majority_class(data.train.labels), 0, [], []
+    k = len(p.answers)
     for texts in chains:
-        vote = majority_vote([extract_answer(t, p.answers, p.template.answer_prefix) for t in texts], len(p.answers))
+        answers = [extract_answer(t, p.answers, p.template.answer_prefix) for t in texts]
+        vote = majority_vote(answers, k)
         missing += vote is None
         pred.append(fallback if vote is None else vote)
-    return np.asarray(pred), missing
+        counts = np.bincount([a for a in answers if a is not None and 0 <= a < k], minlength=k).astype(np.float64)
+        shares.append(counts / counts.sum() if counts.sum() else np.full(k, np.nan))
+    return SeedPass(np.asarray(pred), np.asarray(shares).reshape(len(chains), k), missing)
 
 
 def seeds_to_run(params: Any) -> list[int]:
@@ -154,9 +166,10 @@ def seeds_to_run(params: Any) -> list[int]:
 
 
 def run_icl(cfg: ExperimentConfig, method: Any, params: Any, data: TaskData, base: RunResult, quiet: bool,
-            save: Callable[[Any], int] | None = None) -> RunResult:
-    """Load, (optionally adapt and ``save``), score every seed, and fill in ``base``; errors
-    propagate (the caller turns them into a failed row)."""
+            save: Callable[[Any], int] | None = None,
+            record: Callable[[Predictions], None] | None = None) -> RunResult:
+    """Load, (optionally adapt and ``save``), score every seed, ``record`` the per-example answers
+    of every seed, and fill in ``base``; errors propagate (the caller turns them into a failed row)."""
     bb: BackboneConfig = cfg.backbone_for(params)
     set_seed(cfg.train.seed)
     device = make_accelerator(cfg.train).device
@@ -178,8 +191,10 @@ def run_icl(cfg: ExperimentConfig, method: Any, params: Any, data: TaskData, bas
             runs = [predict_seed(model, scorer, p, params, data, s, embed) for s in seeds]
         eval_s = time.perf_counter() - t1
         wall = time.perf_counter() - t0
+    if record is not None:
+        record(Predictions.of(data.label_names, data.eval.labels, [r.pred for r in runs], [r.probs for r in runs], seeds))
     return base.model_copy(update=dict(
-        **summarise(data, [r[0] for r in runs], seeds),
+        **summarise(data, [r.pred for r in runs], seeds),
         params=ParamCounts(trainable=trainable, total=total, percent_trainable=100.0 * trainable / total),
         timing=Timing(wall_s=wall, train_s=fit.train_s, eval_s=eval_s,
                       train_examples_per_s=fit.train_examples / fit.train_s if fit.train_s else None,
@@ -205,11 +220,11 @@ def summarise(data: TaskData, preds: list[np.ndarray], seeds: list[int]) -> dict
     )
 
 
-def _flags(runs: list[tuple[np.ndarray, int]], num_labels: int, fit: Any) -> list[str]:
+def _flags(runs: list[SeedPass], num_labels: int, fit: Any) -> list[str]:
     flags = []
-    if any(is_collapsed(pred, num_labels) for pred, _ in runs):
+    if any(is_collapsed(r.pred, num_labels) for r in runs):
         flags.append("collapsed")
-    if any(missing for _, missing in runs):
+    if any(r.unanswered for r in runs):
         flags.append("unanswered")  # some chains named no label: majority class used
     if fit.nan_loss:
         flags.append("nan_loss")

@@ -33,13 +33,13 @@ from peftlab.metrics import classification_metrics, is_collapsed
 from peftlab.params import count_params
 from peftlab.precision import Precision
 from peftlab.report.compare import write_comparison
-from peftlab.results import RunResult, environment
+from peftlab.results import Predictions, RunResult, environment
 from peftlab.runners.cached import fit_tensors, predict_tensors
 from peftlab.runners.checkpoint import clear_checkpoints
 from peftlab.runners.distributed import is_main
 from peftlab.runners.output import ResumeMode, prepare_output
-from peftlab.runners.rows import (ADAPTER_DIR, BASELINE, baseline_result, changed_since, checkpoint_plan, guarded,
-                                  kept_or_run, save_atomically, say, stop_if_diverged, trainable_fingerprint,
+from peftlab.runners.rows import (ADAPTER_DIR, baseline_row, changed_since, checkpoint_plan, guarded, kept_or_run,
+                                  record_predictions, save_atomically, say, stop_if_diverged, trainable_fingerprint,
                                   trained_result_fields)
 from peftlab.runners.measure import PeakMemory
 from peftlab.runners.train import CheckpointPlan, FitOutcome, epoch_record, make_accelerator
@@ -86,9 +86,7 @@ def run_image_experiment(cfg: ExperimentConfig, quiet: bool = False, resume: Res
     kind = preflight_image(cfg)
     out, reuse = prepare_output(cfg, resume, command)
     ctx = build_context(cfg, out / FEATURE_CACHE, quiet)
-    results = [baseline_result(cfg, ctx.data)] if cfg.baseline else []
-    if results and is_main():
-        results[0].write(out / BASELINE)
+    results = [baseline_row(cfg, ctx.data, out)] if cfg.baseline else []
     for params in cfg.methods:
         results.append(kept_or_run(out, params, reuse, quiet,
                                    lambda: run_image_method(ctx, cfg, params, kind, out, quiet)))
@@ -154,6 +152,7 @@ def _run(ctx: ImageContext, cfg: ExperimentConfig, params: MethodParams, kind: s
     if is_main():
         clear_checkpoints(mdir)
     m = classification_metrics(ctx.data.eval.labels, pred, ctx.data.label_names)
+    record_predictions(mdir, Predictions.from_logits(ctx.data.label_names, ctx.data.eval.labels, outcome.logits))
     details = {**per_class_summary(m["per_class"]), **built.details}
     details["report_lines"] = report_lines(details)
     return base.model_copy(update=dict(

@@ -27,7 +27,8 @@ from peftlab.fingerprint import write_fingerprint
 from peftlab.guards import overlap_count
 from peftlab.io import dir_size_bytes, follow_umask
 from peftlab.metrics import classification_metrics, is_collapsed, majority_class
-from peftlab.results import RESULTS_FILE, ParamCounts, RunResult, Timing, read_result
+from peftlab.results import (BASELINE_METHOD, PREDICTIONS_FILE, RESULTS_FILE, ParamCounts, Predictions, RunResult, Timing, read_result,
+                             write_predictions)
 from peftlab.runners.checkpoint import clear_checkpoints, complete_checkpoints, load_checkpoint
 from peftlab.runners.distributed import barrier, is_main
 from peftlab.runners.measure import PeakMemory
@@ -38,7 +39,7 @@ from peftlab.tracking import log_result
 
 
 ADAPTER_DIR = "adapter"
-BASELINE = "majority_class"
+BASELINE = BASELINE_METHOD
 
 
 def checkpoint_plan(cfg: ExperimentConfig, mdir: Path, model: torch.nn.Module, quiet: bool) -> CheckpointPlan | None:
@@ -85,6 +86,24 @@ def finished_result(mdir: Path, params: MethodParams) -> RunResult | None:
     same = result.method_params == params.model_dump(mode="json")
     saved = result.adapter_path is None or (mdir / ADAPTER_DIR).is_dir()  # in-context rows save nothing
     return result if same and result.status == "ok" and saved else None
+
+
+def record_predictions(mdir: Path, preds: Predictions) -> None:
+    """The one place every runner's row (trained, in-context, zero-shot, image, baseline) writes
+    its per-example answers: ``mdir/predictions.jsonl``, by rank 0 alone."""
+    if is_main():
+        write_predictions(mdir, preds)
+
+
+def baseline_row(cfg: ExperimentConfig, data: TaskData, out: Path) -> RunResult:
+    """The majority-class row, written with its predictions (text and image runners alike)."""
+    result = baseline_result(cfg, data)
+    if is_main():
+        pred = np.full(len(data.eval), majority_class(data.train.labels))
+        record_predictions(out / BASELINE, Predictions.of(data.label_names, data.eval.labels, [pred],
+                                                          [np.eye(data.num_labels)[pred]]))
+        result.write(out / BASELINE)
+    return result
 
 
 def baseline_result(cfg: ExperimentConfig, data: TaskData) -> RunResult:
@@ -149,6 +168,7 @@ def guarded(cfg: ExperimentConfig, params: MethodParams, data: TaskData, out: Pa
     base = base_result(cfg, params, data)
     if is_main():
         base.model_copy(update={"status": "incomplete"}).write(mdir)
+        (mdir / PREDICTIONS_FILE).unlink(missing_ok=True)  # an earlier run's answers are not this row's
     try:
         result = work(base, mdir)
     except (Exception, KeyboardInterrupt) as exc:

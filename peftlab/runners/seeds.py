@@ -15,12 +15,11 @@ from pathlib import Path
 from peftlab.config import ExperimentConfig, dump_config
 from peftlab.io import atomic_write_text
 from peftlab.report.compare import write_comparison
+from peftlab.report.seeds import seed_dir
 from peftlab.results import RunResult
 from peftlab.runners.distributed import is_main
 
-
-def seed_dir(out: Path, seed: int) -> Path:
-    return out / f"seed-{seed}"
+__all__ = ["run_seeds", "seed_config", "seed_dir", "single_seed"]
 
 
 def seed_config(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:
