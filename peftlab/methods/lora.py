@@ -88,6 +88,17 @@ class LoraParams(MethodParams):
         return self
 
 
+#: the LoRA-family options and their "off" values; a runner that does not implement them
+#: (image classifiers' LoRA) refuses a row that turns one on (:func:`family_options_on`)
+FAMILY_OFF: dict[str, object] = {"use_rslora": False, "use_dora": False, "init": "default", "lora_plus_ratio": None}
+
+
+def family_options_on(params: LoraParams) -> list[str]:
+    """The LoRA-family options this row turns on, ``target_modules: all-linear`` included."""
+    on = [k for k, off in FAMILY_OFF.items() if getattr(params, k) != off]
+    return on + ([f"target_modules: {ALL_LINEAR}"] if params.target_modules == ALL_LINEAR else [])
+
+
 def default_targets(model_type: str) -> list[str]:
     """peft's per-architecture defaults (attention query and value for most families)."""
     if model_type not in LORA_TARGETS:
