@@ -44,7 +44,7 @@ def _lora(params: Any, spec: ArchSpec) -> Flow:
     before the backward and keeps nothing."""
     from peftlab.methods.lora import resolve_targets
 
-    targets = resolve_targets(params, spec.family, spec)
+    targets = resolve_targets(params, spec)
     block = _block_names(spec, targets)
     post = _post_targeted(spec, targets)
     dora = {n: spec.layer_linears[n][1] for n in block} if params.use_dora else {}

@@ -14,7 +14,8 @@ The LoRA family is options of this method, each a field peft already has:
   untouched base (:func:`to_plain_lora`, peft's documented conversion);
 * ``lora_plus_ratio``: LoRA+ (Hayou et al., 2024), B learns ``ratio`` times faster than A
   (:meth:`Lora.lr_scale`, the runner's optimizer hook);
-* ``target_modules: all-linear``: every linear of the backbone but the head (:func:`resolve_targets`).
+* ``target_modules: all-linear``: every linear of the backbone but the head (peft's shorthand;
+  :func:`resolve_targets` names the same layers for the closed forms).
 """
 
 from __future__ import annotations
@@ -108,35 +109,33 @@ def default_targets(model_type: str) -> list[str]:
     return list(LORA_TARGETS[model_type])
 
 
-def resolve_targets(params: LoraParams, model_type: str, spec: ArchSpec | None) -> list[str] | str:
-    """The ``target_modules`` given to peft: the row's list, peft's defaults, or for ``all-linear``
-    every backbone linear by full name (the head excluded, as peft excludes it).
-
-    peftlab resolves ``all-linear`` itself where it knows the architecture, so the closed forms,
-    the memory flow and peft adapt the same layers: peft's own resolution leaves linears *inside*
-    a head module (RoBERTa's ``classifier.dense``) targeted. Without a spec it is left to peft.
-    """
-    if params.target_modules == ALL_LINEAR:
-        return list(all_linears(spec)) if spec is not None else ALL_LINEAR
+def peft_targets(params: LoraParams, model_type: str) -> list[str] | str:
+    """The ``target_modules`` given to peft: the row's list, peft's defaults, or ``all-linear``,
+    which peft resolves itself (every Linear but the classification head)."""
     return params.target_modules or default_targets(model_type)
+
+
+def resolve_targets(params: LoraParams, spec: ArchSpec) -> list[str]:
+    """The targets as the closed forms and the memory flow see them: ``all-linear`` is every linear
+    of the spec (whose linears never include the head), the same layers peft picks (the method
+    tables hold it: counted == closed form on BERT, RoBERTa and Llama)."""
+    targets = peft_targets(params, spec.family)
+    return list(all_linears(spec)) if targets == ALL_LINEAR else list(targets)
 
 
 class Lora(PeftMethod):
     name = "lora"
     Params = LoraParams
 
-    def targets(self, params: LoraParams, model_type: str, spec: ArchSpec | None = None) -> list[str] | str:
-        return resolve_targets(params, model_type, spec)
-
     def check(self, params: LoraParams, spec: ArchSpec | None, model_type: str) -> None:
-        targets = self.targets(params, model_type, spec)
-        if isinstance(targets, list):
-            check_targets(self.name, targets, spec, model_type)
+        targets = peft_targets(params, model_type)
+        if targets != ALL_LINEAR:  # all-linear matches whatever linears there are
+            check_targets("lora", list(targets), spec, model_type)  # qlora's targets are lora's field too
 
     def peft_config(self, params: LoraParams, model: nn.Module, spec: ArchSpec | None) -> LoraConfig:
         return seq_cls_config(LoraConfig, model, spec, r=params.r, lora_alpha=params.alpha,
                               lora_dropout=params.dropout,
-                              target_modules=self.targets(params, model.config.model_type, spec),
+                              target_modules=peft_targets(params, model.config.model_type),
                               use_rslora=params.use_rslora, use_dora=params.use_dora,
                               init_lora_weights=PEFT_INIT[params.init])
 
@@ -156,7 +155,7 @@ class Lora(PeftMethod):
         return params.lora_plus_ratio if params.lora_plus_ratio and ".lora_B." in name else 1.0
 
     def derived_trainable(self, params: LoraParams, spec: ArchSpec) -> int:
-        targets = self.targets(params, spec.family, spec)
+        targets = resolve_targets(params, spec)
         dora = dora_params(spec, targets) if params.use_dora else 0
         return lora_params(spec, targets, params.r) + dora + spec.head
 
