@@ -163,7 +163,7 @@ class Lora(PeftMethod):
 def initial_lora(model: nn.Module) -> dict[str, torch.Tensor]:
     """The A and B matrices right after a base-mutating init, keyed as peft saves them."""
     state = get_peft_model_state_dict(model)
-    return {k: v.detach().clone() for k, v in state.items() if ".lora_A." in k or ".lora_B." in k}
+    return {k: v.detach().cpu().clone() for k, v in state.items() if ".lora_A." in k or ".lora_B." in k}
 
 
 def to_plain_lora(directory: Path, initial: dict[str, torch.Tensor]) -> None:
