@@ -38,11 +38,20 @@ def _partial(params: Any, spec: ArchSpec) -> Flow:
 
 
 def _lora(params: Any, spec: ArchSpec) -> Flow:
-    from peftlab.methods.lora import default_targets
+    """LoRA's branches; with DoRA, each adapted linear also keeps 2 x d_out values per token
+    (its frozen output and its LoRA output, which the magnitude's gradient multiplies).
+    DoRA's weight norm goes through B A in the forward but is detached, so that graph is freed
+    before the backward and keeps nothing."""
+    from peftlab.methods.lora import resolve_targets
 
-    targets = params.target_modules or default_targets(spec.family)
-    return Flow(lora={n: params.dropout for n in _block_names(spec, targets)}, lora_r=params.r,
-                lora_post=params.dropout if _post_targeted(spec, targets) else None)
+    targets = resolve_targets(params, spec)
+    block = _block_names(spec, targets)
+    post = _post_targeted(spec, targets)
+    dora = {n: spec.layer_linears[n][1] for n in block} if params.use_dora else {}
+    if params.use_dora and post:
+        dora[""] = sum(d_out for _, d_out, _ in spec.post_linears.values())
+    return Flow(lora={n: params.dropout for n in block}, lora_r=params.r,
+                lora_post=params.dropout if post else None, dora=dora)
 
 
 FLOWS.add("lora", _lora)

@@ -7,6 +7,7 @@ parameters (counted as weights, not activations) gives the bytes the closed form
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -14,19 +15,29 @@ from torch import nn
 
 
 def saved_tensor_bytes(model: nn.Module, batch: dict[str, torch.Tensor]) -> int:
-    """Bytes of the distinct non-parameter storages saved for backward by one training forward."""
+    """Bytes of the distinct non-parameter storages saved for backward by one training forward
+    and still held when the backward starts.
+
+    A tensor saved by a side graph that never reaches the loss (DoRA's weight norm is computed
+    from B A through autograd, then detached) is freed with that graph inside the forward; it is
+    a passing peak, not memory the backward needs, so only saved tensors still alive count.
+    """
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
+    saved: list[tuple[int, int, weakref.ref]] = []
 
     def pack(t: torch.Tensor) -> Any:
         storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr not in params and ptr not in seen:
-            seen[ptr] = storage.nbytes()
+        if storage.data_ptr() not in params:
+            saved.append((storage.data_ptr(), storage.nbytes(), weakref.ref(t)))
         return t
 
     model.train()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss = model(**batch).loss
+    alive: dict[int, int] = {}  # storage -> bytes (an address freed and reused counts its live storage)
+    for ptr, nbytes, ref in saved:
+        if ref() is not None:
+            alive[ptr] = max(alive.get(ptr, 0), nbytes)
+    kept = sum(alive.values())
     loss.backward()  # frees the graph; also proves a gradient reaches something
-    return sum(seen.values())
+    return kept

@@ -58,6 +58,10 @@ class Flow:
     lora_r: int = 0
     #: LoRA adapts the pooler's dense layer too (a target named ``dense``), with this dropout
     lora_post: float | None = None
+    #: DoRA: adapted linear -> its d_out ("" is the pooler). Beyond LoRA's, it keeps per token its
+    #: frozen output and its LoRA output (both d_out wide, for the magnitude's gradient), and once
+    #: the detached weight norm and the magnitude / norm scale
+    dora: dict[str, int] = field(default_factory=dict)
     #: (IA)^3: scaled linear -> True when its input is scaled (feed-forward), False for its output
     ia3: dict[str, bool] = field(default_factory=dict)
     #: bottleneck adapters: linear whose output they follow -> (bottleneck width, nonlinearity)
@@ -144,6 +148,7 @@ def _linear_in(t: _Tally, f: Flow, name: str, n_in: int, x_kept: bool, x_grad: b
             t.values(n_in)  # the dropped-out copy, kept by lora_A
             t.mask(n_in, p, x_grad)  # the mask only when a gradient flows back into x
         t.values(r_tokens * f.lora_r)  # lora_A's output, kept by lora_B
+        t.values(2 * (r_tokens + 1) * f.dora.get(name, 0))  # DoRA: two outputs per token, two scales
     if keep_x and not x_kept:
         t.values(n_in)
     return x_kept or keep_x, x_grad or block_trains or name in f.lora or name in f.ia3
@@ -271,6 +276,7 @@ def _head(t: _Tally, d: Dims, f: Flow, tokens: int, g: bool, pooler: bool) -> No
             t.values(b * h if f.lora_post > 0 else tokens * h)
             t.mask(b * h, f.lora_post, g)
             t.values(b * f.lora_r)
+            t.values(2 * (b + 1) * f.dora.get("", 0))
         g = g or f.post or f.lora_post is not None
         t.values(b * h, g)  # tanh keeps its output
     else:  # RoBERTa's head: dropout -> dense (trained) -> tanh -> dropout -> out_proj

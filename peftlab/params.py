@@ -96,6 +96,11 @@ def lora_params(spec: ArchSpec, targets: list[str], r: int) -> int:
     return sum(r * (d_in + d_out) for d_in, d_out, _ in targeted_linears(spec, targets).values())
 
 
+def dora_params(spec: ArchSpec, targets: list[str]) -> int:
+    """DoRA adds one trained magnitude per output feature of each targeted linear: d_out."""
+    return sum(d_out for _, d_out, _ in targeted_linears(spec, targets).values())
+
+
 def ia3_params(spec: ArchSpec, targets: list[str], feedforward: list[str]) -> int:
     """(IA)^3 learns one scaling vector per targeted linear: d_in for feedforward modules (the
     input is scaled), d_out otherwise (the output is scaled).

@@ -28,6 +28,10 @@ CASES = [
     {"method": "lora", "dropout": 0.0, "target_modules": ["query", "value"]},
     {"method": "lora", "dropout": 0.1, "target_modules": ["query", "key", "value", "dense"]},
     {"method": "lora", "dropout": 0.0, "target_modules": ["query", "key", "value", "dense"]},
+    # DoRA keeps each adapted linear's frozen and LoRA outputs for the magnitude's gradient
+    {"method": "lora", "dropout": 0.0, "target_modules": ["query", "value"], "use_dora": True},
+    {"method": "lora", "dropout": 0.1, "target_modules": "all-linear", "use_dora": True},
+    {"method": "lora", "dropout": 0.0, "target_modules": "all-linear"},
     {"method": "ia3"},
     {"method": "prompt_tuning", "init": "random", "num_virtual_tokens": 6},
     {"method": "p_tuning", "num_virtual_tokens": 6},
@@ -65,8 +69,9 @@ def test_closed_form_equals_saved_tensors(raw, attention_dropout):
     assert abs(predicted - measured) <= TOLERANCE * measured, (predicted, measured)
 
 
-@pytest.mark.parametrize("raw", [{"method": "full"}, {"method": "lora", "dropout": 0.1}, {"method": "houlsby"}],
-                         ids=lambda r: r["method"])
+@pytest.mark.parametrize("raw", [{"method": "full"}, {"method": "lora", "dropout": 0.1}, {"method": "houlsby"},
+                                 {"method": "lora", "dropout": 0.1, "target_modules": "all-linear", "use_dora": True}],
+                         ids=lambda r: "-".join(f"{v}" for v in r.values()))
 def test_roberta_head(raw):
     predicted, measured = measure("roberta", raw, 0.1)
     assert abs(predicted - measured) <= TOLERANCE * measured, (predicted, measured)
@@ -77,6 +82,7 @@ LLAMA_CASES = [
     {"method": "partial", "top_k": 1},
     {"method": "lora", "dropout": 0.1, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                          "up_proj", "down_proj"]},
+    {"method": "lora", "dropout": 0.0, "target_modules": "all-linear", "use_dora": True},
     {"method": "ia3"},
     {"method": "prompt_tuning", "init": "random", "num_virtual_tokens": 6},
     {"method": "prefix_tuning", "num_virtual_tokens": 6},

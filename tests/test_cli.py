@@ -28,6 +28,9 @@ def tiny_run(tiny_bert, tmp_path_factory) -> Path:
             {"method": "partial", "top_k": 1, "lr": 3e-3},
             {"method": "linear_probe", "lr": 5e-2, "epochs": 4},
             {"method": "lora", "r": 4, "lr": 1e-2},
+            # the LoRA family's options together (issue 20): saved converted, reloaded by predict
+            {"method": "lora", "name": "lora_family", "r": 4, "lr": 3e-3, "init": "pissa", "use_dora": True,
+             "use_rslora": True, "lora_plus_ratio": 4, "target_modules": "all-linear"},
         ],
         "train": {"epochs": 2, "batch_size": 8, "max_length": 32},
         "output_dir": str(root / "run"),
@@ -43,8 +46,8 @@ def test_run_writes_every_result(tiny_run: Path):
     cfg = yaml.safe_load((tiny_run / "config.yaml").read_text())
     assert cfg["train"]["epochs"] == 3  # the override is what got recorded
     rows = list(csv.DictReader((tiny_run / "comparison.csv").open()))
-    assert [r["method"] for r in rows] == ["majority_class", "full", "partial", "linear_probe", "lora"]
-    for name in ["full", "partial", "linear_probe", "lora"]:
+    assert [r["method"] for r in rows] == ["majority_class", "full", "partial", "linear_probe", "lora", "lora_family"]
+    for name in ["full", "partial", "linear_probe", "lora", "lora_family"]:
         r = json.loads((tiny_run / name / "results.json").read_text())
         assert r["status"] == "ok"
         assert r["params"]["agree"] is True
@@ -73,6 +76,20 @@ def test_predict_cli(tiny_run: Path):
         assert x["label"] in {"negative", "neutral", "positive"}
         assert sum(x["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
         assert x["label"] == max(x["probabilities"], key=x["probabilities"].get)
+
+
+def test_predict_reloads_the_lora_family_row_with_its_score(tiny_run: Path, tmp_path: Path):
+    """The PiSSA + DoRA + rsLoRA + LoRA+ + all-linear row, reloaded from its saved (converted) adapter,
+    scores the eval set exactly as the run did."""
+    with (tiny_run.parent / "eval.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    f = tmp_path / "eval.txt"
+    f.write_text("".join(r["text"] + "\n" for r in rows))
+    proc = cli("predict", str(tiny_run / "lora_family"), "--file", str(f), "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    labels = [json.loads(x)["label"] for x in proc.stdout.strip().splitlines()]
+    result = json.loads((tiny_run / "lora_family" / "results.json").read_text())
+    assert np.mean([p == r["label"] for p, r in zip(labels, rows)]) == pytest.approx(result["accuracy"])
 
 
 def test_predict_file_and_bad_dir(tiny_run: Path, tmp_path: Path):

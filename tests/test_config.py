@@ -54,6 +54,15 @@ def test_good_config_and_defaults():
         ({"methods": [{"method": "partial", "top_k": 0}]}, "methods[0].top_k"),
         ({"methods": [{"method": "lora", "dropout": 1.5}]}, "methods[0].dropout"),
         ({"methods": [{"lr": 1e-3}]}, "'method' key"),
+        # the LoRA family's options (issue 20)
+        ({"methods": [{"method": "lora", "target_modules": "all"}]}, "methods[0].target_modules: a list of"),
+        ({"methods": [{"method": "lora", "lora_plus_ratio": 0.5}]}, "methods[0].lora_plus_ratio"),
+        ({"methods": [{"method": "lora", "init": "kaiming"}]}, "methods[0].init"),
+        ({"methods": [{"method": "lora", "use_dora": "maybe"}]}, "methods[0].use_dora"),
+        ({"methods": [{"method": "lora", "init": "loftq"}]}, "init 'loftq': LoftQ initialises A and B against a quantised"),
+        ({"methods": [{"method": "qlora", "init": "loftq"}]}, "init 'loftq': not supported yet"),
+        ({"methods": [{"method": "qlora", "init": "pissa"}]}, "init 'pissa': PiSSA rewrites the base weights"),
+        ({"methods": [{"method": "qlora", "init": "olora"}]}, "init 'olora': OLoRA rewrites the base weights"),
     ],
 )
 def test_bad_values_name_the_field(patch, field):
@@ -99,3 +108,5 @@ def test_validate_cli_exit_codes(tmp_path, tiny_csv):
     assert len(lines) == 1 and "task.text_column" in lines[0] and "'review'" in lines[0]
     rank0 = run_cli("validate", str(write(tmp_path, raw)), "methods.lora.r=0")
     assert rank0.returncode == 2 and rank0.stderr.count("\n") == 1 and "methods[1].r" in rank0.stderr
+    loftq = run_cli("validate", str(write(tmp_path, raw)), "methods.lora.init=loftq")
+    assert loftq.returncode == 2 and loftq.stderr.count("\n") == 1 and "methods[1]: init 'loftq'" in loftq.stderr

@@ -332,3 +332,9 @@ def test_shipped_image_configs_validate(name):
         from peftlab.runners.image_experiment import preflight_image
 
         assert preflight_image(cfg) == "classifier"
+        # the LoRA family's options are text-only so far: refused before any weights, not run as plain LoRA
+        from peftlab.methods.lora import LoraParams
+
+        dora = cfg.model_copy(update={"methods": [LoraParams(use_dora=True, target_modules="all-linear")]})
+        with pytest.raises(PeftlabError, match=r"lora: use_dora, target_modules: all-linear not supported on image"):
+            preflight_image(dora)

@@ -2,12 +2,16 @@
 
 For each method: counted trainable/total == closed form (three architectures); a few epochs
 lower the loss; exactly the intended parameters change; save -> load on a fresh base gives
-identical logits, which differ from the untouched base model.
+identical logits, which differ from the untouched base model. LoRA rows (the LoRA family's
+options, issue 20): plain peft loads the saved adapter on the original base with the same
+outputs, and merged == unmerged.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,35 +19,62 @@ import torch
 from transformers import DataCollatorWithPadding
 
 from conftest import FAMILIES
-from method_table import assert_counts_match_closed_form, fresh, split, train_tiny
+from method_table import _one_thread, assert_counts_match_closed_form, fresh, split, train_tiny  # noqa: F401  (_one_thread: autouse)
 from peftlab.methods import METHODS
 from peftlab.params import arch_spec
 from peftlab.runners.batching import encode
-from peftlab.runners.train import predict_logits
+from peftlab.runners.train import make_optimizer, predict_logits
 
-#: method -> params for the table; learning rates high enough to move a tiny model fast
-TABLE = {
-    "full": {"lr": 3e-3},
-    "partial": {"lr": 3e-3, "top_k": 1},
-    "linear_probe": {"lr": 5e-2},
-    "lora": {"lr": 1e-2, "r": 4, "alpha": 8, "dropout": 0.0},
+LORA = {"lr": 1e-2, "r": 4, "alpha": 8, "dropout": 0.0}
+#: row id -> (method, params); learning rates high enough to move a tiny model fast
+TABLE: dict[str, tuple[str, dict[str, Any]]] = {
+    "full": ("full", {"lr": 3e-3}),
+    "partial": ("partial", {"lr": 3e-3, "top_k": 1}),
+    "linear_probe": ("linear_probe", {"lr": 5e-2}),
+    "lora": ("lora", LORA),
+    "lora_rslora": ("lora", {**LORA, "use_rslora": True}),
+    "lora_dora": ("lora", {**LORA, "use_dora": True}),
+    "lora_gaussian": ("lora", {**LORA, "init": "gaussian"}),
+    "lora_pissa": ("lora", {**LORA, "init": "pissa"}),
+    "lora_olora": ("lora", {**LORA, "init": "olora"}),
+    "lora_plus": ("lora", {**LORA, "lr": 3e-3, "lora_plus_ratio": 16}),
+    "lora_all_linear": ("lora", {**LORA, "target_modules": "all-linear"}),
+    "lora_pissa_dora_rslora": ("lora", {**LORA, "init": "pissa", "use_dora": True, "use_rslora": True}),
 }
+LORA_ROWS = [row for row, (name, _) in TABLE.items() if name == "lora"]
+#: rows saved as a plain LoRA adapter on the untouched base (rank 2r: [B | -B0][A; A0]); the
+#: reloaded model computes W x + s B'A' x instead of (W - s B0 A0) x + s B A x, equal to float rounding
+CONVERTED_ROWS = {"lora_pissa", "lora_olora", "lora_pissa_dora_rslora"}
+
+
+def method_and_params(row: str) -> tuple[Any, Any]:
+    name, kw = TABLE[row]
+    method = METHODS.get(name)
+    return method, method.Params(**kw)
+
+
+def assert_same_logits(row: str, got: Any, want: Any) -> None:
+    """Identical logits, or for converted rows equal within float rounding and the same predictions."""
+    got, want = np.asarray(got), np.asarray(want)
+    if row in CONVERTED_ROWS:
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        assert np.array_equal(got.argmax(-1), want.argmax(-1))
+    else:
+        assert np.array_equal(got, want)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("name", list(TABLE))
-def test_counted_equals_closed_form(tiny_backbones, family, name):
+@pytest.mark.parametrize("row", list(TABLE))
+def test_counted_equals_closed_form(tiny_backbones, family, row):
     model, _ = fresh(tiny_backbones[family])
-    method = METHODS.get(name)
-    params = method.Params(**TABLE[name])
+    method, params = method_and_params(row)
     assert_counts_match_closed_form(method, params, model)
 
 
 @pytest.mark.parametrize("family", ["bert", "llama"])
-@pytest.mark.parametrize("name", list(TABLE))
-def test_trains_only_its_parameters_and_round_trips(tiny_backbones, tmp_path: Path, family, name):
-    method = METHODS.get(name)
-    params = method.Params(**TABLE[name])
+@pytest.mark.parametrize("row", list(TABLE))
+def test_trains_only_its_parameters_and_round_trips(tiny_backbones, tmp_path: Path, family, row):
+    method, params = method_and_params(row)
     model, tok = fresh(tiny_backbones[family])
     base_model, _ = fresh(tiny_backbones[family])
     run = train_tiny(method, params, model, tok, epochs=6)
@@ -54,44 +85,108 @@ def test_trains_only_its_parameters_and_round_trips(tiny_backbones, tmp_path: Pa
     reloaded, _ = fresh(tiny_backbones[family])
     reloaded = method.load(reloaded, params, spec, tmp_path / "adapter")
     trained_logits = run.logits(model)
-    assert np.array_equal(run.logits(reloaded), trained_logits)
+    assert_same_logits(row, run.logits(reloaded), trained_logits)
     assert not np.allclose(run.logits(base_model), trained_logits)
 
 
-def test_lora_adapter_loads_in_plain_peft(tiny_bert, tmp_path: Path):
+def _moved_lora(path: str, row: str, std: float) -> tuple[Any, Any, Any, Any]:
+    """A prepared LoRA row whose trained tensors are moved away from their init (B often starts at 0)."""
+    method, params = method_and_params(row)
+    model, tok = fresh(path)
+    model = method.prepare(model, params, arch_spec(model.config))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * std)
+    return method, params, model.eval(), tok
+
+
+@pytest.mark.parametrize("row", LORA_ROWS)
+def test_lora_adapter_loads_in_plain_peft(tiny_bert, tmp_path: Path, row):
+    """On the *original* base: PiSSA/OLoRA rows are saved converted, so no init is recomputed."""
     from peft import PeftModel
 
-    method = METHODS.get("lora")
-    params = method.Params(r=2, alpha=4)
-    model, tok = fresh(tiny_bert)
-    model = method.prepare(model, params, arch_spec(model.config))
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_()
+    method, params, model, tok = _moved_lora(tiny_bert, row, 0.5)
     method.save(model, params, tmp_path / "a")
+    saved = json.loads((tmp_path / "a" / "adapter_config.json").read_text(encoding="utf-8"))
+    # loading rewrites no base weight (converted rows: a plain rank-2r LoRA adapter)
+    assert saved["init_lora_weights"] not in ("pissa", "olora")
+    assert saved["r"] == params.r * (2 if row in CONVERTED_ROWS else 1)
     base, _ = fresh(tiny_bert)
     plain = PeftModel.from_pretrained(base, str(tmp_path / "a")).eval()
-    model.eval()
     batch = tok(["good drug", "bad day"], return_tensors="pt", padding=True)
-    assert torch.equal(plain(**batch).logits, model(**batch).logits)
-
-
-def test_lora_merged_equals_unmerged(tiny_bert):
-    method = METHODS.get("lora")
-    params = method.Params(r=2, alpha=4, dropout=0.0)
-    model, tok = fresh(tiny_bert)
-    model = method.prepare(model, params, arch_spec(model.config)).eval()
     with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(std=0.5)
+        assert_same_logits(row, plain(**batch).logits, model(**batch).logits)
+        untouched, _ = fresh(tiny_bert)
+        assert not torch.allclose(untouched.eval()(**batch).logits, model(**batch).logits)
+
+
+@pytest.mark.parametrize("row", LORA_ROWS)
+def test_lora_merged_equals_unmerged(tiny_bert, row):
+    method, params, model, tok = _moved_lora(tiny_bert, row, 0.5)
     batch = tok(["good drug", "bad day really"], return_tensors="pt", padding=True)
-    unmerged = model(**batch).logits
-    merged = model.merge_and_unload()(**batch).logits
+    with torch.no_grad():
+        unmerged = model(**batch).logits
+        merged = model.merge_and_unload()(**batch).logits
     torch.testing.assert_close(merged, unmerged, rtol=1e-5, atol=1e-5)
     base, _ = fresh(tiny_bert)
     assert not torch.allclose(base.eval()(**batch).logits, unmerged)
+
+
+#: what each LoRA option changes in the prepared model, beyond the counts (row -> check)
+OPTION_CHECKS = {
+    # rsLoRA: B A scaled by alpha / sqrt(r) = 8 / 2, not alpha / r = 2
+    "lora_rslora": lambda model, base: {m.scaling["default"] for m in _lora_layers(model)} == {4.0},
+    # gaussian: A ~ N(0, 1/r^2), far below kaiming-uniform's 1/sqrt(d_in)-wide spread
+    "lora_gaussian": lambda model, base: all(abs(m.lora_A["default"].weight.std().item() - 0.25) < 0.05
+                                             for m in _lora_layers(model)),
+    # PiSSA / OLoRA: B starts non-zero and the base weight becomes the residual W - s B0 A0
+    "lora_pissa": lambda model, base: _residual_base(model, base),
+    "lora_olora": lambda model, base: _residual_base(model, base),
+}
+
+
+def _lora_layers(model: Any) -> list[Any]:
+    return [m for m in model.modules() if hasattr(m, "lora_A") and "default" in m.lora_A]
+
+
+def _residual_base(model: Any, base: Any) -> bool:
+    originals = dict(base.named_parameters())
+    for name, m in model.named_modules():
+        if hasattr(m, "lora_A") and "default" in m.lora_A:
+            w0 = originals[name.removeprefix("base_model.model.") + ".weight"]
+            delta = m.scaling["default"] * m.lora_B["default"].weight @ m.lora_A["default"].weight
+            if not (delta.abs().max() > 0 and torch.allclose(m.base_layer.weight + delta, w0, atol=1e-5)):
+                return False
+    return True
+
+
+@pytest.mark.parametrize("row", list(OPTION_CHECKS))
+def test_lora_option_reaches_peft(tiny_bert, row):
+    method, params = method_and_params(row)
+    base, _ = fresh(tiny_bert)
+    model, _ = fresh(tiny_bert)
+    model = method.prepare(model, params, arch_spec(model.config))
+    assert OPTION_CHECKS[row](model, base)
+
+
+def test_lora_plus_b_learns_ratio_times_faster(tiny_bert):
+    """LoRA+: every B matrix sits in an optimizer group at lr * ratio; A and the head at lr."""
+    from peftlab.config import TrainConfig
+
+    method, params = method_and_params("lora_plus")
+    model, _ = fresh(tiny_bert)
+    model = method.prepare(model, params, arch_spec(model.config))
+    opt, _ = make_optimizer(model, params.lr, TrainConfig(warmup_ratio=0.0), 10,
+                            lr_scale=lambda name: method.lr_scale(params, name))
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert len(lr_of) == len(trainable)
+    for name, p in trainable.items():
+        want = params.lr * params.lora_plus_ratio if ".lora_B." in name else params.lr
+        assert lr_of[id(p)] == pytest.approx(want), name
+    assert any(".lora_B." in n for n in trainable)
 
 
 def test_linear_probe_cached_features_equal_recomputed(tiny_backbones):

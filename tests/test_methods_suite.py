@@ -37,10 +37,17 @@ TABLE: dict[str, tuple[str, dict[str, Any]]] = {
     "pfeiffer": ("pfeiffer", {"lr": 1e-2, "reduction_factor": 8, "nonlinearity": "gelu"}),
     "qlora": ("qlora", {"lr": 1e-2, "r": 4, "alpha": 8, "dropout": 0.0}),
     "qlora8": ("qlora", {"lr": 1e-2, "r": 4, "alpha": 8, "dropout": 0.0, "bits": 8}),
+    # the LoRA family's options on a quantised base (issue 20; lora's own rows: tests/test_methods.py)
+    "qlora_dora": ("qlora", {"lr": 1e-2, "r": 4, "alpha": 8, "dropout": 0.0, "use_dora": True}),
+    "qlora_rslora_plus": ("qlora", {"lr": 3e-3, "r": 4, "alpha": 8, "dropout": 0.0, "use_rslora": True,
+                                    "lora_plus_ratio": 16}),
+    "qlora_all_linear": ("qlora", {"lr": 1e-2, "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}),
 }
 #: rows trained end to end (the variants above are covered by the closed-form table)
-TRAINED = ["ia3", "prompt_tuning", "p_tuning", "prefix_tuning", "houlsby", "pfeiffer", "qlora", "qlora8"]
-PEFT_ROWS = ["ia3", "prompt_tuning", "p_tuning", "p_tuning_lstm", "prefix_tuning_proj", "qlora"]
+TRAINED = ["ia3", "prompt_tuning", "p_tuning", "prefix_tuning", "houlsby", "pfeiffer", "qlora", "qlora8", "qlora_dora",
+           "qlora_rslora_plus", "qlora_all_linear"]
+PEFT_ROWS = ["ia3", "prompt_tuning", "p_tuning", "p_tuning_lstm", "prefix_tuning_proj", "qlora", "qlora_dora",
+             "qlora_all_linear"]
 #: rows whose prompts come from a trained encoder: peft saves the encoder's *output* (the encoder
 #: is a training-time reparameterisation), so a reload skips one batched matmul chain and can
 #: differ in the last float bits

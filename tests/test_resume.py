@@ -41,7 +41,10 @@ def raw_config(tiny_bert: str, tiny_csv, out: Path, **train) -> dict:
         "name": "resume",
         "backbone": tiny_bert,
         "task": {"source": "csv", "train_file": str(train_file), "eval_file": str(eval_file)},
-        "methods": [{"method": "full", "lr": 3e-3}, {"method": "lora", "r": 4, "lr": 1e-2, "dropout": 0.1}],
+        "methods": [{"method": "full", "lr": 3e-3}, {"method": "lora", "r": 4, "lr": 1e-2, "dropout": 0.1},
+                    # PiSSA's residual base is recomputed on resume; LoRA+'s optimizer groups are restored
+                    {"method": "lora", "name": "lora_family", "r": 4, "lr": 3e-3, "dropout": 0.1, "init": "pissa",
+                     "use_dora": True, "lora_plus_ratio": 4}],
         "train": {"epochs": 3, "batch_size": 8, "max_length": 32, "checkpoint_every": 2, "device": "cpu",
                   "num_threads": 1, **train},  # one thread: the same float order in and out of process
         "output_dir": str(out),
@@ -61,20 +64,21 @@ def reference(tiny_bert, tmp_path_factory) -> Path:
 def test_same_config_twice_gives_identical_metrics(tiny_bert, reference, tmp_path):
     files = (reference / "train.csv", reference / "eval.csv")
     run_experiment(validate_raw(raw_config(tiny_bert, files, tmp_path / "again")), quiet=True)
-    for name in ("full", "lora"):
+    for name in ("full", "lora", "lora_family"):
         assert metrics(tmp_path / "again", name) == metrics(reference / "run", name)
 
 
-@pytest.mark.parametrize("stop_after", [3, 4])  # 6 steps/epoch, every 2: saves 1,2 mid-epoch 1, 3 at its end, 4 mid-epoch 2
-def test_interrupted_then_resumed_equals_uninterrupted(tiny_bert, reference, tmp_path, monkeypatch, stop_after):
+# 6 steps/epoch, every 2: saves 1,2 mid-epoch 1, 3 at its end, 4 mid-epoch 2
+@pytest.mark.parametrize("name, stop_after", [("lora", 3), ("lora", 4), ("lora_family", 4)])
+def test_interrupted_then_resumed_equals_uninterrupted(tiny_bert, reference, tmp_path, monkeypatch, name, stop_after):
     files = (reference / "train.csv", reference / "eval.csv")
     cfg = validate_raw(raw_config(tiny_bert, files, tmp_path / "run"))
-    out = run_until_checkpoint(monkeypatch, train_mod, cfg, "lora", stop_after)
+    out = run_until_checkpoint(monkeypatch, train_mod, cfg, name, stop_after)
     full_before = (out / "full" / "results.json").read_text()
     run_experiment(cfg, quiet=True)  # the same config on the same dir: continues
     assert (out / "full" / "results.json").read_text() == full_before  # finished method not re-run
-    assert metrics(out, "lora") == metrics(reference / "run", "lora")
-    assert not complete_checkpoints(out / "lora")  # cleared once the adapter is saved
+    assert metrics(out, name) == metrics(reference / "run", name)
+    assert not complete_checkpoints(out / name)  # cleared once the adapter is saved
     assert (out / "comparison.md").is_file()
 
 

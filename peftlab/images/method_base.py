@@ -97,6 +97,9 @@ class Built:
 
 
 class ImageMethod:
+    def check(self, params: Any) -> None:
+        """Refuse, before any weights load, settings this image method does not implement."""
+
     def build(self, ctx: ImageContext, params: Any) -> Built:
         raise NotImplementedError
 

@@ -15,7 +15,9 @@ from peftlab.images.backbones import ClassifierBackbone, logits_of
 from peftlab.images.efficientnet import LiteConfig
 from peftlab.images.method_base import (HEAD_FILE, IMAGE_METHODS, Built, Forward, ImageContext, ImageMethod,
                                         load_tensors, save_tensors)
+from peftlab.errors import PeftlabError
 from peftlab.methods.base import freeze_all, unfreeze
+from peftlab.methods.lora import family_options_on
 from peftlab.methods.peft_common import load_peft, wrap_peft
 
 MODEL_FILE = "model.safetensors"
@@ -102,6 +104,14 @@ class ClassifierProbe(ImageMethod):
 
 class ClassifierLora(ImageMethod):
     """peft LoRA on the named linears (ViT attention) or 1x1 convs (CNNs), plus the head."""
+
+    def check(self, params: Any) -> None:
+        """The LoRA family's options (rsLoRA, DoRA, inits, LoRA+, all-linear) are text-only so far:
+        this runner's closed forms, optimizer and saving do not implement them, so a row asking
+        for one is refused rather than silently trained as plain LoRA."""
+        on = family_options_on(params)
+        if on:
+            raise PeftlabError(f"config error: {params.label}: {', '.join(on)} not supported on image classifiers yet")
 
     def config(self, bb: ClassifierBackbone, model: nn.Module, params: Any) -> LoraConfig:
         return LoraConfig(r=params.r, lora_alpha=params.alpha, lora_dropout=params.dropout,

@@ -55,6 +55,14 @@ class Method:
         (peftlab.precision: bf16 autocast on CUDA, and on CPUs where it is measured faster)."""
         return None
 
+    def lr_scale(self, params: Any, name: str) -> float:
+        """The multiple of the row's ``lr`` that the trainable parameter ``name`` learns at.
+
+        The runner builds one optimizer group per distinct scale (:func:`peftlab.runners.train.param_groups`),
+        so a method whose parts want different rates (LoRA+: B faster than A) only declares them.
+        """
+        return 1.0
+
     def prepare(self, model: nn.Module, params: Any, spec: ArchSpec | None) -> nn.Module:
         """Freeze/inject so that exactly this method's parameters require grad."""
         raise NotImplementedError

@@ -1,23 +1,54 @@
 """``lora``: low-rank updates W + (alpha/r) * B A on chosen linear layers, through Hugging Face peft.
 
 The head is trained too (peft's ``modules_to_save``), since a new task needs a new head. Saved
-in peft's own format, so plain ``PeftModel.from_pretrained`` loads it; prepare/save/load are the
-shared :class:`~peftlab.methods.peft_common.PeftMethod` ones.
+in peft's own format, so plain ``PeftModel.from_pretrained`` loads it on the original base;
+prepare/load are the shared :class:`~peftlab.methods.peft_common.PeftMethod` ones.
+
+The LoRA family is options of this method, each a field peft already has:
+
+* ``use_rslora``: rank-stabilised scaling alpha / sqrt(r) (Kalajdzievski, 2023);
+* ``use_dora``: DoRA's weight decomposition (Liu et al., 2024), one trained magnitude per output
+  feature of each adapted linear;
+* ``init``: how A and B start (:data:`PEFT_INIT`). PiSSA and OLoRA move the top of W into B A and
+  train on the residual W - s B0 A0, so :meth:`Lora.save` converts the adapter to a plain one on the
+  untouched base (:func:`to_plain_lora`, peft's documented conversion);
+* ``lora_plus_ratio``: LoRA+ (Hayou et al., 2024), B learns ``ratio`` times faster than A
+  (:meth:`Lora.lr_scale`, the runner's optimizer hook);
+* ``target_modules: all-linear``: every linear of the backbone but the head (peft's shorthand;
+  :func:`resolve_targets` names the same layers for the closed forms).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from pathlib import Path
+from typing import Annotated, ClassVar, Literal
 
+import torch
 from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as LORA_TARGETS
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
+from safetensors.torch import load_file
 from torch import nn
 
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.errors import PeftlabError
+from peftlab.io import save_safetensors
 from peftlab.methods.peft_common import PeftMethod, check_targets, seq_cls_config
-from peftlab.params import ArchSpec, lora_params
+from peftlab.params import ArchSpec, all_linears, dora_params, lora_params
+
+#: peft's shorthand for every linear layer except the output/classification head
+ALL_LINEAR = "all-linear"
+#: peftlab's ``init`` -> peft's ``init_lora_weights``. "default" is peft's own default (True):
+#: A kaiming-uniform, B zero, so training starts from the base model.
+PEFT_INIT: dict[str, bool | str] = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
+#: inits that rewrite the base weight to W - s B0 A0 (the adapter starts as W's top part)
+MUTATES_BASE = frozenset({"pissa", "olora"})
+#: where the initial A and B of a base-mutating init are kept on the prepared model, for save
+INITIAL_ATTR = "peftlab_initial_lora"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 class LoraParams(MethodParams):
@@ -26,7 +57,47 @@ class LoraParams(MethodParams):
     r: int = Field(default=8, ge=1)
     alpha: PositiveFloat = 16.0
     dropout: float = Field(default=0.1, ge=0, lt=1)
-    target_modules: list[str] | None = Field(default=None, min_length=1)
+    #: linear names (peft's suffix rule), or "all-linear": every linear of the backbone but the head
+    target_modules: Annotated[list[str], Field(min_length=1)] | Literal["all-linear"] | None = None
+    #: scale B A by alpha / sqrt(r) instead of alpha / r (rank-stabilised LoRA)
+    use_rslora: bool = False
+    #: DoRA: W' = m * (W + s B A) / ||W + s B A|| with a trained magnitude m per output feature
+    use_dora: bool = False
+    #: how A and B start (:data:`PEFT_INIT`); "loftq" is named so that it is refused with a reason
+    init: Literal["default", "gaussian", "pissa", "olora", "loftq"] = "default"
+    #: LoRA+: B's learning rate is lr * ratio (A, the head and DoRA's magnitudes keep lr); the
+    #: paper's ratios are >= 1 (16 typical), a smaller one would slow B, the opposite of LoRA+
+    lora_plus_ratio: float | None = Field(default=None, ge=1, allow_inf_nan=False)
+
+    #: ``init`` values this method refuses, with the reason (one config-error line)
+    REFUSED_INITS: ClassVar[dict[str, str]] = {
+        "loftq": "LoftQ initialises A and B against a quantised base; it belongs to method qlora",
+    }
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _list_or_all_linear(cls, v: object) -> object:
+        """A lone string other than the shorthand is a typo (or one name missing its list brackets)."""
+        if isinstance(v, str) and v != ALL_LINEAR:
+            raise ValueError(f"a list of linear layer names, or {ALL_LINEAR!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _init_supported(self) -> "LoraParams":
+        if self.init in self.REFUSED_INITS:
+            raise ValueError(f"init {self.init!r}: {self.REFUSED_INITS[self.init]}")
+        return self
+
+
+#: the LoRA-family options and their "off" values; a runner that does not implement them
+#: (image classifiers' LoRA) refuses a row that turns one on (:func:`family_options_on`)
+FAMILY_OFF: dict[str, object] = {"use_rslora": False, "use_dora": False, "init": "default", "lora_plus_ratio": None}
+
+
+def family_options_on(params: LoraParams) -> list[str]:
+    """The LoRA-family options this row turns on, ``target_modules: all-linear`` included."""
+    on = [k for k, off in FAMILY_OFF.items() if getattr(params, k) != off]
+    return on + ([f"target_modules: {ALL_LINEAR}"] if params.target_modules == ALL_LINEAR else [])
 
 
 def default_targets(model_type: str) -> list[str]:
@@ -38,20 +109,83 @@ def default_targets(model_type: str) -> list[str]:
     return list(LORA_TARGETS[model_type])
 
 
+def peft_targets(params: LoraParams, model_type: str) -> list[str] | str:
+    """The ``target_modules`` given to peft: the row's list, peft's defaults, or ``all-linear``,
+    which peft resolves itself (every Linear but the classification head)."""
+    return params.target_modules or default_targets(model_type)
+
+
+def resolve_targets(params: LoraParams, spec: ArchSpec) -> list[str]:
+    """The targets as the closed forms and the memory flow see them: ``all-linear`` is every linear
+    of the spec (whose linears never include the head), the same layers peft picks (the method
+    tables hold it: counted == closed form on BERT, RoBERTa and Llama)."""
+    targets = peft_targets(params, spec.family)
+    return list(all_linears(spec)) if targets == ALL_LINEAR else list(targets)
+
+
 class Lora(PeftMethod):
     name = "lora"
     Params = LoraParams
 
-    def targets(self, params: LoraParams, model_type: str) -> list[str]:
-        return params.target_modules or default_targets(model_type)
-
     def check(self, params: LoraParams, spec: ArchSpec | None, model_type: str) -> None:
-        check_targets("lora", self.targets(params, model_type), spec, model_type)
+        targets = peft_targets(params, model_type)
+        if targets != ALL_LINEAR:  # all-linear matches whatever linears there are
+            check_targets("lora", list(targets), spec, model_type)  # qlora's targets are lora's field too
 
     def peft_config(self, params: LoraParams, model: nn.Module, spec: ArchSpec | None) -> LoraConfig:
         return seq_cls_config(LoraConfig, model, spec, r=params.r, lora_alpha=params.alpha,
-                              lora_dropout=params.dropout, target_modules=self.targets(params, model.config.model_type))
+                              lora_dropout=params.dropout,
+                              target_modules=peft_targets(params, model.config.model_type),
+                              use_rslora=params.use_rslora, use_dora=params.use_dora,
+                              init_lora_weights=PEFT_INIT[params.init])
+
+    def prepare(self, model: nn.Module, params: LoraParams, spec: ArchSpec | None) -> nn.Module:
+        model = super().prepare(model, params, spec)
+        if params.init in MUTATES_BASE:  # deterministic (SVD / QR of W): a resume recomputes the same
+            setattr(model, INITIAL_ATTR, initial_lora(model))
+        return model
+
+    def save(self, model: nn.Module, params: LoraParams, directory: Path) -> None:
+        super().save(model, params, directory)
+        if params.init in MUTATES_BASE:
+            to_plain_lora(directory, getattr(model, INITIAL_ATTR))
+
+    def lr_scale(self, params: LoraParams, name: str) -> float:
+        """LoRA+: B matrices (``...lora_B.<adapter>.weight``) learn ``lora_plus_ratio`` times faster."""
+        return params.lora_plus_ratio if params.lora_plus_ratio and ".lora_B." in name else 1.0
 
     def derived_trainable(self, params: LoraParams, spec: ArchSpec) -> int:
-        targets = params.target_modules or default_targets(spec.family)
-        return lora_params(spec, targets, params.r) + spec.head
+        targets = resolve_targets(params, spec)
+        dora = dora_params(spec, targets) if params.use_dora else 0
+        return lora_params(spec, targets, params.r) + dora + spec.head
+
+
+def initial_lora(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The A and B matrices right after a base-mutating init, keyed as peft saves them."""
+    state = get_peft_model_state_dict(model)
+    return {k: v.detach().cpu().clone() for k, v in state.items() if ".lora_A." in k or ".lora_B." in k}
+
+
+def to_plain_lora(directory: Path, initial: dict[str, torch.Tensor]) -> None:
+    """Rewrite a saved PiSSA/OLoRA adapter as a plain LoRA adapter on the *untouched* base.
+
+    Trained on W_res = W - s B0 A0, the model is W_res + s B A = W + s (B A - B0 A0)
+    = W + s [B | -B0] [A ; A0]: rank 2r, the same scale s (alpha doubles; with rsLoRA it grows by
+    sqrt 2). This is peft's ``path_initial_model_for_weight_conversion`` maths
+    (``LoraModel.subtract_mutated_init``), done here because peft's conversion keeps only the
+    A and B tensors and would drop the trained head and DoRA's magnitudes. A plain LoRA adapter
+    also composes (peftlab.compose) and merges like any other.
+    """
+    weights = directory / ADAPTER_WEIGHTS
+    state = load_file(str(weights))
+    for key, t in state.items():
+        if ".lora_A." in key:
+            state[key] = torch.cat([t, initial[key].to(t.dtype)], dim=0)
+        elif ".lora_B." in key:
+            state[key] = torch.cat([t, -initial[key].to(t.dtype)], dim=1)
+    save_safetensors(state, weights, metadata={"format": "pt"})
+    config = json.loads((directory / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    config["lora_alpha"] *= 2 ** 0.5 if config.get("use_rslora") else 2
+    config["r"] *= 2
+    config["init_lora_weights"] = True
+    (directory / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")

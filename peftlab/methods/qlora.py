@@ -18,7 +18,7 @@ Parameter counts are logical (a 4-bit weight counts as one parameter, see
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -41,6 +41,16 @@ class QloraParams(LoraParams):
     #: 4-bit only: dtype the dequantised weights are multiplied in
     compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     dropout: float = Field(default=0.05, ge=0, lt=1)
+
+    REFUSED_INITS: ClassVar[dict[str, str]] = {
+        # peft 0.21's LoftQ (peft.utils.loftq_utils) computes on compute_device="cuda", hardcoded,
+        # and needs the base's unquantised safetensors file: not runnable on the CPU path peftlab tests
+        "loftq": "not supported yet: peft's LoftQ runs on CUDA only (peft.utils.loftq_utils)",
+        # both rewrite the base weight to W - s B0 A0; on a quantised base that re-quantises the
+        # residual, so no adapter saved against the original base reproduces the trained model
+        "pissa": "PiSSA rewrites the base weights, which qlora keeps quantised; use method lora",
+        "olora": "OLoRA rewrites the base weights, which qlora keeps quantised; use method lora",
+    }
 
 
 def _bitsandbytes() -> Any:

@@ -137,7 +137,8 @@ def _train(method: Any, model: torch.nn.Module, params: MethodParams, spec: Any,
         return model, fit_head(model, head, train_f, eval_f, collate, params.lr, tcfg, acc, is_decoder, params.label, quiet)
     if is_sharded(acc):
         wrap_blocks(acc, model)
-    return fit(model, train_f, eval_f, collate, params.lr, tcfg, acc, params.label, quiet, plan)
+    return fit(model, train_f, eval_f, collate, params.lr, tcfg, acc, params.label, quiet, plan,
+               lambda name: method.lr_scale(params, name))
 
 
 def run_method(cfg: ExperimentConfig, params: MethodParams, data: TaskData, tokenizer: Any,

@@ -59,7 +59,7 @@ def preflight_image(cfg: ExperimentConfig) -> str:
     (or a tracker in ``train.log_to`` that is not installed: rows are logged as text rows are)."""
     kind = backbone_kind(cfg.backbone)
     for params in cfg.methods:
-        image_method(params.method, kind)
+        image_method(params.method, kind).check(params)
     check_trackers(cfg.train.log_to)
     return kind
 

@@ -87,11 +87,26 @@ def allow_mixed_precision(mixed_precision: str) -> None:
         AcceleratorState._reset_state(reset_partial_state=False)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on biases and norm weights (1-d tensors), as BERT's recipe does."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+#: a parameter's name -> the multiple of the learning rate it learns at (a method's ``lr_scale``)
+LrScale = Callable[[str], float]
+
+
+def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
+                 lr_scale: LrScale | None = None) -> list[dict[str, Any]]:
+    """No weight decay on biases and norm weights (1-d tensors), as BERT's recipe does.
+
+    With ``lr_scale``, each (decay, scale) pair is its own group at ``lr * scale``; the scheduler
+    then scales every group by the same factor, so the ratios hold through warm-up and decay.
+    Without it, the two groups take the optimizer's ``lr``, as before.
+    """
+    groups: dict[tuple[bool, float], list[torch.Tensor]] = {(True, 1.0): [], (False, 1.0): []}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            scale = lr_scale(name) if lr_scale is not None else 1.0
+            groups.setdefault((p.ndim >= 2, scale), []).append(p)
+    return [{"params": ps, "weight_decay": weight_decay if decay else 0.0,
+             **({"lr": lr * scale} if lr is not None and scale != 1.0 else {})}
+            for (decay, scale), ps in groups.items() if ps or scale == 1.0]
 
 
 def fused_ok(params: list[torch.Tensor]) -> bool:
@@ -103,10 +118,12 @@ def fused_ok(params: list[torch.Tensor]) -> bool:
     return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
 
 
-def make_optimizer(model: nn.Module, lr: float, tcfg: TrainConfig, steps: int, processes: int = 1) -> tuple[Any, Any]:
+def make_optimizer(model: nn.Module, lr: float, tcfg: TrainConfig, steps: int, processes: int = 1,
+                   lr_scale: LrScale | None = None) -> tuple[Any, Any]:
     """``steps``: optimizer steps. A scheduler prepared by accelerate on N processes is stepped
-    N times per optimizer step, so its schedule is laid out N times longer (same shape)."""
-    groups = param_groups(model, tcfg.weight_decay)
+    N times per optimizer step, so its schedule is laid out N times longer (same shape).
+    ``lr_scale``: per-parameter learning-rate multiples (:func:`param_groups`)."""
+    groups = param_groups(model, tcfg.weight_decay, lr, lr_scale)
     opt = torch.optim.AdamW(groups, lr=lr, fused=fused_ok([p for g in groups for p in g["params"]]) or None)
     sched = get_linear_schedule_with_warmup(opt, int(tcfg.warmup_ratio * steps) * processes, steps * processes)
     return opt, sched
@@ -228,17 +245,18 @@ def epoch_line(label: str, rec: EpochRecord, epochs: int) -> str:
 
 def fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: float,
         tcfg: TrainConfig, acc: Accelerator, label: str, quiet: bool,
-        ckpt: CheckpointPlan | None = None) -> tuple[nn.Module, FitOutcome]:
+        ckpt: CheckpointPlan | None = None, lr_scale: LrScale | None = None) -> tuple[nn.Module, FitOutcome]:
     """Train ``model``'s trainable parameters; returns the unwrapped model and what happened.
 
+    ``lr_scale``: the method's per-parameter learning-rate multiples (``Method.lr_scale``).
     Details in :func:`_fit`.
     """
-    return _fit(model, train, evalset, collate, lr, tcfg, acc, label, quiet, ckpt)
+    return _fit(model, train, evalset, collate, lr, tcfg, acc, label, quiet, ckpt, lr_scale)
 
 
 def _fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: float,
          tcfg: TrainConfig, acc: Accelerator, label: str, quiet: bool,
-         ckpt: CheckpointPlan | None = None) -> tuple[nn.Module, FitOutcome]:
+         ckpt: CheckpointPlan | None = None, lr_scale: LrScale | None = None) -> tuple[nn.Module, FitOutcome]:
     """The loop of :func:`fit`.
 
     With ``ckpt``, a checkpoint is written every ``ckpt.every`` optimizer steps and at each epoch
@@ -250,7 +268,7 @@ def _fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr:
     sampler = LengthGroupedBatches(train.lengths, tcfg.batch_size, tcfg.seed, tcfg.group_by_length, n_proc)
     loader = DataLoader(train, batch_sampler=sampler, collate_fn=collate)
     steps = math.ceil(math.ceil(len(sampler) / n_proc) / tcfg.grad_accum) * tcfg.epochs
-    opt, sched = make_optimizer(model, lr, tcfg, steps, n_proc)
+    opt, sched = make_optimizer(model, lr, tcfg, steps, n_proc, lr_scale)
     wrapped, opt, loader, sched = acc.prepare(model, opt, loader, sched)
     labels = feature_labels(evalset)
     prog, outcome, resumed = start_from(ckpt, opt, sched)
