@@ -245,3 +245,23 @@ def test_method_defaults_grid_bracketing_and_pick():
     assert md.pick(per) == -2
     assert md.pick({"sst2": {-3: float("inf")}}) is None
 
+
+
+def test_shipped_default_learning_rates_are_the_documented_search_picks():
+    """Each method's default lr is the pick of bench/method_defaults.py's committed trials (issue 19: defaults
+    come from a documented search), so a changed default without new evidence fails here."""
+    md = _defaults()
+    from peftlab.config import load_raw
+    from peftlab.methods import METHODS
+
+    stores = {k: md.load(md.BENCHES[k]) for k in md.PICK_BENCHES}
+    assert all(stores.values()), "bench/results/method_defaults/<benchmark>.json missing"
+    for row in md.text_methods(load_raw(REPO / "configs" / "all_methods.yaml")["methods"]):
+        label = md.row_label(row)
+        src = md.SAME_AS.get(label, label)
+        per = {k: {int(i): md.normalised(t["eval_loss"], len(md.BENCHES[k].labels)) for i, t in s[src]["trials"].items()}
+               for k, s in stores.items()}
+        chosen = md.default_pick(per)
+        assert chosen is not None and all(md.extension(v) is None for v in per.values()), f"{label}: not bracketed"
+        default = METHODS.get(row["method"]).Params.model_fields["lr"].default
+        assert math.isclose(default, md.ladder(chosen), rel_tol=1e-6), f"{label}: default {default} != pick"

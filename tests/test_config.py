@@ -29,7 +29,7 @@ def write(tmp_path: Path, raw: object) -> Path:
 def test_good_config_and_defaults():
     cfg = validate_raw(GOOD)
     assert [m.label for m in cfg.methods] == ["full", "lora", "linear_probe"]
-    assert cfg.methods[1].r == 4 and cfg.methods[1].lr == 5e-4
+    assert cfg.methods[1].r == 4 and cfg.methods[1].lr == 1e-3  # LoRA's searched default
     assert cfg.backbone.name == "minilm-l6" and cfg.backbone.trust_remote_code is False
 
 

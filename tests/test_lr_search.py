@@ -17,7 +17,7 @@ from peftlab.runners.lr_search import Trial, auto_grid, best_lr, holdout, lr_gri
 
 
 def test_auto_grid_is_log_spaced_around_the_method_default():
-    assert lr_grid(SearchConfig(), LoraParams()) == auto_grid(5e-4) == [5e-5, 0.000158, 5e-4, 0.00158, 5e-3]
+    assert lr_grid(SearchConfig(), LoraParams()) == auto_grid(1e-3) == [1e-4, 0.000316, 1e-3, 0.00316, 1e-2]
     assert lr_grid(SearchConfig(lr=[1e-3, 1e-2]), LoraParams()) == [1e-3, 1e-2]
 
 

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 from typing import Literal
 
+from peftlab.config_base import PositiveFloat
 from peftlab.methods.bottleneck import BottleneckMethod, BottleneckParams
 
 
 class PfeifferParams(BottleneckParams):
     method: Literal["pfeiffer"] = "pfeiffer"
+    #: the pick of the documented search (bench/method_defaults.py; BENCHMARKS.md "Per-method default
+    #: learning rates": best held-out loss of 100-step trials on SST-2; test_bench_tools checks it)
+    lr: PositiveFloat = 3.16e-3
 
 
 class Pfeiffer(BottleneckMethod):

@@ -24,7 +24,6 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from peftlab.config_base import PositiveFloat
 from peftlab.errors import PeftlabError
 from peftlab.methods.lora import Lora, LoraParams
 from peftlab.params import ArchSpec
@@ -34,7 +33,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 class QloraParams(LoraParams):
     method: Literal["qlora"] = "qlora"  # type: ignore[assignment]
-    lr: PositiveFloat = 5e-4
+    # lr: LoRA's default (the same adapter; bench/method_defaults.py searches it once)
     bits: Literal[4, 8] = 4
     #: 4-bit only: quantise the per-block absmax statistics too (~0.4 bit per weight saved)
     double_quant: bool = True
