@@ -384,3 +384,14 @@ def test_kind_column_shown_when_a_name_differs():
     same = [_row("lora", 0.5, 10, 1.0), _row("full", 0.6, 100, 2.0, method="full")]
     assert "kind" not in [c.key for c in columns_for(same)]
     assert "kind" in [c.key for c in columns_for(same + [_row("lora-r8", 0.7, 20, 1.0)])]
+
+
+def test_dropped_eval_duplicates_said_once_per_task():
+    from peftlab.report.render_md import render_md
+
+    rows = [_row("majority_class", 0.4, 0, 0.0, method="majority_class"), _row("a", 0.9, 500, 9.0),
+            _row("b", 0.7, 20, 2.0)]
+    for r in rows:
+        r.result.details["eval_duplicates_dropped"] = 2
+    md = render_md(rows)
+    assert md.count("2 evaluation examples whose text also occurs in the training split were dropped") == 1
