@@ -78,11 +78,12 @@ def calibration_cells(cal: Calibration | None) -> dict[str, str]:
             "ece_uncalibrated": _fmt(before and before.ece, ".4f")}
 
 
-def _shown(value: str, before: str) -> str:
+def _shown(cal: Calibration | None, attr: str) -> str:
     """A calibration cell of comparison.md: "-" without probabilities, the value before calibration beside."""
-    if not value:
+    if cal is None:
         return "-"
-    return f"{float(value):.3f}" + (f" (before {float(before):.3f})" if before else "")
+    before = "" if cal.before is None else f" (before {getattr(cal.before, attr):.3f})"
+    return f"{getattr(cal, attr):.3f}{before}"
 
 
 def row_predictions(results: list[RunResult], out: Path | None) -> list[Predictions | None]:
@@ -147,11 +148,11 @@ def to_markdown(results: list[RunResult], preds: list[Predictions | None] | None
         lines += summary_markdown(results, paired=pooled_verdicts(results, preds)) + ["## Every run", ""]
     lines += ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for r, v, p in zip(results, verdicts, preds):
-        cells = row(r, v, calibration_of(p))
+        cal = calibration_of(p)
+        cells = row(r, v, cal)
         if r.status == "ok":
-            cells["flags"] = " ".join(row_flags(r))  # the task's data flags are said once, below
-            for k in ("nll", "brier", "ece"):
-                cells[k] = _shown(cells[k], cells[f"{k}_uncalibrated"])
+            cells["flags"] = " ".join(row_flags(r))  # the task's data flags are said once, above
+            cells.update({k: _shown(cal, k) for k in ("nll", "brier", "ece")})
         cells["accuracy_ci"] = interval_text(accuracy_interval(r))
         cells["vs_best"] = v.text()
         cells["accuracy"] = _with_spread(cells["accuracy"], cells["accuracy_std"])
