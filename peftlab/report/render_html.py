@@ -37,6 +37,7 @@ tr.baseline td{color:var(--mute);font-style:italic}tr.failed td{background:var(-
 .flag.failed,.flag.nan_loss,.flag.params_mismatch{background:var(--bad)}
 .scroll{overflow-x:auto}.legend{font-size:12px;color:var(--mute);margin:4px 0 0 18px;padding:0}
 .figs{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
+.pareto figure.fig{max-width:556px}
 figure.fig{margin:0;width:fit-content;max-width:100%;border:1px solid var(--line);border-radius:6px;padding:6px;background:#fff}
 figure.fig svg{display:block;max-width:100%;height:auto}
 figcaption{font-size:12px;color:var(--mute);max-width:640px}
@@ -91,7 +92,7 @@ def comparison_table(rows: list[Row]) -> str:
 
 
 def pareto_figure(rows: list[Row], task: str, axis: str, headline: bool) -> str:
-    """Accuracy against one cost (facts.TRADEOFFS), with its frontier; the headline one is larger."""
+    """Accuracy against one cost (facts.TRADEOFFS), with its frontier; two fit side by side."""
     t = facts.TRADEOFFS.get(axis)
     pts = [p for _, p in facts.pareto_points(rows, axis)]
     front = facts.frontier_labels(rows, axis)
@@ -100,15 +101,16 @@ def pareto_figure(rows: list[Row], task: str, axis: str, headline: bool) -> str:
     missing = facts.unplotted_labels(rows, axis)
     if missing:
         caption += f" Not plotted (no accuracy or {t.name} recorded): {', '.join(missing)}."
-    body = pareto_svg(pts, facts.baseline_accuracy(rows), f"{task}: accuracy vs {t.name}", t.axis, t.tip,
-                      (640, 380) if headline else (480, 300))
+    if headline:
+        caption = f"Headline trade-off (peftlab report --pareto {axis}). " + caption
+    body = pareto_svg(pts, facts.baseline_accuracy(rows), f"{task}: accuracy vs {t.name}", t.axis, t.tip, (540, 330))
     return figure("pareto", body, caption, data={"axis": axis, **({"headline": "1"} if headline else {})})
 
 
 def pareto_section(rows: list[Row], task: str, headline: str = facts.DEFAULT_TRADEOFF) -> str:
     """Four trade-off plots, the headline one (``peftlab report --pareto``) first."""
     order = [headline] + [k for k in facts.TRADEOFF_ORDER if k != headline]
-    return '<div class="figs">' + "".join(pareto_figure(rows, task, k, k == headline) for k in order) + "</div>"
+    return '<div class="figs pareto">' + "".join(pareto_figure(rows, task, k, k == headline) for k in order) + "</div>"
 
 
 def cost_section(rows: list[Row]) -> str:
@@ -125,9 +127,9 @@ def cost_section(rows: list[Row]) -> str:
 
 def method_section(row: Row) -> str:
     res = row.result
-    what = res.backbone if res.name == res.method else f"{res.method}, {res.backbone}"
+    what = ", ".join(x for x in ([] if res.name == res.method else [res.method]) + [res.backbone] if x and x != "-")
     parts = [f'<div class="method" id="{anchor("m", row.label)}"><h4>{e(row.label)} '
-             f'<span class="mute">({e(what)})</span></h4>']
+             + (f'<span class="mute">({e(what)})</span>' if what else "") + "</h4>"]
     if res.method_params:
         parts.append(f"<p class=\"mute\">hyperparameters: <code>{e(json.dumps(facts.effective_params(row), sort_keys=True))}</code></p>")
     if res.status != "ok":
