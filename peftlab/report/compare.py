@@ -184,6 +184,6 @@ def write_comparison(results: list[RunResult], out: Path) -> str:
     md = to_markdown(results, preds)
     multi = len(distinct_seeds(results)) > 1  # several seeds: one row per method with mean and std
     atomic_write_text(out / "comparison.csv",
-                      summary_csv(results, pooled_verdicts(results, preds)) if multi else to_csv(results, preds))
+                      summary_csv(results, pooled_verdicts(results, preds), preds) if multi else to_csv(results, preds))
     atomic_write_text(out / "comparison.md", md)
     return md
