@@ -80,7 +80,7 @@ def main() -> int:
     precisions = row_precisions(run_dir)
     body = "\n".join([
         SECTION, "",
-        f"MiniLM-L6 on the offline drug-review task ({'a 60 / 30 review smoke subset, 1 epoch' if args.quick else '600 train / 379 test reviews'}, "
+        f"MiniLM-L6 on the offline drug-review task ({'a 60 / 30 review smoke subset, 1 epoch' if args.quick else '600 train / 378 test reviews'}, "
         f"3 classes), every method with the hyperparameters of `{CONFIG}` (learning rates: each method's default, "
         "from the section \"Per-method default learning rates\"), "
         f"{args.threads} torch thread(s); precision (peftlab's auto, PEFTLAB_CPU_PRECISION={args.precision}): "

@@ -133,11 +133,13 @@ def predict(method_dir: Path, texts: Annotated[Optional[list[str]], typer.Argume
 @app.command()
 def report(run_dirs: Annotated[list[Path], typer.Argument(help="run folders (or method folders) to compare")],
            out: Annotated[Optional[Path], typer.Option("--out", "-o", help="folder for report.md and report.html "
-                                                        "(default: the run folder; ./report for several)")] = None) -> None:
+                                                        "(default: the run folder; ./report for several)")] = None,
+           pareto: Annotated[str, typer.Option("--pareto", help="the trade-off report.md names and report.html draws "
+                                               "first: params, memory, time or size")] = "params") -> None:
     """Write report.md and report.html (self-contained, no network) for one or more runs."""
-    from peftlab.report.write import write_report
+    from peftlab.report.write import check_pareto, write_report
 
-    md, html = write_report(run_dirs, out)
+    md, html = write_report(run_dirs, out, check_pareto(pareto))
     print(f"wrote {md}\nwrote {html}")
 
 

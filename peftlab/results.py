@@ -131,19 +131,28 @@ class Predictions:
     pred: np.ndarray  # (m,) int64 label ids
     probs: np.ndarray  # (m, labels) float64; NaN where the row has no probability (a vote that named no label)
     seed: np.ndarray | None = None  # (m,) int64, or None for a single pass
+    #: (m, labels) the probabilities before contextual calibration (in-context rows with
+    #: ``calibrate: true``), so the report can show calibration before and after; else None
+    raw_probs: np.ndarray | None = None
 
     @classmethod
     def of(cls, labels: list[str], gold: np.ndarray, preds: list[np.ndarray], probs: list[np.ndarray],
-           seeds: list[int] | None = None) -> Predictions:
-        """One or several passes over the same eval split; ``seeds`` names them (needed for more than one)."""
+           seeds: list[int] | None = None, raw_probs: list[np.ndarray] | None = None) -> Predictions:
+        """One or several passes over the same eval split; ``seeds`` names them (needed for more
+        than one); ``raw_probs``: each pass's probabilities before calibration, when calibrated."""
         n = len(gold)
         if len(preds) > 1 and (seeds is None or len(seeds) != len(preds)):
             raise ValueError("several passes need one seed each")
+
+        def stacked(qs: list[np.ndarray]) -> np.ndarray:
+            return np.concatenate([np.asarray(q, dtype=np.float64).reshape(n, len(labels)) for q in qs])
+
         return cls(labels=list(labels), index=np.tile(np.arange(n, dtype=np.int64), len(preds)),
                    gold=np.tile(np.asarray(gold, dtype=np.int64), len(preds)),
                    pred=np.concatenate([np.asarray(p, dtype=np.int64) for p in preds]),
-                   probs=np.concatenate([np.asarray(q, dtype=np.float64).reshape(n, len(labels)) for q in probs]),
-                   seed=None if len(preds) == 1 else np.repeat(np.asarray(seeds, dtype=np.int64), n))
+                   probs=stacked(probs),
+                   seed=None if len(preds) == 1 else np.repeat(np.asarray(seeds, dtype=np.int64), n),
+                   raw_probs=None if raw_probs is None else stacked(raw_probs))
 
     @classmethod
     def from_logits(cls, labels: list[str], gold: np.ndarray, logits: np.ndarray) -> Predictions:
@@ -160,9 +169,11 @@ class Predictions:
         seeds = [p.seed if p.seed is not None else np.full(len(p.index), k, dtype=np.int64) for k, p in enumerate(parts)]
         if len(parts) == 1:
             return parts[0]
+        raw = [p.raw_probs for p in parts]
         return cls(labels=parts[0].labels, index=np.concatenate([p.index for p in parts]),
                    gold=np.concatenate([p.gold for p in parts]), pred=np.concatenate([p.pred for p in parts]),
-                   probs=np.concatenate([p.probs for p in parts]), seed=np.concatenate(seeds))
+                   probs=np.concatenate([p.probs for p in parts]), seed=np.concatenate(seeds),
+                   raw_probs=None if any(r is None for r in raw) else np.concatenate(raw))
 
     def correct_per_example(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(example indices ascending, their gold ids, the fraction of passes that got each right):
@@ -181,9 +192,13 @@ def write_predictions(directory: Path, preds: Predictions) -> Path:
     """``directory/predictions.jsonl``, written atomically like results.json (umask, no half file).
 
     Each line: ``index``, ``seed`` (only for several passes), ``gold`` and ``predicted`` as label
-    ids and names, and ``probs`` per label name (null where unknown); floats keep every digit, so
-    reading gives back the same arrays.
+    ids and names, and ``probs`` per label name (null where unknown); a calibrated in-context row
+    adds ``probs_uncalibrated`` (the same, before contextual calibration). Floats keep every
+    digit, so reading gives back the same arrays.
     """
+    def per_label(values: np.ndarray) -> dict[str, float | None]:
+        return {n: None if math.isnan(v) else float(v) for n, v in zip(preds.labels, values)}
+
     lines = []
     for j in range(len(preds.index)):
         g, p = int(preds.gold[j]), int(preds.pred[j])
@@ -191,7 +206,9 @@ def write_predictions(directory: Path, preds: Predictions) -> Path:
         if preds.seed is not None:
             line["seed"] = int(preds.seed[j])
         line.update(gold=g, predicted=p, gold_label=preds.labels[g], predicted_label=preds.labels[p],
-                    probs={n: None if math.isnan(v) else float(v) for n, v in zip(preds.labels, preds.probs[j])})
+                    probs=per_label(preds.probs[j]))
+        if preds.raw_probs is not None:
+            line["probs_uncalibrated"] = per_label(preds.raw_probs[j])
         lines.append(json.dumps(line, ensure_ascii=False, allow_nan=False))
     path = Path(directory) / PREDICTIONS_FILE
     atomic_write_text(path, "".join(x + "\n" for x in lines))
@@ -205,14 +222,19 @@ def read_predictions(path: Path) -> Predictions:
         rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
         labels = list(rows[0]["probs"]) if rows else []
         seeded = bool(rows) and "seed" in rows[0]
+
+        def table(key: str) -> np.ndarray:
+            return np.array([[np.nan if r[key][n] is None else r[key][n] for n in labels] for r in rows],
+                            dtype=np.float64).reshape(len(rows), len(labels))
+
         return Predictions(
             labels=labels,
             index=np.array([r["index"] for r in rows], dtype=np.int64),
             gold=np.array([r["gold"] for r in rows], dtype=np.int64),
             pred=np.array([r["predicted"] for r in rows], dtype=np.int64),
-            probs=np.array([[np.nan if r["probs"][n] is None else r["probs"][n] for n in labels] for r in rows],
-                           dtype=np.float64).reshape(len(rows), len(labels)),
+            probs=table("probs"),
             seed=np.array([r["seed"] for r in rows], dtype=np.int64) if seeded else None,
+            raw_probs=table("probs_uncalibrated") if rows and "probs_uncalibrated" in rows[0] else None,
         )
     except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
         raise PeftlabError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None

@@ -33,3 +33,34 @@ def test_batch_norm_trains_when_the_last_batch_would_hold_one_example() -> None:
     out = fit_tensors(model, model, x, y, x[:4], y[:4], 1e-2, tcfg, torch.device("cpu"))
     assert out.train_examples == 9
     assert not torch.equal(before, model[2].running_mean)
+
+
+def test_linear_probe_eval_throughput_counts_the_feature_pass(tiny_bert, tiny_csv, tmp_path, monkeypatch) -> None:
+    """The eval split's backbone pass is part of the linear probe's evaluation: with that pass made
+    to take at least 0.4 s, eval s covers it and eval ex/s is at most 24 / 0.4, each eval example
+    counted once however many epochs reused its cached features."""
+    import time
+
+    from peftlab.config import validate_raw
+    from peftlab.runners import cached
+    from peftlab.runners.experiment import run_experiment
+
+    real = cached.head_inputs
+
+    def slow_eval_pass(model, head, feats, *args, **kwargs):
+        if len(feats) == 24:  # the eval split (training has 48)
+            time.sleep(0.4)
+        return real(model, head, feats, *args, **kwargs)
+
+    monkeypatch.setattr(cached, "head_inputs", slow_eval_pass)
+    train, evalf = tiny_csv
+    raw = {"backbone": tiny_bert, "task": {"source": "csv", "train_file": str(train), "eval_file": str(evalf)},
+           "methods": [{"method": "linear_probe", "lr": 1e-2, "epochs": 5}], "output_dir": str(tmp_path / "o"),
+           "baseline": False,
+           "train": {"epochs": 1, "batch_size": 16, "max_length": 32, "device": "cpu", "checkpoints": False}}
+    (result,) = run_experiment(validate_raw(raw), quiet=True)
+    t = result.timing
+    assert result.status == "ok" and result.n_eval == 24
+    assert t.eval_s >= 0.4 and t.eval_examples_per_s <= 24 / 0.4
+    assert t.eval_examples_per_s * t.eval_s == pytest.approx(24)  # counted once, not once per epoch
+    assert t.train_s < t.wall_s - 0.4  # the eval pass is no longer training time

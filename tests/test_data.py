@@ -108,9 +108,42 @@ def test_builtin_drugreview_is_real_data():
         data = load_task(TaskConfig(source="builtin", name="drugreview"), seed=0)
     except PeftlabError as exc:
         pytest.skip(str(exc))
-    assert (len(data.train), len(data.eval)) == (600, 379)
+    assert (len(data.train), len(data.eval)) == (600, 378)  # 379 less the one review also in training
+    assert data.eval_duplicates_dropped == 1
     assert data.label_names == ["negative", "neutral", "positive"]
     assert not any("&#039;" in t or t.startswith('"') for t in data.train.texts)
+
+
+def test_builtin_eval_duplicates_dropped_and_counted(monkeypatch):
+    """A builtin task's eval examples whose input repeats a training one are dropped (and counted),
+    with or without an eval split of its own; the same rows from a user's csv are kept (only flagged)."""
+    from peftlab.guards import overlap_count
+    from peftlab.tasks.base import Split, drop_eval_duplicates
+
+    train = Split(["a", "b", "c"], np.array([0, 1, 0]), ["x", "y", "z"])
+    kept, n = drop_eval_duplicates(train, Split(["a", "b", "d"], np.array([0, 1, 1]), ["x", "other", "w"]))
+    assert n == 1 and kept.texts == ["b", "d"] and kept.pairs == ["other", "w"]  # a text pair is one input
+    texts = [f"review {i}" for i in range(40)]
+    labels = ["pos", "neg"] * 20
+    frame = pd.DataFrame({"text": texts, "label": labels})
+    leaky = pd.DataFrame({"text": texts[:3] + ["fresh one", "fresh two"], "label": labels[:3] + ["pos", "neg"]})
+    monkeypatch.setitem(BUILTIN_TASKS._items, "dupes", lambda: (frame, leaky, ["neg", "pos"]))
+    data = load_task(TaskConfig(source="builtin", name="dupes"), seed=0)
+    assert data.eval_duplicates_dropped == 3 and data.eval.texts == ["fresh one", "fresh two"]
+    assert overlap_count(data.train, data.eval) == 0
+    doubled = pd.concat([frame, frame.iloc[:10]], ignore_index=True)  # no eval split: a hold-out of repeats
+    monkeypatch.setitem(BUILTIN_TASKS._items, "dupes_holdout", lambda: (doubled, None, ["neg", "pos"]))
+    held = load_task(TaskConfig(source="builtin", name="dupes_holdout"), seed=0)
+    assert held.eval_duplicates_dropped > 0 and overlap_count(held.train, held.eval) == 0
+
+
+def test_user_csv_duplicates_are_kept(tmp_path: Path):
+    rows = "text,label\n" + "".join(f"review {i},{'pos' if i % 2 else 'neg'}\n" for i in range(20))
+    (tmp_path / "train.csv").write_text(rows)
+    (tmp_path / "eval.csv").write_text("text,label\nreview 1,pos\nnew,neg\n")
+    data = load_task(TaskConfig(source="csv", train_file=str(tmp_path / "train.csv"),
+                                eval_file=str(tmp_path / "eval.csv")), seed=0)
+    assert len(data.eval) == 2 and data.eval_duplicates_dropped == 0
 
 
 def test_length_grouped_batches_cover_everything_once():

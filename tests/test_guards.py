@@ -112,6 +112,13 @@ def test_train_eval_overlap_warned_and_recorded(tiny_bert, tmp_path, capsys):
     for r in results:
         stored = json.loads((tmp_path / "leaky" / r.name / "results.json").read_text())
         assert stored["details"]["train_eval_overlap"] == 5 and "train_eval_overlap" in stored["flags"]
+    # the report says it once for the task, not once per row (nor in each row's health cell)
+    for name in ("report.md", "comparison.md"):
+        md = (tmp_path / "leaky" / name).read_text(encoding="utf-8")
+        said = [ln for ln in md.splitlines() if "train_eval_overlap: 5 of 17 evaluation inputs" in ln]
+        assert len(said) == 1, name
+        assert not [ln for ln in md.splitlines() if ln.startswith("| ") and "train_eval_overlap" in ln], name
+    assert "evaluation inputs also occur" not in "".join((tmp_path / "leaky" / "report.md").read_text().split("### ")[1:])
     results = run_experiment(validate_raw(config(tiny_bert, train, clean, tmp_path / "clean")), quiet=True)
     assert "evaluation examples also occur" not in capsys.readouterr().err
     assert all(r.details["train_eval_overlap"] == 0 and "train_eval_overlap" not in r.flags for r in results)

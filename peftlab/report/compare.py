@@ -8,7 +8,8 @@ from pathlib import Path
 
 from peftlab.errors import PeftlabError
 from peftlab.io import atomic_write_text
-from peftlab.report.facts import missing_classes
+from peftlab.report.calibration import Calibration, calibration_of
+from peftlab.report.facts import data_notes, dropped_note, row_flags
 from peftlab.report.fairness import search_summary
 from peftlab.report.paired import NO_VERDICT, Paired, accuracy_interval, interval_text, note, paired_verdicts, pooled_verdicts
 from peftlab.report.seeds import distinct_seeds, seed_dir, summary_csv, summary_markdown
@@ -22,6 +23,9 @@ COLUMNS = [
     # the accuracy's 95% Wilson interval, and the paired test against the best row (peftlab.report.paired)
     "accuracy_ci_low", "accuracy_ci_high", "vs_best", "vs_best_diff", "vs_best_diff_low", "vs_best_diff_high",
     "vs_best_p",
+    # calibration from predictions.jsonl (peftlab.report.calibration); *_uncalibrated: an in-context
+    # row's figures before contextual calibration
+    "nll", "brier", "ece", "ece_adaptive", "nll_uncalibrated", "brier_uncalibrated", "ece_uncalibrated",
 ]
 
 
@@ -29,8 +33,9 @@ def _fmt(v: float | None, spec: str) -> str:
     return "" if v is None else format(v, spec)
 
 
-def row(r: RunResult, paired: Paired | None = None) -> dict[str, str]:
-    """One CSV row; ``paired``: the row against the best row (None: not computed, shown as "-")."""
+def row(r: RunResult, paired: Paired | None = None, cal: Calibration | None = None) -> dict[str, str]:
+    """One CSV row; ``paired``: the row against the best row (None: not computed, shown as "-");
+    ``cal``: its calibration figures (None: no probabilities, blank)."""
     p, t = r.params, r.timing
     ci = accuracy_interval(r)
     v = paired or Paired(NO_VERDICT)
@@ -51,7 +56,7 @@ def row(r: RunResult, paired: Paired | None = None) -> dict[str, str]:
         "train_ex_per_s": "" if t is None else _fmt(t.train_examples_per_s, ".1f"),
         "eval_ex_per_s": "" if t is None else _fmt(t.eval_examples_per_s, ".1f"),
         "adapter_mb": _fmt(None if r.adapter_bytes is None else r.adapter_bytes / 2**20, ".3f"),
-        "flags": " ".join(r.flags + [m for m in [missing_classes(r)] if m]) if r.status == "ok" else f"{r.status}: {r.error or ''}",
+        "flags": " ".join(r.flags + [m for m in row_flags(r) if m not in r.flags]) if r.status == "ok" else f"{r.status}: {r.error or ''}",
         "accuracy_std": _fmt(r.accuracy_std, ".4f"),
         "macro_f1_std": _fmt(r.macro_f1_std, ".4f"),
         "backbone": r.backbone,
@@ -59,7 +64,26 @@ def row(r: RunResult, paired: Paired | None = None) -> dict[str, str]:
         "accuracy_ci_high": "" if ci is None else f"{ci[1]:.4f}",
         "vs_best": v.verdict, "vs_best_diff": _fmt(v.diff, ".4f"), "vs_best_diff_low": _fmt(v.low, ".4f"),
         "vs_best_diff_high": _fmt(v.high, ".4f"), "vs_best_p": _fmt(v.p, ".4g"),
+        **calibration_cells(cal),
     }
+
+
+def calibration_cells(cal: Calibration | None) -> dict[str, str]:
+    """The calibration columns of one row: blank without probabilities, *_uncalibrated blank
+    unless the row stored its probabilities before contextual calibration."""
+    before = None if cal is None else cal.before
+    return {"nll": _fmt(cal and cal.nll, ".4f"), "brier": _fmt(cal and cal.brier, ".4f"),
+            "ece": _fmt(cal and cal.ece, ".4f"), "ece_adaptive": _fmt(cal and cal.adaptive_ece, ".4f"),
+            "nll_uncalibrated": _fmt(before and before.nll, ".4f"), "brier_uncalibrated": _fmt(before and before.brier, ".4f"),
+            "ece_uncalibrated": _fmt(before and before.ece, ".4f")}
+
+
+def _shown(cal: Calibration | None, attr: str) -> str:
+    """A calibration cell of comparison.md: "-" without probabilities, the value before calibration beside."""
+    if cal is None:
+        return "-"
+    before = "" if cal.before is None else f" (before {getattr(cal.before, attr):.3f})"
+    return f"{getattr(cal, attr):.3f}{before}"
 
 
 def row_predictions(results: list[RunResult], out: Path | None) -> list[Predictions | None]:
@@ -86,12 +110,13 @@ def _with_spread(mean: str, std: str) -> str:
 
 def to_csv(results: list[RunResult], preds: list[Predictions | None] | None = None) -> str:
     """``preds``: each row's predictions (:func:`row_predictions`), for the paired columns."""
-    verdicts = paired_verdicts(results, preds or [None] * len(results))
+    preds = preds or [None] * len(results)
+    verdicts = paired_verdicts(results, preds)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     w.writeheader()
-    for r, v in zip(results, verdicts):
-        w.writerow(row(r, v))
+    for r, v, p in zip(results, verdicts, preds):
+        w.writerow(row(r, v, calibration_of(p)))
     return buf.getvalue()
 
 
@@ -101,10 +126,12 @@ def _md_cell(s: str) -> str:
 
 def to_markdown(results: list[RunResult], preds: list[Predictions | None] | None = None) -> str:
     """``preds``: each row's predictions (:func:`row_predictions`), for the paired verdicts."""
-    heads = ["method", "backbone", "accuracy", "accuracy 95% CI", "vs best (paired)", "macro-F1", "trainable",
-             "% trainable", "params check", "train s", "peak MB", "train ex/s", "eval ex/s", "adapter MB", "flags"]
-    keys = ["method", "backbone", "accuracy", "accuracy_ci", "vs_best", "macro_f1", "trainable", "pct_trainable",
-            "params_check", "train_s", "peak_mem_mb", "train_ex_per_s", "eval_ex_per_s", "adapter_mb", "flags"]
+    heads = ["method", "backbone", "accuracy", "accuracy 95% CI", "vs best (paired)", "macro-F1", "NLL", "Brier", "ECE",
+             "trainable", "% trainable", "params check", "train s", "peak MB", "train ex/s", "eval ex/s", "adapter MB",
+             "flags"]
+    keys = ["method", "backbone", "accuracy", "accuracy_ci", "vs_best", "macro_f1", "nll", "brier", "ece", "trainable",
+            "pct_trainable", "params_check", "train_s", "peak_mem_mb", "train_ex_per_s", "eval_ex_per_s", "adapter_mb",
+            "flags"]
     preds = preds or [None] * len(results)
     verdicts = paired_verdicts(results, preds)
     task = results[0].task if results else ""
@@ -113,12 +140,19 @@ def to_markdown(results: list[RunResult], preds: list[Predictions | None] | None
     if results:
         r0 = results[-1]
         seeds = f"seeds {', '.join(map(str, distinct_seeds(results)))}" if multi else f"seed {r0.seed}"
-        lines += [f"{r0.n_train} train / {r0.n_eval} eval examples, labels: {', '.join(r0.labels)}; {seeds}.", ""]
+        dropped = dropped_note(results)
+        lines += [f"{r0.n_train} train / {r0.n_eval} eval examples, labels: {', '.join(r0.labels)}; {seeds}"
+                  + (f"; {dropped}" if dropped else "") + ".", ""]
+        lines += [f"**Needs attention:** {_md_cell(n)}." for n in data_notes(results)] + ([""] if data_notes(results) else [])
     if multi:  # one row per method over its seeds first, then every single run
         lines += summary_markdown(results, paired=pooled_verdicts(results, preds)) + ["## Every run", ""]
     lines += ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-    for r, v in zip(results, verdicts):
-        cells = row(r, v)
+    for r, v, p in zip(results, verdicts, preds):
+        cal = calibration_of(p)
+        cells = row(r, v, cal)
+        if r.status == "ok":
+            cells["flags"] = " ".join(row_flags(r))  # the task's data flags are said once, above
+            cells.update({k: _shown(cal, k) for k in ("nll", "brier", "ece")})
         cells["accuracy_ci"] = interval_text(accuracy_interval(r))
         cells["vs_best"] = v.text()
         cells["accuracy"] = _with_spread(cells["accuracy"], cells["accuracy_std"])
@@ -132,7 +166,10 @@ def to_markdown(results: list[RunResult], preds: list[Predictions | None] | None
               "non-finite loss; params_unchanged = trainable weights never moved; backbone_newly_initialised = "
               "backbone weights beyond the head were missing from the checkpoint (random); train_eval_overlap = "
               "some eval inputs also occur in training; prompt_shortened = some prompts exceeded the model's context and "
-              "were shortened (demonstrations dropped, then the input's beginning cut). a ± b: mean and standard deviation over demonstration seeds.",
+              "were shortened (demonstrations dropped, then the input's beginning cut). a ± b: mean and standard deviation over demonstration seeds. "
+              "NLL, Brier, ECE: calibration of the row's probabilities (predictions.jsonl): mean -log p(gold), mean squared "
+              "distance from the one-hot gold label, expected calibration error over 15 equal-width confidence bins "
+              "(equal-mass ECE in comparison.csv); - = no probabilities; (before x) = before contextual calibration.",
               "", note() + (" With several seeds, each run is compared with the best run of its seed." if multi else ""), ""]
     lines += search_summary(results)
     lines += contended_lines(results)
@@ -147,6 +184,6 @@ def write_comparison(results: list[RunResult], out: Path) -> str:
     md = to_markdown(results, preds)
     multi = len(distinct_seeds(results)) > 1  # several seeds: one row per method with mean and std
     atomic_write_text(out / "comparison.csv",
-                      summary_csv(results, pooled_verdicts(results, preds)) if multi else to_csv(results, preds))
+                      summary_csv(results, pooled_verdicts(results, preds), preds) if multi else to_csv(results, preds))
     atomic_write_text(out / "comparison.md", md)
     return md

@@ -7,6 +7,7 @@ usable by any runner. Missing data is the caller's business: a figure gets only 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from peftlab.report.svg import (circle, colour, fmt_tick, line, nice_ticks, padded_range, polyline,
@@ -20,17 +21,19 @@ MAX_CONFUSION_CLASSES = 40
 @dataclass(frozen=True)
 class Point:
     label: str
-    params: int  # trainable parameters; 0 = nothing trained (in-context, zero-shot)
+    #: what the row cost on the plot's x axis (trainable parameters, MB, seconds); 0 = nothing
+    #: (in-context and zero-shot rows train nothing and save nothing)
+    cost: float
     accuracy: float
     colour: str | None = None  # the row's colour in every figure (default: by position)
 
 
 def pareto_frontier(points: list[Point]) -> list[int]:
-    """Indices of the points no other point beats on both fewer parameters and higher accuracy.
+    """Indices of the points no other point beats on both lower cost and higher accuracy.
 
-    Ordered by parameters: the frontier is then drawn left to right as a staircase.
+    Ordered by cost: the frontier is then drawn left to right as a staircase.
     """
-    order = sorted(range(len(points)), key=lambda i: (points[i].params, -points[i].accuracy))
+    order = sorted(range(len(points)), key=lambda i: (points[i].cost, -points[i].accuracy))
     front, best = [], -math.inf
     for i in order:
         if points[i].accuracy > best:
@@ -39,24 +42,31 @@ def pareto_frontier(points: list[Point]) -> list[int]:
     return front
 
 
-def pareto_svg(points: list[Point], baseline: float | None = None, title: str = "Accuracy vs trainable parameters") -> str:
-    """Accuracy against trainable parameters on a log axis, with the frontier as a staircase.
+def _count(v: float) -> str:
+    return f"{v:,.0f} trainable"
 
-    log(0) does not exist, so runs that train nothing sit in a separate "0" slot left of a break
-    in the axis, still on the frontier computation (no parameters is the cheapest possible).
+
+def pareto_svg(points: list[Point], baseline: float | None = None, title: str = "Accuracy vs trainable parameters",
+               xlabel: str = "trainable parameters", tip: Callable[[float], str] = _count,
+               size: tuple[int, int] = (640, 380)) -> str:
+    """Accuracy against a cost (``xlabel``; trainable parameters by default) on a log axis, with
+    the frontier as a staircase; ``tip`` words a point's cost in its tooltip.
+
+    log(0) does not exist, so runs that cost nothing sit in a separate "0" slot left of a break
+    in the axis, still on the frontier computation (nothing is the cheapest possible).
     """
-    W, H, L, R, T, B = 640, 380, 60, 150, 30, 48
+    (W, H), L, R, T, B = size, 60, 150, 30, 48
     if not points:
         return svg(W, 60, [text(10, 30, "no finished runs to plot")], title)
-    has_zero = any(p.params <= 0 for p in points)
-    pos = [p.params for p in points if p.params > 0] or [1]
+    has_zero = any(p.cost <= 0 for p in points)
+    pos = [p.cost for p in points if p.cost > 0] or [1]
     lo_e, hi_e = math.floor(math.log10(min(pos))), math.ceil(math.log10(max(pos)))
     hi_e = max(hi_e, lo_e + 1)
     x0 = L + (50 if has_zero else 0)  # the log axis starts right of the zero slot
     accs = [p.accuracy for p in points] + ([baseline] if baseline is not None else [])
     y_lo, y_hi = padded_range(accs, floor=0.0, ceil=1.0)
 
-    def px(n: int) -> float:
+    def px(n: float) -> float:
         if n <= 0:
             return L + 18
         return x0 + (math.log10(n) - lo_e) / (hi_e - lo_e) * (W - R - x0)
@@ -73,7 +83,7 @@ def pareto_svg(points: list[Point], baseline: float | None = None, title: str = 
     if has_zero:
         body += [text(L + 18, H - B + 15, "0", "middle"),
                  line(x0 - 16, H - B - 5, x0 - 10, H - B + 5, "#444"), line(x0 - 12, H - B - 5, x0 - 6, H - B + 5, "#444")]
-    body += [text((x0 + W - R) / 2, H - 10, "trainable parameters (log scale)", "middle", 12),
+    body += [text((x0 + W - R) / 2, H - 10, f"{xlabel} (log scale)", "middle", 12),
              text(14, (T + H - B) / 2, "accuracy", "middle", 12, f' transform="rotate(-90 14 {(T + H - B) / 2:.1f})"')]
     if baseline is not None:
         body += [line(L, py(baseline), W - R, py(baseline), "#888", ' stroke-dasharray="5 4"'),
@@ -81,19 +91,19 @@ def pareto_svg(points: list[Point], baseline: float | None = None, title: str = 
     front = pareto_frontier(points)
     stairs: list[tuple[float, float]] = []
     for i in front:
-        x, y = px(points[i].params), py(points[i].accuracy)
+        x, y = px(points[i].cost), py(points[i].accuracy)
         if stairs:
             stairs.append((x, stairs[-1][1]))
         stairs.append((x, y))
     if stairs:
         stairs.append((W - R, stairs[-1][1]))
         body.append(polyline(stairs, "#D55E00", 1.5, ' stroke-dasharray="6 3" class="frontier"'))
-    placed = [(px(p.params) - 5, py(p.accuracy) + 4, 10.0) for p in points]  # labels avoid the points too
+    placed = [(px(p.cost) - 5, py(p.accuracy) + 4, 10.0) for p in points]  # labels avoid the points too
     for i, p in enumerate(points):
-        x, y = px(p.params), py(p.accuracy)
+        x, y = px(p.cost), py(p.accuracy)
         on = i in front
         name = short(p.label, 22)
-        body += [circle(x, y, 5 if on else 4, p.colour or colour(i), f"{p.label}: accuracy {p.accuracy:.4f}, {p.params:,} trainable",
+        body += [circle(x, y, 5 if on else 4, p.colour or colour(i), f"{p.label}: accuracy {p.accuracy:.4f}, {tip(p.cost)}",
                         ' stroke="#000" stroke-width="1.2"' if on else ""),
                  text(x + 7, label_y(placed, x + 7, y - 6, 6.0 * len(name)), name, size=10)]
     body.append(text(W - R + 4, T + 10, "- - frontier", size=10, extra=' fill="#D55E00"'))
@@ -194,6 +204,37 @@ def confusion_svg(labels: list[str], matrix: list[list[int]], title: str = "Conf
     for j in range(n):
         x, y = L + j * cell + cell / 2, T + n * cell + 8
         body.append(text(x, y, short(names[j], 14), "end", 10, f' transform="rotate(-45 {x:.1f} {y:.1f})"'))
+    return svg(W, H, body, title)
+
+
+def reliability_svg(bins: list[tuple[float, float, int, float, float]], title: str = "Reliability") -> str:
+    """A small reliability diagram: per confidence bin ``(low, high, count, mean confidence,
+    accuracy)``, a bar of the bin's accuracy against the diagonal a calibrated row would follow;
+    the gap to the diagonal is shaded, and empty bins draw nothing (their count is in the tooltip)."""
+    W, H, L, R, T, B = 220, 200, 36, 8, 22, 34
+    side_w, side_h = W - L - R, H - T - B
+
+    def px(v: float) -> float:
+        return L + v * side_w
+
+    def py(v: float) -> float:
+        return T + (1 - v) * side_h
+
+    body = [text(L, 14, short(title, 30), size=11, extra=' font-weight="600"'),
+            line(L, py(0), px(1), py(0), "#444"), line(L, py(0), L, py(1), "#444"),
+            line(px(0), py(0), px(1), py(1), "#888", ' stroke-dasharray="4 3" class="diagonal"')]
+    for t in (0.0, 0.5, 1.0):
+        body += [text(L - 4, py(t) + 4, fmt_tick(t), "end", 9), text(px(t), py(0) + 12, fmt_tick(t), "middle", 9)]
+    body += [text(px(0.5), H - 4, "confidence", "middle", 10),
+             text(10, py(0.5), "accuracy", "middle", 10, f' transform="rotate(-90 10 {py(0.5):.1f})"')]
+    for low, high, count, conf, acc in bins:
+        if not count:
+            continue
+        x, w = px(low), max((high - low) * side_w - 1, 1.0)
+        tip = f"confidence {low:.2f}-{high:.2f}: {count} examples, mean confidence {conf:.3f}, accuracy {acc:.3f}"
+        body.append(rect(x, py(acc), w, py(0) - py(acc), "#0072B2", tip, ' class="bin"'))
+        gap_top, gap_bottom = py(max(acc, conf)), py(min(acc, conf))
+        body.append(rect(x, gap_top, w, gap_bottom - gap_top, "rgba(213,94,0,0.35)", extra=' class="gap"'))
     return svg(W, H, body, title)
 
 

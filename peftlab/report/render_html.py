@@ -14,11 +14,11 @@ from html import escape
 from peftlab.metrics import SELECT_METRICS
 from peftlab.report import facts
 from peftlab.report.collect import Row, RunDir, group_by_task, reproduce_note, run_dirs
-from peftlab.report.plots import confusion_svg, hbar_svg, line_svg, nothing_svg, pareto_svg
+from peftlab.report.plots import confusion_svg, hbar_svg, line_svg, nothing_svg, pareto_svg, reliability_svg
 from peftlab.report.fairness import fairness_lines
 from peftlab.report.paired import pooled_verdicts
 from peftlab.report.seeds import distinct_seeds, note, paired_note, select_metric, summary_rows
-from peftlab.report.table import COLUMNS, legend, table
+from peftlab.report.table import columns_for, legend, table
 
 CSS = """
 :root{--fg:#1b1f24;--mute:#5b6570;--line:#d8dee4;--best:#e6f4ea;--bad:#fde8e8;--warn:#fff4d6}
@@ -37,6 +37,7 @@ tr.baseline td{color:var(--mute);font-style:italic}tr.failed td{background:var(-
 .flag.failed,.flag.nan_loss,.flag.params_mismatch{background:var(--bad)}
 .scroll{overflow-x:auto}.legend{font-size:12px;color:var(--mute);margin:4px 0 0 18px;padding:0}
 .figs{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
+.pareto figure.fig{max-width:556px}
 figure.fig{margin:0;width:fit-content;max-width:100%;border:1px solid var(--line);border-radius:6px;padding:6px;background:#fff}
 figure.fig svg{display:block;max-width:100%;height:auto}
 figcaption{font-size:12px;color:var(--mute);max-width:640px}
@@ -57,8 +58,10 @@ def anchor(prefix: str, label: str) -> str:
     return prefix + "-" + "".join(c if c.isalnum() else "-" for c in label.lower())[:60] + f"-{zlib.crc32(label.encode()):08x}"
 
 
-def figure(kind: str, body: str, caption: str, method: str | None = None) -> str:
+def figure(kind: str, body: str, caption: str, method: str | None = None, data: dict[str, str] | None = None) -> str:
+    """A captioned figure; ``data``: more ``data-*`` attributes (a Pareto plot's axis)."""
     attrs = f' data-kind="{e(kind)}"' + (f' data-method="{e(method)}"' if method is not None else "")
+    attrs += "".join(f' data-{k}="{e(v)}"' for k, v in (data or {}).items())
     return f'<figure class="fig"{attrs}>{body}<figcaption>{e(caption)}</figcaption></figure>'
 
 
@@ -69,11 +72,12 @@ def _flags_html(text: str, status: str) -> str:
 
 
 def comparison_table(rows: list[Row]) -> str:
-    head = "".join(f'<th class="{"" if c.better else "txt"}">{e(c.title)}</th>' for c in COLUMNS)
+    cols = columns_for(rows)
+    head = "".join(f'<th class="{"" if c.better else "txt"}">{e(c.title)}</th>' for c in cols)
     body = []
-    for row, cells in zip(rows, table(rows)):
+    for row, cells in zip(rows, table(rows, cols)):
         tds = []
-        for col, cell in zip(COLUMNS, cells):
+        for col, cell in zip(cols, cells):
             if col.key == "flags":
                 tds.append(f'<td class="txt wrap">{_flags_html(cell.text, row.result.status)}</td>')
                 continue
@@ -82,21 +86,31 @@ def comparison_table(rows: list[Row]) -> str:
             tds.append(f'<td class="{cls.strip()}"{tip}>{e(cell.text)}</td>')
         kind = "baseline" if row.is_baseline else ("failed" if row.result.status != "ok" else "")
         body.append(f'<tr class="{kind}" data-method="{e(row.label)}">{"".join(tds)}</tr>')
-    notes = "".join(f"<li>{e(line)}</li>" for line in legend())
+    notes = "".join(f"<li>{e(line)}</li>" for line in legend(cols))
     return (f'<div class="scroll"><table class="comparison"><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div><ul class="legend">{notes}</ul>')
 
 
-def pareto_section(rows: list[Row], task: str) -> str:
-    pts = [p for _, p in facts.pareto_points(rows)]
-    front = facts.frontier_labels(rows)
-    caption = ("Accuracy against trainable parameters (log scale); runs that train nothing sit at 0. "
-               f"Frontier (no other run is both smaller and more accurate): {', '.join(front) or 'none'}.")
-    missing = facts.unplotted_labels(rows)
+def pareto_figure(rows: list[Row], task: str, axis: str, headline: bool) -> str:
+    """Accuracy against one cost (facts.TRADEOFFS), with its frontier; two fit side by side."""
+    t = facts.TRADEOFFS.get(axis)
+    pts = [p for _, p in facts.pareto_points(rows, axis)]
+    front = facts.frontier_labels(rows, axis)
+    caption = (f"Accuracy against {t.name} (log scale); runs that cost nothing sit at 0. "
+               f"Frontier (no other run is both cheaper and more accurate): {', '.join(front) or 'none'}.")
+    missing = facts.unplotted_labels(rows, axis)
     if missing:
-        caption += f" Not plotted (no accuracy or parameter count recorded): {', '.join(missing)}."
-    return figure("pareto", pareto_svg(pts, facts.baseline_accuracy(rows), f"{task}: accuracy vs trainable parameters"),
-                  caption)
+        caption += f" Not plotted (no accuracy or {t.name} recorded): {', '.join(missing)}."
+    if headline:
+        caption = f"Headline trade-off (peftlab report --pareto {axis}). " + caption
+    body = pareto_svg(pts, facts.baseline_accuracy(rows), f"{task}: accuracy vs {t.name}", t.axis, t.tip, (540, 330))
+    return figure("pareto", body, caption, data={"axis": axis, **({"headline": "1"} if headline else {})})
+
+
+def pareto_section(rows: list[Row], task: str, headline: str = facts.DEFAULT_TRADEOFF) -> str:
+    """Four trade-off plots, the headline one (``peftlab report --pareto``) first."""
+    order = [headline] + [k for k in facts.TRADEOFF_ORDER if k != headline]
+    return '<div class="figs pareto">' + "".join(pareto_figure(rows, task, k, k == headline) for k in order) + "</div>"
 
 
 def cost_section(rows: list[Row]) -> str:
@@ -113,13 +127,17 @@ def cost_section(rows: list[Row]) -> str:
 
 def method_section(row: Row) -> str:
     res = row.result
+    what = ", ".join(x for x in ([] if res.name == res.method else [res.method]) + [res.backbone] if x and x != "-")
     parts = [f'<div class="method" id="{anchor("m", row.label)}"><h4>{e(row.label)} '
-             f'<span class="mute">({e(res.method)}, {e(res.backbone)})</span></h4>']
+             + (f'<span class="mute">({e(what)})</span>' if what else "") + "</h4>"]
     if res.method_params:
-        parts.append(f"<p class=\"mute\">hyperparameters: <code>{e(json.dumps(res.method_params, sort_keys=True))}</code></p>")
+        parts.append(f"<p class=\"mute\">hyperparameters: <code>{e(json.dumps(facts.effective_params(row), sort_keys=True))}</code></p>")
     if res.status != "ok":
         parts.append(f'<p class="notes">failed: {e(res.error or "no error recorded")}</p>')
     parts += [f'<p class="mute">{e(line)}</p>' for line in fairness_lines(res)]
+    cal = row.calibration
+    if cal is not None:
+        parts.append(f'<p class="mute">{e(facts.calibration_text(cal))}</p>')
     figs = []
     losses, scores = facts.curve_series(row)
     if losses or scores:
@@ -134,6 +152,14 @@ def method_section(row: Row) -> str:
     f1 = facts.per_class_f1(row)
     if f1:
         figs.append(figure("per-class-f1", hbar_svg(f1, "F1 per class", "F1", ".3f"), "Per-class F1 on the eval set.", row.label))
+    if cal is not None:
+        bins = [(b.low, b.high, b.count, b.confidence, b.accuracy) for b in cal.bins]
+        figs.append(figure("reliability", reliability_svg(bins, f"{row.label}: reliability"),
+                           f"Accuracy per confidence bin (15 equal-width bins; empty bins not drawn) against the "
+                           f"diagonal a calibrated row follows; shaded: the gap. ECE {cal.ece:.3f}.", row.label))
+    elif res.status == "ok":
+        figs.append(figure("reliability", nothing_svg("no probabilities recorded: no reliability diagram"),
+                           "No reliability diagram.", row.label))
     parts.append(f'<div class="figs">{"".join(figs)}</div></div>')
     return "".join(parts)
 
@@ -163,7 +189,7 @@ def _ci(low: str, high: str) -> str:
     return f"[{float(low):.3f}, {float(high):.3f}]" if low and high else ""
 
 
-def task_section(i: int, task: str, rows: list[Row]) -> str:
+def task_section(i: int, task: str, rows: list[Row], pareto: str = facts.DEFAULT_TRADEOFF) -> str:
     meta = facts.task_summary(task, rows).describe()
     notes = facts.health_notes(rows)
     warn = (f'<div class="notes"><b>Needs attention:</b><ul>{"".join(f"<li>{e(n)}</li>" for n in notes)}</ul></div>'
@@ -172,7 +198,7 @@ def task_section(i: int, task: str, rows: list[Row]) -> str:
     return (f'<section class="task" id="task-{i}"><h2>Task: {e(task)}</h2>'
             f'<p class="mute">{e(meta)}</p>{warn}'
             f"<h3>Comparison</h3>{comparison_table(rows)}{seed_section(rows)}"
-            f"<h3>Accuracy vs trainable parameters</h3>{pareto_section(rows, task)}"
+            f"<h3>Accuracy vs cost (Pareto)</h3>{pareto_section(rows, task, pareto)}"
             f"<h3>Time and memory</h3>{cost_section(rows)}"
             f"<h3>Per method</h3>{methods}</section>")
 
@@ -199,11 +225,12 @@ def reproduce_section(runs: list[RunDir], rows: list[Row]) -> str:
     return "".join(parts)
 
 
-def render_html(rows: list[Row], now: _dt.datetime | None = None) -> str:
+def render_html(rows: list[Row], now: _dt.datetime | None = None, pareto: str = facts.DEFAULT_TRADEOFF) -> str:
+    """``pareto``: the headline trade-off (facts.TRADEOFFS), drawn first and larger."""
     groups = group_by_task(rows)
     now = now or _dt.datetime.now(_dt.timezone.utc)
     nav = "".join(f'<a href="#task-{i}">{e(t)}</a>' for i, t in enumerate(groups)) + '<a href="#reproduce">reproduce</a>'
-    sections = "".join(task_section(i, t, rs) for i, (t, rs) in enumerate(groups.items()))
+    sections = "".join(task_section(i, t, rs, pareto) for i, (t, rs) in enumerate(groups.items()))
     title = "peftlab report: " + ", ".join(groups)
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"

@@ -16,7 +16,7 @@ from peftlab.report.collect import Row, RunDir, group_by_task, reproduce_note, r
 from peftlab.report.fairness import fairness_lines
 from peftlab.report.paired import pooled_verdicts
 from peftlab.report.seeds import distinct_seeds, summary_markdown
-from peftlab.report.table import COLUMNS, legend, table
+from peftlab.report.table import columns_for, legend, table
 
 
 def cell(s: object) -> str:
@@ -35,20 +35,29 @@ def md_table(heads: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def comparison(rows: list[Row]) -> list[str]:
-    cells = [[f"**{cell(c.text)}**" if c.best else cell(c.text) for c in r] for r in table(rows)]
-    return md_table([cell(c.title) for c in COLUMNS], cells) + [""] + [f"- {cell(x)}" for x in legend()] + \
+    cols = columns_for(rows)
+    cells = [[f"**{cell(c.text)}**" if c.best else cell(c.text) for c in r] for r in table(rows, cols)]
+    return md_table([cell(c.title) for c in cols], cells) + [""] + [f"- {cell(x)}" for x in legend(cols)] + \
         ["- **bold** = best in column."]
+
+
+def heading(row: Row) -> str:
+    """The row's label, with its method when the label does not already say it."""
+    method = row.result.method
+    return cell(row.label) if row.result.name == method else f"{cell(row.label)} ({cell(method)})"
 
 
 def method_block(row: Row) -> list[str]:
     res = row.result
-    out = [f"### {cell(row.label)} ({cell(res.method)})", ""]
+    out = [f"### {heading(row)}", ""]
     if res.method_params:
-        out += [f"hyperparameters: {cell(json.dumps(res.method_params, sort_keys=True))}", ""]
+        out += [f"hyperparameters: {cell(json.dumps(facts.effective_params(row), sort_keys=True))}", ""]
     if res.status != "ok":
         out += [f"**failed**: {cell(res.error or 'no error recorded')}", ""]
     for line in fairness_lines(res):
         out += [cell(line), ""]
+    if row.calibration is not None:
+        out += [cell(facts.calibration_text(row.calibration)), ""]
     if res.epochs:
         out += md_table(["epoch", "train loss", "eval loss", "accuracy", "macro-F1"],
                         [[str(e.epoch)] + ["" if v is None else f"{v:.4f}" for v in
@@ -62,7 +71,7 @@ def method_block(row: Row) -> list[str]:
     return out
 
 
-def task_block(task: str, rows: list[Row]) -> list[str]:
+def task_block(task: str, rows: list[Row], pareto: str = facts.DEFAULT_TRADEOFF) -> list[str]:
     out = [f"## Task: {cell(task)}", "", cell(facts.task_summary(task, rows).describe()) + ".", ""]
     notes = facts.health_notes(rows)
     if notes:
@@ -71,9 +80,10 @@ def task_block(task: str, rows: list[Row]) -> list[str]:
     if len(distinct_seeds([r.result for r in rows])) > 1:
         results = [r.result for r in rows]
         out += summary_markdown(results, level=3, paired=pooled_verdicts(results, [r.predictions for r in rows]))
-    front = facts.frontier_labels(rows)
-    out += [f"Pareto frontier (accuracy vs trainable parameters): {cell(', '.join(front) or 'none')}. "
-            "Figures: see report.html.", ""]
+    front = facts.frontier_labels(rows, pareto)
+    others = ", ".join(facts.TRADEOFFS.get(k).name for k in facts.TRADEOFF_ORDER if k != pareto)
+    out += [f"Pareto frontier (accuracy vs {facts.TRADEOFFS.get(pareto).name}): {cell(', '.join(front) or 'none')}. "
+            f"Figures: see report.html (also against {others}).", ""]
     for r in rows:
         out += method_block(r)
     return out
@@ -96,11 +106,12 @@ def reproduce_block(runs: list[RunDir], rows: list[Row]) -> list[str]:
     return out
 
 
-def render_md(rows: list[Row]) -> str:
+def render_md(rows: list[Row], pareto: str = facts.DEFAULT_TRADEOFF) -> str:
+    """``pareto``: the cost (facts.TRADEOFFS) whose Pareto frontier the text names."""
     groups = group_by_task(rows)
     lines = [f"# peftlab report: {cell(', '.join(groups))}", "",
              f"{len(rows)} runs, {len(groups)} task(s).", ""]
     for task, rs in groups.items():
-        lines += task_block(task, rs)
+        lines += task_block(task, rs, pareto)
     lines += reproduce_block(run_dirs(rows), rows)
     return "\n".join(lines).rstrip() + "\n"

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from peftlab.metrics import SELECT_METRICS, selection_value
 from peftlab.report.paired import Paired, interval_text, wilson_interval
-from peftlab.results import BASELINE_METHOD, RunResult
+from peftlab.report.calibration import Calibration, calibration_of
+from peftlab.results import BASELINE_METHOD, Predictions, RunResult
 
 BEST, NOT_SIGNIFICANT, BELOW = "best", "n.s. (within spread of best)", "below best"
 
@@ -112,7 +113,9 @@ def pm(ms: tuple[float, float] | None) -> str:
 
 SUMMARY_COLUMNS = ["method", "kind", "seeds", "accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std",
                    "vs_best", "failed_seeds", "accuracy_ci_low", "accuracy_ci_high", "vs_best_paired",
-                   "vs_best_paired_diff", "vs_best_paired_low", "vs_best_paired_high"]
+                   "vs_best_paired_diff", "vs_best_paired_low", "vs_best_paired_high",
+                   # calibration of every seed's probabilities pooled (peftlab.report.calibration)
+                   "nll", "brier", "ece", "ece_adaptive"]
 
 
 def mean_interval(s: SeedSummary) -> tuple[float, float] | None:
@@ -132,10 +135,29 @@ def _paired_cells(v: Paired | None) -> dict[str, str]:
             "vs_best_paired_high": f(v.high)}
 
 
-def summary_rows(results: list[RunResult], paired: dict[str, Paired] | None = None) -> list[dict[str, str]]:
+def pooled_calibration(results: list[RunResult], preds: list[Predictions | None]) -> dict[str, Calibration | None]:
+    """Per method, the calibration of all its seeds' predictions together; None when a seed's
+    run failed or has no predictions (a figure over some seeds would hide the others)."""
+    groups: dict[str, list[Predictions | None]] = {}
+    for r, p in zip(results, preds):
+        groups.setdefault(r.name, []).append(p if r.status == "ok" else None)
+    return {name: None if any(p is None for p in ps) else calibration_of(Predictions.pooled([p for p in ps if p is not None]))
+            for name, ps in groups.items()}
+
+
+def _calibration_cells(c: Calibration | None) -> dict[str, str]:
+    if c is None:
+        return {"nll": "", "brier": "", "ece": "", "ece_adaptive": ""}
+    return {"nll": f"{c.nll:.4f}", "brier": f"{c.brier:.4f}", "ece": f"{c.ece:.4f}", "ece_adaptive": f"{c.adaptive_ece:.4f}"}
+
+
+def summary_rows(results: list[RunResult], paired: dict[str, Paired] | None = None,
+                 preds: list[Predictions | None] | None = None) -> list[dict[str, str]]:
     """The per-method rows of comparison.csv for a multi-seed run; ``paired``: each method's
-    pooled paired verdict against the best (peftlab.report.paired.pooled_verdicts), "-" if absent."""
+    pooled paired verdict against the best (peftlab.report.paired.pooled_verdicts), "-" if absent;
+    ``preds``: each run's predictions, for the pooled calibration columns (blank without)."""
     sums = summarise(results)
+    cal = pooled_calibration(results, preds) if preds is not None else {}
     verdict = versus_best(sums, select_metric(results))
     rows = []
     for s in sums:
@@ -146,6 +168,7 @@ def summary_rows(results: list[RunResult], paired: dict[str, Paired] | None = No
             "accuracy_mean": "" if acc is None else f"{acc[0]:.4f}", "accuracy_std": "" if acc is None else f"{acc[1]:.4f}",
             "macro_f1_mean": "" if f1 is None else f"{f1[0]:.4f}", "macro_f1_std": "" if f1 is None else f"{f1[1]:.4f}",
             "vs_best": verdict.get(s.name, ""), "failed_seeds": " ".join(map(str, s.failed)),
+            **_calibration_cells(cal.get(s.name)),
         })
     return rows
 
@@ -181,12 +204,13 @@ def note(metric: str = "accuracy") -> str:
             "(the ±1 std ranges overlap): these seeds cannot tell the two apart.")
 
 
-def summary_csv(results: list[RunResult], paired: dict[str, Paired] | None = None) -> str:
+def summary_csv(results: list[RunResult], paired: dict[str, Paired] | None = None,
+                preds: list[Predictions | None] | None = None) -> str:
     import csv
     import io
 
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
     w.writeheader()
-    w.writerows(summary_rows(results, paired))
+    w.writerows(summary_rows(results, paired, preds))
     return buf.getvalue()

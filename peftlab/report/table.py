@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 from peftlab.report.collect import Row
-from peftlab.report.facts import missing_classes
+from peftlab.report.facts import row_flags
 from peftlab.report.paired import accuracy_interval, interval_text, note, paired_verdicts
 from peftlab.results import BASELINE_METHOD, RunResult
 
@@ -31,6 +31,15 @@ class Column:
     note: str = ""
     #: a text column whose cells depend on every row (the paired verdict against the best row)
     texts: Callable[[list[Row]], list[str]] | None = None
+    #: the number from the whole row (its predictions) instead of ``number`` (calibration columns)
+    row_number: Callable[[Row], float | None] | None = None
+    #: text after a number (a calibrated in-context row's figure before calibration)
+    suffix: Callable[[Row], str] | None = None
+    #: what a cell without a value says ("-": the row recorded nothing this could come from)
+    missing: str = ""
+
+    def value(self, row: Row) -> float | None:
+        return self.row_number(row) if self.row_number is not None else self.number(row.result)
 
     @property
     def title(self) -> str:
@@ -66,7 +75,7 @@ def params_check(r: RunResult) -> str:
 def flags_text(r: RunResult) -> str:
     if r.status != "ok":
         return f"failed: {r.error or 'no error recorded'}"
-    return " ".join(r.flags + [m for m in [missing_classes(r)] if m])
+    return " ".join(row_flags(r))
 
 
 def paired_texts(rows: list[Row]) -> list[str]:
@@ -78,6 +87,25 @@ def _timing(attr: str) -> Callable[[RunResult], float | None]:
     return lambda r: None if r.timing is None else getattr(r.timing, attr)
 
 
+def _calibration(attr: str) -> Callable[[Row], float | None]:
+    return lambda row: None if row.calibration is None else getattr(row.calibration, attr)
+
+
+def _before(attr: str) -> Callable[[Row], str]:
+    """`` (before 0.123)``: an in-context row's figure before contextual calibration, when stored."""
+    def text(row: Row) -> str:
+        before = None if row.calibration is None else row.calibration.before
+        return "" if before is None else f" (before {getattr(before, attr):.3f})"
+    return text
+
+
+CALIBRATION_NOTE = ("with Brier and ECE, how far the row's probabilities can be trusted: NLL = mean -log p(gold label); Brier = mean squared distance of the probabilities from the "
+                    "one-hot gold label (0 best, 2 worst); ECE = expected calibration error, |accuracy - confidence| "
+                    "over 15 equal-width confidence bins weighted by their size (the equal-mass variant is in "
+                    "comparison.csv and under each method); all from predictions.jsonl. \"-\" = no probabilities "
+                    "recorded; (before x) = an in-context row's figure before contextual calibration")
+
+
 COLUMNS: list[Column] = [
     Column("method", "method", _none, str, text=lambda row: row.label),
     Column("kind", "kind", _none, str, text=lambda row: row.result.method),
@@ -86,6 +114,12 @@ COLUMNS: list[Column] = [
            note=note()),
     Column("vs_best", "vs best (paired)", _none, str, texts=paired_texts),
     Column("macro_f1", "macro-F1", lambda r: r.macro_f1, lambda v: f"{v:.4f}", "max"),
+    Column("nll", "NLL", _none, lambda v: f"{v:.3f}", "min", row_number=_calibration("nll"), suffix=_before("nll"),
+           missing="-", note=CALIBRATION_NOTE),
+    Column("brier", "Brier", _none, lambda v: f"{v:.3f}", "min", row_number=_calibration("brier"),
+           suffix=_before("brier"), missing="-"),
+    Column("ece", "ECE", _none, lambda v: f"{v:.3f}", "min", row_number=_calibration("ece"), suffix=_before("ece"),
+           missing="-"),
     Column("trainable", "trainable", lambda r: None if r.params is None else r.params.trainable,
            lambda v: f"{int(v):,}", "min"),
     Column("pct_trainable", "% trainable", lambda r: None if r.params is None else r.params.percent_trainable,
@@ -122,7 +156,7 @@ def best_values(rows: list[Row], columns: list[Column] = COLUMNS) -> dict[str, f
     for col in columns:
         if col.better is None:
             continue
-        values = [v for row in rows if _candidate(row) and (v := col.number(row.result)) is not None]
+        values = [v for row in rows if _candidate(row) and (v := col.value(row)) is not None]
         if len(values) >= 2 and len({col.fmt(v) for v in values}) > 1:
             best[col.key] = max(values) if col.better == "max" else min(values)
     return best
@@ -142,14 +176,21 @@ def table(rows: list[Row], columns: list[Column] = COLUMNS) -> list[list[Cell]]:
             if col.text is not None:
                 cells.append(Cell(col.text(row)))
                 continue
-            v = col.number(row.result)
+            v = col.value(row)
             if v is None:
-                cells.append(Cell(""))
+                cells.append(Cell(col.missing if row.result.status == "ok" else ""))
                 continue
             is_best = col.key in best and _candidate(row) and col.fmt(v) == col.fmt(best[col.key])
-            cells.append(Cell(col.fmt(v), is_best))
+            cells.append(Cell(col.fmt(v) + (col.suffix(row) if col.suffix else ""), is_best))
         out.append(cells)
     return out
+
+
+def columns_for(rows: list[Row]) -> list[Column]:
+    """The columns worth showing for ``rows``: "kind" (the method) only when some row's name
+    differs from its method; otherwise every cell would repeat the name beside it."""
+    repeats = all(r.result.name == r.result.method for r in rows)
+    return [c for c in COLUMNS if not (c.key == "kind" and repeats)]
 
 
 def legend(columns: list[Column] = COLUMNS) -> list[str]:

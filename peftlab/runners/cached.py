@@ -70,17 +70,34 @@ def head_inputs(model: nn.Module, head: nn.Module, feats: Features, collate: Any
 def fit_head(model: nn.Module, head: nn.Module, train: Features, evalset: Features, collate: Any,
              lr: float, tcfg: TrainConfig, acc: Accelerator, is_decoder: bool, label: str = "head",
              quiet: bool = True) -> FitOutcome:
-    """Extract features once (counted as eval/feature time), then train only ``head``."""
+    """Extract features once, then train only ``head``.
+
+    The training split's feature pass is training time. The eval split's is evaluation time: a
+    prediction costs the backbone's forward pass plus the head's, so the row's eval throughput
+    counts each eval example once over the feature pass and every head pass (the head alone, on
+    cached features, reported 1.4 million examples/s on drugreview: no user ever sees that).
+    """
     device = acc.device
-    t0 = time.perf_counter()
     quiet = quiet or not acc.is_local_main_process
+    t0 = time.perf_counter()
     x_train = head_inputs(model, head, train, collate, tcfg.eval_batch_size, device, is_decoder,
                           None if quiet else f"{label} features (train)")
+    t1 = time.perf_counter()
     x_eval = head_inputs(model, head, evalset, collate, tcfg.eval_batch_size, device, is_decoder,
                          None if quiet else f"{label} features (eval)")
-    feature_s = time.perf_counter() - t0
-    return fit_tensors(head, head, x_train, feature_labels(train), x_eval, feature_labels(evalset),
-                       lr, tcfg, device, start_s=feature_s, label=label, quiet=quiet)
+    eval_feature_s = time.perf_counter() - t1
+    outcome = fit_tensors(head, head, x_train, feature_labels(train), x_eval, feature_labels(evalset),
+                          lr, tcfg, device, start_s=t1 - t0, label=label, quiet=quiet)
+    return with_feature_pass(outcome, eval_feature_s, len(evalset))
+
+
+def with_feature_pass(outcome: FitOutcome, feature_s: float, n_eval: int) -> FitOutcome:
+    """``outcome`` with the eval split's feature pass in its evaluation time, and each eval example
+    counted once: the per-epoch head passes reuse the same features, so counting them again
+    would divide one backbone pass among many cheap matrix products."""
+    outcome.eval_s += feature_s
+    outcome.eval_examples = n_eval
+    return outcome
 
 
 def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:

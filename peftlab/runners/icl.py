@@ -120,6 +120,8 @@ class SeedPass(NamedTuple):
     pred: np.ndarray  # (n,) label ids
     probs: np.ndarray  # (n, labels): scored probabilities, or the chains' vote shares (NaN: no chain answered)
     unanswered: int  # queries whose chains named no label (reasoning mode)
+    #: (n, labels) the scored probabilities before contextual calibration (``calibrate: true``), else None
+    raw_probs: np.ndarray | None = None
 
 
 def predict_seed(model: Any, scorer: PrefixScorer, p: Prompting, params: Any, data: TaskData, seed: int,
@@ -132,10 +134,11 @@ def predict_seed(model: Any, scorer: PrefixScorer, p: Prompting, params: Any, da
         return _reason(model, p, params, data, demos, seed)
     contexts = [p.context(demos[i], data.eval.texts[i], _pair(data.eval, i)) for i in range(n)]
     probs = score_probs(scorer, p, contexts, params.normalize, params.temperature)
-    if params.calibrate:
-        free = [p.context(demos[0], cf, cf if data.is_pair else None) for cf in CONTENT_FREE]
-        probs = calibrate(probs, content_free_prior(score_probs(scorer, p, free, params.normalize, params.temperature)))
-    return SeedPass(probs.argmax(-1), probs, 0)
+    if not params.calibrate:
+        return SeedPass(probs.argmax(-1), probs, 0)
+    free = [p.context(demos[0], cf, cf if data.is_pair else None) for cf in CONTENT_FREE]
+    fixed = calibrate(probs, content_free_prior(score_probs(scorer, p, free, params.normalize, params.temperature)))
+    return SeedPass(fixed.argmax(-1), fixed, 0, probs)  # the raw ones too: the report shows before and after
 
 
 def _reason(model: Any, p: Prompting, params: Any, data: TaskData, demos: list[list[Demo]],
@@ -192,7 +195,9 @@ def run_icl(cfg: ExperimentConfig, method: Any, params: Any, data: TaskData, bas
         eval_s = time.perf_counter() - t1
         wall = time.perf_counter() - t0
     if record is not None:
-        record(Predictions.of(data.label_names, data.eval.labels, [r.pred for r in runs], [r.probs for r in runs], seeds))
+        raw = [r.raw_probs for r in runs]
+        record(Predictions.of(data.label_names, data.eval.labels, [r.pred for r in runs], [r.probs for r in runs], seeds,
+                              None if any(q is None for q in raw) else raw))
     return base.model_copy(update=dict(
         **summarise(data, [r.pred for r in runs], seeds),
         params=ParamCounts(trainable=trainable, total=total, percent_trainable=100.0 * trainable / total),

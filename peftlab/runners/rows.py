@@ -121,8 +121,11 @@ def baseline_result(cfg: ExperimentConfig, data: TaskData) -> RunResult:
 
 
 def overlap_details(data: TaskData) -> dict[str, Any]:
-    """Recorded in every result: evaluation examples whose input also occurs in training."""
-    return {"train_eval_overlap": overlap_count(data.train, data.eval)}
+    """Recorded in every result: evaluation examples whose input also occurs in training, and
+    those a builtin task's loader dropped for that reason (when any; shown once per task)."""
+    dropped = int(getattr(data, "eval_duplicates_dropped", 0))
+    return {"train_eval_overlap": overlap_count(data.train, data.eval),
+            **({"eval_duplicates_dropped": dropped} if dropped else {})}
 
 
 def overlap_flags(data: TaskData) -> list[str]:

@@ -27,7 +27,7 @@ from peftlab.errors import PeftlabError
 from peftlab.precision import Precision, resolve, shapes_of
 from peftlab.results import EpochRecord
 from peftlab.runners.batching import Features, LengthGroupedBatches, sorted_batches
-from peftlab.runners.eta import TIMED_STEPS, eta_line, remaining_s
+from peftlab.runners.eta import TIMED_STEPS, WARMUP_STEPS, estimate_total_s, eta_line
 from peftlab.runners.distributed import all_finite, global_sums
 from peftlab.runners.checkpoint import Progress, Resumed, rank_rng_states, restore_rng, save_checkpoint
 from peftlab.runners.progress import bar as progress_bar
@@ -277,7 +277,9 @@ def _fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr:
     trainable = [p for p in wrapped.parameters() if p.requires_grad]
     weights = class_weights(feature_labels(train), tcfg.class_weight)
     outcome.class_weights = None if weights is None else weights.tolist()
-    timed_from, timed_step0 = time.perf_counter(), prog.step
+    # each optimizer step's seconds since this process started (peftlab.runners.eta skips the warm-up ones)
+    step_s: list[float] = []
+    last_step_at, timed_step0, train_s_before = time.perf_counter(), prog.step, outcome.train_s
 
     def checkpoint() -> None:
         if ckpt is None:
@@ -326,10 +328,14 @@ def _fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr:
             bar.update(n * n_proc)
             if acc.sync_gradients:
                 prog.step += 1
-                if prog.step - timed_step0 == TIMED_STEPS:  # the early time estimate, printed once
-                    elapsed = time.perf_counter() - timed_from
-                    outcome.estimated_train_s = outcome.train_s + elapsed + remaining_s(elapsed, TIMED_STEPS, steps - prog.step)
-                    say(silent, eta_line(label, outcome.estimated_train_s, steps))
+                if len(step_s) < WARMUP_STEPS + TIMED_STEPS:
+                    now = time.perf_counter()
+                    step_s.append(now - last_step_at)
+                    last_step_at = now
+                    if len(step_s) == WARMUP_STEPS + TIMED_STEPS:  # the early time estimate, printed once
+                        rest = estimate_total_s(step_s, steps - timed_step0)
+                        outcome.estimated_train_s = None if rest is None else train_s_before + rest
+                        say(silent, eta_line(label, outcome.estimated_train_s or 0.0, steps))
                 if ckpt is not None and ckpt.every and prog.step % ckpt.every == 0 and i + 1 < len(loader):
                     outcome.train_s += time.perf_counter() - t0
                     checkpoint()

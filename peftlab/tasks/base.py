@@ -24,12 +24,27 @@ class Split:
         )
 
 
+def drop_eval_duplicates(train: Split, ev: Split) -> tuple[Split, int]:
+    """``ev`` without the examples whose input (text, or text pair) also occurs in ``train``, and
+    how many were dropped.
+
+    An example seen in training measures memory, not generalisation, and inflates every row's
+    accuracy alike; the builtin tasks' loaders drop them (user data is only flagged: it is theirs).
+    """
+    seen = set(zip(train.texts, train.pairs if train.pairs is not None else [None] * len(train)))
+    keep = [i for i, x in enumerate(zip(ev.texts, ev.pairs if ev.pairs is not None else [None] * len(ev)))
+            if x not in seen]
+    return (ev if len(keep) == len(ev) else ev.take(np.asarray(keep, dtype=np.int64))), len(ev) - len(keep)
+
+
 @dataclass
 class TaskData:
     name: str
     label_names: list[str]
     train: Split
     eval: Split
+    #: evaluation examples dropped because their input also occurs in training (builtin tasks)
+    eval_duplicates_dropped: int = 0
 
     @property
     def num_labels(self) -> int:

@@ -13,9 +13,9 @@ import pandas as pd
 from peftlab.config import TaskConfig
 from peftlab.errors import PeftlabError, first_line
 from peftlab.registry import Registry
-from peftlab.tasks.base import Split, TaskData
+from peftlab.tasks.base import Split, TaskData, drop_eval_duplicates
 from peftlab.tasks.builtin import BUILTIN_TASKS
-from peftlab.tasks.sampling import finish_splits
+from peftlab.tasks.sampling import finish_splits, hold_out
 
 #: A source returns (train frame, eval frame or None, label names it knows or None).
 Frames = tuple[pd.DataFrame, pd.DataFrame | None, list[str] | None]
@@ -189,8 +189,13 @@ def load_task(cfg: TaskConfig, seed: int) -> TaskData:
     names = cfg.label_names or source_names or _infer_names(_column(train_df, cfg.label_column, "label_column", "train data"))
     train = _split(train_df, cfg, names, "train data", drop_negative)
     ev = None if eval_df is None else _split(eval_df, cfg, names, "eval data", drop_negative)
+    dropped = 0
+    if cfg.source == "builtin":  # our own data: no eval example the training split already holds
+        if ev is None:
+            train, ev = hold_out(train, cfg.eval_fraction, SPLIT_SEED)
+        ev, dropped = drop_eval_duplicates(train, ev)
     train, ev = finish_splits(train, ev, cfg, seed, SPLIT_SEED)
-    return TaskData(name=cfg.display_name, label_names=list(names), train=train, eval=ev)
+    return TaskData(name=cfg.display_name, label_names=list(names), train=train, eval=ev, eval_duplicates_dropped=dropped)
 
 
 def check_task(cfg: TaskConfig) -> None:

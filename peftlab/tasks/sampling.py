@@ -89,6 +89,12 @@ def k_shot_indices(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picked))
 
 
+def hold_out(split: Any, eval_fraction: float, split_seed: int) -> tuple[Any, Any]:
+    """(train, eval) from a source without an eval split: a stratified ``eval_fraction``, seeded."""
+    tr_idx, ev_idx = stratified_split(split.labels, eval_fraction, split_seed)
+    return split.take(tr_idx), split.take(ev_idx)
+
+
 def finish_splits(train: Any, ev: Any | None, cfg: Any, seed: int, split_seed: int,
                   k_shot: int | None = None) -> tuple[Any, Any]:
     """What every task loader does after reading: hold out an eval split when the source has
@@ -100,8 +106,7 @@ def finish_splits(train: Any, ev: Any | None, cfg: Any, seed: int, split_seed: i
     from peftlab.errors import PeftlabError
 
     if ev is None:
-        tr_idx, ev_idx = stratified_split(train.labels, cfg.eval_fraction, split_seed)
-        train, ev = train.take(tr_idx), train.take(ev_idx)
+        train, ev = hold_out(train, cfg.eval_fraction, split_seed)
     if k_shot is not None:  # image tasks: at most k training examples per class
         train = train.take(k_shot_indices(train.labels, k_shot, seed))
     if cfg.n_train is not None:
