@@ -211,6 +211,8 @@ def render(stores: dict[str, dict[str, Any]], rows: list[dict[str, Any]], comman
             t = entry["trials"][str(k)] if k is not None else None
             cells.append("all diverged" if t is None else
                          f"{ladder(k):g} ({scores[k]:.3f}, {t['accuracy']:.3f})")
+            if label in SAME_AS:
+                continue
             detail.append(f"| {label} | {b.title} | {entry['protocol']['budget_steps']} | " + ", ".join(
                 f"{ladder(k):g}: {'diverged' if not math.isfinite(v) else f'{v:.3f}'}" for k, v in sorted(scores.items()))
                 + " |")
