@@ -20,7 +20,7 @@ from torch import nn
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.errors import PeftlabError
 from peftlab.methods.peft_common import PeftMethod, check_targets, seq_cls_config
-from peftlab.params import ArchSpec, ia3_params
+from peftlab.params import ArchSpec, targeted_linears
 
 
 class Ia3Params(MethodParams):
@@ -65,5 +65,14 @@ class Ia3(PeftMethod):
         return seq_cls_config(IA3Config, model, spec, target_modules=targets, feedforward_modules=feedforward)
 
     def derived_trainable(self, params: Ia3Params, spec: ArchSpec) -> int:
+        """One scaling vector per targeted linear: d_in for feedforward modules (the input is
+        scaled), d_out otherwise (the output is scaled); plus the head.
+
+        Feedforward membership follows peft's own rule, a *plain* suffix test (``str.endswith``, no
+        dot boundary): so BERT's default ``output.dense`` also marks ``attention.output.dense``.
+        """
         targets, feedforward = self.modules(params, spec.family)
-        return ia3_params(spec, targets, feedforward) + spec.head
+        return sum(
+            d_in if any(name.endswith(f) for f in feedforward) else d_out
+            for name, (d_in, d_out, _) in targeted_linears(spec, targets).items()
+        ) + spec.head

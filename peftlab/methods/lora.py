@@ -36,7 +36,7 @@ from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.errors import PeftlabError
 from peftlab.io import save_safetensors
 from peftlab.methods.peft_common import PeftMethod, check_targets, seq_cls_config
-from peftlab.params import ArchSpec, all_linears, dora_params, lora_params
+from peftlab.params import ArchSpec, all_linears, targeted_linears
 
 #: peft's shorthand for every linear layer except the output/classification head
 ALL_LINEAR = "all-linear"
@@ -155,9 +155,11 @@ class Lora(PeftMethod):
         return params.lora_plus_ratio if params.lora_plus_ratio and ".lora_B." in name else 1.0
 
     def derived_trainable(self, params: LoraParams, spec: ArchSpec) -> int:
-        targets = resolve_targets(params, spec)
-        dora = dora_params(spec, targets) if params.use_dora else 0
-        return lora_params(spec, targets, params.r) + dora + spec.head
+        """A (r x d_in) and B (d_out x r) on each targeted linear: r (d_in + d_out); DoRA adds one
+        trained magnitude per output feature (d_out); plus the head."""
+        linears = targeted_linears(spec, resolve_targets(params, spec)).values()
+        dora = sum(d_out for _, d_out, _ in linears) if params.use_dora else 0
+        return sum(params.r * (d_in + d_out) for d_in, d_out, _ in linears) + dora + spec.head
 
 
 def initial_lora(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ from torch import nn
 
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.methods.peft_common import PeftMethod, seq_cls_config
-from peftlab.params import ArchSpec, p_tuning_params
+from peftlab.params import ArchSpec, linear_params
 
 #: peft's PromptEncoderConfig.encoder_num_layers default; used by the LSTM encoder only
 LSTM_LAYERS = 2
@@ -42,5 +42,16 @@ class PTuning(PeftMethod):
                               encoder_num_layers=LSTM_LAYERS)
 
     def derived_trainable(self, params: PTuningParams, spec: ArchSpec) -> int:
-        enc = params.encoder_hidden_size or spec.hidden
-        return p_tuning_params(spec, params.num_virtual_tokens, params.encoder, enc, LSTM_LAYERS) + spec.head
+        """The virtual-token embedding plus peft's prompt encoder (``PromptEncoder``), plus the head.
+
+        MLP: Linear(h, e) -> ReLU -> Linear(e, e) -> ReLU -> Linear(e, h). LSTM: a bidirectional
+        ``LSTM_LAYERS``-layer LSTM (input h, then 2e) followed by Linear(2e, 2e) -> ReLU -> Linear(2e, h).
+        """
+        h, e = spec.hidden, params.encoder_hidden_size or spec.hidden
+        n = params.num_virtual_tokens * h
+        if params.encoder == "mlp":
+            encoder = linear_params(h, e, True) + linear_params(e, e, True) + linear_params(e, h, True)
+        else:  # per direction and layer: 4 gates x (W_ih: e x d_in, W_hh: e x e, b_ih + b_hh: 2e)
+            lstm = sum(2 * 4 * (e * d_in + e * e + 2 * e) for d_in in [h] + [2 * e] * (LSTM_LAYERS - 1))
+            encoder = lstm + linear_params(2 * e, 2 * e, True) + linear_params(2 * e, h, True)
+        return n + encoder + spec.head

@@ -14,7 +14,7 @@ from torch import nn
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.errors import PeftlabError
 from peftlab.methods.base import Method, freeze_all, head_names, unfreeze
-from peftlab.params import FAMILIES, ArchSpec, top_layers_params
+from peftlab.params import FAMILIES, ArchSpec, layer_params, post_params
 
 
 class PartialParams(MethodParams):
@@ -49,4 +49,5 @@ class Partial(Method):
         return model
 
     def derived_trainable(self, params: PartialParams, spec: ArchSpec) -> int:
-        return top_layers_params(spec, params.top_k)
+        """The top ``top_k`` blocks, the post part and the head."""
+        return min(params.top_k, spec.num_layers) * layer_params(spec) + post_params(spec) + spec.head

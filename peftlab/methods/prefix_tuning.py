@@ -19,7 +19,7 @@ from torch import nn
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.kv_cache import route_prefix_cache
 from peftlab.methods.peft_common import PeftMethod, seq_cls_config
-from peftlab.params import ArchSpec, prefix_tuning_params
+from peftlab.params import ArchSpec, linear_params, prefix_token_dim
 
 
 class PrefixTuningParams(MethodParams):
@@ -52,5 +52,15 @@ class PrefixTuning(PeftMethod):
         return route_prefix_cache(super().load(model, params, spec, directory))
 
     def derived_trainable(self, params: PrefixTuningParams, spec: ArchSpec) -> int:
-        return (prefix_tuning_params(spec, params.num_virtual_tokens, params.projection, params.encoder_hidden_size)
-                + spec.head)
+        """peft's ``PrefixEncoder``: a key and a value per layer and virtual token, plus the head.
+
+        Without projection the prefix itself is the parameter: n x (layers * 2 * d). With projection,
+        an n x d embedding feeds Linear(d, enc) -> Tanh -> Linear(enc, layers * 2 * d), biases
+        included; ``d`` is :func:`~peftlab.params.prefix_token_dim` and ``enc`` defaults to ``d`` (as in peft).
+        """
+        n, d = params.num_virtual_tokens, prefix_token_dim(spec)
+        out = spec.num_layers * 2 * d
+        if not params.projection:
+            return n * out + spec.head
+        enc = params.encoder_hidden_size or d
+        return n * d + linear_params(d, enc, True) + linear_params(enc, out, True) + spec.head

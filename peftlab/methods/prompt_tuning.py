@@ -21,7 +21,7 @@ from torch import nn
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.errors import PeftlabError
 from peftlab.methods.peft_common import PeftMethod, seq_cls_config
-from peftlab.params import ArchSpec, prompt_tuning_params
+from peftlab.params import ArchSpec
 
 
 class PromptTuningParams(MethodParams):
@@ -54,4 +54,5 @@ class PromptTuning(PeftMethod):
         )
 
     def derived_trainable(self, params: PromptTuningParams, spec: ArchSpec) -> int:
-        return prompt_tuning_params(spec, params.num_virtual_tokens) + spec.head
+        """One trained input embedding (width ``hidden``) per virtual token, plus the head."""
+        return params.num_virtual_tokens * spec.hidden + spec.head
