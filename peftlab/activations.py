@@ -17,19 +17,17 @@ a log-sum-exp per row and a float copy of the padding mask. CPU dropout keeps a 
 count against the bytes that ``torch.autograd.graph.saved_tensors_hooks`` sees on tiny models,
 method by method.
 
-A method says how gradients flow through it with a :class:`Flow` (``FLOWS``, keyed by method
-name, in :mod:`peftlab.activation_flows`); a method without one is counted as full fine-tuning
-(an over-count). :mod:`peftlab.activations_decoder` walks Llama-style decoders the same way.
+A method says how gradients flow through it with a :class:`Flow`, which its own ``flow`` builds
+(every registered method declares one: :mod:`peftlab.methods`). :mod:`peftlab.activations_decoder`
+walks Llama-style decoders the same way; :mod:`peftlab.activation_flows` picks the walk per family.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from peftlab.params import ArchSpec
-from peftlab.registry import Registry
+from peftlab.params import ArchSpec, matches_target
 
 #: activation functions whose backward needs the result (1 saved tensor shared with the next linear)
 #: rather than the input (2: the input, and the output kept by the next linear)
@@ -77,7 +75,20 @@ class Flow:
     prefix_encoder_values: int = 0
 
 
-FLOWS: Registry[Callable[[Any, ArchSpec], Flow]] = Registry("activation flow")
+def full_flow(spec: ArchSpec) -> Flow:
+    """Everything trains: every block, the embeddings and the post part."""
+    return Flow(trained_blocks=frozenset(range(spec.num_layers)), embeddings=True, post=True)
+
+
+def block_linears(spec: ArchSpec, targets: list[str]) -> list[str]:
+    """Block-relative names of the linears ``targets`` match (peft's rule, checked on block 0)."""
+    first = f"{spec.layers_prefix}.0."
+    return [n for n in spec.layer_linears if any(matches_target(first + n, t) for t in targets)]
+
+
+def post_targeted(spec: ArchSpec, targets: list[str]) -> bool:
+    """Whether ``targets`` match a linear of the post part (BERT's pooler dense)."""
+    return any(matches_target(n, t) for n in spec.post_linears for t in targets)
 
 
 

@@ -205,3 +205,21 @@ def test_linear_probe_cached_features_equal_recomputed(tiny_backbones):
             cached = head(x).numpy()
         full = predict_logits(model, feats, collate, 3, torch.device("cpu"))
         np.testing.assert_allclose(cached, full, rtol=1e-5, atol=1e-6)
+
+
+def test_registration_refuses_a_method_that_declares_no_flow():
+    """A method that leaves its activation flow to the base class is refused when registered,
+    never planned as something it is not (issue 20)."""
+    from peftlab.methods import register
+    from peftlab.methods.base import Method
+    from peftlab.methods.full import FullParams
+
+    class NoFlow(Method):
+        name = "full"
+        Params = FullParams
+
+        def derived_trainable(self, params: Any, spec: Any) -> int:
+            return 0
+
+    with pytest.raises(TypeError, match="does not declare flow"):
+        register(NoFlow())

@@ -1,8 +1,10 @@
 """The method interface: what every adaptation method provides to the runner.
 
 A method takes a freshly loaded sequence-classification model and makes only its own parts
-trainable; it knows its closed-form trainable count, and how to save and reload what it trained.
-Adding a method = one module in this package registered in ``METHODS`` (see ``__init__``).
+trainable; it knows its closed-form trainable count, where its trainable tensors sit for the
+activation count (its flow), and how to save and reload what it trained. Adding a method = one
+module in this package registered in ``METHODS`` (see ``__init__``), which refuses a method that
+leaves any of :data:`DECLARED` to the base class.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from peftlab.activations import Flow
 from peftlab.config_base import MethodParams
 from peftlab.errors import PeftlabError
 from peftlab.io import save_safetensors
@@ -68,6 +71,12 @@ class Method:
         raise NotImplementedError
 
     def derived_trainable(self, params: Any, spec: ArchSpec) -> int:
+        """The closed-form trainable count, from the architecture alone (checked against the model)."""
+        raise NotImplementedError
+
+    def flow(self, params: Any, spec: ArchSpec) -> Flow:
+        """Where this method's trainable tensors sit, so that ``peftlab plan`` counts what autograd
+        keeps for one training step (:mod:`peftlab.activations`) before any weights load."""
         raise NotImplementedError
 
     def derived_total(self, params: Any, spec: ArchSpec) -> int:
@@ -83,6 +92,18 @@ class Method:
         """Rebuild the trained model from a fresh base model and the saved files."""
         load_trainable(model, directory)
         return model
+
+
+#: what every registered method declares itself, in its own class or a base below ``Method``:
+#: nothing here may fall back to a silent default (a method without a flow would be planned as
+#: something it is not)
+DECLARED = ("name", "Params", "derived_trainable", "flow")
+
+
+def undeclared(method: Method) -> list[str]:
+    """The names of :data:`DECLARED` that ``method`` leaves to the base class."""
+    own = [vars(k) for k in type(method).__mro__ if k not in (Method, object)]
+    return [a for a in DECLARED if not any(a in d for d in own)]
 
 
 def freeze_all(model: nn.Module) -> None:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 from torch import nn
 
+from peftlab.activations import Flow
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.errors import PeftlabError
 from peftlab.methods.base import Method
@@ -70,6 +71,13 @@ class _ImageOnly(Method):
         raise PeftlabError(f"config error: method {self.name!r} needs an image task with a CLIP backbone")
 
     def prepare(self, model: nn.Module, params: Any, spec: ArchSpec | None) -> nn.Module:
+        raise PeftlabError(f"method {self.name!r} runs on image tasks only")
+
+    def derived_trainable(self, params: Any, spec: ArchSpec) -> int:
+        """No text closed form: image rows are counted on the image backbone (peftlab.images.params)."""
+        raise NotImplementedError(f"{self.name} runs on image tasks only")
+
+    def flow(self, params: Any, spec: ArchSpec) -> Flow:
         raise PeftlabError(f"method {self.name!r} runs on image tasks only")
 
 

@@ -6,6 +6,7 @@ from typing import Literal
 
 from torch import nn
 
+from peftlab.activations import Flow, full_flow
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.methods.base import Method
 from peftlab.params import ArchSpec, total_params
@@ -27,3 +28,6 @@ class Full(Method):
 
     def derived_trainable(self, params: FullParams, spec: ArchSpec) -> int:
         return total_params(spec)
+
+    def flow(self, params: FullParams, spec: ArchSpec) -> Flow:
+        return full_flow(spec)

@@ -17,6 +17,7 @@ from peft.utils.constants import (
 from pydantic import Field
 from torch import nn
 
+from peftlab.activations import Flow, block_linears
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.errors import PeftlabError
 from peftlab.methods.peft_common import PeftMethod, check_targets, seq_cls_config
@@ -76,3 +77,10 @@ class Ia3(PeftMethod):
             d_in if any(name.endswith(f) for f in feedforward) else d_out
             for name, (d_in, d_out, _) in targeted_linears(spec, targets).items()
         ) + spec.head
+
+    def flow(self, params: Ia3Params, spec: ArchSpec) -> Flow:
+        """Each scaled linear keeps its input (feedforward: the input is scaled) or its output."""
+        targets, feedforward = self.modules(params, spec.family)
+        first = f"{spec.layers_prefix}.0."
+        # peft's feedforward test is a plain suffix (so "output.dense" marks attention.output.dense too)
+        return Flow(ia3={n: any((first + n).endswith(ff) for ff in feedforward) for n in block_linears(spec, targets)})

@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
+from peftlab.activations import Flow, full_flow
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.methods.base import Method
 from peftlab.params import ArchSpec
@@ -83,6 +84,11 @@ class Icl(Method):
 
     def derived_trainable(self, params: Any, spec: ArchSpec) -> int:
         return 0
+
+    def flow(self, params: Any, spec: ArchSpec) -> Flow:
+        """Planned as a full fine-tuning step: an over-count (scoring runs no backward pass) that
+        keeps the memory guard on the safe side until a forward-only count is written."""
+        return full_flow(spec)
 
 
 def template_overrides(params: IclParams) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Literal
 
 from torch import nn
 
+from peftlab.activations import Flow, full_flow
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.methods.base import Method, freeze_all, head_names, unfreeze
 from peftlab.params import ArchSpec
@@ -39,3 +40,8 @@ class LinearProbe(Method):
 
     def derived_trainable(self, params: LinearProbeParams, spec: ArchSpec) -> int:
         return spec.head
+
+    def flow(self, params: LinearProbeParams, spec: ArchSpec) -> Flow:
+        """Never walked (the cached-features runner has no backward through the backbone, and the
+        plan counts it by the rough forward rule); full fine-tuning's, the safe side, if it were."""
+        return full_flow(spec)

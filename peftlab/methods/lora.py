@@ -32,6 +32,7 @@ from pydantic import Field, field_validator, model_validator
 from safetensors.torch import load_file
 from torch import nn
 
+from peftlab.activations import Flow, block_linears, post_targeted
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.errors import PeftlabError
 from peftlab.io import save_safetensors
@@ -160,6 +161,21 @@ class Lora(PeftMethod):
         linears = targeted_linears(spec, resolve_targets(params, spec)).values()
         dora = sum(d_out for _, d_out, _ in linears) if params.use_dora else 0
         return sum(params.r * (d_in + d_out) for d_in, d_out, _ in linears) + dora + spec.head
+
+    def flow(self, params: LoraParams, spec: ArchSpec) -> Flow:
+        """LoRA's branches; with DoRA, each adapted linear also keeps 2 x d_out values per token
+        (its frozen output and its LoRA output, which the magnitude's gradient multiplies).
+        DoRA's weight norm goes through B A in the forward but is detached, so that graph is freed
+        before the backward and keeps nothing. qlora's too: bitsandbytes' 4-bit matmul keeps only
+        its (already counted) weight."""
+        targets = resolve_targets(params, spec)
+        block = block_linears(spec, targets)
+        post = post_targeted(spec, targets)
+        dora = {n: spec.layer_linears[n][1] for n in block} if params.use_dora else {}
+        if params.use_dora and post:
+            dora[""] = sum(d_out for _, d_out, _ in spec.post_linears.values())
+        return Flow(lora={n: params.dropout for n in block}, lora_r=params.r,
+                    lora_post=params.dropout if post else None, dora=dora)
 
 
 def initial_lora(model: nn.Module) -> dict[str, torch.Tensor]:

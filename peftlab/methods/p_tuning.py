@@ -14,6 +14,7 @@ from peft import PromptEncoderConfig, PromptEncoderReparameterizationType
 from pydantic import Field
 from torch import nn
 
+from peftlab.activations import Flow
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.methods.peft_common import PeftMethod, seq_cls_config
 from peftlab.params import ArchSpec, linear_params
@@ -55,3 +56,12 @@ class PTuning(PeftMethod):
             lstm = sum(2 * 4 * (e * d_in + e * e + 2 * e) for d_in in [h] + [2 * e] * (LSTM_LAYERS - 1))
             encoder = lstm + linear_params(2 * e, 2 * e, True) + linear_params(2 * e, h, True)
         return n + encoder + spec.head
+
+    def flow(self, params: PTuningParams, spec: ArchSpec) -> Flow:
+        """The MLP encoder keeps its input (h) and two ReLU outputs (e) per virtual token (computed once
+        per step, then repeated over the batch);
+        the LSTM encoder's oneDNN workspace is not counted (about 10 values of width e per direction
+        and layer are, an under-count of a few hundred KB at most: only 10-odd tokens go through it)."""
+        e, h = params.encoder_hidden_size or spec.hidden, spec.hidden
+        per_token = h + 2 * e if params.encoder == "mlp" else h + 2 * 2 * 10 * e + 2 * 2 * e
+        return Flow(prompt_tokens=params.num_virtual_tokens, prompt_encoder_values=per_token)

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field
 from torch import nn
 
+from peftlab.activations import Flow
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.errors import PeftlabError
 from peftlab.methods.base import Method, freeze_all, head_names, unfreeze
@@ -51,3 +52,8 @@ class Partial(Method):
     def derived_trainable(self, params: PartialParams, spec: ArchSpec) -> int:
         """The top ``top_k`` blocks, the post part and the head."""
         return min(params.top_k, spec.num_layers) * layer_params(spec) + post_params(spec) + spec.head
+
+    def flow(self, params: PartialParams, spec: ArchSpec) -> Flow:
+        """The top blocks and the post part train: nothing below the first trained block is kept."""
+        k = min(params.top_k, spec.num_layers)
+        return Flow(trained_blocks=frozenset(range(spec.num_layers - k, spec.num_layers)), post=True)

@@ -16,6 +16,7 @@ from peft import PrefixTuningConfig
 from pydantic import Field, model_validator
 from torch import nn
 
+from peftlab.activations import Flow
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.kv_cache import route_prefix_cache
 from peftlab.methods.peft_common import PeftMethod, seq_cls_config
@@ -64,3 +65,9 @@ class PrefixTuning(PeftMethod):
             return n * out + spec.head
         enc = params.encoder_hidden_size or d
         return n * d + linear_params(d, enc, True) + linear_params(enc, out, True) + spec.head
+
+    def flow(self, params: PrefixTuningParams, spec: ArchSpec) -> Flow:
+        """With projection, the encoder keeps its input (d) and its Tanh output (enc) per token and example."""
+        d = prefix_token_dim(spec)
+        enc = (params.encoder_hidden_size or d) if params.projection else 0
+        return Flow(prefix_tokens=params.num_virtual_tokens, prefix_encoder_values=d + enc if params.projection else 0)

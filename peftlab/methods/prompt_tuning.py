@@ -18,6 +18,7 @@ from peft import PromptTuningConfig, PromptTuningInit
 from pydantic import Field
 from torch import nn
 
+from peftlab.activations import Flow
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.errors import PeftlabError
 from peftlab.methods.peft_common import PeftMethod, seq_cls_config
@@ -56,3 +57,7 @@ class PromptTuning(PeftMethod):
     def derived_trainable(self, params: PromptTuningParams, spec: ArchSpec) -> int:
         """One trained input embedding (width ``hidden``) per virtual token, plus the head."""
         return params.num_virtual_tokens * spec.hidden + spec.head
+
+    def flow(self, params: PromptTuningParams, spec: ArchSpec) -> Flow:
+        """The sequence grows by the virtual tokens, through which gradients reach every block."""
+        return Flow(prompt_tokens=params.num_virtual_tokens)
