@@ -223,3 +223,16 @@ def test_registration_refuses_a_method_that_declares_no_flow():
 
     with pytest.raises(TypeError, match="does not declare flow"):
         register(NoFlow())
+
+
+def test_registration_refuses_an_inherited_readme_row():
+    """qlora is a lora but has its own README row: a subclass must state its own."""
+    from peftlab.methods import register
+    from peftlab.methods.lora import Lora, LoraParams
+
+    class Copy(Lora):
+        name = "lora"
+        Params = LoraParams
+
+    with pytest.raises(TypeError, match="does not declare readme"):
+        register(Copy())

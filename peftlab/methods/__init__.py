@@ -37,8 +37,9 @@ def register(method: Method) -> None:
     METHODS.add(method.name, method)
 
 
+# in the order of README's methods table
 for _cls in (Full, Partial, LinearProbe, Lora, Qlora, Ia3, PromptTuning, PTuning, PrefixTuning, Houlsby, Pfeiffer,
-             ClipZeroShot, Coop, ClassEmbeddings, Icl, LmLora):
+             Icl, LmLora, ClipZeroShot, Coop, ClassEmbeddings):
     register(_cls())
 
 __all__ = ["METHODS", "Method", "register"]

@@ -10,6 +10,7 @@ leaves any of :data:`DECLARED` to the base class.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,11 +29,28 @@ from peftlab.params import ArchSpec
 DEFAULT_HEADS = ("classifier", "score")
 
 
+@dataclass(frozen=True)
+class Readme:
+    """A method's row of README's methods table, written next to the code it describes (the
+    table is generated from these rows: :mod:`peftlab.methods.readme`)."""
+
+    #: what it runs on: "text", "causal LMs", "CLIP", ...
+    on: str
+    #: what trains (its options in backticks)
+    trains: str
+    #: its closed-form trainable count, in words
+    closed_form: str
+    #: the library it goes through ("peft"), shown after the name; "" when peftlab's own
+    via: str = ""
+
+
 class Method:
-    """Base class; subclasses set ``name`` and ``Params`` and override what differs."""
+    """Base class; subclasses set ``name``, ``Params`` and ``readme`` and override what differs."""
 
     name: ClassVar[str]
     Params: ClassVar[type[MethodParams]]
+    #: its row of README's methods table (each method its own: a subclass states what it adds)
+    readme: ClassVar[Readme]
     #: the runner trains the head on cached frozen features instead of running the backbone
     caches_features: ClassVar[bool] = False
     #: which runner in ``runners.experiment.RUNNERS`` runs it: "train" (a classifier is
@@ -94,16 +112,20 @@ class Method:
         return model
 
 
-#: what every registered method declares itself, in its own class or a base below ``Method``:
-#: nothing here may fall back to a silent default (a method without a flow would be planned as
-#: something it is not)
+#: what every registered method declares, in its own class or a base below ``Method``: nothing
+#: here may fall back to a silent default (a method without a flow would be planned as something
+#: it is not)
 DECLARED = ("name", "Params", "derived_trainable", "flow")
+#: what every registered method declares in its own class, never inherited (qlora is a lora, but
+#: its own row of the table)
+DECLARED_OWN = ("name", "Params", "readme")
 
 
 def undeclared(method: Method) -> list[str]:
-    """The names of :data:`DECLARED` that ``method`` leaves to the base class."""
-    own = [vars(k) for k in type(method).__mro__ if k not in (Method, object)]
-    return [a for a in DECLARED if not any(a in d for d in own)]
+    """The names of :data:`DECLARED` and :data:`DECLARED_OWN` that ``method`` leaves undeclared."""
+    below = [vars(k) for k in type(method).__mro__ if k not in (Method, object)]
+    missing = [a for a in DECLARED if not any(a in d for d in below)]
+    return missing + [a for a in DECLARED_OWN if a not in vars(type(method)) and a not in missing]
 
 
 def freeze_all(model: nn.Module) -> None:

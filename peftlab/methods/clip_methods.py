@@ -15,7 +15,7 @@ from torch import nn
 from peftlab.activations import Flow
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.errors import PeftlabError
-from peftlab.methods.base import Method
+from peftlab.methods.base import Method, Readme
 from peftlab.params import ArchSpec
 
 DEFAULT_TEMPLATES = ["a photo of a {}."]
@@ -84,13 +84,28 @@ class _ImageOnly(Method):
 class ClipZeroShot(_ImageOnly):
     name = "clip_zeroshot"
     Params = ClipZeroShotParams
+    readme = Readme(
+        on="CLIP",
+        trains="nothing: class prompts → text embeddings, averaged over `templates`",
+        closed_form="0",
+    )
 
 
 class Coop(_ImageOnly):
     name = "coop"
     Params = CoopParams
+    readme = Readme(
+        on="CLIP",
+        trains="`n_ctx` context vectors before each class name (shared, or one set per class)",
+        closed_form="`n_ctx` × text width (× classes)",
+    )
 
 
 class ClassEmbeddings(_ImageOnly):
     name = "class_embeddings"
     Params = ClassEmbeddingsParams
+    readme = Readme(
+        on="CLIP",
+        trains="one text-side embedding per class, initialised from the zero-shot classifier",
+        closed_form="classes × embedding dim",
+    )

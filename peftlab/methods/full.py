@@ -8,7 +8,7 @@ from torch import nn
 
 from peftlab.activations import Flow, full_flow
 from peftlab.config_base import MethodParams, PositiveFloat
-from peftlab.methods.base import Method
+from peftlab.methods.base import Method, Readme
 from peftlab.params import ArchSpec, total_params
 
 
@@ -20,6 +20,11 @@ class FullParams(MethodParams):
 class Full(Method):
     name = "full"
     Params = FullParams
+    readme = Readme(
+        on="text, image classifiers",
+        trains="every weight (batch-norm statistics saved too)",
+        closed_form="the architecture's total",
+    )
 
     def prepare(self, model: nn.Module, params: FullParams, spec: ArchSpec | None) -> nn.Module:
         for p in model.parameters():

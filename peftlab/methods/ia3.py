@@ -20,6 +20,7 @@ from torch import nn
 from peftlab.activations import Flow, block_linears
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.errors import PeftlabError
+from peftlab.methods.base import Readme
 from peftlab.methods.peft_common import PeftMethod, check_targets, seq_cls_config
 from peftlab.params import ArchSpec, targeted_linears
 
@@ -44,6 +45,13 @@ def _defaults(model_type: str) -> tuple[list[str], list[str]]:
 class Ia3(PeftMethod):
     name = "ia3"
     Params = Ia3Params
+    readme = Readme(
+        on="text",
+        trains=("(IA)^3: one vector per targeted linear, scaling the output of attention key/value and the input "
+                "of `feedforward_modules` (peft's defaults), plus the head"),
+        closed_form="sum of d_out (attention targets) and d_in (feed-forward targets) + head",
+        via="peft",
+    )
 
     def modules(self, params: Ia3Params, model_type: str) -> tuple[list[str], list[str]]:
         """(target_modules, feedforward_modules), the user's or peft's defaults."""

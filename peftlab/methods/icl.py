@@ -13,7 +13,7 @@ from pydantic import Field
 
 from peftlab.activations import Flow, full_flow
 from peftlab.config_base import MethodParams, PositiveFloat
-from peftlab.methods.base import Method
+from peftlab.methods.base import Method, Readme
 from peftlab.params import ArchSpec
 
 
@@ -53,6 +53,12 @@ class IclParams(MethodParams):
 class Icl(Method):
     name = "icl"
     Params = IclParams
+    readme = Readme(
+        on="causal LMs",
+        trains=("nothing: each label scored by the log-likelihood of its verbalizer after an instruction, `shots` "
+                "demonstrations and the query"),
+        closed_form="0",
+    )
     runner = "icl"
     #: whether ``prepare_lm`` trains something that ``save`` writes (an adapter)
     saves_adapter: ClassVar[bool] = False

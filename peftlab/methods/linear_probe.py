@@ -13,7 +13,7 @@ from torch import nn
 
 from peftlab.activations import Flow, full_flow
 from peftlab.config_base import MethodParams, PositiveFloat
-from peftlab.methods.base import Method, freeze_all, head_names, unfreeze
+from peftlab.methods.base import Method, Readme, freeze_all, head_names, unfreeze
 from peftlab.params import ArchSpec
 
 
@@ -25,6 +25,11 @@ class LinearProbeParams(MethodParams):
 class LinearProbe(Method):
     name = "linear_probe"
     Params = LinearProbeParams
+    readme = Readme(
+        on="text, images",
+        trains="the head only, on frozen features computed once and cached",
+        closed_form="head (CLIP: (dim + 1) × classes)",
+    )
     caches_features = True
 
     def prepare(self, model: nn.Module, params: LinearProbeParams, spec: ArchSpec | None) -> nn.Module:

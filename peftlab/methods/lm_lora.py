@@ -22,6 +22,7 @@ from pydantic import Field
 
 from peftlab.config_base import PositiveFloat
 from peftlab.icl.answer_loss import answer_loss
+from peftlab.methods.base import Readme
 from peftlab.methods.icl import Icl, IclParams
 from peftlab.methods.lora import default_targets
 from peftlab.results import EpochRecord
@@ -39,6 +40,13 @@ class LmLoraParams(IclParams):
 class LmLora(Icl):
     name = "lm_lora"
     Params = LmLoraParams
+    readme = Readme(
+        on="causal LMs",
+        trains=("LoRA on the LM, trained to say the gold label's verbalizer, then scored as `icl` (`quantize: "
+                "4bit`: QLoRA)"),
+        closed_form="none (counted from the model)",
+        via="peft",
+    )
     saves_adapter = True
 
     def prepare_lm(self, model: Any, params: LmLoraParams, ctx: Any) -> tuple[Any, Any]:

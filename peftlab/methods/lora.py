@@ -36,6 +36,7 @@ from peftlab.activations import Flow, block_linears, post_targeted
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.errors import PeftlabError
 from peftlab.io import save_safetensors
+from peftlab.methods.base import Readme
 from peftlab.methods.peft_common import PeftMethod, check_targets, seq_cls_config
 from peftlab.params import ArchSpec, all_linears, targeted_linears
 
@@ -127,6 +128,18 @@ def resolve_targets(params: LoraParams, spec: ArchSpec) -> list[str]:
 class Lora(PeftMethod):
     name = "lora"
     Params = LoraParams
+    readme = Readme(
+        on="text, image classifiers",
+        trains=("rank-`r` A and B on `target_modules` (peft's default: attention query/value; ViT q_proj/v_proj, "
+                "EfficientNet's 1x1 convs; `all-linear`: every backbone linear but the head), plus the head. The "
+                "LoRA family, text only: `use_rslora` (scale alpha/√r), `use_dora` (DoRA: plus a trained "
+                "magnitude per output feature), `init: default | gaussian | pissa | olora` (PiSSA/OLoRA start "
+                "from W's top singular/QR part and train on the residual; saved converted to a plain rank-2r LoRA "
+                "on the untouched base), `lora_plus_ratio` (LoRA+: B's learning rate is lr × ratio)"),
+        closed_form=("sum over targeted linears of `r` × (d_in + d_out) (+ d_out with DoRA) + head (convs: `r` × "
+                     "(d_in·k² + d_out))"),
+        via="peft",
+    )
 
     def check(self, params: LoraParams, spec: ArchSpec | None, model_type: str) -> None:
         targets = peft_targets(params, model_type)

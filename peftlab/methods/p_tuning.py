@@ -16,6 +16,7 @@ from torch import nn
 
 from peftlab.activations import Flow
 from peftlab.config_base import MethodParams, PositiveFloat
+from peftlab.methods.base import Readme
 from peftlab.methods.peft_common import PeftMethod, seq_cls_config
 from peftlab.params import ArchSpec, linear_params
 
@@ -35,6 +36,13 @@ class PTuningParams(MethodParams):
 class PTuning(PeftMethod):
     name = "p_tuning"
     Params = PTuningParams
+    readme = Readme(
+        on="text",
+        trains=("virtual-token embeddings produced by a trained prompt `encoder`: `mlp` (3 linears of width "
+                "`encoder_hidden_size`, default d) or `lstm` (2-layer bidirectional LSTM + 2 linears); the head"),
+        closed_form="`num_virtual_tokens` × d + the encoder's weights and biases + head",
+        via="peft",
+    )
 
     def peft_config(self, params: PTuningParams, model: nn.Module, spec: ArchSpec | None) -> PromptEncoderConfig:
         kind = PromptEncoderReparameterizationType.MLP if params.encoder == "mlp" else PromptEncoderReparameterizationType.LSTM

@@ -14,7 +14,7 @@ from torch import nn
 from peftlab.activations import Flow
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.errors import PeftlabError
-from peftlab.methods.base import Method, freeze_all, head_names, unfreeze
+from peftlab.methods.base import Method, Readme, freeze_all, head_names, unfreeze
 from peftlab.params import FAMILIES, ArchSpec, layer_params, post_params
 
 
@@ -27,6 +27,11 @@ class PartialParams(MethodParams):
 class Partial(Method):
     name = "partial"
     Params = PartialParams
+    readme = Readme(
+        on="text",
+        trains="the top `top_k` blocks (default 2), the post part (BERT's pooler, Llama's final norm), the head",
+        closed_form="min(`top_k`, L) × block + post + head",
+    )
 
     def check(self, params: PartialParams, spec: ArchSpec | None, model_type: str) -> None:
         if spec is None:

@@ -19,6 +19,7 @@ from torch import nn
 from peftlab.activations import Flow
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.kv_cache import route_prefix_cache
+from peftlab.methods.base import Readme
 from peftlab.methods.peft_common import PeftMethod, seq_cls_config
 from peftlab.params import ArchSpec, linear_params, prefix_token_dim
 
@@ -41,6 +42,14 @@ class PrefixTuningParams(MethodParams):
 class PrefixTuning(PeftMethod):
     name = "prefix_tuning"
     Params = PrefixTuningParams
+    readme = Readme(
+        on="text",
+        trains=("a key and a value vector per layer and virtual token (`num_virtual_tokens`), optionally through "
+                "a two-layer MLP (`projection: true`); the head"),
+        closed_form=("n × L × 2 × d_kv + head (d_kv = kv_heads × head_dim); projection: n × d_kv + Linear(d_kv, "
+                     "e) + Linear(e, 2 L d_kv) + head"),
+        via="peft",
+    )
 
     def peft_config(self, params: PrefixTuningParams, model: nn.Module, spec: ArchSpec | None) -> PrefixTuningConfig:
         return seq_cls_config(PrefixTuningConfig, model, spec, num_virtual_tokens=params.num_virtual_tokens,

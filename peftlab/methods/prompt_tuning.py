@@ -21,6 +21,7 @@ from torch import nn
 from peftlab.activations import Flow
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.errors import PeftlabError
+from peftlab.methods.base import Readme
 from peftlab.methods.peft_common import PeftMethod, seq_cls_config
 from peftlab.params import ArchSpec
 
@@ -43,6 +44,13 @@ def tokenizer_path(model: nn.Module) -> str:
 class PromptTuning(PeftMethod):
     name = "prompt_tuning"
     Params = PromptTuningParams
+    readme = Readme(
+        on="text",
+        trains=("`num_virtual_tokens` (10) input embeddings prepended to the input, from `init_text`'s embeddings "
+                "(`init: text`) or random; the head"),
+        closed_form="`num_virtual_tokens` × d + head",
+        via="peft",
+    )
 
     def peft_config(self, params: PromptTuningParams, model: nn.Module, spec: ArchSpec | None) -> PromptTuningConfig:
         text = params.init == "text"
