@@ -10,6 +10,7 @@ leaves any of :data:`DECLARED` to the base class.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -44,13 +45,43 @@ class Readme:
     via: str = ""
 
 
+#: (terms [(coefficient, adapter)], rank or None) -> the combined adapter's module tensors (no
+#: head) and its config updates. An adapter is a :class:`peftlab.compose.adapter.Adapter`:
+#: ``name``, peft ``config``, ``tensors`` by peft key.
+Combiner = Callable[[list[tuple[float, Any]], "int | None"], tuple[dict[str, torch.Tensor], dict[str, object]]]
+
+
+@dataclass(frozen=True)
+class Composition:
+    """How a method's saved adapters compose by arithmetic (``peftlab compose``; Zhang et al. 2023),
+    declared next to the method; the generic parts (same base, same modules, heads) are
+    :mod:`peftlab.compose`'s."""
+
+    #: tensor-key endings of the adapted modules (every other saved tensor belongs to the head)
+    module_suffixes: tuple[str, ...]
+    #: mode ("parameter", "weight") -> how ``sum c_i * adapter_i`` is computed
+    combiners: Mapping[str, Combiner]
+    #: the module tensors' value that adds no update (the zero module): 0 for LoRA's factors
+    identity: float = 0.0
+    #: refuse an adapter whose options the rule does not model (one PeftlabError line)
+    check_options: Callable[[Any], None] | None = None
+    #: refuse a pair the rule cannot combine in a mode, beyond one base and the same modules
+    check_pair: Callable[[Any, Any, str], None] | None = None
+    #: weight mode: the shapes that must agree when the operands' tensors may differ (LoRA: each
+    #: update, d_out x d_in, whatever the ranks); None: each module tensor's own shape
+    weight_shapes: Callable[[Any], dict[str, tuple[int, ...]]] | None = None
+
+
 class Method:
-    """Base class; subclasses set ``name``, ``Params`` and ``readme`` and override what differs."""
+    """Base class; subclasses set ``name``, ``Params``, ``readme`` and ``composition`` and override
+    what differs."""
 
     name: ClassVar[str]
     Params: ClassVar[type[MethodParams]]
     #: its row of README's methods table (each method its own: a subclass states what it adds)
     readme: ClassVar[Readme]
+    #: how its saved adapters compose, or None: it does not compose (declared either way)
+    composition: ClassVar[Composition | None]
     #: the runner trains the head on cached frozen features instead of running the backbone
     caches_features: ClassVar[bool] = False
     #: which runner in ``runners.experiment.RUNNERS`` runs it: "train" (a classifier is
@@ -58,6 +89,8 @@ class Method:
     runner: ClassVar[str] = "train"
     #: whether its weights can be FSDP-sharded (runners.sharded); False refuses an FSDP launch
     shards: ClassVar[bool] = True
+    #: what a family of methods asks each of its members to declare too (see :func:`undeclared`)
+    requires: ClassVar[tuple[str, ...]] = ()
 
     def check(self, params: Any, spec: ArchSpec | None, model_type: str) -> None:
         """Refuse impossible combinations before any weights are loaded (raise PeftlabError)."""
@@ -115,16 +148,17 @@ class Method:
 #: what every registered method declares, in its own class or a base below ``Method``: nothing
 #: here may fall back to a silent default (a method without a flow would be planned as something
 #: it is not)
-DECLARED = ("name", "Params", "derived_trainable", "flow")
+DECLARED = ("name", "Params", "derived_trainable", "flow", "composition")
 #: what every registered method declares in its own class, never inherited (qlora is a lora, but
 #: its own row of the table)
 DECLARED_OWN = ("name", "Params", "readme")
 
 
 def undeclared(method: Method) -> list[str]:
-    """The names of :data:`DECLARED` and :data:`DECLARED_OWN` that ``method`` leaves undeclared."""
+    """The names of :data:`DECLARED`, :data:`DECLARED_OWN` and the method's family's ``requires``
+    that ``method`` leaves undeclared."""
     below = [vars(k) for k in type(method).__mro__ if k not in (Method, object)]
-    missing = [a for a in DECLARED if not any(a in d for d in below)]
+    missing = [a for a in DECLARED + method.requires if not any(a in d for d in below)]
     return missing + [a for a in DECLARED_OWN if a not in vars(type(method)) and a not in missing]
 
 

@@ -44,7 +44,9 @@ class BottleneckParams(MethodParams):
 
 
 class BottleneckMethod(Method):
-    """Subclasses set ``name`` (= the adapter kind) and ``Params``."""
+    """Subclasses set ``name`` (= the adapter kind), ``Params`` and ``readme``."""
+
+    composition = None  # a nonlinearity between down and up: adapters do not add up
 
     def adapter_config(self, params: BottleneckParams) -> bl.BottleneckConfig:
         try:

@@ -67,6 +67,7 @@ class ClassEmbeddingsParams(MethodParams):
 
 
 class _ImageOnly(Method):
+    composition = None
     def check(self, params: Any, spec: ArchSpec | None, model_type: str) -> None:
         raise PeftlabError(f"config error: method {self.name!r} needs an image task with a CLIP backbone")
 

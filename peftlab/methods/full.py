@@ -20,6 +20,7 @@ class FullParams(MethodParams):
 class Full(Method):
     name = "full"
     Params = FullParams
+    composition = None  # nothing to add up: a fully fine-tuned model is not a module
     readme = Readme(
         on="text, image classifiers",
         trains="every weight (batch-norm statistics saved too)",

@@ -53,6 +53,7 @@ class IclParams(MethodParams):
 class Icl(Method):
     name = "icl"
     Params = IclParams
+    composition = None
     readme = Readme(
         on="causal LMs",
         trains=("nothing: each label scored by the log-likelihood of its verbalizer after an instruction, `shots` "

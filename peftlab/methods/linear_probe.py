@@ -25,6 +25,7 @@ class LinearProbeParams(MethodParams):
 class LinearProbe(Method):
     name = "linear_probe"
     Params = LinearProbeParams
+    composition = None
     readme = Readme(
         on="text, images",
         trains="the head only, on frozen features computed once and cached",

@@ -36,6 +36,9 @@ class PTuningParams(MethodParams):
 class PTuning(PeftMethod):
     name = "p_tuning"
     Params = PTuningParams
+    peft_type = "P_TUNING"
+    merges = False
+    composition = None
     readme = Readme(
         on="text",
         trains=("virtual-token embeddings produced by a trained prompt `encoder`: `mlp` (3 linears of width "

@@ -27,6 +27,7 @@ class PartialParams(MethodParams):
 class Partial(Method):
     name = "partial"
     Params = PartialParams
+    composition = None
     readme = Readme(
         on="text",
         trains="the top `top_k` blocks (default 2), the post part (BERT's pooler, Llama's final norm), the head",

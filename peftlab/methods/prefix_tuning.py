@@ -42,6 +42,9 @@ class PrefixTuningParams(MethodParams):
 class PrefixTuning(PeftMethod):
     name = "prefix_tuning"
     Params = PrefixTuningParams
+    peft_type = "PREFIX_TUNING"
+    merges = False
+    composition = None
     readme = Readme(
         on="text",
         trains=("a key and a value vector per layer and virtual token (`num_virtual_tokens`), optionally through "

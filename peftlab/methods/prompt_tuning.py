@@ -44,6 +44,9 @@ def tokenizer_path(model: nn.Module) -> str:
 class PromptTuning(PeftMethod):
     name = "prompt_tuning"
     Params = PromptTuningParams
+    peft_type = "PROMPT_TUNING"
+    merges = False  # prompts add tokens, no weight to fold into
+    composition = None
     readme = Readme(
         on="text",
         trains=("`num_virtual_tokens` (10) input embeddings prepended to the input, from `init_text`'s embeddings "
