@@ -62,6 +62,10 @@ class Flow:
     dora: dict[str, int] = field(default_factory=dict)
     #: (IA)^3: scaled linear -> True when its input is scaled (feed-forward), False for its output
     ia3: dict[str, bool] = field(default_factory=dict)
+    #: a side branch through *frozen* weights with trained parts of its own (VeRA's scaling
+    #: vectors): linear -> values per token the branch keeps for their gradients. The linear's
+    #: input is not kept (the branch's weights are frozen); its output needs a gradient.
+    branch: dict[str, int] = field(default_factory=dict)
     #: bottleneck adapters: linear whose output they follow -> (bottleneck width, nonlinearity)
     adapters: dict[str, tuple[int, str]] = field(default_factory=dict)
     #: prompt / p-tuning: trainable tokens prepended to the input (the sequence grows)
@@ -150,7 +154,8 @@ def _linear_in(t: _Tally, f: Flow, name: str, n_in: int, x_kept: bool, x_grad: b
 
     A weight that trains needs ``x``; a frozen weight needs nothing of it. A LoRA branch needs
     its A's input (``x`` itself, or with dropout a dropped copy plus the mask) and A's output
-    (r values per token) for B. An (IA)^3 input scale needs ``x`` for the scale's gradient.
+    (r values per token) for B. An (IA)^3 input scale needs ``x`` for the scale's gradient. A
+    frozen side branch keeps what its method says per token (:attr:`Flow.branch`).
     """
     keep_x = block_trains or (name in f.lora and f.lora[name] == 0) or f.ia3.get(name, False)
     if name in f.lora:
@@ -160,9 +165,10 @@ def _linear_in(t: _Tally, f: Flow, name: str, n_in: int, x_kept: bool, x_grad: b
             t.mask(n_in, p, x_grad)  # the mask only when a gradient flows back into x
         t.values(r_tokens * f.lora_r)  # lora_A's output, kept by lora_B
         t.values(2 * (r_tokens + 1) * f.dora.get(name, 0))  # DoRA: two outputs per token, two scales
+    t.values(r_tokens * f.branch.get(name, 0))
     if keep_x and not x_kept:
         t.values(n_in)
-    return x_kept or keep_x, x_grad or block_trains or name in f.lora or name in f.ia3
+    return x_kept or keep_x, x_grad or block_trains or name in f.lora or name in f.ia3 or name in f.branch
 
 
 def _linear_out(t: _Tally, f: Flow, name: str, n_out: int, y_grad: bool) -> tuple[bool, bool]:
