@@ -21,6 +21,7 @@ from peftlab.methods.pfeiffer import Pfeiffer
 from peftlab.methods.prefix_tuning import PrefixTuning
 from peftlab.methods.prompt_tuning import PromptTuning
 from peftlab.methods.qlora import Qlora
+from peftlab.methods.vera import Vera
 from peftlab.registry import Registry
 
 METHODS: Registry[Method] = Registry("method")
@@ -38,7 +39,7 @@ def register(method: Method) -> None:
 
 
 # in the order of README's methods table
-for _cls in (Full, Partial, LinearProbe, Lora, Qlora, Ia3, PromptTuning, PTuning, PrefixTuning, Houlsby, Pfeiffer,
+for _cls in (Full, Partial, LinearProbe, Lora, Qlora, Vera, Ia3, PromptTuning, PTuning, PrefixTuning, Houlsby, Pfeiffer,
              Icl, LmLora, ClipZeroShot, Coop, ClassEmbeddings):
     register(_cls())
 
