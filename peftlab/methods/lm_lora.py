@@ -30,6 +30,7 @@ from peftlab.results import EpochRecord
 
 class LmLoraParams(IclParams):
     method: Literal["lm_lora"] = "lm_lora"  # type: ignore[assignment]
+    class_weight_unreachable = "lm_lora trains on its answer tokens' loss"
     lr: PositiveFloat = 2e-4
     r: int = Field(default=8, ge=1)
     alpha: PositiveFloat = 16.0
