@@ -66,6 +66,10 @@ class Flow:
     #: vectors): linear -> values per token the branch keeps for their gradients. The linear's
     #: input is not kept (the branch's weights are frozen); its output needs a gradient.
     branch: dict[str, int] = field(default_factory=dict)
+    #: a full-size weight delta built each step from trained factors (LoHa, LoKr): linear -> the
+    #: delta's values (d_in x d_out). The linear's input is kept for the delta's gradient, and the
+    #: delta itself (once per step, not per token) when a gradient flows on into the input.
+    delta: dict[str, int] = field(default_factory=dict)
     #: bottleneck adapters: linear whose output they follow -> (bottleneck width, nonlinearity)
     adapters: dict[str, tuple[int, str]] = field(default_factory=dict)
     #: prompt / p-tuning: trainable tokens prepended to the input (the sequence grows)
@@ -155,9 +159,11 @@ def _linear_in(t: _Tally, f: Flow, name: str, n_in: int, x_kept: bool, x_grad: b
     A weight that trains needs ``x``; a frozen weight needs nothing of it. A LoRA branch needs
     its A's input (``x`` itself, or with dropout a dropped copy plus the mask) and A's output
     (r values per token) for B. An (IA)^3 input scale needs ``x`` for the scale's gradient. A
-    frozen side branch keeps what its method says per token (:attr:`Flow.branch`).
+    frozen side branch keeps what its method says per token (:attr:`Flow.branch`); a weight delta
+    (:attr:`Flow.delta`) needs ``x``, and is itself kept when a gradient flows into ``x``.
     """
-    keep_x = block_trains or (name in f.lora and f.lora[name] == 0) or f.ia3.get(name, False)
+    keep_x = block_trains or (name in f.lora and f.lora[name] == 0) or f.ia3.get(name, False) or name in f.delta
+    t.values(f.delta.get(name, 0), x_grad)
     if name in f.lora:
         p = f.lora[name]
         if p > 0:
@@ -168,7 +174,8 @@ def _linear_in(t: _Tally, f: Flow, name: str, n_in: int, x_kept: bool, x_grad: b
     t.values(r_tokens * f.branch.get(name, 0))
     if keep_x and not x_kept:
         t.values(n_in)
-    return x_kept or keep_x, x_grad or block_trains or name in f.lora or name in f.ia3 or name in f.branch
+    adapted = name in f.lora or name in f.ia3 or name in f.branch or name in f.delta
+    return x_kept or keep_x, x_grad or block_trains or adapted
 
 
 def _linear_out(t: _Tally, f: Flow, name: str, n_out: int, y_grad: bool) -> tuple[bool, bool]:
