@@ -13,6 +13,7 @@ from peftlab.methods.houlsby import Houlsby
 from peftlab.methods.ia3 import Ia3
 from peftlab.methods.icl import Icl
 from peftlab.methods.linear_probe import LinearProbe
+from peftlab.methods.loha import Loha
 from peftlab.methods.lm_lora import LmLora
 from peftlab.methods.lora import Lora
 from peftlab.methods.p_tuning import PTuning
@@ -39,7 +40,7 @@ def register(method: Method) -> None:
 
 
 # in the order of README's methods table
-for _cls in (Full, Partial, LinearProbe, Lora, Qlora, Vera, Ia3, PromptTuning, PTuning, PrefixTuning, Houlsby, Pfeiffer,
+for _cls in (Full, Partial, LinearProbe, Lora, Qlora, Vera, Loha, Ia3, PromptTuning, PTuning, PrefixTuning, Houlsby, Pfeiffer,
              Icl, LmLora, ClipZeroShot, Coop, ClassEmbeddings):
     register(_cls())
 
