@@ -44,6 +44,7 @@ TABLE: dict[str, tuple[str, dict[str, Any]]] = {
     "lora_pissa_dora_rslora": ("lora", {**LORA, "init": "pissa", "use_dora": True, "use_rslora": True}),
     "vera": ("vera", {"lr": 3e-2, "r": 8}),
     "loha": ("loha", {"lr": 1e-2, "r": 4}),
+    "lokr": ("lokr", {"lr": 1e-2, "r": 2}),
 }
 LORA_ROWS = [row for row, (name, _) in TABLE.items() if name == "lora"]
 #: rows of the other peft methods (LoRA's rows have their own tests, which know its options)

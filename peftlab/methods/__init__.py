@@ -14,6 +14,7 @@ from peftlab.methods.ia3 import Ia3
 from peftlab.methods.icl import Icl
 from peftlab.methods.linear_probe import LinearProbe
 from peftlab.methods.loha import Loha
+from peftlab.methods.lokr import Lokr
 from peftlab.methods.lm_lora import LmLora
 from peftlab.methods.lora import Lora
 from peftlab.methods.p_tuning import PTuning
@@ -40,7 +41,9 @@ def register(method: Method) -> None:
 
 
 # in the order of README's methods table
-for _cls in (Full, Partial, LinearProbe, Lora, Qlora, Vera, Loha, Ia3, PromptTuning, PTuning, PrefixTuning, Houlsby, Pfeiffer,
+for _cls in (Full, Partial, LinearProbe,
+             Lora, Qlora, Vera, Loha, Lokr, Ia3,
+             PromptTuning, PTuning, PrefixTuning, Houlsby, Pfeiffer,
              Icl, LmLora, ClipZeroShot, Coop, ClassEmbeddings):
     register(_cls())
 
