@@ -17,19 +17,17 @@ a log-sum-exp per row and a float copy of the padding mask. CPU dropout keeps a 
 count against the bytes that ``torch.autograd.graph.saved_tensors_hooks`` sees on tiny models,
 method by method.
 
-A method says how gradients flow through it with a :class:`Flow` (``FLOWS``, keyed by method
-name, in :mod:`peftlab.activation_flows`); a method without one is counted as full fine-tuning
-(an over-count). :mod:`peftlab.activations_decoder` walks Llama-style decoders the same way.
+A method says how gradients flow through it with a :class:`Flow`, which its own ``flow`` builds
+(every registered method declares one: :mod:`peftlab.methods`). :mod:`peftlab.activations_decoder`
+walks Llama-style decoders the same way; :mod:`peftlab.activation_flows` picks the walk per family.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from peftlab.params import ArchSpec
-from peftlab.registry import Registry
+from peftlab.params import ArchSpec, matches_target
 
 #: activation functions whose backward needs the result (1 saved tensor shared with the next linear)
 #: rather than the input (2: the input, and the output kept by the next linear)
@@ -64,6 +62,14 @@ class Flow:
     dora: dict[str, int] = field(default_factory=dict)
     #: (IA)^3: scaled linear -> True when its input is scaled (feed-forward), False for its output
     ia3: dict[str, bool] = field(default_factory=dict)
+    #: a side branch through *frozen* weights with trained parts of its own (VeRA's scaling
+    #: vectors): linear -> values per token the branch keeps for their gradients. The linear's
+    #: input is not kept (the branch's weights are frozen); its output needs a gradient.
+    branch: dict[str, int] = field(default_factory=dict)
+    #: a full-size weight delta built each step from trained factors (LoHa, LoKr): linear -> the
+    #: delta's values (d_in x d_out). The linear's input is kept for the delta's gradient, and the
+    #: delta itself (once per step, not per token) when a gradient flows on into the input.
+    delta: dict[str, int] = field(default_factory=dict)
     #: bottleneck adapters: linear whose output they follow -> (bottleneck width, nonlinearity)
     adapters: dict[str, tuple[int, str]] = field(default_factory=dict)
     #: prompt / p-tuning: trainable tokens prepended to the input (the sequence grows)
@@ -77,7 +83,20 @@ class Flow:
     prefix_encoder_values: int = 0
 
 
-FLOWS: Registry[Callable[[Any, ArchSpec], Flow]] = Registry("activation flow")
+def full_flow(spec: ArchSpec) -> Flow:
+    """Everything trains: every block, the embeddings and the post part."""
+    return Flow(trained_blocks=frozenset(range(spec.num_layers)), embeddings=True, post=True)
+
+
+def block_linears(spec: ArchSpec, targets: list[str]) -> list[str]:
+    """Block-relative names of the linears ``targets`` match (peft's rule, checked on block 0)."""
+    first = f"{spec.layers_prefix}.0."
+    return [n for n in spec.layer_linears if any(matches_target(first + n, t) for t in targets)]
+
+
+def post_targeted(spec: ArchSpec, targets: list[str]) -> bool:
+    """Whether ``targets`` match a linear of the post part (BERT's pooler dense)."""
+    return any(matches_target(n, t) for n in spec.post_linears for t in targets)
 
 
 
@@ -139,9 +158,12 @@ def _linear_in(t: _Tally, f: Flow, name: str, n_in: int, x_kept: bool, x_grad: b
 
     A weight that trains needs ``x``; a frozen weight needs nothing of it. A LoRA branch needs
     its A's input (``x`` itself, or with dropout a dropped copy plus the mask) and A's output
-    (r values per token) for B. An (IA)^3 input scale needs ``x`` for the scale's gradient.
+    (r values per token) for B. An (IA)^3 input scale needs ``x`` for the scale's gradient. A
+    frozen side branch keeps what its method says per token (:attr:`Flow.branch`); a weight delta
+    (:attr:`Flow.delta`) needs ``x``, and is itself kept when a gradient flows into ``x``.
     """
-    keep_x = block_trains or (name in f.lora and f.lora[name] == 0) or f.ia3.get(name, False)
+    keep_x = block_trains or (name in f.lora and f.lora[name] == 0) or f.ia3.get(name, False) or name in f.delta
+    t.values(f.delta.get(name, 0), x_grad)
     if name in f.lora:
         p = f.lora[name]
         if p > 0:
@@ -149,9 +171,11 @@ def _linear_in(t: _Tally, f: Flow, name: str, n_in: int, x_kept: bool, x_grad: b
             t.mask(n_in, p, x_grad)  # the mask only when a gradient flows back into x
         t.values(r_tokens * f.lora_r)  # lora_A's output, kept by lora_B
         t.values(2 * (r_tokens + 1) * f.dora.get(name, 0))  # DoRA: two outputs per token, two scales
+    t.values(r_tokens * f.branch.get(name, 0))
     if keep_x and not x_kept:
         t.values(n_in)
-    return x_kept or keep_x, x_grad or block_trains or name in f.lora or name in f.ia3
+    adapted = name in f.lora or name in f.ia3 or name in f.branch or name in f.delta
+    return x_kept or keep_x, x_grad or block_trains or adapted
 
 
 def _linear_out(t: _Tally, f: Flow, name: str, n_out: int, y_grad: bool) -> tuple[bool, bool]:

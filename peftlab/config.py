@@ -210,13 +210,14 @@ class ExperimentConfig(StrictModel):
 
     @model_validator(mode="after")
     def _class_weight_applies(self) -> "ExperimentConfig":
-        """lm_lora trains on its answer tokens' language-model loss, which ``class_weight`` does
-        not reach: refuse rather than report a row as weighted that was not."""
+        """A method whose loss ``class_weight`` does not reach (lm_lora: its answer tokens'
+        language-model loss) says so in its Params: refuse rather than report a row as weighted
+        that was not."""
         if self.train.class_weight != "none":
             for i, m in enumerate(self.methods):
-                if m.method == "lm_lora":
+                if m.class_weight_unreachable:
                     raise ValueError(f"train.class_weight: {self.train.class_weight} does not apply to methods[{i}] "
-                                     f"(lm_lora trains on its answer tokens' loss); run it in a config without it")
+                                     f"({m.class_weight_unreachable}); run it in a config without it")
         return self
 
     @model_validator(mode="after")

@@ -7,7 +7,7 @@ models without importing the experiment config (which imports the methods).
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -34,6 +34,9 @@ class MethodParams(StrictModel):
     ``name`` labels the row in the comparison (defaults to the method), so one config can
     compare e.g. two LoRA ranks.
     """
+
+    #: why ``train.class_weight`` cannot reach this method's loss (the config refuses the pair), or None
+    class_weight_unreachable: ClassVar[str | None] = None
 
     method: str
     name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.\-]+$")

@@ -1,8 +1,10 @@
 """Closed-form parameter counts derived from an architecture's config, never from the model.
 
 Every result stores the counted number (from the live model) next to the number derived here,
-so a method that trains more or less than it claims is caught. The formulas are pure functions
-of an :class:`ArchSpec`; supporting a new family means one ``_spec_*`` builder in ``FAMILIES``.
+so a method that trains more or less than it claims is caught. Each method's own formula is its
+``derived_trainable`` (in its module under ``peftlab/methods/``); here are the pure functions of an
+:class:`ArchSpec` those formulas share (a layer's, the post part's, the targeted linears'). Supporting
+a new family means one ``_spec_*`` builder in ``FAMILIES``.
 
 Naming: a *layer* is one transformer block; the *post* part is what sits between the last block
 and the classification head (BERT's pooler, Llama's final norm); the *head* is the module the
@@ -62,10 +64,6 @@ def total_params(spec: ArchSpec) -> int:
     return spec.embeddings + spec.num_layers * layer_params(spec) + post_params(spec) + spec.head
 
 
-def top_layers_params(spec: ArchSpec, k: int) -> int:
-    """Trainable parameters of ``partial``: the top ``k`` blocks, the post part and the head."""
-    return min(k, spec.num_layers) * layer_params(spec) + post_params(spec) + spec.head
-
 
 def all_linears(spec: ArchSpec) -> dict[str, tuple[int, int, bool]]:
     """Every linear of the backbone by full dotted name (the head excluded)."""
@@ -91,71 +89,15 @@ def targeted_linears(spec: ArchSpec, targets: list[str]) -> dict[str, tuple[int,
     }
 
 
-def lora_params(spec: ArchSpec, targets: list[str], r: int) -> int:
-    """LoRA adds A (r x d_in) and B (d_out x r) to each targeted linear: r * (d_in + d_out)."""
-    return sum(r * (d_in + d_out) for d_in, d_out, _ in targeted_linears(spec, targets).values())
 
 
-def dora_params(spec: ArchSpec, targets: list[str]) -> int:
-    """DoRA adds one trained magnitude per output feature of each targeted linear: d_out."""
-    return sum(d_out for _, d_out, _ in targeted_linears(spec, targets).values())
 
-
-def ia3_params(spec: ArchSpec, targets: list[str], feedforward: list[str]) -> int:
-    """(IA)^3 learns one scaling vector per targeted linear: d_in for feedforward modules (the
-    input is scaled), d_out otherwise (the output is scaled).
-
-    Feedforward membership follows peft's own rule, a *plain* suffix test (``str.endswith``, no
-    dot boundary): so BERT's default ``output.dense`` also marks ``attention.output.dense``.
-    """
-    return sum(
-        d_in if any(name.endswith(f) for f in feedforward) else d_out
-        for name, (d_in, d_out, _) in targeted_linears(spec, targets).items()
-    )
-
-
-def prompt_tuning_params(spec: ArchSpec, num_virtual_tokens: int) -> int:
-    """One trained input embedding (width ``hidden``) per virtual token."""
-    return num_virtual_tokens * spec.hidden
-
-
-def p_tuning_params(spec: ArchSpec, num_virtual_tokens: int, encoder: str, encoder_hidden: int,
-                    lstm_layers: int = 2) -> int:
-    """P-tuning: the virtual-token embedding plus peft's prompt encoder (``PromptEncoder``).
-
-    MLP: Linear(h, e) -> ReLU -> Linear(e, e) -> ReLU -> Linear(e, h). LSTM: a bidirectional
-    ``lstm_layers``-layer LSTM (input h, then 2e) followed by Linear(2e, 2e) -> ReLU -> Linear(2e, h).
-    """
-    h, e = spec.hidden, encoder_hidden
-    n = num_virtual_tokens * h
-    if encoder == "mlp":
-        return n + linear_params(h, e, True) + linear_params(e, e, True) + linear_params(e, h, True)
-    if encoder == "lstm":
-        # per direction and layer: 4 gates x (W_ih: e x d_in, W_hh: e x e, b_ih + b_hh: 2e)
-        lstm = sum(2 * 4 * (e * d_in + e * e + 2 * e) for d_in in [h] + [2 * e] * (lstm_layers - 1))
-        return n + lstm + linear_params(2 * e, 2 * e, True) + linear_params(2 * e, h, True)
-    raise ValueError(f"unknown p-tuning encoder {encoder!r}")
 
 
 def prefix_token_dim(spec: ArchSpec) -> int:
     """Width of a prefix key/value vector: peft uses kv_heads * head_dim for grouped-query attention."""
     return spec.kv_dim or spec.hidden
 
-
-def prefix_tuning_params(spec: ArchSpec, num_virtual_tokens: int, projection: bool,
-                         encoder_hidden: int | None = None) -> int:
-    """Prefix tuning (peft ``PrefixEncoder``): a key and a value per layer and virtual token.
-
-    Without projection the prefix itself is the parameter: n x (layers * 2 * d). With projection,
-    an n x d embedding feeds Linear(d, enc) -> Tanh -> Linear(enc, layers * 2 * d), biases
-    included; ``d`` is :func:`prefix_token_dim` and ``enc`` defaults to ``d`` (as in peft).
-    """
-    d = prefix_token_dim(spec)
-    out = spec.num_layers * 2 * d
-    if not projection:
-        return num_virtual_tokens * out
-    enc = encoder_hidden or d
-    return num_virtual_tokens * d + linear_params(d, enc, True) + linear_params(enc, out, True)
 
 
 FAMILIES: Registry[Callable[[Any], ArchSpec]] = Registry("architecture family")

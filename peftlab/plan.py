@@ -139,15 +139,16 @@ class NoEstimate(Exception):
     """The method has no closed-form parameter count: it is listed without an estimate."""
 
 
-def activation_bytes(params: MethodParams, caches_features: bool, spec: ArchSpec, conf: Any, batch: int,
+def activation_bytes(method: Any, params: MethodParams, spec: ArchSpec, conf: Any, batch: int,
                      length: int, device: str) -> int:
-    """One training step's activations: counted op by op where the family is known, else the rough rule."""
+    """One training step's activations: counted op by op from the method's flow where the family is
+    known, else the rough rule."""
     from peftlab.activation_flows import training_step_bytes
 
-    counted = None if caches_features else training_step_bytes(
-        params, spec, conf, batch, length, mask_bytes=1 if device == "cuda" else 4)
+    counted = None if method.caches_features else training_step_bytes(
+        method.flow(params, spec), spec, conf, batch, length, mask_bytes=1 if device == "cuda" else 4)
     if counted is None:
-        return rough_activation_bytes(spec, conf, batch, length, backward=not caches_features)
+        return rough_activation_bytes(spec, conf, batch, length, backward=not method.caches_features)
     return sum(counted)
 
 
@@ -163,7 +164,7 @@ def plan_method(params: MethodParams, spec: ArchSpec, conf: Any, batch: int, len
         raise NoEstimate(f"no closed form for method {params.method!r}") from None
     precision = method_precision(params)
     added = total - total_params(spec)  # the method's own tensors (adapters, the head copy peft trains)
-    acts = activation_bytes(params, method.caches_features, spec, conf, batch, length, device)
+    acts = activation_bytes(method, params, spec, conf, batch, length, device)
     return MethodPlan(
         label=params.label, method=params.method, precision=precision,
         base={p: base_bytes(spec, p) for p in PRECISIONS}, trainable=trainable, total=total,

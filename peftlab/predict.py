@@ -16,6 +16,7 @@ from peftlab.config import ExperimentConfig, load_config
 from peftlab.errors import PeftlabError
 from peftlab.fingerprint import base_fingerprint, check_base
 from peftlab.methods import METHODS
+from peftlab.methods.peft_common import PeftMethod
 from peftlab.methods.qlora import is_quantised
 from peftlab.params import arch_spec
 from peftlab.precision import Precision, resolve, shapes_of
@@ -25,9 +26,10 @@ from peftlab.runners.rows import ADAPTER_DIR
 from peftlab.runners.train import predict_logits
 from peftlab.tasks.base import Split
 
-#: peft adapter types whose update folds exactly into the base weights: LoRA (W + s * B A) and
-#: (IA)^3 (a per-channel rescaling of W). Other peft methods (prompts, prefixes) have nothing to fold.
-MERGEABLE = frozenset({"LORA", "IA3"})
+#: peft adapter types whose update folds exactly into the base weights, as each method declares
+#: (``merges``): LoRA (W + s * B A), (IA)^3 (a per-channel rescaling of W). Prompts and prefixes
+#: have nothing to fold.
+MERGEABLE = frozenset(m.peft_type for m in METHODS.in_order() if isinstance(m, PeftMethod) and m.merges)
 
 #: texts per forward pass
 BATCH = 32
@@ -71,7 +73,7 @@ def load_adapter(method: Any, model: Any, params: Any, adapter_dir: Path) -> Any
 
 
 def merge_for_inference(model: Any) -> Any:
-    """Fold a LoRA / (IA)^3 adapter into the base weights and drop peft's wrappers.
+    """Fold a mergeable adapter (LoRA, (IA)^3: :data:`MERGEABLE`) into the base weights and drop peft's wrappers.
 
     Unmerged, every targeted linear runs its base matmul plus the low-rank path on each call;
     merged, inference costs exactly what the base model costs (bench/inference_latency.py

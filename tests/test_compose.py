@@ -16,12 +16,13 @@ import torch
 from peft import IA3Config, LoraConfig, TaskType, get_peft_model
 from transformers import AutoModelForSequenceClassification
 
-from peftlab.compose.adapter import head_tensors, load_adapter, lora_modules
+from peftlab.compose.adapter import head_tensors, load_adapter
 from peftlab.compose.core import compose, parse_adapter_args, write
 from peftlab.compose.expr import linear_form, variables_of
 from peftlab.compose.model import load_with_adapter, merge_to
-from peftlab.compose.ops import add, analogy, lora_delta, lora_scaling, negate, scale, zeros_like
+from peftlab.compose.ops import add, analogy, negate, scale, zeros_like
 from peftlab.errors import PeftlabError
+from peftlab.methods.lora import lora_delta, lora_modules, lora_scaling
 from method_table import _one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 

@@ -2,9 +2,10 @@
 
 For each method: counted trainable/total == closed form (three architectures); a few epochs
 lower the loss; exactly the intended parameters change; save -> load on a fresh base gives
-identical logits, which differ from the untouched base model. LoRA rows (the LoRA family's
-options, issue 20): plain peft loads the saved adapter on the original base with the same
-outputs, and merged == unmerged.
+identical logits, which differ from the untouched base model. Rows of peft methods: plain peft
+loads the saved adapter on the original base with the same outputs, and merged == unmerged where
+the method merges (``merges``); LoRA rows (the LoRA family's options, issue 20) check more.
+Adding a method = its module + one row of ``TABLE``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from transformers import DataCollatorWithPadding
 from conftest import FAMILIES
 from method_table import _one_thread, assert_counts_match_closed_form, fresh, split, train_tiny  # noqa: F401  (_one_thread: autouse)
 from peftlab.methods import METHODS
+from peftlab.methods.peft_common import PeftMethod
 from peftlab.params import arch_spec
 from peftlab.runners.batching import encode
 from peftlab.runners.train import make_optimizer, predict_logits
@@ -40,8 +42,15 @@ TABLE: dict[str, tuple[str, dict[str, Any]]] = {
     "lora_plus": ("lora", {**LORA, "lr": 3e-3, "lora_plus_ratio": 16}),
     "lora_all_linear": ("lora", {**LORA, "target_modules": "all-linear"}),
     "lora_pissa_dora_rslora": ("lora", {**LORA, "init": "pissa", "use_dora": True, "use_rslora": True}),
+    "vera": ("vera", {"lr": 3e-2, "r": 8}),
+    "loha": ("loha", {"lr": 1e-2, "r": 4}),
+    "lokr": ("lokr", {"lr": 1e-2, "r": 2}),
 }
 LORA_ROWS = [row for row, (name, _) in TABLE.items() if name == "lora"]
+#: rows of the other peft methods (LoRA's rows have their own tests, which know its options)
+PEFT_ROWS = [row for row, (name, _) in TABLE.items() if name != "lora" and isinstance(METHODS.get(name), PeftMethod)]
+#: of those, the rows whose method folds into the base weights
+MERGED_ROWS = [row for row in PEFT_ROWS if isinstance(m := METHODS.get(TABLE[row][0]), PeftMethod) and m.merges]
 #: rows saved as a plain LoRA adapter on the untouched base (rank 2r: [B | -B0][A; A0]); the
 #: reloaded model computes W x + s B'A' x instead of (W - s B0 A0) x + s B A x, equal to float rounding
 CONVERTED_ROWS = {"lora_pissa", "lora_olora", "lora_pissa_dora_rslora"}
@@ -89,8 +98,9 @@ def test_trains_only_its_parameters_and_round_trips(tiny_backbones, tmp_path: Pa
     assert not np.allclose(run.logits(base_model), trained_logits)
 
 
-def _moved_lora(path: str, row: str, std: float) -> tuple[Any, Any, Any, Any]:
-    """A prepared LoRA row whose trained tensors are moved away from their init (B often starts at 0)."""
+def _moved(path: str, row: str, std: float) -> tuple[Any, Any, Any, Any]:
+    """A prepared row whose trained tensors are moved away from their init (LoRA's B, VeRA's
+    lambda_b start at 0: an identity init could pass the comparisons trivially)."""
     method, params = method_and_params(row)
     model, tok = fresh(path)
     model = method.prepare(model, params, arch_spec(model.config))
@@ -107,7 +117,7 @@ def test_lora_adapter_loads_in_plain_peft(tiny_bert, tmp_path: Path, row):
     """On the *original* base: PiSSA/OLoRA rows are saved converted, so no init is recomputed."""
     from peft import PeftModel
 
-    method, params, model, tok = _moved_lora(tiny_bert, row, 0.5)
+    method, params, model, tok = _moved(tiny_bert, row, 0.5)
     method.save(model, params, tmp_path / "a")
     saved = json.loads((tmp_path / "a" / "adapter_config.json").read_text(encoding="utf-8"))
     # loading rewrites no base weight (converted rows: a plain rank-2r LoRA adapter)
@@ -124,7 +134,34 @@ def test_lora_adapter_loads_in_plain_peft(tiny_bert, tmp_path: Path, row):
 
 @pytest.mark.parametrize("row", LORA_ROWS)
 def test_lora_merged_equals_unmerged(tiny_bert, row):
-    method, params, model, tok = _moved_lora(tiny_bert, row, 0.5)
+    method, params, model, tok = _moved(tiny_bert, row, 0.5)
+    batch = tok(["good drug", "bad day really"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        unmerged = model(**batch).logits
+        merged = model.merge_and_unload()(**batch).logits
+    torch.testing.assert_close(merged, unmerged, rtol=1e-5, atol=1e-5)
+    base, _ = fresh(tiny_bert)
+    assert not torch.allclose(base.eval()(**batch).logits, unmerged)
+
+
+@pytest.mark.parametrize("row", PEFT_ROWS)
+def test_peft_adapter_loads_in_plain_peft(tiny_bert, tmp_path: Path, row):
+    from peft import PeftModel
+
+    method, params, model, tok = _moved(tiny_bert, row, 0.5)
+    method.save(model, params, tmp_path / "a")
+    base, _ = fresh(tiny_bert)
+    plain = PeftModel.from_pretrained(base, str(tmp_path / "a")).eval()
+    batch = tok(["good drug", "bad day"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        assert_same_logits(row, plain(**batch).logits, model(**batch).logits)
+        untouched, _ = fresh(tiny_bert)
+        assert not torch.allclose(untouched.eval()(**batch).logits, model(**batch).logits)
+
+
+@pytest.mark.parametrize("row", MERGED_ROWS)
+def test_merged_equals_unmerged(tiny_bert, row):
+    method, params, model, tok = _moved(tiny_bert, row, 0.5)
     batch = tok(["good drug", "bad day really"], return_tensors="pt", padding=True)
     with torch.no_grad():
         unmerged = model(**batch).logits
@@ -205,3 +242,34 @@ def test_linear_probe_cached_features_equal_recomputed(tiny_backbones):
             cached = head(x).numpy()
         full = predict_logits(model, feats, collate, 3, torch.device("cpu"))
         np.testing.assert_allclose(cached, full, rtol=1e-5, atol=1e-6)
+
+
+def test_registration_refuses_a_method_that_declares_no_flow():
+    """A method that leaves its activation flow to the base class is refused when registered,
+    never planned as something it is not (issue 20)."""
+    from peftlab.methods import register
+    from peftlab.methods.base import Method
+    from peftlab.methods.full import FullParams
+
+    class NoFlow(Method):
+        name = "full"
+        Params = FullParams
+
+        def derived_trainable(self, params: Any, spec: Any) -> int:
+            return 0
+
+    with pytest.raises(TypeError, match="does not declare flow"):
+        register(NoFlow())
+
+
+def test_registration_refuses_an_inherited_readme_row():
+    """qlora is a lora but has its own README row: a subclass must state its own."""
+    from peftlab.methods import register
+    from peftlab.methods.lora import Lora, LoraParams
+
+    class Copy(Lora):
+        name = "lora"
+        Params = LoraParams
+
+    with pytest.raises(TypeError, match="does not declare readme"):
+        register(Copy())

@@ -19,3 +19,13 @@ def methods_table_rows() -> list[str]:
 def test_every_registered_method_has_one_row_in_the_readme_table():
     rows = methods_table_rows()
     assert sorted(rows) == METHODS.names(), f"missing: {set(METHODS.names()) - set(rows)}, unknown: {set(rows) - set(METHODS.names())}"
+
+
+def test_readme_methods_table_is_generated_from_the_methods_own_rows():
+    """Each method describes itself once (``Method.readme`` in its module); the README table is
+    that text (regenerate: ``python -m peftlab.methods.readme README.md``)."""
+    from peftlab.methods.readme import readme_table, table
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    start, end = readme_table(text)
+    assert text[start:end] == table()

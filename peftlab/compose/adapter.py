@@ -28,14 +28,29 @@ from peftlab.backbones import alias_of
 from peftlab.errors import PeftlabError
 from peftlab.fingerprint import FINGERPRINT_FILE, write_fingerprint
 from peftlab.io import read_json, save_safetensors
-from peftlab.methods.base import read_safetensors
+from peftlab.methods import METHODS
+from peftlab.methods.base import Composition, Method, read_safetensors
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 COMPOSE_FILE = "peftlab_compose.json"
+
+
+def _composers() -> dict[str, Method]:
+    """peft type -> the method whose ``composition`` rule its adapters follow (every method that
+    declares one); the first registered wins: qlora's adapters are LoRA adapters, lora's rule."""
+    out: dict[str, Method] = {}
+    for m in METHODS.in_order():
+        if m.composition is not None:
+            out.setdefault(getattr(m, "peft_type"), m)  # composable methods are peft methods
+    return out
+
+
+COMPOSERS = _composers()
 #: peft types composition understands, and the peftlab method each corresponds to
-SUPPORTED = {"LORA": "lora", "IA3": "ia3"}
-LORA_A, LORA_B, IA3_L = ".lora_A.weight", ".lora_B.weight", ".ia3_l"
+SUPPORTED = {peft_type: m.name for peft_type, m in COMPOSERS.items()}
+#: key endings of the adapted modules' tensors, every composable method's (the rest is the head)
+MODULE_SUFFIXES = tuple(s for m in COMPOSERS.values() if m.composition for s in m.composition.module_suffixes)
 
 
 @dataclass(frozen=True)
@@ -63,17 +78,11 @@ class Adapter:
         return replace(self, tensors=tensors, config={**self.config, **config})
 
 
-def lora_modules(ad: Adapter) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """{module key prefix: (A [r, d_in], B [d_out, r])} of a LoRA adapter."""
-    out = {}
-    for k, a in ad.tensors.items():
-        if k.endswith(LORA_A):
-            prefix = k[: -len(LORA_A)]
-            b = ad.tensors.get(prefix + LORA_B)
-            if b is None:
-                raise PeftlabError(f"adapter {ad.name}: {k} has no matching lora_B")
-            out[prefix] = (a, b)
-    return out
+def composition_of(ad: Adapter) -> Composition:
+    """The composition rule of ``ad``'s method (its peft type is one :data:`SUPPORTED` names)."""
+    composition = COMPOSERS[ad.peft_type].composition
+    assert composition is not None  # COMPOSERS holds composable methods only
+    return composition
 
 
 def module_keys(ad: Adapter) -> set[str]:
@@ -83,7 +92,7 @@ def module_keys(ad: Adapter) -> set[str]:
 
 def is_head_key(ad: Adapter, key: str) -> bool:
     """A tensor of a ``modules_to_save`` module (the classification head peft trains alongside)."""
-    if key.endswith((LORA_A, LORA_B, IA3_L)):
+    if key.endswith(MODULE_SUFFIXES):
         return False
     parts = key.split(".")
     saved = set(ad.config.get("modules_to_save") or [])
@@ -139,7 +148,8 @@ def load_adapter(name: str, path: str | Path) -> Adapter:
     config = _read_json(adir / CONFIG_FILE)
     if config.get("peft_type") not in SUPPORTED:
         raise PeftlabError(
-            f"adapter {name} ({adir}): compose supports lora and ia3 adapters, this one is {config.get('peft_type')}"
+            f"adapter {name} ({adir}): compose supports {' and '.join(SUPPORTED.values())} adapters, "
+            f"this one is {config.get('peft_type')}"
         )
     tensors = read_safetensors(adir / WEIGHTS_FILE, f"adapter weights ({WEIGHTS_FILE})")
     meta = _run_meta(adir)

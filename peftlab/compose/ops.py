@@ -1,112 +1,22 @@
-"""Arithmetic on adapters: pure functions of (coefficient, adapter) terms, one per method and mode.
+"""Arithmetic on adapters: ``sum coef_i * adapter_i`` by the rule of the adapters' method.
 
-Semantics (Zhang et al. 2023, "Composing Parameter-Efficient Modules with Arithmetic Operations"):
-
-* LoRA, ``parameter`` mode (the paper's): the factors are combined element-wise,
-  ``A = sum |l_i| A_i`` and ``B = sum l_i B_i``. A negative coefficient negates the module by
-  flipping its update (``-B``), never both factors (which would cancel out). Both factors are
-  scaled, so a lone ``l * a`` scales the update by ``l**2``; the paper's ``l a + (1 - l) b`` mixes.
-  Needs equal ranks and alphas.
-* LoRA, ``weight`` mode (exact): ``dW = sum l_i s_i B_i A_i`` (``s = alpha / r``), stored either
-  exactly by concatenating the factors (rank = sum of ranks) or re-factorised by SVD to a chosen
-  rank (the best rank-R approximation). Any ranks and alphas.
-* (IA)^3: vectors are combined as deltas from the identity, ``l = 1 + sum c_i (l_i - 1)``: with
-  coefficients summing to 1 that is the paper's weighted average, negation is ``2 - l`` (not
-  ``-l``, which would flip every activation), and ``a - a`` is all ones (the base model). Because
-  the scaled weight is ``diag(l) W``, this is also exact in weight space: both modes agree.
+Each composable method declares its rule next to itself (``Method.composition``: LoRA's
+parameter/weight modes in :mod:`peftlab.methods.lora`, (IA)^3's deltas from the identity in
+:mod:`peftlab.methods.ia3`, after Zhang et al. 2023, "Composing Parameter-Efficient Modules with
+Arithmetic Operations"); what is shared lives here.
 
 Heads (peft ``modules_to_save``, the classifier trained with each module) are not updates of a
-shared base weight, so they are chosen by a policy (see :data:`HEAD_POLICIES`).
+shared base weight, so they are chosen by a policy (see :func:`choose_head`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-from peftlab.compose.adapter import LORA_A, LORA_B, SUPPORTED, Adapter, head_tensors, lora_modules
+from peftlab.compose.adapter import Adapter, composition_of, head_tensors
 from peftlab.errors import PeftlabError
-from peftlab.registry import Registry
 
 Terms = list[tuple[float, Adapter]]
-#: (terms, rank) -> the combined adapter's tensors and config updates, without heads
-Combiner = Callable[[Terms, int | None], tuple[dict[str, torch.Tensor], dict[str, object]]]
-COMBINERS: Registry[Combiner] = Registry("composition mode")
-
-
-def lora_scaling(ad: Adapter) -> float:
-    """peft's scale of B A: alpha / r, or alpha / sqrt(r) with rsLoRA."""
-    r, alpha = float(ad.config["r"]), float(ad.config["lora_alpha"])
-    return alpha / r ** 0.5 if ad.config.get("use_rslora") else alpha / r
-
-
-def lora_delta(ad: Adapter, prefix: str) -> torch.Tensor:
-    """The weight update of one module, ``s * B @ A`` [d_out, d_in], in float64."""
-    a, b = lora_modules(ad)[prefix]
-    return lora_scaling(ad) * (b.double() @ a.double())
-
-
-def _lora_parameter(terms: Terms, rank: int | None) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
-    if rank is not None:
-        raise PeftlabError("--rank applies to --mode weight only (parameter mode keeps the operands' rank)")
-    first = terms[0][1]
-    out: dict[str, torch.Tensor] = {}
-    for prefix, (a0, b0) in lora_modules(first).items():
-        a = torch.zeros_like(a0)
-        b = torch.zeros_like(b0)
-        for coef, ad in terms:
-            ai, bi = lora_modules(ad)[prefix]
-            a = a + abs(coef) * ai
-            b = b + coef * bi
-        out[prefix + LORA_A], out[prefix + LORA_B] = a, b
-    return out, {}
-
-
-def _refactor(delta: torch.Tensor, rank: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best rank-``rank`` factors (Eckart-Young): B = U sqrt(S), A = sqrt(S) V^T; zero-padded."""
-    u, s, vh = torch.linalg.svd(delta, full_matrices=False)
-    k = min(rank, s.numel())
-    root = s[:k].sqrt()
-    b = torch.zeros(delta.shape[0], rank, dtype=torch.float64)
-    a = torch.zeros(rank, delta.shape[1], dtype=torch.float64)
-    b[:, :k] = u[:, :k] * root
-    a[:k] = root[:, None] * vh[:k]
-    return a.to(dtype), b.to(dtype)
-
-
-def _lora_weight(terms: Terms, rank: int | None) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
-    """Exact concatenation ``[l_1 s_1 B_1 | ... ] [A_1; ...]`` or SVD to ``rank``; scaling becomes 1."""
-    live = [(c, ad) for c, ad in terms if c != 0] or [(0.0, terms[0][1])]
-    out_rank = rank if rank is not None else sum(int(ad.config["r"]) for _, ad in live)
-    out: dict[str, torch.Tensor] = {}
-    for prefix, (a0, _) in lora_modules(terms[0][1]).items():
-        if rank is None:
-            a = torch.cat([lora_modules(ad)[prefix][0] for _, ad in live], dim=0)
-            b = torch.cat([c * lora_scaling(ad) * lora_modules(ad)[prefix][1] for c, ad in live], dim=1)
-        else:
-            delta = sum(c * lora_delta(ad, prefix) for c, ad in live)
-            a, b = _refactor(delta, rank, a0.dtype)
-        out[prefix + LORA_A], out[prefix + LORA_B] = a.to(a0.dtype), b.to(a0.dtype)
-    # alpha = r makes peft's scale exactly 1 (plain alpha / r, so rsLoRA is switched off)
-    return out, {"r": out_rank, "lora_alpha": out_rank, "use_rslora": False, "rank_pattern": {}, "alpha_pattern": {}}
-
-
-def _ia3(terms: Terms, rank: int | None) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
-    if rank is not None:
-        raise PeftlabError("--rank applies to LoRA only ((IA)^3 modules are vectors)")
-    first = terms[0][1]
-    out = {}
-    for key, l0 in first.tensors.items():
-        if key.endswith(".ia3_l"):
-            out[key] = 1 + sum((c * (ad.tensors[key] - 1) for c, ad in terms), torch.zeros_like(l0))
-    return out, {}
-
-
-COMBINERS.add("lora/parameter", _lora_parameter)
-COMBINERS.add("lora/weight", _lora_weight)
-COMBINERS.add("ia3/parameter", _ia3)
-COMBINERS.add("ia3/weight", _ia3)
 
 
 # ---- heads -------------------------------------------------------------------------------------
@@ -153,8 +63,10 @@ def combine(terms: Terms, mode: str = "parameter", rank: int | None = None, head
         raise PeftlabError("nothing to compose: the expression names no adapter")
     if rank is not None and rank < 1:
         raise PeftlabError(f"--rank must be at least 1 (got {rank})")
-    kind = SUPPORTED[terms[0][1].peft_type]  # qlora adapters are LoRA adapters
-    tensors, updates = COMBINERS.get(f"{kind}/{mode}")(terms, rank)
+    combiners = composition_of(terms[0][1]).combiners  # qlora adapters are LoRA adapters
+    if mode not in combiners:
+        raise PeftlabError(f"--mode {mode!r}: expected {' or '.join(combiners)}")
+    tensors, updates = combiners[mode](terms, rank)
     head, head_owner = choose_head(terms, head, pool or {ad.name: ad for _, ad in terms})
     meta = {**terms[0][1].meta, "labels": head_owner.meta.get("labels")}
     updates["modules_to_save"] = head_owner.config.get("modules_to_save") if head else None
@@ -187,7 +99,7 @@ def analogy(a: Adapter, b: Adapter, c: Adapter, mode: str = "parameter", **kw: o
 
 def zeros_like(a: Adapter) -> Adapter:
     """The zero module (no update; identity vectors for (IA)^3), with a's head."""
-    kind = SUPPORTED[a.peft_type]
-    t = {k: (torch.ones_like(v) if kind == "ia3" and k.endswith(".ia3_l") else
-             v.clone() if k in head_tensors(a) else torch.zeros_like(v)) for k, v in a.tensors.items()}
+    rule, heads = composition_of(a), head_tensors(a)
+    t = {k: (v.clone() if k in heads else torch.full_like(v, rule.identity) if k.endswith(rule.module_suffixes)
+             else torch.zeros_like(v)) for k, v in a.tensors.items()}
     return a.with_tensors(t)

@@ -1,32 +1,23 @@
 """Refuse compositions that have no meaning, each with one line naming the two operands.
 
 Checked before any arithmetic: supported method and options, one method for all operands, one
-base model, the same adapted modules (and, for parameter-space LoRA, the same rank and alpha).
+base model, the same adapted modules, and what the method's own rule needs (``Composition``:
+parameter-space LoRA, the same rank and alpha).
 """
 
 from __future__ import annotations
 
-from peftlab.compose.adapter import Adapter, lora_modules, module_keys, same_base
+from peftlab.compose.adapter import Adapter, composition_of, module_keys, same_base
 from peftlab.errors import PeftlabError
 from peftlab.fingerprint import BASE_KEYS
-
-#: LoRA options composition does not model (the update is no longer s * B A)
-_LORA_UNSUPPORTED = {"use_dora": "DoRA", "lora_bias": "lora_bias", "use_qalora": "QA-LoRA"}
 
 
 def check_options(ad: Adapter) -> None:
     if ad.config.get("bias", "none") != "none":
         raise PeftlabError(f"adapter {ad.name}: bias={ad.config['bias']!r} is not supported by compose (needs bias='none')")
-    if ad.peft_type != "LORA":
-        return
-    for key, what in _LORA_UNSUPPORTED.items():
-        if ad.config.get(key):
-            raise PeftlabError(f"adapter {ad.name}: {what} adapters are not supported by compose")
-    if ad.config.get("rank_pattern") or ad.config.get("alpha_pattern"):
-        raise PeftlabError(f"adapter {ad.name}: per-module rank_pattern/alpha_pattern is not supported by compose")
-    for prefix, (a, b) in lora_modules(ad).items():
-        if a.ndim != 2 or b.ndim != 2:
-            raise PeftlabError(f"adapter {ad.name}: {prefix} is not a linear layer; compose handles linear LoRA only")
+    own = composition_of(ad).check_options
+    if own is not None:
+        own(ad)
 
 
 def _base_of(ad: Adapter) -> str:
@@ -59,26 +50,24 @@ def check_pair(a: Adapter, b: Adapter, mode: str, force_base: bool = False) -> N
     if a.meta.get("revision") != b.meta.get("revision") or a.config.get("revision") != b.config.get("revision"):
         raise PeftlabError(f"different base model revisions: {a.name} and {b.name}")
     ka, kb = module_keys(a), module_keys(b)
-    if ka != kb or a.config.get("feedforward_modules") != b.config.get("feedforward_modules"):
-        diff = sorted(ka ^ kb)
-        first = f" (e.g. {diff[0]})" if diff else " (feedforward_modules differ)"
-        raise PeftlabError(f"different target modules: {a.name} and {b.name} adapt different layers{first}")
-    shapes = {k: tuple(v.shape) for k, v in a.tensors.items() if k in ka}
-    if a.peft_type == "LORA" and mode == "parameter":
-        if (a.config["r"], a.config["lora_alpha"]) != (b.config["r"], b.config["lora_alpha"]):
-            raise PeftlabError(
-                f"parameter-space LoRA needs equal rank and alpha: {a.name} has r={a.config['r']} alpha={a.config['lora_alpha']}, "
-                f"{b.name} has r={b.config['r']} alpha={b.config['lora_alpha']}; use --mode weight"
-            )
-    if a.peft_type != "LORA" or mode == "parameter":
-        bad = [k for k in ka if tuple(b.tensors[k].shape) != shapes[k]]
-        if bad:
-            raise PeftlabError(f"shape mismatch between {a.name} and {b.name} at {bad[0]}")
-    else:  # weight mode: the factors may differ in rank, the updates must have one shape
-        for prefix, (a_a, a_b) in lora_modules(a).items():
-            b_a, b_b = lora_modules(b)[prefix]
-            if (a_b.shape[0], a_a.shape[1]) != (b_b.shape[0], b_a.shape[1]):
-                raise PeftlabError(f"shape mismatch between {a.name} and {b.name} at {prefix}")
+    if ka != kb:
+        raise PeftlabError(f"different target modules: {a.name} and {b.name} adapt different layers "
+                           f"(e.g. {sorted(ka ^ kb)[0]})")
+    rule = composition_of(a)
+    if rule.check_pair is not None:
+        rule.check_pair(a, b, mode)
+    bad = [k for k, shape in _shapes(a, ka, mode).items() if _shapes(b, kb, mode)[k] != shape]
+    if bad:
+        raise PeftlabError(f"shape mismatch between {a.name} and {b.name} at {bad[0]}")
+
+
+def _shapes(ad: Adapter, keys: set[str], mode: str) -> dict[str, tuple[int, ...]]:
+    """What must agree between operands: each module tensor's shape, or in weight mode what the
+    method's rule names (LoRA: each update's, whatever the ranks)."""
+    own = composition_of(ad).weight_shapes
+    if mode == "weight" and own is not None:
+        return own(ad)
+    return {k: tuple(ad.tensors[k].shape) for k in keys}
 
 
 def check_compatible(adapters: list[Adapter], mode: str, force_base: bool = False) -> None:

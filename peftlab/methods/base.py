@@ -1,13 +1,17 @@
 """The method interface: what every adaptation method provides to the runner.
 
 A method takes a freshly loaded sequence-classification model and makes only its own parts
-trainable; it knows its closed-form trainable count, and how to save and reload what it trained.
-Adding a method = one module in this package registered in ``METHODS`` (see ``__init__``).
+trainable; it knows its closed-form trainable count, where its trainable tensors sit for the
+activation count (its flow), and how to save and reload what it trained. Adding a method = one
+module in this package registered in ``METHODS`` (see ``__init__``), which refuses a method that
+leaves any of :data:`DECLARED` to the base class.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from peftlab.activations import Flow
 from peftlab.config_base import MethodParams
 from peftlab.errors import PeftlabError
 from peftlab.io import save_safetensors
@@ -25,11 +30,58 @@ from peftlab.params import ArchSpec
 DEFAULT_HEADS = ("classifier", "score")
 
 
+@dataclass(frozen=True)
+class Readme:
+    """A method's row of README's methods table, written next to the code it describes (the
+    table is generated from these rows: :mod:`peftlab.methods.readme`)."""
+
+    #: what it runs on: "text", "causal LMs", "CLIP", ...
+    on: str
+    #: what trains (its options in backticks)
+    trains: str
+    #: its closed-form trainable count, in words
+    closed_form: str
+    #: the library it goes through ("peft"), shown after the name; "" when peftlab's own
+    via: str = ""
+
+
+#: (terms [(coefficient, adapter)], rank or None) -> the combined adapter's module tensors (no
+#: head) and its config updates. An adapter is a :class:`peftlab.compose.adapter.Adapter`:
+#: ``name``, peft ``config``, ``tensors`` by peft key.
+Combiner = Callable[[list[tuple[float, Any]], "int | None"], tuple[dict[str, torch.Tensor], dict[str, object]]]
+
+
+@dataclass(frozen=True)
+class Composition:
+    """How a method's saved adapters compose by arithmetic (``peftlab compose``; Zhang et al. 2023),
+    declared next to the method; the generic parts (same base, same modules, heads) are
+    :mod:`peftlab.compose`'s."""
+
+    #: tensor-key endings of the adapted modules (every other saved tensor belongs to the head)
+    module_suffixes: tuple[str, ...]
+    #: mode ("parameter", "weight") -> how ``sum c_i * adapter_i`` is computed
+    combiners: Mapping[str, Combiner]
+    #: the module tensors' value that adds no update (the zero module): 0 for LoRA's factors
+    identity: float = 0.0
+    #: refuse an adapter whose options the rule does not model (one PeftlabError line)
+    check_options: Callable[[Any], None] | None = None
+    #: refuse a pair the rule cannot combine in a mode, beyond one base and the same modules
+    check_pair: Callable[[Any, Any, str], None] | None = None
+    #: weight mode: the shapes that must agree when the operands' tensors may differ (LoRA: each
+    #: update, d_out x d_in, whatever the ranks); None: each module tensor's own shape
+    weight_shapes: Callable[[Any], dict[str, tuple[int, ...]]] | None = None
+
+
 class Method:
-    """Base class; subclasses set ``name`` and ``Params`` and override what differs."""
+    """Base class; subclasses set ``name``, ``Params``, ``readme`` and ``composition`` and override
+    what differs."""
 
     name: ClassVar[str]
     Params: ClassVar[type[MethodParams]]
+    #: its row of README's methods table (each method its own: a subclass states what it adds)
+    readme: ClassVar[Readme]
+    #: how its saved adapters compose, or None: it does not compose (declared either way)
+    composition: ClassVar[Composition | None]
     #: the runner trains the head on cached frozen features instead of running the backbone
     caches_features: ClassVar[bool] = False
     #: which runner in ``runners.experiment.RUNNERS`` runs it: "train" (a classifier is
@@ -37,6 +89,8 @@ class Method:
     runner: ClassVar[str] = "train"
     #: whether its weights can be FSDP-sharded (runners.sharded); False refuses an FSDP launch
     shards: ClassVar[bool] = True
+    #: what a family of methods asks each of its members to declare too (see :func:`undeclared`)
+    requires: ClassVar[tuple[str, ...]] = ()
 
     def check(self, params: Any, spec: ArchSpec | None, model_type: str) -> None:
         """Refuse impossible combinations before any weights are loaded (raise PeftlabError)."""
@@ -68,6 +122,12 @@ class Method:
         raise NotImplementedError
 
     def derived_trainable(self, params: Any, spec: ArchSpec) -> int:
+        """The closed-form trainable count, from the architecture alone (checked against the model)."""
+        raise NotImplementedError
+
+    def flow(self, params: Any, spec: ArchSpec) -> Flow:
+        """Where this method's trainable tensors sit, so that ``peftlab plan`` counts what autograd
+        keeps for one training step (:mod:`peftlab.activations`) before any weights load."""
         raise NotImplementedError
 
     def derived_total(self, params: Any, spec: ArchSpec) -> int:
@@ -83,6 +143,23 @@ class Method:
         """Rebuild the trained model from a fresh base model and the saved files."""
         load_trainable(model, directory)
         return model
+
+
+#: what every registered method declares, in its own class or a base below ``Method``: nothing
+#: here may fall back to a silent default (a method without a flow would be planned as something
+#: it is not)
+DECLARED = ("name", "Params", "derived_trainable", "flow", "composition")
+#: what every registered method declares in its own class, never inherited (qlora is a lora, but
+#: its own row of the table)
+DECLARED_OWN = ("name", "Params", "readme")
+
+
+def undeclared(method: Method) -> list[str]:
+    """The names of :data:`DECLARED`, :data:`DECLARED_OWN` and the method's family's ``requires``
+    that ``method`` leaves undeclared."""
+    below = [vars(k) for k in type(method).__mro__ if k not in (Method, object)]
+    missing = [a for a in DECLARED + method.requires if not any(a in d for d in below)]
+    return missing + [a for a in DECLARED_OWN if a not in vars(type(method)) and a not in missing]
 
 
 def freeze_all(model: nn.Module) -> None:

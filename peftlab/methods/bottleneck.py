@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 from torch import nn
 
+from peftlab.activations import Flow
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.errors import PeftlabError
 from peftlab.io import save_safetensors
@@ -45,7 +46,9 @@ class BottleneckParams(MethodParams):
 
 
 class BottleneckMethod(Method):
-    """Subclasses set ``name`` (= the adapter kind) and ``Params``."""
+    """Subclasses set ``name`` (= the adapter kind), ``Params`` and ``readme``."""
+
+    composition = None  # a nonlinearity between down and up: adapters do not add up
 
     def adapter_config(self, params: BottleneckParams) -> bl.BottleneckConfig:
         try:
@@ -79,6 +82,12 @@ class BottleneckMethod(Method):
 
     def derived_total(self, params: BottleneckParams, spec: ArchSpec) -> int:
         return total_params(spec) + self.adapter_params(params, spec)  # the head is trained in place
+
+    def flow(self, params: BottleneckParams, spec: ArchSpec) -> Flow:
+        """An adapter (width b, its nonlinearity) after each of its kind's sites in a block."""
+        size = self.adapter_config(params).size_for(spec.hidden)
+        first = f"{spec.layers_prefix}.0."
+        return Flow(adapters={n: (size, params.nonlinearity) for n in spec.layer_linears if bl.is_site(first + n, self.name)})
 
     def save(self, model: nn.Module, params: BottleneckParams, directory: Path) -> None:
         try:

@@ -12,9 +12,10 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 from torch import nn
 
+from peftlab.activations import Flow
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.errors import PeftlabError
-from peftlab.methods.base import Method
+from peftlab.methods.base import Method, Readme
 from peftlab.params import ArchSpec
 
 DEFAULT_TEMPLATES = ["a photo of a {}."]
@@ -66,23 +67,46 @@ class ClassEmbeddingsParams(MethodParams):
 
 
 class _ImageOnly(Method):
+    composition = None
     def check(self, params: Any, spec: ArchSpec | None, model_type: str) -> None:
         raise PeftlabError(f"config error: method {self.name!r} needs an image task with a CLIP backbone")
 
     def prepare(self, model: nn.Module, params: Any, spec: ArchSpec | None) -> nn.Module:
         raise PeftlabError(f"method {self.name!r} runs on image tasks only")
 
+    def derived_trainable(self, params: Any, spec: ArchSpec) -> int:
+        """No text closed form: image rows are counted on the image backbone (peftlab.images.params)."""
+        raise NotImplementedError(f"{self.name} runs on image tasks only")
+
+    def flow(self, params: Any, spec: ArchSpec) -> Flow:
+        raise PeftlabError(f"method {self.name!r} runs on image tasks only")
+
 
 class ClipZeroShot(_ImageOnly):
     name = "clip_zeroshot"
     Params = ClipZeroShotParams
+    readme = Readme(
+        on="CLIP",
+        trains="nothing: class prompts → text embeddings, averaged over `templates`",
+        closed_form="0",
+    )
 
 
 class Coop(_ImageOnly):
     name = "coop"
     Params = CoopParams
+    readme = Readme(
+        on="CLIP",
+        trains="`n_ctx` context vectors before each class name (shared, or one set per class)",
+        closed_form="`n_ctx` × text width (× classes)",
+    )
 
 
 class ClassEmbeddings(_ImageOnly):
     name = "class_embeddings"
     Params = ClassEmbeddingsParams
+    readme = Readme(
+        on="CLIP",
+        trains="one text-side embedding per class, initialised from the zero-shot classifier",
+        closed_form="classes × embedding dim",
+    )

@@ -6,8 +6,9 @@ from typing import Literal
 
 from torch import nn
 
+from peftlab.activations import Flow, full_flow
 from peftlab.config_base import MethodParams, PositiveFloat
-from peftlab.methods.base import Method
+from peftlab.methods.base import Method, Readme
 from peftlab.params import ArchSpec, total_params
 
 
@@ -21,6 +22,12 @@ class FullParams(MethodParams):
 class Full(Method):
     name = "full"
     Params = FullParams
+    composition = None  # nothing to add up: a fully fine-tuned model is not a module
+    readme = Readme(
+        on="text, image classifiers",
+        trains="every weight (batch-norm statistics saved too)",
+        closed_form="the architecture's total",
+    )
 
     def prepare(self, model: nn.Module, params: FullParams, spec: ArchSpec | None) -> nn.Module:
         for p in model.parameters():
@@ -29,3 +36,6 @@ class Full(Method):
 
     def derived_trainable(self, params: FullParams, spec: ArchSpec) -> int:
         return total_params(spec)
+
+    def flow(self, params: FullParams, spec: ArchSpec) -> Flow:
+        return full_flow(spec)

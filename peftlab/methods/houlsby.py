@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from peftlab.methods.base import Readme
 from peftlab.methods.bottleneck import BottleneckMethod, BottleneckParams
 
 
@@ -15,3 +16,9 @@ class HoulsbyParams(BottleneckParams):
 class Houlsby(BottleneckMethod):
     name = "houlsby"
     Params = HoulsbyParams
+    readme = Readme(
+        on="text",
+        trains=("bottleneck adapters (down, `nonlinearity`, up, residual) after the attention and the FFN output "
+                "projection of every block; the head; not mergeable"),
+        closed_form="2L × (2 d b + b + d) + head, b = `bottleneck_size` or d / `reduction_factor` (default 16)",
+    )

@@ -11,8 +11,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
+from peftlab.activations import Flow, full_flow
 from peftlab.config_base import MethodParams, PositiveFloat
-from peftlab.methods.base import Method
+from peftlab.methods.base import Method, Readme
 from peftlab.params import ArchSpec
 
 
@@ -52,6 +53,13 @@ class IclParams(MethodParams):
 class Icl(Method):
     name = "icl"
     Params = IclParams
+    composition = None
+    readme = Readme(
+        on="causal LMs",
+        trains=("nothing: each label scored by the log-likelihood of its verbalizer after an instruction, `shots` "
+                "demonstrations and the query"),
+        closed_form="0",
+    )
     runner = "icl"
     #: whether ``prepare_lm`` trains something that ``save`` writes (an adapter)
     saves_adapter: ClassVar[bool] = False
@@ -83,6 +91,11 @@ class Icl(Method):
 
     def derived_trainable(self, params: Any, spec: ArchSpec) -> int:
         return 0
+
+    def flow(self, params: Any, spec: ArchSpec) -> Flow:
+        """Planned as a full fine-tuning step: an over-count (scoring runs no backward pass) that
+        keeps the memory guard on the safe side until a forward-only count is written."""
+        return full_flow(spec)
 
 
 def template_overrides(params: IclParams) -> dict[str, Any]:

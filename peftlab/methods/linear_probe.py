@@ -11,8 +11,9 @@ from typing import Literal
 
 from torch import nn
 
+from peftlab.activations import Flow, full_flow
 from peftlab.config_base import MethodParams, PositiveFloat
-from peftlab.methods.base import Method, freeze_all, head_names, unfreeze
+from peftlab.methods.base import Method, Readme, freeze_all, head_names, unfreeze
 from peftlab.params import ArchSpec
 
 
@@ -26,6 +27,12 @@ class LinearProbeParams(MethodParams):
 class LinearProbe(Method):
     name = "linear_probe"
     Params = LinearProbeParams
+    composition = None
+    readme = Readme(
+        on="text, images",
+        trains="the head only, on frozen features computed once and cached",
+        closed_form="head (CLIP: (dim + 1) × classes)",
+    )
     caches_features = True
 
     def prepare(self, model: nn.Module, params: LinearProbeParams, spec: ArchSpec | None) -> nn.Module:
@@ -41,3 +48,8 @@ class LinearProbe(Method):
 
     def derived_trainable(self, params: LinearProbeParams, spec: ArchSpec) -> int:
         return spec.head
+
+    def flow(self, params: LinearProbeParams, spec: ArchSpec) -> Flow:
+        """Never walked (the cached-features runner has no backward through the backbone, and the
+        plan counts it by the rough forward rule); full fine-tuning's, the safe side, if it were."""
+        return full_flow(spec)

@@ -22,6 +22,7 @@ from pydantic import Field
 
 from peftlab.config_base import PositiveFloat
 from peftlab.icl.answer_loss import answer_loss
+from peftlab.methods.base import Readme
 from peftlab.methods.icl import Icl, IclParams
 from peftlab.methods.lora import default_targets
 from peftlab.results import EpochRecord
@@ -29,6 +30,7 @@ from peftlab.results import EpochRecord
 
 class LmLoraParams(IclParams):
     method: Literal["lm_lora"] = "lm_lora"  # type: ignore[assignment]
+    class_weight_unreachable = "lm_lora trains on its answer tokens' loss"
     lr: PositiveFloat = 2e-4
     r: int = Field(default=8, ge=1)
     alpha: PositiveFloat = 16.0
@@ -39,6 +41,13 @@ class LmLoraParams(IclParams):
 class LmLora(Icl):
     name = "lm_lora"
     Params = LmLoraParams
+    readme = Readme(
+        on="causal LMs",
+        trains=("LoRA on the LM, trained to say the gold label's verbalizer, then scored as `icl` (`quantize: "
+                "4bit`: QLoRA)"),
+        closed_form="none (counted from the model)",
+        via="peft",
+    )
     saves_adapter = True
 
     def prepare_lm(self, model: Any, params: LmLoraParams, ctx: Any) -> tuple[Any, Any]:

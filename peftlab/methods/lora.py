@@ -16,13 +16,25 @@ The LoRA family is options of this method, each a field peft already has:
   (:meth:`Lora.lr_scale`, the runner's optimizer hook);
 * ``target_modules: all-linear``: every linear of the backbone but the head (peft's shorthand;
   :func:`resolve_targets` names the same layers for the closed forms).
+
+Composition (``peftlab compose``; Zhang et al. 2023, "Composing Parameter-Efficient Modules with
+Arithmetic Operations"), :data:`COMPOSITION`:
+
+* ``parameter`` mode (the paper's): the factors are combined element-wise,
+  ``A = sum |l_i| A_i`` and ``B = sum l_i B_i``. A negative coefficient negates the module by
+  flipping its update (``-B``), never both factors (which would cancel out). Both factors are
+  scaled, so a lone ``l * a`` scales the update by ``l**2``; the paper's ``l a + (1 - l) b`` mixes.
+  Needs equal ranks and alphas.
+* ``weight`` mode (exact): ``dW = sum l_i s_i B_i A_i`` (``s = alpha / r``), stored either
+  exactly by concatenating the factors (rank = sum of ranks) or re-factorised by SVD to a chosen
+  rank (the best rank-R approximation). Any ranks and alphas.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from peft import LoraConfig
@@ -32,11 +44,13 @@ from pydantic import Field, field_validator, model_validator
 from safetensors.torch import load_file
 from torch import nn
 
+from peftlab.activations import Flow, block_linears, post_targeted
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.errors import PeftlabError
 from peftlab.io import save_safetensors
+from peftlab.methods.base import Composition, Readme
 from peftlab.methods.peft_common import PeftMethod, check_targets, seq_cls_config
-from peftlab.params import ArchSpec, all_linears, dora_params, lora_params
+from peftlab.params import ArchSpec, all_linears, targeted_linears
 
 #: peft's shorthand for every linear layer except the output/classification head
 ALL_LINEAR = "all-linear"
@@ -49,6 +63,10 @@ MUTATES_BASE = frozenset({"pissa", "olora"})
 INITIAL_ATTR = "peftlab_initial_lora"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
+#: the key endings of a saved adapter's factors
+LORA_A, LORA_B = ".lora_A.weight", ".lora_B.weight"
+#: LoRA options composition does not model (the update is no longer s * B A)
+_COMPOSE_UNSUPPORTED = {"use_dora": "DoRA", "lora_bias": "lora_bias", "use_qalora": "QA-LoRA"}
 
 
 class LoraParams(MethodParams):
@@ -125,9 +143,126 @@ def resolve_targets(params: LoraParams, spec: ArchSpec) -> list[str]:
     return list(all_linears(spec)) if targets == ALL_LINEAR else list(targets)
 
 
+# ---- composition: pure functions of saved adapters (peftlab.compose.adapter.Adapter) -----------
+
+def lora_modules(ad: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{module key prefix: (A [r, d_in], B [d_out, r])} of a LoRA adapter."""
+    out = {}
+    for k, a in ad.tensors.items():
+        if k.endswith(LORA_A):
+            prefix = k[: -len(LORA_A)]
+            b = ad.tensors.get(prefix + LORA_B)
+            if b is None:
+                raise PeftlabError(f"adapter {ad.name}: {k} has no matching lora_B")
+            out[prefix] = (a, b)
+    return out
+
+
+def lora_scaling(ad: Any) -> float:
+    """peft's scale of B A: alpha / r, or alpha / sqrt(r) with rsLoRA."""
+    r, alpha = float(ad.config["r"]), float(ad.config["lora_alpha"])
+    return alpha / r ** 0.5 if ad.config.get("use_rslora") else alpha / r
+
+
+def lora_delta(ad: Any, prefix: str) -> torch.Tensor:
+    """The weight update of one module, ``s * B @ A`` [d_out, d_in], in float64."""
+    a, b = lora_modules(ad)[prefix]
+    return lora_scaling(ad) * (b.double() @ a.double())
+
+
+def _combine_parameter(terms: list[tuple[float, Any]], rank: int | None
+                       ) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+    if rank is not None:
+        raise PeftlabError("--rank applies to --mode weight only (parameter mode keeps the operands' rank)")
+    first = terms[0][1]
+    out: dict[str, torch.Tensor] = {}
+    for prefix, (a0, b0) in lora_modules(first).items():
+        a = torch.zeros_like(a0)
+        b = torch.zeros_like(b0)
+        for coef, ad in terms:
+            ai, bi = lora_modules(ad)[prefix]
+            a = a + abs(coef) * ai
+            b = b + coef * bi
+        out[prefix + LORA_A], out[prefix + LORA_B] = a, b
+    return out, {}
+
+
+def _refactor(delta: torch.Tensor, rank: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best rank-``rank`` factors (Eckart-Young): B = U sqrt(S), A = sqrt(S) V^T; zero-padded."""
+    u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+    k = min(rank, s.numel())
+    root = s[:k].sqrt()
+    b = torch.zeros(delta.shape[0], rank, dtype=torch.float64)
+    a = torch.zeros(rank, delta.shape[1], dtype=torch.float64)
+    b[:, :k] = u[:, :k] * root
+    a[:k] = root[:, None] * vh[:k]
+    return a.to(dtype), b.to(dtype)
+
+
+def _combine_weight(terms: list[tuple[float, Any]], rank: int | None
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+    """Exact concatenation ``[l_1 s_1 B_1 | ... ] [A_1; ...]`` or SVD to ``rank``; scaling becomes 1."""
+    live = [(c, ad) for c, ad in terms if c != 0] or [(0.0, terms[0][1])]
+    out_rank = rank if rank is not None else sum(int(ad.config["r"]) for _, ad in live)
+    out: dict[str, torch.Tensor] = {}
+    for prefix, (a0, _) in lora_modules(terms[0][1]).items():
+        if rank is None:
+            a = torch.cat([lora_modules(ad)[prefix][0] for _, ad in live], dim=0)
+            b = torch.cat([c * lora_scaling(ad) * lora_modules(ad)[prefix][1] for c, ad in live], dim=1)
+        else:
+            delta = sum(c * lora_delta(ad, prefix) for c, ad in live)
+            a, b = _refactor(delta, rank, a0.dtype)
+        out[prefix + LORA_A], out[prefix + LORA_B] = a.to(a0.dtype), b.to(a0.dtype)
+    # alpha = r makes peft's scale exactly 1 (plain alpha / r, so rsLoRA is switched off)
+    return out, {"r": out_rank, "lora_alpha": out_rank, "use_rslora": False, "rank_pattern": {}, "alpha_pattern": {}}
+
+
+def _check_options(ad: Any) -> None:
+    for key, what in _COMPOSE_UNSUPPORTED.items():
+        if ad.config.get(key):
+            raise PeftlabError(f"adapter {ad.name}: {what} adapters are not supported by compose")
+    if ad.config.get("rank_pattern") or ad.config.get("alpha_pattern"):
+        raise PeftlabError(f"adapter {ad.name}: per-module rank_pattern/alpha_pattern is not supported by compose")
+    for prefix, (a, b) in lora_modules(ad).items():
+        if a.ndim != 2 or b.ndim != 2:
+            raise PeftlabError(f"adapter {ad.name}: {prefix} is not a linear layer; compose handles linear LoRA only")
+
+
+def _check_pair(a: Any, b: Any, mode: str) -> None:
+    if mode == "parameter" and (a.config["r"], a.config["lora_alpha"]) != (b.config["r"], b.config["lora_alpha"]):
+        raise PeftlabError(
+            f"parameter-space LoRA needs equal rank and alpha: {a.name} has r={a.config['r']} alpha={a.config['lora_alpha']}, "
+            f"{b.name} has r={b.config['r']} alpha={b.config['lora_alpha']}; use --mode weight"
+        )
+
+
+def _update_shapes(ad: Any) -> dict[str, tuple[int, ...]]:
+    """Weight mode: the factors may differ in rank, each update (d_out x d_in) must have one shape."""
+    return {prefix: (b.shape[0], a.shape[1]) for prefix, (a, b) in lora_modules(ad).items()}
+
+
+COMPOSITION = Composition(module_suffixes=(LORA_A, LORA_B),
+                          combiners={"parameter": _combine_parameter, "weight": _combine_weight},
+                          check_options=_check_options, check_pair=_check_pair, weight_shapes=_update_shapes)
+
 class Lora(PeftMethod):
     name = "lora"
     Params = LoraParams
+    peft_type = "LORA"
+    merges = True
+    composition = COMPOSITION
+    readme = Readme(
+        on="text, image classifiers",
+        trains=("rank-`r` A and B on `target_modules` (peft's default: attention query/value; ViT q_proj/v_proj, "
+                "EfficientNet's 1x1 convs; `all-linear`: every backbone linear but the head), plus the head. The "
+                "LoRA family, text only: `use_rslora` (scale alpha/√r), `use_dora` (DoRA: plus a trained "
+                "magnitude per output feature), `init: default | gaussian | pissa | olora` (PiSSA/OLoRA start "
+                "from W's top singular/QR part and train on the residual; saved converted to a plain rank-2r LoRA "
+                "on the untouched base), `lora_plus_ratio` (LoRA+: B's learning rate is lr × ratio)"),
+        closed_form=("sum over targeted linears of `r` × (d_in + d_out) (+ d_out with DoRA) + head (convs: `r` × "
+                     "(d_in·k² + d_out))"),
+        via="peft",
+    )
 
     def check(self, params: LoraParams, spec: ArchSpec | None, model_type: str) -> None:
         targets = peft_targets(params, model_type)
@@ -157,9 +292,26 @@ class Lora(PeftMethod):
         return params.lora_plus_ratio if params.lora_plus_ratio and ".lora_B." in name else 1.0
 
     def derived_trainable(self, params: LoraParams, spec: ArchSpec) -> int:
+        """A (r x d_in) and B (d_out x r) on each targeted linear: r (d_in + d_out); DoRA adds one
+        trained magnitude per output feature (d_out); plus the head."""
+        linears = targeted_linears(spec, resolve_targets(params, spec)).values()
+        dora = sum(d_out for _, d_out, _ in linears) if params.use_dora else 0
+        return sum(params.r * (d_in + d_out) for d_in, d_out, _ in linears) + dora + spec.head
+
+    def flow(self, params: LoraParams, spec: ArchSpec) -> Flow:
+        """LoRA's branches; with DoRA, each adapted linear also keeps 2 x d_out values per token
+        (its frozen output and its LoRA output, which the magnitude's gradient multiplies).
+        DoRA's weight norm goes through B A in the forward but is detached, so that graph is freed
+        before the backward and keeps nothing. qlora's too: bitsandbytes' 4-bit matmul keeps only
+        its (already counted) weight."""
         targets = resolve_targets(params, spec)
-        dora = dora_params(spec, targets) if params.use_dora else 0
-        return lora_params(spec, targets, params.r) + dora + spec.head
+        block = block_linears(spec, targets)
+        post = post_targeted(spec, targets)
+        dora = {n: spec.layer_linears[n][1] for n in block} if params.use_dora else {}
+        if params.use_dora and post:
+            dora[""] = sum(d_out for _, d_out, _ in spec.post_linears.values())
+        return Flow(lora={n: params.dropout for n in block}, lora_r=params.r,
+                    lora_post=params.dropout if post else None, dora=dora)
 
 
 def initial_lora(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -191,3 +343,4 @@ def to_plain_lora(directory: Path, initial: dict[str, torch.Tensor]) -> None:
     config["r"] *= 2
     config["init_lora_weights"] = True
     (directory / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+

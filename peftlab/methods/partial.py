@@ -11,10 +11,11 @@ from typing import Literal
 from pydantic import Field
 from torch import nn
 
+from peftlab.activations import Flow
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.errors import PeftlabError
-from peftlab.methods.base import Method, freeze_all, head_names, unfreeze
-from peftlab.params import FAMILIES, ArchSpec, top_layers_params
+from peftlab.methods.base import Method, Readme, freeze_all, head_names, unfreeze
+from peftlab.params import FAMILIES, ArchSpec, layer_params, post_params
 
 
 class PartialParams(MethodParams):
@@ -28,6 +29,12 @@ class PartialParams(MethodParams):
 class Partial(Method):
     name = "partial"
     Params = PartialParams
+    composition = None
+    readme = Readme(
+        on="text",
+        trains="the top `top_k` blocks (default 2), the post part (BERT's pooler, Llama's final norm), the head",
+        closed_form="min(`top_k`, L) × block + post + head",
+    )
 
     def check(self, params: PartialParams, spec: ArchSpec | None, model_type: str) -> None:
         if spec is None:
@@ -51,4 +58,10 @@ class Partial(Method):
         return model
 
     def derived_trainable(self, params: PartialParams, spec: ArchSpec) -> int:
-        return top_layers_params(spec, params.top_k)
+        """The top ``top_k`` blocks, the post part and the head."""
+        return min(params.top_k, spec.num_layers) * layer_params(spec) + post_params(spec) + spec.head
+
+    def flow(self, params: PartialParams, spec: ArchSpec) -> Flow:
+        """The top blocks and the post part train: nothing below the first trained block is kept."""
+        k = min(params.top_k, spec.num_layers)
+        return Flow(trained_blocks=frozenset(range(spec.num_layers - k, spec.num_layers)), post=True)

@@ -9,7 +9,7 @@ is built by :func:`seq_cls_config`, so the task type and the trained head are se
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from peft import PeftConfig, PeftModel, TaskType, get_peft_model
 from safetensors import SafetensorError
@@ -41,7 +41,14 @@ def check_targets(method: str, targets: list[str], spec: ArchSpec | None, model_
 
 
 class PeftMethod(Method):
-    """Subclasses provide ``peft_config``; prepare/save/load/derived_total are shared."""
+    """Subclasses provide ``peft_config`` and declare ``peft_type`` and ``merges``;
+    prepare/save/load/derived_total are shared."""
+
+    #: peft's name for its adapters (``adapter_config.json``'s ``peft_type``): "LORA", "IA3", ...
+    peft_type: ClassVar[str]
+    #: whether its trained update folds exactly into the base weights (``peftlab predict`` merges it)
+    merges: ClassVar[bool]
+    requires = ("peft_type", "merges")
 
     def peft_config(self, params: Any, model: nn.Module, spec: ArchSpec | None) -> PeftConfig:
         raise NotImplementedError

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Literal
 
 from peftlab.config_base import PositiveFloat
+from peftlab.methods.base import Readme
 from peftlab.methods.bottleneck import BottleneckMethod, BottleneckParams
 
 
@@ -20,3 +21,9 @@ class PfeifferParams(BottleneckParams):
 class Pfeiffer(BottleneckMethod):
     name = "pfeiffer"
     Params = PfeifferParams
+    readme = Readme(
+        on="text",
+        trains=("one bottleneck adapter per block, after the FFN output projection (half of Houlsby's); the head; "
+                "not mergeable"),
+        closed_form="L × (2 d b + b + d) + head",
+    )

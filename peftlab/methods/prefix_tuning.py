@@ -16,10 +16,12 @@ from peft import PrefixTuningConfig
 from pydantic import Field, model_validator
 from torch import nn
 
+from peftlab.activations import Flow
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.kv_cache import route_prefix_cache
+from peftlab.methods.base import Readme
 from peftlab.methods.peft_common import PeftMethod, seq_cls_config
-from peftlab.params import ArchSpec, prefix_tuning_params
+from peftlab.params import ArchSpec, linear_params, prefix_token_dim
 
 
 class PrefixTuningParams(MethodParams):
@@ -42,6 +44,17 @@ class PrefixTuningParams(MethodParams):
 class PrefixTuning(PeftMethod):
     name = "prefix_tuning"
     Params = PrefixTuningParams
+    peft_type = "PREFIX_TUNING"
+    merges = False
+    composition = None
+    readme = Readme(
+        on="text",
+        trains=("a key and a value vector per layer and virtual token (`num_virtual_tokens`), optionally through "
+                "a two-layer MLP (`projection: true`); the head"),
+        closed_form=("n × L × 2 × d_kv + head (d_kv = kv_heads × head_dim); projection: n × d_kv + Linear(d_kv, "
+                     "e) + Linear(e, 2 L d_kv) + head"),
+        via="peft",
+    )
 
     def peft_config(self, params: PrefixTuningParams, model: nn.Module, spec: ArchSpec | None) -> PrefixTuningConfig:
         return seq_cls_config(PrefixTuningConfig, model, spec, num_virtual_tokens=params.num_virtual_tokens,
@@ -54,5 +67,21 @@ class PrefixTuning(PeftMethod):
         return route_prefix_cache(super().load(model, params, spec, directory))
 
     def derived_trainable(self, params: PrefixTuningParams, spec: ArchSpec) -> int:
-        return (prefix_tuning_params(spec, params.num_virtual_tokens, params.projection, params.encoder_hidden_size)
-                + spec.head)
+        """peft's ``PrefixEncoder``: a key and a value per layer and virtual token, plus the head.
+
+        Without projection the prefix itself is the parameter: n x (layers * 2 * d). With projection,
+        an n x d embedding feeds Linear(d, enc) -> Tanh -> Linear(enc, layers * 2 * d), biases
+        included; ``d`` is :func:`~peftlab.params.prefix_token_dim` and ``enc`` defaults to ``d`` (as in peft).
+        """
+        n, d = params.num_virtual_tokens, prefix_token_dim(spec)
+        out = spec.num_layers * 2 * d
+        if not params.projection:
+            return n * out + spec.head
+        enc = params.encoder_hidden_size or d
+        return n * d + linear_params(d, enc, True) + linear_params(enc, out, True) + spec.head
+
+    def flow(self, params: PrefixTuningParams, spec: ArchSpec) -> Flow:
+        """With projection, the encoder keeps its input (d) and its Tanh output (enc) per token and example."""
+        d = prefix_token_dim(spec)
+        enc = (params.encoder_hidden_size or d) if params.projection else 0
+        return Flow(prefix_tokens=params.num_virtual_tokens, prefix_encoder_values=d + enc if params.projection else 0)

@@ -18,10 +18,12 @@ from peft import PromptTuningConfig, PromptTuningInit
 from pydantic import Field
 from torch import nn
 
+from peftlab.activations import Flow
 from peftlab.config_base import MethodParams, PositiveFloat
 from peftlab.errors import PeftlabError
+from peftlab.methods.base import Readme
 from peftlab.methods.peft_common import PeftMethod, seq_cls_config
-from peftlab.params import ArchSpec, prompt_tuning_params
+from peftlab.params import ArchSpec
 
 
 class PromptTuningParams(MethodParams):
@@ -44,6 +46,16 @@ def tokenizer_path(model: nn.Module) -> str:
 class PromptTuning(PeftMethod):
     name = "prompt_tuning"
     Params = PromptTuningParams
+    peft_type = "PROMPT_TUNING"
+    merges = False  # prompts add tokens, no weight to fold into
+    composition = None
+    readme = Readme(
+        on="text",
+        trains=("`num_virtual_tokens` (10) input embeddings prepended to the input, from `init_text`'s embeddings "
+                "(`init: text`) or random; the head"),
+        closed_form="`num_virtual_tokens` × d + head",
+        via="peft",
+    )
 
     def peft_config(self, params: PromptTuningParams, model: nn.Module, spec: ArchSpec | None) -> PromptTuningConfig:
         text = params.init == "text"
@@ -56,4 +68,9 @@ class PromptTuning(PeftMethod):
         )
 
     def derived_trainable(self, params: PromptTuningParams, spec: ArchSpec) -> int:
-        return prompt_tuning_params(spec, params.num_virtual_tokens) + spec.head
+        """One trained input embedding (width ``hidden``) per virtual token, plus the head."""
+        return params.num_virtual_tokens * spec.hidden + spec.head
+
+    def flow(self, params: PromptTuningParams, spec: ArchSpec) -> Flow:
+        """The sequence grows by the virtual tokens, through which gradients reach every block."""
+        return Flow(prompt_tokens=params.num_virtual_tokens)

@@ -25,6 +25,7 @@ from pydantic import Field
 from torch import nn
 
 from peftlab.errors import PeftlabError
+from peftlab.methods.base import Readme
 from peftlab.methods.lora import Lora, LoraParams
 from peftlab.params import ArchSpec
 
@@ -97,6 +98,14 @@ def disable_cpu_repacking(model: nn.Module) -> None:
 class Qlora(Lora):
     name = "qlora"
     Params = QloraParams
+    readme = Readme(
+        on="text",
+        trains=("`lora` on a base loaded quantised (`bits: 4`: NF4, double-quantised unless `double_quant: "
+                "false`; `bits: 8`: LLM.int8); LoRA and head in fp32; `lora`'s options except `init: pissa | "
+                "olora` (they rewrite the quantised base) and `loftq` (refused: peft's LoftQ runs on CUDA only)"),
+        closed_form="as `lora` (a quantised weight counts as one parameter)",
+        via="peft, bitsandbytes",
+    )
     shards = False  # bitsandbytes' packed integer weights are not FSDP-shardable (untested)
 
     def check(self, params: QloraParams, spec: ArchSpec | None, model_type: str) -> None:

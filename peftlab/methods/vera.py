@@ -1,0 +1,93 @@
+"""``vera``: VeRA (Kopiczko et al., 2024), vector-based random matrix adaptation, through peft.
+
+One pair of *frozen* random matrices, A (r x d_in) and B (d_out x r), is shared by every targeted
+linear (peft slices it to each layer's widths); each linear learns only two scaling vectors, so
+its update is ``diag(lambda_b) B diag(lambda_d) A``: r + d_out parameters per linear, whatever
+the rank. lambda_b starts at zero, so training starts from the base model. The head is trained
+too (peft's ``modules_to_save``). The random pair is saved with the adapter
+(``save_projection``), so plain ``PeftModel.from_pretrained`` reloads it without regenerating it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from peft import VeraConfig
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_VERA_TARGET_MODULES_MAPPING as VERA_TARGETS
+from pydantic import Field
+from torch import nn
+
+from peftlab.activations import Flow, block_linears, post_targeted
+from peftlab.config_base import MethodParams, PositiveFloat
+from peftlab.errors import PeftlabError
+from peftlab.methods.base import Readme
+from peftlab.methods.peft_common import PeftMethod, check_targets, seq_cls_config
+from peftlab.params import ArchSpec, targeted_linears
+
+
+class VeraParams(MethodParams):
+    method: Literal["vera"] = "vera"
+    #: not yet from bench/method_defaults.py's search (the method is newer than its last run): a
+    #: starting value from peft's examples; search: {lr: auto} centres on it
+    lr: PositiveFloat = 1e-2
+    #: rank of the shared random pair (costs r trained values per linear, not r x (d_in + d_out))
+    r: int = Field(default=256, ge=1)
+    #: linear names (peft's suffix rule); None: peft's per-architecture defaults (attention query/value)
+    target_modules: list[str] | None = Field(default=None, min_length=1)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    #: lambda_d's initial value (the paper's d_init; small values train more stably)
+    d_initial: PositiveFloat = 0.1
+    #: seed of the shared random pair
+    projection_prng_key: int = 0
+
+
+class Vera(PeftMethod):
+    name = "vera"
+    Params = VeraParams
+    peft_type = "VERA"
+    merges = True
+    composition = None  # the update is a product of the two trained vectors: adapters do not add up
+    readme = Readme(
+        on="text",
+        trains=("VeRA: one frozen random pair A (`r` × d_in), B (d_out × `r`) shared by every targeted linear "
+                "(peft's default: attention query/value), and per linear two trained scaling vectors, λ_d (`r`) "
+                "and λ_b (d_out); the head"),
+        closed_form="sum over targeted linears of `r` + d_out + head",
+        via="peft",
+    )
+
+    def targets(self, params: VeraParams, model_type: str) -> list[str]:
+        """The row's ``target_modules``, or peft's defaults for the architecture."""
+        if params.target_modules is not None:
+            return list(params.target_modules)
+        if model_type not in VERA_TARGETS:
+            raise PeftlabError(f"vera: no default target_modules for architecture {model_type!r}; set target_modules")
+        return list(VERA_TARGETS[model_type])
+
+    def check(self, params: VeraParams, spec: ArchSpec | None, model_type: str) -> None:
+        check_targets("vera", self.targets(params, model_type), spec, model_type)
+
+    def peft_config(self, params: VeraParams, model: nn.Module, spec: ArchSpec | None) -> VeraConfig:
+        return seq_cls_config(VeraConfig, model, spec, r=params.r,
+                              target_modules=self.targets(params, model.config.model_type),
+                              vera_dropout=params.dropout, d_initial=params.d_initial,
+                              projection_prng_key=params.projection_prng_key, save_projection=True)
+
+    def derived_trainable(self, params: VeraParams, spec: ArchSpec) -> int:
+        """lambda_d (r) and lambda_b (d_out) per targeted linear, plus the head; the shared A and B
+        are buffers, not parameters."""
+        linears = targeted_linears(spec, self.targets(params, spec.family)).values()
+        return sum(params.r + d_out for _, d_out, _ in linears) + spec.head
+
+    def flow(self, params: VeraParams, spec: ArchSpec) -> Flow:
+        """Per token, each adapted linear keeps A x (r, for lambda_d's gradient) and B (lambda_d A x)
+        (d_out, for lambda_b's); its input is not kept (A is frozen). With dropout, d_in more for
+        the mask (an over-count where no gradient reaches the input). A targeted pooler is counted
+        as trained (its input kept), near its r + d_out."""
+        targets = self.targets(params, spec.family)
+        mask = params.dropout > 0
+        branch = {}
+        for n in block_linears(spec, targets):
+            d_in, d_out, _ = spec.layer_linears[n]
+            branch[n] = params.r + d_out + (d_in if mask else 0)
+        return Flow(branch=branch, post=post_targeted(spec, targets))
