@@ -25,8 +25,8 @@ from peftlab.params import ArchSpec, targeted_linears
 
 class LohaParams(MethodParams):
     method: Literal["loha"] = "loha"
-    #: not yet from bench/method_defaults.py's search (the method is newer than its last run): a
-    #: starting value from peft's examples; search: {lr: auto} centres on it
+    #: not yet the pick of bench/method_defaults.py (the method is newer than its last run): a
+    #: starting value, unsearched; search: {lr: auto} centres on it
     lr: PositiveFloat = 1e-3
     r: int = Field(default=8, ge=1)
     alpha: PositiveFloat = 8.0

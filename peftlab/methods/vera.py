@@ -27,8 +27,8 @@ from peftlab.params import ArchSpec, targeted_linears
 
 class VeraParams(MethodParams):
     method: Literal["vera"] = "vera"
-    #: not yet from bench/method_defaults.py's search (the method is newer than its last run): a
-    #: starting value from peft's examples; search: {lr: auto} centres on it
+    #: not yet the pick of bench/method_defaults.py (the method is newer than its last run): a
+    #: starting value, unsearched; search: {lr: auto} centres on it
     lr: PositiveFloat = 1e-2
     #: rank of the shared random pair (costs r trained values per linear, not r x (d_in + d_out))
     r: int = Field(default=256, ge=1)
