@@ -164,21 +164,35 @@ def searched(bench: Bench) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def searched_lrs(bench: Bench, labels: list[str], store: dict[str, Any]) -> dict[str, float]:
-    """Each label's best searched learning rate on ``bench``; a label without trials is an error
-    that says which command fills it in."""
-    out, missing = {}, []
-    for label in labels:
+#: a benchmark's best trial must beat chance loss by this much (normalised loss below 1 - margin) to
+#: set a method's lr there; otherwise its trials did not learn within their budget (MultiNLI at 100
+#: steps, for several methods) and the best of them is noise, so the method trains at its default
+INFORMATIVE_MARGIN = 0.03
+
+
+def searched_lrs(bench: Bench, rows: list[dict[str, Any]], store: dict[str, Any]) -> tuple[dict[str, float], list[str]]:
+    """Each row's learning rate on ``bench`` and the labels that fell back to their method's default.
+
+    The value is the row's best stored trial on ``bench`` when that trial learned (normalised loss
+    below ``1 - INFORMATIVE_MARGIN``), else the method's default (the SST-2 pick). A label without
+    trials is an error that says which command fills it in."""
+    out, fallback, missing = {}, [], []
+    for row in rows:
+        label = row_label(row)
         entry = store.get(SAME_AS.get(label, label))
-        k = best_index(trial_scores(entry, len(bench.labels))) if entry and entry["trials"] else None
+        scores = trial_scores(entry, len(bench.labels)) if entry and entry["trials"] else {}
+        k = best_index(scores)
         if k is None:
             missing.append(label)
-        else:
+        elif scores[k] < 1 - INFORMATIVE_MARGIN:
             out[label] = ladder(k)
+        else:
+            out[label] = float(METHODS.get(row["method"]).Params.model_fields["lr"].default)
+            fallback.append(label)
     if missing:
         raise SystemExit(f"error: {bench.key}: no searched learning rate for {', '.join(missing)}; run "
                          f"python bench/method_defaults.py --benchmarks {bench.key} first")
-    return out
+    return out, fallback
 
 
 def suite_config(bench: Bench, source: dict[str, Any], methods: list[dict[str, Any]], seeds: list[int],
@@ -232,6 +246,7 @@ class BenchView:
     results: list[RunResult] = field(default_factory=list)  # finished (ok) and failed rows of the current config
     baseline: RunResult | None = None
     search_cost: dict[str, float] = field(default_factory=dict)  # label -> seconds of its documented lr search
+    at_default: list[str] = field(default_factory=list)  # labels whose trials here stayed at chance (default lr)
 
     def done(self) -> set[tuple[int, str]]:
         return {(r.seed, r.name) for r in self.results if r.status == "ok"}
@@ -291,7 +306,8 @@ def _fmt_lr(values: list[float]) -> str:
     return " / ".join(f"{v:.2g}" for v in sorted(set(values))) if values else "-"
 
 
-def method_row(label: str, rows: list[RunResult], verdict: str, search_s: float | None = None) -> str:
+def method_row(label: str, rows: list[RunResult], verdict: str, search_s: float | None = None,
+               at_default: bool = False) -> str:
     ok = [r for r in rows if r.status == "ok"]
     failed = len(rows) - len(ok)
     if not ok:
@@ -305,7 +321,7 @@ def method_row(label: str, rows: list[RunResult], verdict: str, search_s: float 
     return (f"| {label} | {len(ok)}{f' ({failed} failed)' if failed else ''} | {pm(s.acc)} | {pm(s.f1)} | "
             f"{'-' if pct is None else f'{pct:.3g}'} | "
             f"{sum(train_s) / len(train_s):.0f} | {'-' if search_s is None else f'{search_s:.0f}'} | "
-            f"{max(peak) / 2**20:.0f} | {_fmt_lr(lrs)} | "
+            f"{max(peak) / 2**20:.0f} | {_fmt_lr(lrs)}{' (default)' if at_default else ''} | "
             f"{VERDICT.get(verdict, verdict)}{f'; collapsed in {collapsed}' if collapsed else ''} |")
 
 
@@ -314,8 +330,8 @@ def bench_table(view: BenchView) -> list[str]:
     verdict = versus_best(summarise(ok), select_metric(ok)) if ok else {}
     lines = ["| method | seeds done | accuracy | macro-F1 | trainable % | train s | search s | peak MB | lr | vs best |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    lines += [method_row(m, [r for r in view.results if r.name == m], verdict.get(m, ""), view.search_cost.get(m))
-              for m in view.planned]
+    lines += [method_row(m, [r for r in view.results if r.name == m], verdict.get(m, ""), view.search_cost.get(m),
+                         m in view.at_default) for m in view.planned]
     if view.baseline is not None and view.baseline.accuracy is not None:
         lines.append(f"| majority class (reference) | - | {view.baseline.accuracy:.4f} | "
                      f"{view.baseline.macro_f1 or 0:.4f} | 0 | | | | | |")
@@ -417,7 +433,8 @@ def render(views: list[BenchView], command: str, hardware: str, search: bool, qu
     lines += ["", "accuracy and macro-F1: mean ± sample std over the finished seeds; trainable %: of all parameters; "
               "train s: mean training time per seed (evaluation excluded); search s: the method's lr search on this "
               "benchmark (once, for all seeds); peak MB: the highest peak memory over seeds (process RSS on CPU); "
-              "lr: the learning rate trained with; vs best: peftlab's "
+              "lr: the learning rate trained with ((default): this benchmark's trials stayed within "
+              f"{INFORMATIVE_MARGIN:g} of chance loss, so the method's default); vs best: peftlab's "
               "multi-seed verdict, n.s. = within the spread of the best (|difference| < std_a + std_b).", "",
               "#### Ordering against the published results", "",
               f"Published (as quoted in issue 19): {PUBLISHED}. Those are larger models and other tasks; what carries "
@@ -513,14 +530,19 @@ def main(argv: list[str] | None = None) -> int:
     root = run_root(args.quick)
     cfgs: dict[str, tuple[ExperimentConfig, int]] = {}
     runnable: set[str] = set()
+    fallbacks: dict[str, list[str]] = {}
     for b in benches:
         n_eval = args.n_eval or b.n_eval
         path = root / b.key / "config.yaml"
         if args.render_only and path.is_file():
             cfgs[b.key] = (load_config(path), n_eval)
+            try:
+                fallbacks[b.key] = [] if args.quick else searched_lrs(b, methods, searched(b))[1]
+            except SystemExit:
+                pass
             continue
         try:
-            lrs = None if args.quick else searched_lrs(b, [row_label(m) for m in methods], searched(b))
+            lrs, fallbacks[b.key] = (None, []) if args.quick else searched_lrs(b, methods, searched(b))
         except SystemExit as missing:  # this benchmark's search is not done yet: the other may run, and
             print(f"skip {missing}")   # the section shows this one's rows as not run
             cfgs[b.key] = (validate_raw(suite_config(b, source, methods, seeds, root, args.n_train, n_eval)), n_eval)
@@ -544,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"   {b.key} seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
     views = [load_view(b, cfg, args.n_train, n_eval, search_costs(searched(b)) if not args.quick else {})
              for b, (cfg, n_eval) in zip(benches, cfgs.values())]
+    for v in views:
+        v.at_default = fallbacks.get(v.bench.key, [])
     if not args.render_only:
         for v, (cfg, _) in zip(views, cfgs.values()):
             summary(v, Path(cfg.output_dir))

@@ -214,11 +214,16 @@ def test_method_suite_trains_each_method_at_its_searched_value():
     store = {"lora": {"trials": {"-6": {"eval_loss": 0.60, "cost_s": 2.0}, "-5": {"eval_loss": 0.40, "cost_s": 3.0},
                                  "-4": {"eval_loss": None, "cost_s": 1.0}}},
              "full": {"trials": {"-8": {"eval_loss": 0.5, "cost_s": 1.0}, "-7": {"eval_loss": 0.5, "cost_s": 1.0}}}}
-    assert ms.searched_lrs(bench, ["lora", "qlora", "full"], store) == {"lora": 0.00316, "qlora": 0.00316,
-                                                                         "full": 0.0001}  # a tie: the smaller
+    rows = [{"method": "lora"}, {"method": "qlora"}, {"method": "full"}, {"method": "ia3"}]
+    store["ia3"] = {"trials": {"-4": {"eval_loss": 0.99 * math.log(2)}, "-3": {"eval_loss": 0.995 * math.log(2)}}}
+    lrs, at_default = ms.searched_lrs(bench, rows, store)
+    assert lrs == {"lora": 0.00316, "qlora": 0.00316, "full": 0.0001,  # full: a tie, the smaller
+                   "ia3": ms.METHODS.get("ia3").Params.model_fields["lr"].default}  # trials at chance: default
+    assert at_default == ["ia3"]
+    del store["ia3"]
     assert ms.search_costs(store) == {"lora": 6.0, "full": 2.0, "qlora": 6.0}
     with pytest.raises(SystemExit, match="no searched learning rate for ia3; run python bench/method_defaults.py"):
-        ms.searched_lrs(bench, ["lora", "ia3"], store)
+        ms.searched_lrs(bench, [{"method": "lora"}, {"method": "ia3"}], store)
 
 
 def _defaults():
