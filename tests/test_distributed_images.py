@@ -216,7 +216,7 @@ def test_each_rank_loads_its_own_generators_and_a_bad_file_is_one_line(tmp_path:
     """In one process: rank 1 gets the state saved as its file, rank 0 (and rank 2, absent) rank 0's."""
     from torch import nn
 
-    from peftlab.errors import PeftlabError
+    from peftlab.infra.errors import PeftlabError
     from peftlab.runners.checkpoint import Progress, load_checkpoint, restore_rng, rng_payload, save_checkpoint
 
     model = nn.Linear(2, 2)

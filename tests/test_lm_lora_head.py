@@ -15,7 +15,7 @@ from peftlab.config import TrainConfig
 from peftlab.icl.answer_loss import accepts_logits_to_keep, answer_loss, answer_positions, full_head_loss
 from peftlab.methods import lm_lora
 from peftlab.methods.lm_lora import LmLoraParams, _batch, train_verbalizer
-from peftlab.precision import Precision
+from peftlab.backbones.precision import Precision
 
 # (prompt ids, answer ids): prompt lengths 3..9, answers of 1 to 3 tokens
 ROWS = [([4, 10, 11, 12], [20]), ([4, 13, 14, 15, 16, 17, 18, 19, 10], [21, 22, 23]),
@@ -76,7 +76,7 @@ def test_the_same_on_a_4bit_base(tmp_path):
     pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed")
     from conftest import make_tokenizer
     from peftlab.config import BackboneConfig
-    from peftlab.icl.lm import load_causal_lm
+    from peftlab.backbones.causal_lm import load_causal_lm
 
     torch.manual_seed(5)
     LlamaForCausalLM(tiny_config("llama")).save_pretrained(str(tmp_path))

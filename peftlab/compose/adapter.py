@@ -9,8 +9,8 @@ with safetensors only (never pickle).
 The fingerprint (``meta``) comes from the peftlab run around the adapter (``results.json``:
 method, backbone, labels) or from the ``peftlab_compose.json`` a composed adapter carries; a plain
 peft folder has only ``base_model_name_or_path`` and ``revision`` (an offline alias's hub id there
-is read back as the alias: its packaged copy, :func:`peftlab.backbones.alias_of`). ``base_fp`` is peftlab's
-fingerprint of the base weights (``base_fingerprint.json``, :mod:`peftlab.fingerprint`), which
+is read back as the alias: its packaged copy, :func:`peftlab.backbones.loaders.alias_of`). ``base_fp`` is peftlab's
+fingerprint of the base weights (``base_fingerprint.json``, :mod:`peftlab.infra.fingerprint`), which
 every adapter peftlab saves carries, composed ones included, so that none is put on another base.
 """
 
@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from peftlab.backbones import alias_of
-from peftlab.errors import PeftlabError
-from peftlab.fingerprint import FINGERPRINT_FILE, write_fingerprint
-from peftlab.io import read_json, save_safetensors
+from peftlab.backbones.loaders import alias_of
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.fingerprint import FINGERPRINT_FILE, write_fingerprint
+from peftlab.infra.io import read_json, save_safetensors
 from peftlab.methods import METHODS
 from peftlab.methods.base import Composition, Method, read_safetensors
 

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 
 
 def compose_command(

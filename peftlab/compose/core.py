@@ -10,7 +10,7 @@ from peftlab.compose.adapter import Adapter, load_adapter, save_adapter
 from peftlab.compose.expr import linear_form
 from peftlab.compose.ops import combine
 from peftlab.compose.validate import check_compatible
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 
 
 def parse_adapter_args(items: list[str]) -> dict[str, str]:

@@ -14,8 +14,8 @@ from peftlab.compose import scenario_data as sd
 from peftlab.compose.core import compose, load_pool
 from peftlab.compose.scenarios import SCENARIOS, Module, Plan, ScenarioConfig
 from peftlab.compose.sweep import Validation, parse_sweep, run_sweep, score, write_sweep
-from peftlab.errors import PeftlabError
-from peftlab.io import atomic_write_text
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.io import atomic_write_text
 from peftlab.results import RunResult, read_result
 
 

@@ -28,10 +28,10 @@ from pydantic import Field, field_validator, model_validator
 
 from peftlab.compose import scenario_data as sd
 from peftlab.config import TaskConfig, TrainConfig, apply_overrides, load_raw
-from peftlab.config_base import StrictModel
-from peftlab.errors import PeftlabError
+from peftlab.infra.config_base import StrictModel
+from peftlab.infra.errors import PeftlabError
 from peftlab.methods.lora import LoraParams
-from peftlab.registry import Registry
+from peftlab.infra.registry import Registry
 from peftlab.tasks.base import Split
 from peftlab.tasks.sampling import stratified_indices, stratified_split
 
@@ -266,7 +266,7 @@ def is_scenario(path: str | Path) -> bool:
 def check_scenario(path: str | Path, overrides: list[str] | None = None) -> str:
     """``peftlab validate`` of a scenario config: its schema (sweep included), trackers and data
     splits (the plan), with no model loaded; returns the ok line (a problem is one PeftlabError)."""
-    from peftlab.tracking import check_trackers
+    from peftlab.infra.tracking import check_trackers
 
     cfg = load_scenario(path, overrides)
     check_trackers(cfg.train.log_to)

@@ -19,8 +19,8 @@ import numpy as np
 from peftlab.compose.adapter import Adapter
 from peftlab.compose.core import compose, write
 from peftlab.compose.model import evaluate, labels_of, load_with_adapter
-from peftlab.errors import PeftlabError
-from peftlab.io import atomic_write_text, dir_size_bytes
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.io import atomic_write_text, dir_size_bytes
 from peftlab.results import EpochRecord, RunResult, Timing, environment
 from peftlab.tasks.base import Split
 
@@ -128,7 +128,7 @@ def run_sweep(text: str, pool: dict[str, Adapter], var: str, values: list[float]
     for v in values:
         composed, record = compose(text, pool, mode, rank, head, {var: v}, base, force_base)
         if tok is None:
-            from peftlab.backbones import load_tokenizer
+            from peftlab.backbones.loaders import load_tokenizer
             from peftlab.compose.model import backbone_of
 
             tok = load_tokenizer(backbone_of(composed, base))

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from peftlab.registry import Registry
+from peftlab.infra.registry import Registry
 from peftlab.tasks.base import Split
 
 #: (train split, eval split, k, seed, embed function) -> demonstration indices per eval example
@@ -72,7 +72,7 @@ def minilm_embedder(backbone: str = "minilm-l6", batch_size: int = 64, max_lengt
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from peftlab.backbones import resolve
+    from peftlab.backbones.loaders import resolve
 
     path = resolve(backbone)
     tok = AutoTokenizer.from_pretrained(path)

@@ -19,9 +19,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from peftlab.config import TrainConfig
-from peftlab.errors import PeftlabError
-from peftlab.io import save_safetensors
-from peftlab.registry import Registry
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.io import save_safetensors
+from peftlab.infra.registry import Registry
 from peftlab.runners.distributed import barrier, is_main
 from peftlab.tasks.images import ImageTaskData
 
@@ -40,7 +40,7 @@ class ImageContext:
     tcfg: TrainConfig
     device: torch.device
     cache_dir: Path | None = None
-    #: the base model's fingerprint, saved beside every adapter (peftlab.fingerprint)
+    #: the base model's fingerprint, saved beside every adapter (peftlab.infra.fingerprint)
     fingerprint: dict[str, str] | None = None
     _features: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 

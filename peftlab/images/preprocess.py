@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from peftlab.errors import PeftlabError
-from peftlab.io import read_json
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.io import read_json
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -204,7 +204,7 @@ def load_adapter_state_dict(model: nn.Module, sd: dict[str, torch.Tensor]) -> No
 
 def save_adapters(model: nn.Module, cfg: BottleneckConfig, directory) -> None:
     """Write adapter_model.safetensors + adapter_config.json into ``directory`` (created)."""
-    from peftlab.io import save_safetensors
+    from peftlab.infra.io import save_safetensors
 
     wrapped = _wrapped(model)
     if not wrapped:

@@ -25,12 +25,12 @@ from peft.utils.constants import (
 from pydantic import Field
 from torch import nn
 
-from peftlab.activations import Flow, block_linears
-from peftlab.config_base import MethodParams, PositiveFloat
-from peftlab.errors import PeftlabError
+from peftlab.estimate.activations import Flow, block_linears
+from peftlab.infra.config_base import MethodParams, PositiveFloat
+from peftlab.infra.errors import PeftlabError
 from peftlab.methods.base import Composition, Readme
 from peftlab.methods.peft_common import PeftMethod, check_targets, seq_cls_config
-from peftlab.params import ArchSpec, targeted_linears
+from peftlab.estimate.params import ArchSpec, targeted_linears
 
 
 class Ia3Params(MethodParams):

@@ -11,10 +11,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from peftlab.activations import Flow, full_flow
-from peftlab.config_base import MethodParams, PositiveFloat
+from peftlab.estimate.activations import Flow, full_flow
+from peftlab.infra.config_base import MethodParams, PositiveFloat
 from peftlab.methods.base import Method, Readme
-from peftlab.params import ArchSpec
+from peftlab.estimate.params import ArchSpec
 
 
 class IclParams(MethodParams):
@@ -65,14 +65,14 @@ class Icl(Method):
     saves_adapter: ClassVar[bool] = False
 
     def check(self, params: Any, spec: ArchSpec | None, model_type: str) -> None:
-        from peftlab.errors import PeftlabError
+        from peftlab.infra.errors import PeftlabError
         from peftlab.prompts import load_template
 
         if spec is not None and not spec.is_decoder:
             raise PeftlabError(f"config error: {params.label}: {params.method} needs a causal LM backbone, "
                                f"and {model_type} is an encoder (set the row's backbone, e.g. smollm2-135m)")
         load_template(params.template, template_overrides(params))
-        from peftlab.icl.lm import check_quantize
+        from peftlab.backbones.causal_lm import check_quantize
 
         check_quantize(params.quantize)
 

@@ -20,7 +20,7 @@ import torch
 from peft import LoraConfig, TaskType, get_peft_model
 from pydantic import Field
 
-from peftlab.config_base import PositiveFloat
+from peftlab.infra.config_base import PositiveFloat
 from peftlab.icl.answer_loss import answer_loss
 from peftlab.methods.base import Readme
 from peftlab.methods.icl import Icl, IclParams

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 from peftlab.report.calibration import Calibration, calibration_of
 from peftlab.results import BASELINE_METHOD, PREDICTIONS_FILE, RESULTS_FILE, Predictions, RunResult, read_predictions, read_result
 
@@ -35,7 +35,7 @@ class RunDir:
     config: dict[str, Any] = field(default_factory=dict)
     #: (command line, working folder) as the user typed it, when recorded
     original: tuple[str, str] | None = None
-    #: ``accelerate launch ...`` / ``torchrun ...`` when the run was started by a launcher (peftlab.launcher)
+    #: ``accelerate launch ...`` / ``torchrun ...`` when the run was started by a launcher (peftlab.infra.launcher)
     launcher: str | None = None
 
     @property
@@ -136,7 +136,7 @@ def _original_command(path: Path) -> tuple[tuple[str, str] | None, str | None]:
     is absent or unreadable (it is a courtesy, not data)."""
     import shlex
 
-    from peftlab.launcher import launch_prefix
+    from peftlab.infra.launcher import launch_prefix
 
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from peftlab.metrics import never_predicted
+from peftlab.results.metrics import never_predicted
 from peftlab.report.collect import Row, RunDir
 from peftlab.report.plots import Point, pareto_frontier
-from peftlab.registry import Registry
+from peftlab.infra.registry import Registry
 from peftlab.report.calibration import N_BINS, Calibration
 from peftlab.report.svg import colour
 from peftlab.results import BASELINE_METHOD, RunResult

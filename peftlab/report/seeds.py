@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from peftlab.metrics import SELECT_METRICS, selection_value
+from peftlab.results.metrics import SELECT_METRICS, selection_value
 from peftlab.report.paired import Paired, interval_text, wilson_interval
 from peftlab.report.calibration import Calibration, calibration_of
 from peftlab.results import BASELINE_METHOD, Predictions, RunResult
@@ -94,7 +94,7 @@ def select_metric(results: list[RunResult]) -> str:
 
 
 def versus_best(summaries: list[SeedSummary], metric: str = "accuracy") -> dict[str, str]:
-    """Each method against the best mean ``metric`` (peftlab.metrics.selection_value): best /
+    """Each method against the best mean ``metric`` (peftlab.results.metrics.selection_value): best /
     n.s. (within spread) / below best."""
     stats = {s.name: v for s in summaries if (v := s.stat(metric)) is not None and not math.isnan(v[0])}
     if not stats:

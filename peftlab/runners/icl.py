@@ -4,7 +4,7 @@ One row = one method config; with several demonstration ``seeds`` every seed is 
 the eval set, and the row reports the mean and spread of accuracy and macro-F1 (per-class report
 and confusion matrix pooled over the seeds). Methods with ``runner = "icl"`` may first adapt the
 LM (``Method.prepare_lm``: LoRA on the verbalizer objective); scoring is then identical.
-Both follow ``train.mixed_precision`` as training does (peftlab.precision), probed at the LM's
+Both follow ``train.mixed_precision`` as training does (peftlab.backbones.precision), probed at the LM's
 own shapes; a quantised LM on CPU stays fp32 (``Icl.keeps_fp32``).
 """
 
@@ -19,21 +19,21 @@ import numpy as np
 import torch
 from transformers import set_seed
 
-from peftlab.backbones import load_tokenizer
+from peftlab.backbones.loaders import load_tokenizer
 from peftlab.config import BackboneConfig, ExperimentConfig
 from peftlab.icl.calibration import CONTENT_FREE, calibrate, content_free_prior, label_scores, normalise, softmax
 from peftlab.icl.demos import SELECTORS, minilm_embedder
 from peftlab.icl.fit import Window, context_limit, fit_prompt
-from peftlab.icl.lm import load_causal_lm
+from peftlab.backbones.causal_lm import load_causal_lm
 from peftlab.icl.reasoning import extract_answer, majority_vote, sample_chains
 from peftlab.icl.scoring import Encoded, PrefixScorer, encode_requests
 from peftlab.methods.icl import template_overrides
-from peftlab.metrics import classification_metrics, is_collapsed, majority_class
-from peftlab.params import count_params
+from peftlab.results.metrics import classification_metrics, is_collapsed, majority_class
+from peftlab.estimate.params import count_params
 from peftlab.prompts.template import Demo, PromptTemplate, answer_strings, load_template, render_context
 from peftlab.results import ParamCounts, Predictions, RunResult, Timing, environment
 from peftlab.runners.measure import PeakMemory
-from peftlab.precision import Precision
+from peftlab.backbones.precision import Precision
 from peftlab.runners.train import make_accelerator, train_precision
 from peftlab.tasks.base import Split, TaskData
 

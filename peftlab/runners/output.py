@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Literal
 
 from peftlab.config import ExperimentConfig, dump_config
-from peftlab.errors import PeftlabError
-from peftlab.io import atomic_write_json, atomic_write_text
-from peftlab.launcher import launcher_record
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.io import atomic_write_json, atomic_write_text
+from peftlab.infra.launcher import launcher_record
 from peftlab.report.collect import COMMAND_FILE
 from peftlab.runners.distributed import barrier, is_main
 from peftlab.runners.distributed import start as start_distributed
 from peftlab.runners.rows import say
-from peftlab.threads import apply_threads
+from peftlab.infra.threads import apply_threads
 
 
 #: whole-run summaries, rewritten at the end of every run
@@ -45,7 +45,7 @@ def decide_resume(out: Path, config_text: str, mode: ResumeMode) -> bool:
 
 def prepare_output(cfg: ExperimentConfig, resume: ResumeMode = "fresh",
                    command: list[str] | None = None) -> tuple[Path, bool]:
-    """Create the run folder, store the resolved config in it, set the torch threads (peftlab.threads).
+    """Create the run folder, store the resolved config in it, set the torch threads (peftlab.infra.threads).
 
     Returns the folder and whether the run already in it is continued (see ``decide_resume``).
     Under ``accelerate launch`` every process decides before rank 0 alone changes the folder.

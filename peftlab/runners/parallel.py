@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from peftlab.config import ExperimentConfig, load_config
-from peftlab.config_base import MethodParams
-from peftlab.errors import PeftlabError
+from peftlab.infra.config_base import MethodParams
+from peftlab.infra.errors import PeftlabError
 from peftlab.results import RESULTS_FILE, RunResult, read_result
 from peftlab.runners.progress import say
-from peftlab.threads import available_cores, decide_threads, warn_if_busy
+from peftlab.infra.threads import available_cores, decide_threads, warn_if_busy
 
 WORKER_LOG = "worker.log"
 
@@ -75,7 +75,7 @@ class Job:
 def run_parallel(cfg: ExperimentConfig, workers: int, quiet: bool = False, resume: Any = "auto",
                  command: list[str] | None = None) -> list[RunResult]:
     """Every method of ``cfg`` on up to ``workers`` processes at once; results in config order."""
-    from peftlab.plan import check_fits
+    from peftlab.estimate.plan import check_fits
     from peftlab.runners.experiment import preflight
     from peftlab.runners.output import prepare_output, write_run_report
     from peftlab.runners.rows import BASELINE, baseline_result, finished_result
@@ -187,7 +187,7 @@ def worker_main(argv: list[str]) -> int:
     """One method of the run in ``out`` (its config.yaml), exactly as the sequential runner does it."""
     from peftlab.runners.experiment import Encodings, run_methods
     from peftlab.tasks import load_task
-    from peftlab.threads import apply_threads
+    from peftlab.infra.threads import apply_threads
 
     out, label, mode = Path(argv[0]), argv[1], argv[2]
     cfg = load_config(out / "config.yaml")

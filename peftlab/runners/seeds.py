@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from peftlab.config import ExperimentConfig, dump_config
-from peftlab.io import atomic_write_text
+from peftlab.infra.io import atomic_write_text
 from peftlab.report.compare import write_comparison
 from peftlab.report.seeds import seed_dir
 from peftlab.results import RunResult

@@ -29,7 +29,7 @@ from typing import Any
 
 from torch import nn
 
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 from peftlab.runners.distributed import world_size
 
 

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from peftlab.config import TaskConfig
-from peftlab.errors import PeftlabError
-from peftlab.registry import Registry
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.registry import Registry
 from peftlab.tasks.loaders import hf_split
 from peftlab.tasks.sampling import finish_splits
 

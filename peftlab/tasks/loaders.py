@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from peftlab.config import TaskConfig
-from peftlab.errors import PeftlabError, first_line
-from peftlab.registry import Registry
+from peftlab.infra.errors import PeftlabError, first_line
+from peftlab.infra.registry import Registry
 from peftlab.tasks.base import Split, TaskData, drop_eval_duplicates
 from peftlab.tasks.builtin import BUILTIN_TASKS
 from peftlab.tasks.sampling import finish_splits, hold_out

@@ -103,7 +103,7 @@ def finish_splits(train: Any, ev: Any | None, cfg: Any, seed: int, split_seed: i
 
     ``train`` and ``ev`` are any splits with ``labels`` and ``take(indices)`` (text or images).
     """
-    from peftlab.errors import PeftlabError
+    from peftlab.infra.errors import PeftlabError
 
     if ev is None:
         train, ev = hold_out(train, cfg.eval_fraction, split_seed)

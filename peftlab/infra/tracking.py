@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any, Protocol
 
-from peftlab.errors import PeftlabError
-from peftlab.registry import Registry
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.registry import Registry
 from peftlab.results import RunResult
 
 

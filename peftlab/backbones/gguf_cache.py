@@ -16,8 +16,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from peftlab.errors import PeftlabError
-from peftlab.io import follow_umask, temp_dir
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.io import follow_umask, temp_dir
 
 CACHE_ENV = "PEFTLAB_CACHE"
 DONE_MARK = ".peftlab-complete"

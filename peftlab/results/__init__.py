@@ -13,8 +13,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from peftlab.errors import PeftlabError, first_line
-from peftlab.io import atomic_write_json, atomic_write_text, read_json
+from peftlab.infra.errors import PeftlabError, first_line
+from peftlab.infra.io import atomic_write_json, atomic_write_text, read_json
 
 #: the method (and row name) of the majority-class reference row every text and image run starts with
 BASELINE_METHOD = "majority_class"
@@ -258,7 +258,7 @@ def environment(device: str) -> dict[str, Any]:
     import transformers
 
     import peftlab
-    from peftlab.threads import available_cores
+    from peftlab.infra.threads import available_cores
 
     return {
         "peftlab": peftlab.__version__,

@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import torch
 
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 
 ENV = "PEFTLAB_CPU_PRECISION"
 ENV_VALUES = ("fp32", "bf16", "probe")
@@ -181,8 +181,8 @@ def cached_probe(shapes: Shapes, threads: int | None = None,
     An unreadable or malformed cache file is measured over; one that cannot be written only
     costs a new measurement next time (the run itself goes on).
     """
-    from peftlab.gguf_cache import cache_root
-    from peftlab.io import atomic_write_json
+    from peftlab.backbones.gguf_cache import cache_root
+    from peftlab.infra.io import atomic_write_json
 
     threads = threads or torch.get_num_threads()
     path = cache_root() / CACHE_FILE

@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 
-from peftlab.backbones import _kwargs, loading_weights, resolve
+from peftlab.backbones.loaders import _kwargs, loading_weights, resolve
 from peftlab.config import BackboneConfig
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 from peftlab.methods.qlora import disable_cpu_repacking
 
 

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 
 if TYPE_CHECKING:
     from peftlab.tasks.base import Split
