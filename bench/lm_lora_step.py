@@ -36,7 +36,8 @@ from peftlab.config import BackboneConfig, TrainConfig, validate_raw
 from peftlab.icl.answer_loss import answer_loss, full_head_loss
 from peftlab.backbones.causal_lm import load_causal_lm
 from peftlab.methods.icl import IclParams
-from peftlab.methods.lm_lora import LmLoraParams, _batch, add_lora, training_rows
+from peftlab.methods.lm_lora import LmLoraParams, add_lora
+from peftlab.runners.lm_fit import _batch, training_rows
 from peftlab.methods.lora import Lora, LoraParams
 from peftlab.estimate.params import arch_spec
 from peftlab.runners.icl import make_prompting

@@ -16,6 +16,9 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from peftlab.infra.config_base import MethodParams, PositiveFloat, StrictModel
 from peftlab.infra.errors import PeftlabError
+from peftlab.infra.guards import check_task_type
+from peftlab.infra.tracking import tracker_names
+from peftlab.methods import METHODS
 
 
 class BackboneConfig(StrictModel):
@@ -125,8 +128,6 @@ class TrainConfig(StrictModel):
     @field_validator("log_to", mode="before")
     @classmethod
     def _trackers(cls, v: Any) -> list[str]:
-        from peftlab.infra.tracking import tracker_names
-
         return tracker_names(v)
 
 
@@ -152,8 +153,6 @@ class SearchConfig(StrictModel):
 @lru_cache(maxsize=1)
 def _method_union() -> Any:
     """Discriminated union of every registered method's parameter model (built once)."""
-    from peftlab.methods import METHODS
-
     classes = tuple(METHODS.get(n).Params for n in METHODS.names())
     return Annotated[Union[classes], Field(discriminator="method")]  # type: ignore[valid-type]
 
@@ -192,8 +191,6 @@ class ExperimentConfig(StrictModel):
     @classmethod
     def _methods_shorthand(cls, v: Any) -> Any:
         if isinstance(v, list):
-            from peftlab.infra.guards import check_task_type
-
             return [{"method": m} if isinstance(m, str) else
                     check_task_type(m, f"methods[{i}]") if isinstance(m, dict) else m for i, m in enumerate(v)]
         return v
@@ -258,14 +255,10 @@ def _format_error(err: ValidationError) -> str:
     loc = list(e["loc"])
     # A discriminated union puts the tag in the path (methods[1].lora.r): drop it.
     if len(loc) >= 3 and loc[0] == "methods" and isinstance(loc[1], int) and isinstance(loc[2], str):
-        from peftlab.methods import METHODS
-
         if loc[2] in METHODS:
             del loc[2]
     where = _format_loc(tuple(loc))
     if e["type"] == "union_tag_invalid":
-        from peftlab.methods import METHODS
-
         tag = e.get("ctx", {}).get("tag", "?")
         return f"{where}.method: {METHODS.unknown_message(tag)}"
     if e["type"] == "union_tag_not_found":

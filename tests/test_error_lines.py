@@ -32,7 +32,7 @@ def test_peft_refusal_is_one_line(tiny_bert):
 
 
 def test_missing_hf_split_is_one_line(tmp_path):
-    from peftlab.tasks.loaders import hf_split
+    from peftlab.tasks.hub import hf_split
 
     cfg = TaskConfig(source="hf", hf_id="csv")
     with pytest.raises(PeftlabError, match=r"^task.hf_id 'csv' split 'train': cannot load \(") as info:

@@ -221,12 +221,12 @@ def test_in_context_scoring_follows_the_setting(tmp_path, tiny_bert, monkeypatch
 
 
 def test_lm_lora_training_follows_the_setting(tmp_path, tiny_bert, monkeypatch):
-    from peftlab.methods import lm_lora
+    from peftlab.runners import lm_fit
 
     lm = save_tiny_causal_lm(tmp_path / "lm", seed=1)
     autocast: list[bool] = []
-    real = lm_lora._batch
-    monkeypatch.setattr(lm_lora, "_batch", lambda *a: autocast.append(torch.is_autocast_enabled("cpu")) or real(*a))
+    real = lm_fit._batch
+    monkeypatch.setattr(lm_fit, "_batch", lambda *a: autocast.append(torch.is_autocast_enabled("cpu")) or real(*a))
     row = {"method": "lm_lora", "backbone": lm, "example": "{text} so it was", "instruction": "the drug", "lr": 1e-3,
            "verbalizers": {"positive": " good", "negative": " bad", "neutral": " meh"}}
     (r,) = icl_runner_rows(tmp_path / "a", tiny_bert, row, "bf16")

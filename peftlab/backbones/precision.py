@@ -38,6 +38,9 @@ from typing import Any, Literal
 import torch
 
 from peftlab.infra.errors import PeftlabError
+from peftlab.backbones.gguf_cache import cache_root
+from peftlab.infra.io import atomic_write_json
+from peftlab.runners.distributed import is_main, world_size
 
 ENV = "PEFTLAB_CPU_PRECISION"
 ENV_VALUES = ("fp32", "bf16", "probe")
@@ -181,9 +184,6 @@ def cached_probe(shapes: Shapes, threads: int | None = None,
     An unreadable or malformed cache file is measured over; one that cannot be written only
     costs a new measurement next time (the run itself goes on).
     """
-    from peftlab.backbones.gguf_cache import cache_root
-    from peftlab.infra.io import atomic_write_json
-
     threads = threads or torch.get_num_threads()
     path = cache_root() / CACHE_FILE
     key = cache_key(shapes, threads)
@@ -216,8 +216,6 @@ def _read_entries(path: Any) -> dict[str, Any]:
 def shared_probe(shapes: Shapes) -> Probe:
     """:func:`cached_probe` on rank 0 only, its figures sent to every process of an ``accelerate
     launch``: ranks timed apart could choose differently, and timed together they slow each other."""
-    from peftlab.runners.distributed import is_main, world_size
-
     if world_size() == 1:
         return cached_probe(shapes)
     from accelerate.utils import broadcast_object_list

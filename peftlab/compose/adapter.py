@@ -30,6 +30,7 @@ from peftlab.infra.fingerprint import FINGERPRINT_FILE, write_fingerprint
 from peftlab.infra.io import read_json, save_safetensors
 from peftlab.methods import METHODS
 from peftlab.methods.base import Composition, Method, read_safetensors
+from peftlab.results import read_result
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -121,7 +122,6 @@ def _run_meta(adir: Path) -> dict[str, Any]:
     mdir = adir.parent
     if not (mdir / "results.json").is_file():
         return {}
-    from peftlab.results import read_result
 
     r = read_result(mdir / "results.json")
     meta: dict[str, Any] = {"method": r.method, "backbone": r.backbone, "labels": list(r.labels)}

@@ -17,6 +17,9 @@ from peftlab.compose.sweep import Validation, parse_sweep, run_sweep, score, wri
 from peftlab.infra.errors import PeftlabError
 from peftlab.infra.io import atomic_write_text
 from peftlab.results import RunResult, read_result
+from peftlab.config import validate_raw
+from peftlab.report.compare import write_comparison
+from peftlab.runners.experiment import run_experiment
 
 
 def _module_config(cfg: ScenarioConfig, mod: Module, out: Path) -> dict[str, Any]:
@@ -34,9 +37,6 @@ def _module_config(cfg: ScenarioConfig, mod: Module, out: Path) -> dict[str, Any
 
 def train_modules(cfg: ScenarioConfig, plan: Plan, out: Path, reuse: bool, quiet: bool) -> dict[str, RunResult]:
     """Train every module as an ordinary one-method peftlab run (reused when asked and present)."""
-    from peftlab.config import validate_raw
-    from peftlab.runners.experiment import run_experiment
-
     done: dict[str, RunResult] = {}
     for mod in plan.modules:
         raw = _module_config(cfg, mod, out)
@@ -105,8 +105,6 @@ def report(cfg: ScenarioConfig, plan: Plan, modules: dict[str, RunResult], rows:
 
 def run_scenario(cfg: ScenarioConfig, reuse: bool = False, quiet: bool = True, command: str = "") -> str:
     import torch
-
-    from peftlab.report.compare import write_comparison
 
     t0 = time.perf_counter()
     if cfg.train.num_threads:

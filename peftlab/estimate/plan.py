@@ -40,7 +40,11 @@ import psutil
 from peftlab.config import ExperimentConfig
 from peftlab.infra.config_base import MethodParams
 from peftlab.infra.errors import PeftlabError
-from peftlab.estimate.params import ArchSpec, all_linears, total_params
+from peftlab.estimate.params import all_linears, arch_spec, ArchSpec, total_params
+from peftlab.backbones.loaders import load_hf_config
+from peftlab.estimate.activation_flows import training_step_bytes
+from peftlab.methods import METHODS
+from peftlab.tasks import load_task
 
 FP32 = 4
 #: the factor the estimate is held to against the measured peak (tests/test_plan.py)
@@ -143,8 +147,6 @@ def activation_bytes(method: Any, params: MethodParams, spec: ArchSpec, conf: An
                      length: int, device: str) -> int:
     """One training step's activations: counted op by op from the method's flow where the family is
     known, else the rough rule."""
-    from peftlab.estimate.activation_flows import training_step_bytes
-
     counted = None if method.caches_features else training_step_bytes(
         method.flow(params, spec), spec, conf, batch, length, mask_bytes=1 if device == "cuda" else 4)
     if counted is None:
@@ -154,8 +156,6 @@ def activation_bytes(method: Any, params: MethodParams, spec: ArchSpec, conf: An
 
 def plan_method(params: MethodParams, spec: ArchSpec, conf: Any, batch: int, length: int,
                 overhead: int, device: str = "cpu") -> MethodPlan:
-    from peftlab.methods import METHODS
-
     method = METHODS.get(params.method)
     try:
         trainable = method.derived_trainable(params, spec)
@@ -189,7 +189,6 @@ def task_labels(cfg: ExperimentConfig) -> int:
     """The number of labels (it sizes the head): from the config, else from the data (no model needed)."""
     if cfg.task.label_names:
         return len(cfg.task.label_names)
-    from peftlab.tasks import load_task
 
     return load_task(cfg.task, cfg.train.seed).num_labels
 
@@ -197,9 +196,6 @@ def task_labels(cfg: ExperimentConfig) -> int:
 def make_plan(cfg: ExperimentConfig, num_labels: int | None = None) -> Plan:
     """Estimates for every method of ``cfg``, each on its own backbone (``cfg.backbone_for``), from the
     backbones' configs alone (and the label count)."""
-    from peftlab.backbones.loaders import load_hf_config
-    from peftlab.estimate.params import arch_spec
-
     device, free, overhead = device_memory(cfg)
     plan = Plan(device=device, available_bytes=free)
     if cfg.task.modality != "text":

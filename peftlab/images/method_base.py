@@ -24,6 +24,7 @@ from peftlab.infra.io import save_safetensors
 from peftlab.infra.registry import Registry
 from peftlab.runners.distributed import barrier, is_main
 from peftlab.tasks.images import ImageTaskData
+from peftlab.methods.base import read_safetensors
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 HEAD_FILE = "head.safetensors"
@@ -130,7 +131,5 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from peftlab.methods.base import read_safetensors
-
     return read_safetensors(path, "saved weights")
 

@@ -24,7 +24,7 @@ from peftlab.estimate.activations import Flow
 from peftlab.infra.config_base import MethodParams
 from peftlab.infra.errors import PeftlabError
 from peftlab.infra.io import save_safetensors
-from peftlab.estimate.params import ArchSpec
+from peftlab.estimate.params import ArchSpec, total_params
 
 #: Names of the classification-head module used when the architecture has no closed-form spec.
 DEFAULT_HEADS = ("classifier", "score")
@@ -132,8 +132,6 @@ class Method:
 
     def derived_total(self, params: Any, spec: ArchSpec) -> int:
         """Total parameters of the prepared model; methods that add parameters override."""
-        from peftlab.estimate.params import total_params
-
         return total_params(spec)
 
     def save(self, model: nn.Module, params: Any, directory: Path) -> None:

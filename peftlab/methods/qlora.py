@@ -53,6 +53,17 @@ class QloraParams(LoraParams):
     }
 
 
+def check_quantize(quantize: str) -> None:
+    """One line, before anything loads, when ``quantize`` needs bitsandbytes and it is missing."""
+    if quantize == "none":
+        return
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise PeftlabError(f"quantize: {quantize} needs bitsandbytes (pip install 'bitsandbytes>=0.50'), "
+                           f"which cannot be imported ({exc})") from None
+
+
 def _bitsandbytes() -> Any:
     try:
         import bitsandbytes  # noqa: F401

@@ -18,6 +18,7 @@ import yaml
 from peftlab.infra.errors import PeftlabError
 from peftlab.report.calibration import Calibration, calibration_of
 from peftlab.results import BASELINE_METHOD, PREDICTIONS_FILE, RESULTS_FILE, Predictions, RunResult, read_predictions, read_result
+from peftlab.infra.launcher import launch_prefix
 
 CONFIG_FILE = "config.yaml"
 #: the command line that started a run and its working folder (written by ``peftlab run``)
@@ -135,8 +136,6 @@ def _original_command(path: Path) -> tuple[tuple[str, str] | None, str | None]:
     """The recorded command line (with its launcher's prefix) and that prefix alone; None for what
     is absent or unreadable (it is a courtesy, not data)."""
     import shlex
-
-    from peftlab.infra.launcher import launch_prefix
 
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -14,6 +14,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from peftlab.tasks.base import Split
+from peftlab.runners.distributed import shard_global_batches
 
 
 class Features(Dataset):
@@ -73,8 +74,6 @@ class LengthGroupedBatches:
         return full * self.processes + math.ceil(rest / self.batch_size)  # per-process pieces
 
     def batches(self, epoch: int) -> list[list[int]]:
-        from peftlab.runners.distributed import shard_global_batches
-
         if self.processes == 1:
             return self._global_batches(epoch, self.batch_size)
         size = self.batch_size * self.processes  # the global batch

@@ -19,6 +19,7 @@ from peftlab.runners.distributed import barrier, is_main
 from peftlab.runners.distributed import start as start_distributed
 from peftlab.runners.rows import say
 from peftlab.infra.threads import apply_threads
+from peftlab.report.write import write_report
 
 
 #: whole-run summaries, rewritten at the end of every run
@@ -74,8 +75,6 @@ def prepare_output(cfg: ExperimentConfig, resume: ResumeMode = "fresh",
 
 def write_run_report(out: Path, quiet: bool) -> None:
     """report.md / report.html beside the results; results are already safe if this fails."""
-    from peftlab.report.write import write_report
-
     try:
         _, html = write_report([out], out)
         say(quiet, f"report: {html}")
