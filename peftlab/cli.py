@@ -1,6 +1,9 @@
 """The ``peftlab`` command line: run, validate, plan, predict, report, list.
 
 User errors (PeftlabError) print one line and exit with code 2; no traceback.
+Each command imports what it runs inside its own body: ``peftlab --help`` then starts without
+loading torch, transformers or any method (the package's one deliberate exception
+to imports at the top, with compose/cli.py).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import platform
 import time
@@ -203,8 +204,6 @@ def cached_probe(shapes: Shapes, threads: int | None = None,
 
 
 def _read_entries(path: Any) -> dict[str, Any]:
-    import json
-
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from peftlab.backbones.loaders import alias_of
 from peftlab.infra.errors import PeftlabError
@@ -127,8 +128,6 @@ def _run_meta(adir: Path) -> dict[str, Any]:
     meta: dict[str, Any] = {"method": r.method, "backbone": r.backbone, "labels": list(r.labels)}
     cfg_path = mdir.parent / "config.yaml"
     if cfg_path.is_file():
-        import yaml
-
         backbone = (yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}).get("backbone")
         if isinstance(backbone, dict):
             meta["revision"] = backbone.get("revision")

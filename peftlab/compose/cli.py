@@ -1,4 +1,7 @@
-"""``peftlab compose``: the command (registered on the main app in :mod:`peftlab.cli`)."""
+"""``peftlab compose``: the command (registered on the main app in :mod:`peftlab.cli`).
+
+Like peftlab/cli.py, it imports the composition code inside the command, so the CLI starts fast.
+"""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator, ValidationError
 
 from peftlab.compose import scenario_data as sd
 from peftlab.config import _format_error, apply_overrides, load_raw, TaskConfig, TrainConfig
@@ -246,8 +246,6 @@ def analogy(cfg: ScenarioConfig) -> Plan:
 
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> ScenarioConfig:
-    from pydantic import ValidationError
-
     raw = load_raw(path)
     apply_overrides(raw, overrides)
     try:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
 from peftlab.infra.io import save_safetensors
 
 KINDS = ("houlsby", "pfeiffer")

@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-
 from peft import IA3Config
 from peft.utils.constants import (
     TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as IA3_FEEDFORWARD,

@@ -8,6 +8,7 @@ a composition sweep), so it reads only the RunResult schema and the run folder's
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -94,8 +95,6 @@ def reproduce_note(run: RunDir) -> str:
 
 
 def _shell_quote(s: str) -> str:
-    import shlex
-
     return shlex.quote(s)
 
 
@@ -135,8 +134,6 @@ def load_run_dir(path: Path) -> tuple[RunDir, list[Path]]:
 def _original_command(path: Path) -> tuple[tuple[str, str] | None, str | None]:
     """The recorded command line (with its launcher's prefix) and that prefix alone; None for what
     is absent or unreadable (it is a courtesy, not data)."""
-    import shlex
-
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         argv = [str(a) for a in data["argv"]]

@@ -6,6 +6,7 @@ little it recorded (an in-context row without epochs or timing simply contribute
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -291,8 +292,6 @@ def effective_params(row: Row) -> dict[str, Any]:
 
 def _adapter_targets(row: Row) -> list[str] | None:
     """The target modules peft recorded in the row's saved adapter (adapter_config.json), if any."""
-    import json
-
     if not row.result.adapter_path:
         return None
     try:

@@ -9,6 +9,8 @@ against the best: the seeds cannot tell them apart.
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,9 +208,6 @@ def note(metric: str = "accuracy") -> str:
 
 def summary_csv(results: list[RunResult], paired: dict[str, Paired] | None = None,
                 preds: list[Predictions | None] | None = None) -> str:
-    import csv
-    import io
-
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
     w.writeheader()

@@ -13,9 +13,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+import peftlab
 from peftlab.infra.errors import PeftlabError, first_line
 from peftlab.infra.io import atomic_write_json, atomic_write_text, read_json
-import peftlab
 from peftlab.infra.threads import available_cores
 
 #: the method (and row name) of the majority-class reference row every text and image run starts with

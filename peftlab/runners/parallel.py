@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import peftlab
 from peftlab.config import ExperimentConfig, load_config
 from peftlab.infra.config_base import MethodParams
 from peftlab.infra.errors import PeftlabError
 from peftlab.results import RESULTS_FILE, RunResult, read_result
 from peftlab.runners.progress import say
 from peftlab.infra.threads import apply_threads, available_cores, decide_threads, warn_if_busy
-import peftlab
 from peftlab.estimate.plan import check_fits
 from peftlab.report.compare import write_comparison
 from peftlab.runners.checkpoint import clear_checkpoints
