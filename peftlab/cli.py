@@ -52,7 +52,7 @@ def run(config: Path, overrides: Overrides = None,
     else:
         results = run_experiment(cfg, quiet=quiet, resume=mode, command=["peftlab", *sys.argv[1:]])
     failed = [r.name for r in results if r.status != "ok"]
-    from peftlab.runners.distributed import is_main
+    from peftlab.infra.distributed import is_main
 
     if not is_main():  # under accelerate launch rank 0 alone writes and prints the comparison
         raise typer.Exit(1 if failed else 0)

@@ -120,7 +120,7 @@ import numpy as np, torch, torch.distributed as dist
 from torch import nn
 root = Path(sys.argv[1])
 sys.path.insert(0, sys.argv[2])
-from peftlab.runners.distributed import start
+from peftlab.infra.distributed import start
 start(cpu=True)  # accelerate's process group (gloo), as peftlab run joins it
 rank = dist.get_rank()
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding

@@ -41,7 +41,7 @@ import torch
 from peftlab.infra.errors import PeftlabError
 from peftlab.backbones.gguf_cache import cache_root
 from peftlab.infra.io import atomic_write_json
-from peftlab.runners.distributed import is_main, world_size
+from peftlab.infra.distributed import is_main, world_size
 
 ENV = "PEFTLAB_CPU_PRECISION"
 ENV_VALUES = ("fp32", "bf16", "probe")

@@ -22,7 +22,7 @@ from peftlab.config import TrainConfig
 from peftlab.infra.errors import PeftlabError
 from peftlab.infra.io import save_safetensors
 from peftlab.infra.registry import Registry
-from peftlab.runners.distributed import barrier, is_main
+from peftlab.infra.distributed import barrier, is_main
 from peftlab.tasks.images import ImageTaskData
 from peftlab.methods.base import read_safetensors
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from peftlab.infra.errors import PeftlabError
-from peftlab.runners.distributed import is_main
+from peftlab.infra.distributed import is_main
 
 if TYPE_CHECKING:
     from peftlab.tasks.base import Split

@@ -14,7 +14,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from peftlab.tasks.base import Split
-from peftlab.runners.distributed import shard_global_batches
+from peftlab.infra.distributed import shard_global_batches
 
 
 class Features(Dataset):
@@ -56,7 +56,7 @@ class LengthGroupedBatches:
     Each pass (epoch) draws a new order from ``seed`` and the pass number, so a run is
     reproducible and under data parallelism every process sees the same order before sharding.
     With ``processes`` > 1 the order is drawn for global batches of ``batch_size * processes``,
-    each cut into per-process pieces of ``batch_size`` (``peftlab.runners.distributed``), so N
+    each cut into per-process pieces of ``batch_size`` (``peftlab.infra.distributed``), so N
     processes train on the very batches one process would with the N-times larger batch.
     """
 

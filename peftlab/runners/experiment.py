@@ -34,7 +34,7 @@ from peftlab.results import EpochRecord, Predictions, RunResult, environment
 from peftlab.runners.batching import Features, encode
 from peftlab.runners.cached import fit_head
 from peftlab.runners.checkpoint import clear_checkpoints
-from peftlab.runners.distributed import is_main
+from peftlab.infra.distributed import is_main
 from peftlab.runners.icl import run_icl
 from peftlab.runners.lr_search import search_lr
 from peftlab.runners.measure import PeakMemory

@@ -36,7 +36,7 @@ from peftlab.report.compare import write_comparison
 from peftlab.results import Predictions, RunResult, environment
 from peftlab.runners.cached import fit_tensors, predict_tensors
 from peftlab.runners.checkpoint import clear_checkpoints
-from peftlab.runners.distributed import is_main
+from peftlab.infra.distributed import is_main
 from peftlab.runners.output import ResumeMode, prepare_output
 from peftlab.runners.rows import (ADAPTER_DIR, baseline_row, changed_since, checkpoint_plan, guarded, kept_or_run,
                                   record_predictions, save_atomically, say, stop_if_diverged, trainable_fingerprint,

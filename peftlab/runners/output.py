@@ -15,8 +15,8 @@ from peftlab.infra.errors import PeftlabError
 from peftlab.infra.io import atomic_write_json, atomic_write_text
 from peftlab.infra.launcher import launcher_record
 from peftlab.report.collect import COMMAND_FILE
-from peftlab.runners.distributed import barrier, is_main
-from peftlab.runners.distributed import start as start_distributed
+from peftlab.infra.distributed import barrier, is_main
+from peftlab.infra.distributed import start as start_distributed
 from peftlab.runners.rows import say
 from peftlab.infra.threads import apply_threads
 from peftlab.report.write import write_report

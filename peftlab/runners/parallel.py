@@ -36,7 +36,7 @@ from peftlab.infra.threads import apply_threads, available_cores, decide_threads
 from peftlab.estimate.plan import check_fits
 from peftlab.report.compare import write_comparison
 from peftlab.runners.checkpoint import clear_checkpoints
-from peftlab.runners.distributed import world_size
+from peftlab.infra.distributed import world_size
 from peftlab.runners.experiment import Encodings, preflight, run_methods
 from peftlab.runners.output import prepare_output, write_run_report
 from peftlab.runners.rows import BASELINE, base_result, baseline_result, finished_result

@@ -30,7 +30,7 @@ from peftlab.results.metrics import classification_metrics, is_collapsed, majori
 from peftlab.results import (BASELINE_METHOD, PREDICTIONS_FILE, RESULTS_FILE, ParamCounts, Predictions, RunResult, Timing, read_result,
                              write_predictions)
 from peftlab.runners.checkpoint import clear_checkpoints, complete_checkpoints, load_checkpoint
-from peftlab.runners.distributed import barrier, is_main
+from peftlab.infra.distributed import barrier, is_main
 from peftlab.runners.measure import PeakMemory
 from peftlab.runners.train import CheckpointPlan, FitOutcome
 from peftlab.tasks import TaskData

@@ -17,7 +17,7 @@ from peftlab.infra.io import atomic_write_text
 from peftlab.report.compare import write_comparison
 from peftlab.report.seeds import seed_dir
 from peftlab.results import RunResult
-from peftlab.runners.distributed import is_main
+from peftlab.infra.distributed import is_main
 
 __all__ = ["run_seeds", "seed_config", "seed_dir", "single_seed"]
 

@@ -30,7 +30,7 @@ from typing import Any
 from torch import nn
 
 from peftlab.infra.errors import PeftlabError
-from peftlab.runners.distributed import world_size
+from peftlab.infra.distributed import world_size
 
 
 def fsdp_requested() -> bool:

@@ -28,7 +28,7 @@ from peftlab.backbones.precision import Precision, resolve, shapes_of
 from peftlab.results import EpochRecord
 from peftlab.runners.batching import Features, LengthGroupedBatches, sorted_batches
 from peftlab.runners.eta import TIMED_STEPS, WARMUP_STEPS, estimate_total_s, eta_line
-from peftlab.runners.distributed import all_finite, global_sums
+from peftlab.infra.distributed import all_finite, global_sums
 from peftlab.runners.checkpoint import Progress, Resumed, rank_rng_states, restore_rng, save_checkpoint
 from peftlab.runners.progress import bar as progress_bar
 from peftlab.runners.progress import metrics_text, say, track
