@@ -106,9 +106,9 @@ def measure(case: Case, rounds: int, cached_reps: int) -> dict[str, Any]:
 def text_lp(args: argparse.Namespace) -> Case:
     from transformers import DataCollatorWithPadding
 
-    from peftlab.backbones import load_classifier, load_tokenizer
+    from peftlab.backbones.loaders import load_classifier, load_tokenizer
     from peftlab.methods.linear_probe import LinearProbe, LinearProbeParams
-    from peftlab.params import arch_spec
+    from peftlab.estimate.params import arch_spec
     from peftlab.runners.batching import Features, encode
     from peftlab.runners.cached import head_inputs
     from peftlab.tasks import load_task

@@ -17,12 +17,12 @@ every part and every round, so a killed run keeps what it measured):
 * ``train``: full / LoRA / QLoRA 4-bit on both models, peftlab vs the transformers Trainer with
   the same settings (bf16 autocast, dynamic padding, group_by_length, bench/train_throughput.py's
   hyperparameters, same pairs), in interleaved rounds after an untimed warm-up of every side:
-  examples/s, tokens/s, useful-FLOP utilisation (peftlab.flops), peak CUDA memory (max allocated
-  above what was held before) and `peftlab plan`'s estimate (peftlab.plan.estimate_bytes, from the
+  examples/s, tokens/s, useful-FLOP utilisation (peftlab.estimate.flops), peak CUDA memory (max allocated
+  above what was held before) and `peftlab plan`'s estimate (peftlab.estimate.plan.estimate_bytes, from the
   config alone, recorded by run_experiment);
 * ``icl``: peftlab's in-context scorer (run_experiment, method icl, 0 and 4 shots) examples/s;
   lm-eval is not on the device machine and cannot be installed there (no network), so no ratio;
-* ``latency``: LoRA merged (peftlab.predict.merge_for_inference) vs unmerged vs base, batch 1
+* ``latency``: LoRA merged (peftlab.runners.predict.merge_for_inference) vs unmerged vs base, batch 1
   and 32, fp32 and bf16 autocast.
 
 ``--tiny`` (automatic without CUDA): tiny models and sizes, for checking the script end to end on
@@ -80,7 +80,7 @@ MB = 2**20
 
 def prepare_data(out: Path, n_train: int = 2000, n_eval: int = 500) -> None:
     """Model configs + tokenizers (no weights) and the first MultiNLI pairs, into ``out``."""
-    from peftlab.backbones import resolve
+    from peftlab.backbones.loaders import resolve
 
     for sub, alias in MODELS.items():
         src, dst = Path(resolve(alias)), out / sub
@@ -174,7 +174,7 @@ class TrainBench:
     """Every (model, method, side) training run of the ``train`` part, and what they measured."""
 
     def __init__(self, args: argparse.Namespace, models: dict[str, Path], work: Path) -> None:
-        from peftlab.backbones import load_tokenizer
+        from peftlab.backbones.loaders import load_tokenizer
         from peftlab.config import BackboneConfig
         from peftlab.tasks import load_task
 
@@ -327,7 +327,7 @@ def latency_part(models: dict[str, Path], args: argparse.Namespace) -> dict[str,
     """Median ms per forward: base, LoRA merged (what `peftlab predict` serves), LoRA unmerged."""
     import inference_latency
 
-    from peftlab.backbones import load_tokenizer
+    from peftlab.backbones.loaders import load_tokenizer
     from peftlab.config import BackboneConfig
     from peftlab.tasks import load_task
 

@@ -215,7 +215,7 @@ class Probe:
     """What every variant shares: the model folder, the config, the task and its encodings."""
 
     def __init__(self, args: argparse.Namespace, folder: Path, work: Path) -> None:
-        from peftlab.backbones import load_tokenizer
+        from peftlab.backbones.loaders import load_tokenizer
         from peftlab.config import BackboneConfig
         from peftlab.runners.batching import encode
         from peftlab.tasks import load_task
@@ -245,9 +245,9 @@ class Probe:
         from torch.utils.data import DataLoader
         from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup, set_seed
 
-        from peftlab.backbones import load_classifier, load_tokenizer, method_load_kwargs
+        from peftlab.backbones.loaders import load_classifier, load_tokenizer, method_load_kwargs
         from peftlab.methods import METHODS
-        from peftlab.params import arch_spec
+        from peftlab.estimate.params import arch_spec
         from peftlab.runners.batching import LengthGroupedBatches
         from peftlab.runners.train import device_type, make_accelerator, make_optimizer, param_groups, train_precision
 

@@ -9,7 +9,7 @@ them for CPython 3.12 manylinux x86_64 whatever this machine runs. Everything ca
 device must stay under 64 MiB, so bitsandbytes' wheel (43 MB: one library per CUDA/ROCm/XPU
 version) is rewritten with only its CPU and CUDA 13.x libraries (~7 MB). ``kernels`` comes too:
 transformers 5.25's ``from_pretrained`` refuses to load any model without it (peftlab's import
-guard, peftlab.hub_kernels, keeps bitsandbytes from fetching a kernel from the Hub with it).
+guard, peftlab.backbones.hub_kernels, keeps bitsandbytes from fetching a kernel from the Hub with it).
 """
 
 from __future__ import annotations

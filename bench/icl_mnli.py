@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from peftlab.backbones import load_tokenizer
+from peftlab.backbones.loaders import load_tokenizer
 from peftlab.config import BackboneConfig, validate_raw
 from peftlab.icl.demos import balanced_indices
-from peftlab.icl.lm import load_causal_lm
+from peftlab.backbones.causal_lm import load_causal_lm
 from peftlab.icl.scoring import PrefixScorer, common_prefix_len
 from peftlab.methods.icl import IclParams
 from peftlab.report.sections import write_section

@@ -6,7 +6,7 @@ MiniLM-L6 (``minilm-l6``) sequence classification on real drug reviews (the pack
 task), batch 1 and batch 32, dynamic padding, max_length 128, ``torch.inference_mode``. LoRA is
 peftlab's ``lora`` method (rank ``--r`` on query/value, plus the head) with its B matrices set to
 random values, as after training (B = 0 would make the adapter a no-op). ``merged`` is what
-``peftlab predict`` serves: :func:`peftlab.predict.merge_for_inference` of that model.
+``peftlab predict`` serves: :func:`peftlab.runners.predict.merge_for_inference` of that model.
 The three run in interleaved rounds (one call each, rotating order) and each reports its median,
 so load from other jobs on a shared machine hits all three alike. Tokenisation is excluded: the
 same token tensors go to every model. Replaces the "Inference latency" section of BENCHMARKS.md.
@@ -20,11 +20,11 @@ import copy
 import benchkit
 import torch
 
-from peftlab.backbones import load_classifier, load_tokenizer
+from peftlab.backbones.loaders import load_classifier, load_tokenizer
 from peftlab.config import BackboneConfig
 from peftlab.methods.lora import Lora, LoraParams
-from peftlab.params import arch_spec
-from peftlab.predict import merge_for_inference
+from peftlab.estimate.params import arch_spec
+from peftlab.runners.predict import merge_for_inference
 from peftlab.tasks.builtin import BUILTIN_TASKS
 
 SECTION = "## Inference latency (LoRA merged, unmerged, base model)"
@@ -85,7 +85,7 @@ def main() -> int:
         SECTION, "",
         f"MiniLM-L6 (`minilm-l6`, fp32) sequence classification on drug reviews (the first 1 / 32 training "
         f"reviews, dynamic padding to the longest, max_length 128); LoRA r={args.r} on query/value plus the "
-        "head, B random (as after training). `merged` = `peftlab.predict.merge_for_inference` (what "
+        "head, B random (as after training). `merged` = `peftlab.runners.predict.merge_for_inference` (what "
         "`peftlab predict` now serves); `unmerged` = the peft-wrapped model. Median ms per forward over "
         "interleaved rounds (base, merged, unmerged in rotating order), tokenisation excluded; `cpu` = CPU "
         "seconds of the process per call (with one torch thread the measure of work on a shared machine), "

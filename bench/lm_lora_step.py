@@ -31,14 +31,15 @@ from types import SimpleNamespace
 import benchkit
 import torch
 
-from peftlab.backbones import load_classifier, load_tokenizer
+from peftlab.backbones.loaders import load_classifier, load_tokenizer
 from peftlab.config import BackboneConfig, TrainConfig, validate_raw
 from peftlab.icl.answer_loss import answer_loss, full_head_loss
-from peftlab.icl.lm import load_causal_lm
+from peftlab.backbones.causal_lm import load_causal_lm
 from peftlab.methods.icl import IclParams
-from peftlab.methods.lm_lora import LmLoraParams, _batch, add_lora, training_rows
+from peftlab.methods.lm_lora import LmLoraParams, add_lora
+from peftlab.runners.lm_fit import _batch, training_rows
 from peftlab.methods.lora import Lora, LoraParams
-from peftlab.params import arch_spec
+from peftlab.estimate.params import arch_spec
 from peftlab.runners.icl import make_prompting
 from peftlab.runners.train import make_optimizer
 from peftlab.tasks import load_task

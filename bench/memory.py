@@ -10,7 +10,7 @@ another's. Two numbers per method:
   * ``peak_memory_bytes`` from its results.json: what peftlab itself records, RSS sampled every
     20 ms while that method loads, trains and evaluates (the number in every comparison table).
 Then the base weights of MiniLM-L6 as fp32, as QLoRA's 4-bit NF4 (double quantisation) and as
-8-bit, measured with ``peftlab.params.base_weight_bytes`` on the loaded models.
+8-bit, measured with ``peftlab.estimate.params.base_weight_bytes`` on the loaded models.
 Replaces the "Memory" section of BENCHMARKS.md.
 """
 
@@ -130,10 +130,10 @@ def lora_vs_full(peaks: dict[str, float]) -> str:
 
 def quantised_bases() -> list[str]:
     """Bytes of MiniLM-L6's base weights as loaded for lora (fp32) and for qlora (4-bit, 8-bit)."""
-    from peftlab.backbones import load_classifier, load_tokenizer, method_load_kwargs
+    from peftlab.backbones.loaders import load_classifier, load_tokenizer, method_load_kwargs
     from peftlab.config import BackboneConfig
     from peftlab.methods.qlora import Qlora, QloraParams
-    from peftlab.params import base_weight_bytes
+    from peftlab.estimate.params import base_weight_bytes
 
     bb = BackboneConfig(name="minilm-l6")
     tok = load_tokenizer(bb)
@@ -186,7 +186,7 @@ def main() -> int:
         "so compare differences between rows rather than absolute values.",
         "", lora_vs_full(peaks), "",
         "QLoRA base weights (bytes of the frozen base as loaded, quantisation statistics included; "
-        "`peftlab.params.base_weight_bytes`):",
+        "`peftlab.estimate.params.base_weight_bytes`):",
         "",
         "| base weights | MB | vs fp32 |",
         "|---|---|---|",

@@ -46,7 +46,7 @@ from method_suite import (BENCHES, DATA_SEED, SAME_AS, SEARCH_RESULTS, SOURCE_CO
                           text_methods, trial_scores, write_data)
 
 from peftlab.config import load_raw, validate_raw  # noqa: E402
-from peftlab.io import atomic_write_text  # noqa: E402
+from peftlab.infra.io import atomic_write_text  # noqa: E402
 from peftlab.methods import METHODS  # noqa: E402
 
 SECTION = "## Per-method default learning rates"

@@ -51,9 +51,9 @@ from train_throughput import DATA as MNLI_DATA  # noqa: E402
 from train_throughput import LABELS as MNLI_LABELS  # noqa: E402
 
 from peftlab.config import ExperimentConfig, TaskConfig, dump_config, load_config, load_raw, validate_raw  # noqa: E402
-from peftlab.config_base import MethodParams  # noqa: E402
-from peftlab.errors import PeftlabError  # noqa: E402
-from peftlab.io import atomic_write_text  # noqa: E402
+from peftlab.infra.config_base import MethodParams  # noqa: E402
+from peftlab.infra.errors import PeftlabError  # noqa: E402
+from peftlab.infra.io import atomic_write_text  # noqa: E402
 from peftlab.methods import METHODS  # noqa: E402
 from peftlab.report.seeds import BEST, NOT_SIGNIFICANT, pm, select_metric, summarise, versus_best  # noqa: E402
 from peftlab.results import RESULTS_FILE, RunResult, read_result  # noqa: E402

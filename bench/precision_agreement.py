@@ -5,7 +5,7 @@ Usage: python bench/precision_agreement.py [--threads 1] [--n-lm 379] [--batch-s
 Two of peftlab's evaluation paths on the drug-review test reviews (builtin task ``drugreview``,
 379 reviews, 3 classes), each run in fp32 and under ``torch.autocast("cpu", torch.bfloat16)``
 (what ``train.mixed_precision: auto`` uses where the CPU probe says bf16 is faster; see
-peftlab.precision) with the same weights and inputs:
+peftlab.backbones.precision) with the same weights and inputs:
   * MiniLM-L6 classification (``peftlab.runners.train.predict_logits``, as evaluation and
     ``peftlab predict`` run it). The encoder is the pretrained one; its head is a logistic
     regression fitted on the encoder's fp32 features of the 600 training reviews (seconds, and
@@ -32,12 +32,12 @@ import numpy as np
 import torch
 from transformers import DataCollatorWithPadding
 
-from peftlab.backbones import load_classifier, load_tokenizer
+from peftlab.backbones.loaders import load_classifier, load_tokenizer
 from peftlab.config import BackboneConfig, TaskConfig
-from peftlab.icl.lm import load_causal_lm
+from peftlab.backbones.causal_lm import load_causal_lm
 from peftlab.icl.scoring import PrefixScorer
 from peftlab.methods.icl import IclParams
-from peftlab.precision import Precision, cached_probe, probe_reason, shapes_of
+from peftlab.backbones.precision import Precision, cached_probe, probe_reason, shapes_of
 from peftlab.runners.batching import encode
 from peftlab.runners.cached import head_inputs
 from peftlab.runners.icl import label_probs, make_prompting, verbalizer_scores
@@ -148,7 +148,7 @@ def render(rows: list[dict[str, Any]], threads: int) -> str:
         lines.append(f"| {r['model']} | {r['n']} | {100 * r['identical']:.1f}% | {r['max_diff']:.3f} ({r['what']}) | "
                      f"{r['acc']['fp32']:.3f} / {r['acc']['bf16']:.3f} | {r['cpu']['fp32']:.1f} / {r['cpu']['bf16']:.1f} | "
                      f"{r['cpu']['fp32'] / r['cpu']['bf16']:.2f}x |")
-    lines += ["", "The probe's verdict at each model's shapes on this machine (peftlab.precision, cached): "
+    lines += ["", "The probe's verdict at each model's shapes on this machine (peftlab.backbones.precision, cached): "
               + "; ".join(f"{r['model'].split(' ')[0]}: {r['probe']}" for r in rows) + ".", ""]
     return "\n".join(lines) + "\n"
 

@@ -110,7 +110,7 @@ def main() -> int:
     if args.quick:
         args.n_train, args.n_eval = 64, 32
     torch.set_num_threads(args.threads)
-    from peftlab.backbones import load_tokenizer
+    from peftlab.backbones.loaders import load_tokenizer
     from peftlab.config import BackboneConfig
     from peftlab.results import git_hash
 

@@ -101,7 +101,7 @@ def render_section(r: dict[str, Any], title: str, cmd: str, hw: str) -> str:
         f"fewer batches than peftlab on small sets (padding table below), so the margin over (b) shrinks on large\n"
         f"training sets: see the projection below.\nAccuracy: {acc_line}.{acc_note}\n\n"
         + dropout_text(r) +
-        f"Utilisation: useful FLOPs (peftlab.flops) of the round's {r['round_tokens']} real tokens = "
+        f"Utilisation: useful FLOPs (peftlab.estimate.flops) of the round's {r['round_tokens']} real tokens = "
         f"{r['round_flops'] / 1e12:.2f} TFLOP per epoch ({r['trainable_linear_params']} trainable linear weights): "
         f"per linear layer 2n forward, 2n input gradient only where something below is trainable, 2n weight\n"
         f"gradient only when trainable; embeddings, attention products, norms and padding not counted. Divided by the\n"

@@ -17,7 +17,7 @@ LoRA r/alpha/dropout/targets of configs/drugreview.yaml):
 The machine is shared, so speed is measured in interleaved rounds: each round trains every side
 on the same ``--round-examples`` pairs (order of sides rotated), median examples/s per side.
 Full runs on ``--n-train`` pairs then give each side's accuracy on ``--n-eval`` validation pairs
-(and their own examples/s). Useful FLOP/s (peftlab.flops, non-padding tokens) is divided by the
+(and their own examples/s). Useful FLOP/s (peftlab.estimate.flops, non-padding tokens) is divided by the
 fp32 GEMM peak measured before, between and after the rounds (bench/utilisation.py).
 ``--quick``: 96 train / 48 eval pairs, 2 rounds of 32: a smoke run whose numbers mean nothing.
 Writes runs/bench_throughput/<method>.json (``-quick.json`` for --quick) and, unless ``--no-write`` or ``--quick``, the
@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's peftlab
 from utilisation import gemm_peak, median  # noqa: E402
 
 from peftlab.config import validate_raw  # noqa: E402
-from peftlab.flops import LinearUse, linear_uses, training_flops  # noqa: E402
+from peftlab.estimate.flops import LinearUse, linear_uses, training_flops  # noqa: E402
 from peftlab.report.sections import replace_section  # noqa: E402
 from peftlab.runners.experiment import run_experiment  # noqa: E402
 from peftlab.tasks import load_task  # noqa: E402
@@ -118,7 +118,7 @@ def hf_model(method: str, backbone: str = "minilm-l6", lora: dict[str, Any] | No
     from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForSequenceClassification, set_seed
 
-    from peftlab.backbones import resolve
+    from peftlab.backbones.loaders import resolve
 
     set_seed(HP["seed"])  # the same head initialisation as peftlab's (it seeds before loading)
     model = AutoModelForSequenceClassification.from_pretrained(resolve(backbone), num_labels=len(LABELS),
@@ -353,7 +353,7 @@ def main() -> int:
         args.n_train, args.n_eval, args.rounds, args.round_examples = 96, 48, 2, 32
     torch.set_num_threads(args.threads)
     use_precision(args.precision)
-    from peftlab.backbones import load_tokenizer
+    from peftlab.backbones.loaders import load_tokenizer
     from peftlab.config import BackboneConfig
 
     tok = load_tokenizer(BackboneConfig(name="minilm-l6"))

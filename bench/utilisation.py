@@ -4,7 +4,7 @@ Usage: python bench/utilisation.py [--threads 2] [--tokens 1536] [--quick]
 prints the measured GEMM peak for matrix shapes like MiniLM-L6's (hidden 384, FFN 1536, one
 batch of ~1536 tokens) plus a 1024^3 square. bench/train_throughput.py imports it, measures
 the peak before, between and after its timed rounds, and divides each side's useful FLOP/s
-(peftlab.flops: non-padding tokens, frozen layers counted right) by it. ``--quick``: fewer
+(peftlab.estimate.flops: non-padding tokens, frozen layers counted right) by it. ``--quick``: fewer
 repeats (a smoke run).
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's peftlab
-from peftlab.flops import gemm_flops  # noqa: E402
+from peftlab.estimate.flops import gemm_flops  # noqa: E402
 
 
 def shapes(tokens: int, hidden: int = 384, ffn: int = 1536) -> list[tuple[int, int, int]]:

@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from peftlab.hub_kernels import install as _refuse_unrequested_hub_kernels
+from peftlab.backbones.hub_kernels import install as _refuse_unrequested_hub_kernels
 
 _refuse_unrequested_hub_kernels()

@@ -1,6 +1,9 @@
 """The ``peftlab`` command line: run, validate, plan, predict, report, list.
 
 User errors (PeftlabError) print one line and exit with code 2; no traceback.
+Each command imports what it runs inside its own body: ``peftlab --help`` then starts without
+loading torch, transformers or any method (the package's one deliberate exception
+to imports at the top, with compose/cli.py).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compare ways of adapting pretrained models to classification tasks.")
@@ -49,7 +52,7 @@ def run(config: Path, overrides: Overrides = None,
     else:
         results = run_experiment(cfg, quiet=quiet, resume=mode, command=["peftlab", *sys.argv[1:]])
     failed = [r.name for r in results if r.status != "ok"]
-    from peftlab.runners.distributed import is_main
+    from peftlab.infra.distributed import is_main
 
     if not is_main():  # under accelerate launch rank 0 alone writes and prints the comparison
         raise typer.Exit(1 if failed else 0)
@@ -72,7 +75,7 @@ def validate(config: Path, overrides: Overrides = None) -> None:
         return
     cfg = load_config(config, overrides)
     check_task(cfg.task)
-    from peftlab.tracking import check_trackers
+    from peftlab.infra.tracking import check_trackers
 
     check_trackers(cfg.train.log_to)
     print(f"ok: {config} ({len(cfg.methods)} methods: {', '.join(m.label for m in cfg.methods)})")
@@ -83,7 +86,7 @@ def plan(config: Path, overrides: Overrides = None) -> None:
     """Estimate each method's memory (base at fp32/bf16/8-bit/4-bit, trainable, optimizer,
     activations) from the backbone's config alone, against the free RAM or GPU memory."""
     from peftlab.config import load_config
-    from peftlab.plan import format_plan, make_plan
+    from peftlab.estimate.plan import format_plan, make_plan
     from peftlab.runners.experiment import preflight
 
     cfg = load_config(config, overrides)
@@ -100,7 +103,7 @@ def predict(method_dir: Path, texts: Annotated[Optional[list[str]], typer.Argume
     """Classify TEXTS (or the lines of --file) with a trained RUN_DIR/METHOD; image runs take image paths."""
     if not (method_dir / "results.json").is_file() or not (method_dir.parent / "config.yaml").is_file():
         raise PeftlabError(f"{method_dir} is not a method folder of a peftlab run (expected RUN_DIR/METHOD)")
-    from peftlab.predict import load_predictor
+    from peftlab.runners.predict import load_predictor
 
     items = list(texts or [])
     if file is not None:
@@ -146,7 +149,7 @@ def report(run_dirs: Annotated[list[Path], typer.Argument(help="run folders (or 
 @app.command("list")
 def list_() -> None:
     """Methods, backbone aliases and builtin tasks."""
-    from peftlab.backbones import ALIASES
+    from peftlab.backbones.loaders import ALIASES
     from peftlab.methods import METHODS
     from peftlab.tasks.builtin import BUILTIN_TASKS
 

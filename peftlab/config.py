@@ -1,7 +1,7 @@
 """The experiment config: one YAML file, validated completely before any model is loaded.
 
 Errors come out as one line naming the field (``methods[1].r: Input should be greater than 0``),
-raised as :class:`~peftlab.errors.PeftlabError` so the CLI exits with code 2.
+raised as :class:`~peftlab.infra.errors.PeftlabError` so the CLI exits with code 2.
 """
 
 from __future__ import annotations
@@ -14,8 +14,11 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from peftlab.config_base import MethodParams, PositiveFloat, StrictModel
-from peftlab.errors import PeftlabError
+from peftlab.infra.config_base import MethodParams, PositiveFloat, StrictModel
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.guards import check_task_type
+from peftlab.infra.tracking import tracker_names
+from peftlab.methods import METHODS
 
 
 class BackboneConfig(StrictModel):
@@ -107,7 +110,7 @@ class TrainConfig(StrictModel):
     #: "balanced": each example's loss times n_samples / (n_classes * count of its class) in the
     #: training split (sklearn's "balanced"), for imbalanced tasks; "none": plain cross-entropy
     class_weight: Literal["none", "balanced"] = "none"
-    #: what "best" means in the report's verdicts (peftlab.metrics.SELECT_METRICS); for the
+    #: what "best" means in the report's verdicts (peftlab.results.metrics.SELECT_METRICS); for the
     #: learning-rate search see ``search.metric``
     select_metric: Literal["accuracy", "macro_f1"] = "accuracy"
     #: "auto" uses CUDA when present; "cpu" forces the CPU even there (exact fp32 comparisons)
@@ -117,16 +120,14 @@ class TrainConfig(StrictModel):
     checkpoints: bool = True
     checkpoint_every: int = Field(default=0, ge=0)
     keep_checkpoints: int = Field(default=2, ge=1)
-    #: stop before loading weights when a method's memory estimate exceeds the free memory (peftlab.plan)
+    #: stop before loading weights when a method's memory estimate exceeds the free memory (peftlab.estimate.plan)
     memory_check: bool = True
-    #: optional experiment trackers, e.g. [tensorboard, mlflow] (see peftlab.tracking)
+    #: optional experiment trackers, e.g. [tensorboard, mlflow] (see peftlab.infra.tracking)
     log_to: list[str] = Field(default_factory=list)
 
     @field_validator("log_to", mode="before")
     @classmethod
     def _trackers(cls, v: Any) -> list[str]:
-        from peftlab.tracking import tracker_names
-
         return tracker_names(v)
 
 
@@ -152,8 +153,6 @@ class SearchConfig(StrictModel):
 @lru_cache(maxsize=1)
 def _method_union() -> Any:
     """Discriminated union of every registered method's parameter model (built once)."""
-    from peftlab.methods import METHODS
-
     classes = tuple(METHODS.get(n).Params for n in METHODS.names())
     return Annotated[Union[classes], Field(discriminator="method")]  # type: ignore[valid-type]
 
@@ -192,8 +191,6 @@ class ExperimentConfig(StrictModel):
     @classmethod
     def _methods_shorthand(cls, v: Any) -> Any:
         if isinstance(v, list):
-            from peftlab.guards import check_task_type
-
             return [{"method": m} if isinstance(m, str) else
                     check_task_type(m, f"methods[{i}]") if isinstance(m, dict) else m for i, m in enumerate(v)]
         return v
@@ -258,14 +255,10 @@ def _format_error(err: ValidationError) -> str:
     loc = list(e["loc"])
     # A discriminated union puts the tag in the path (methods[1].lora.r): drop it.
     if len(loc) >= 3 and loc[0] == "methods" and isinstance(loc[1], int) and isinstance(loc[2], str):
-        from peftlab.methods import METHODS
-
         if loc[2] in METHODS:
             del loc[2]
     where = _format_loc(tuple(loc))
     if e["type"] == "union_tag_invalid":
-        from peftlab.methods import METHODS
-
         tag = e.get("ctx", {}).get("tag", "?")
         return f"{where}.method: {METHODS.unknown_message(tag)}"
     if e["type"] == "union_tag_not_found":

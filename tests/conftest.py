@@ -22,7 +22,7 @@ from transformers import (
     RobertaConfig,
 )
 
-# What `train.mixed_precision: auto` means on a CPU is measured per machine (peftlab.precision);
+# What `train.mixed_precision: auto` means on a CPU is measured per machine (peftlab.backbones.precision);
 # the suite's exact comparisons must not depend on which CPU runs them, so it computes in fp32
 # (also in subprocesses, which inherit this). tests/test_precision.py exercises bf16 explicitly.
 os.environ["PEFTLAB_CPU_PRECISION"] = "fp32"

@@ -15,10 +15,10 @@ from torch import nn
 from transformers import DataCollatorWithPadding, set_seed
 
 from conftest import tiny_rows
-from peftlab.backbones import load_classifier, load_tokenizer
+from peftlab.backbones.loaders import load_classifier, load_tokenizer
 from peftlab.config import BackboneConfig, TrainConfig
 from peftlab.methods.base import DEFAULT_HEADS
-from peftlab.params import ArchSpec, arch_spec, count_params
+from peftlab.estimate.params import ArchSpec, arch_spec, count_params
 from peftlab.runners.batching import encode
 from peftlab.runners.experiment import _train
 from peftlab.runners.train import make_accelerator, predict_logits

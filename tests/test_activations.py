@@ -1,4 +1,4 @@
-"""The closed-form activation count (peftlab.activations) against what autograd really keeps.
+"""The closed-form activation count (peftlab.estimate.activations) against what autograd really keeps.
 
 ``saved_tensors_hooks`` sees every tensor saved for backward; the closed form must match it
 method by method on tiny random encoders, on both CPU attention paths (the math path taken with
@@ -13,11 +13,11 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from conftest import tiny_config
-from peftlab.activation_flows import WALKS, method_flow
-from peftlab.activation_probe import saved_tensor_bytes
-from peftlab.activations import dims_of, saved_bytes
+from peftlab.estimate.activation_flows import WALKS, method_flow
+from peftlab.estimate.activation_probe import saved_tensor_bytes
+from peftlab.estimate.activations import dims_of, saved_bytes
 from peftlab.methods import METHODS
-from peftlab.params import arch_spec
+from peftlab.estimate.params import arch_spec
 
 B, L = 4, 16
 TOLERANCE = 0.03
@@ -115,8 +115,8 @@ def test_terms_follow_the_gradient():
 def test_plan_uses_the_count():
     """``peftlab plan`` charges what autograd keeps (plus the backward's gradient buffers), frozen
     blocks included only where they keep something, and the CPU allocator allowance only on CPU."""
-    from peftlab.activations import backward_working_bytes
-    from peftlab.plan import plan_method
+    from peftlab.estimate.activations import backward_working_bytes
+    from peftlab.estimate.plan import plan_method
 
     conf = tiny_config("bert")
     spec = arch_spec(conf)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from transformers.utils import logging as hf_logging
 
-from peftlab.backbones import load_classifier, load_tokenizer, loading_weights
+from peftlab.backbones.loaders import load_classifier, load_tokenizer, loading_weights
 from peftlab.config import BackboneConfig
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 
 
 @pytest.mark.parametrize("quiet", [True, False])

@@ -302,7 +302,7 @@ def test_full_disk_gives_one_line_and_leaves_nothing(tiny_bert, trained, tmp_pat
     """ENOSPC while writing: one line naming it, exit 2, and no file (not even a temp file) left."""
     import errno
 
-    import peftlab.io as pio
+    import peftlab.infra.io as pio
 
     real_fdopen = pio.os.fdopen
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from peftlab.config import SearchConfig, TrainConfig, validate_raw
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 from peftlab.methods.lora import LoraParams
 from peftlab.report import facts
 from peftlab.report.collect import Row, RunDir

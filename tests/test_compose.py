@@ -21,7 +21,7 @@ from peftlab.compose.core import compose, parse_adapter_args, write
 from peftlab.compose.expr import linear_form, variables_of
 from peftlab.compose.model import load_with_adapter, merge_to
 from peftlab.compose.ops import add, analogy, negate, scale, zeros_like
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 from peftlab.methods.lora import lora_delta, lora_modules, lora_scaling
 from method_table import _one_thread  # noqa: F401  (autouse: one intra-op thread)
 

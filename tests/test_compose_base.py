@@ -13,7 +13,7 @@ from conftest import run_cli
 from test_compose_cli import run_dir  # noqa: F401  (a fixture: a tiny run with LoRA rows la and lb)
 from transformers import AutoModelForSequenceClassification
 
-from peftlab.fingerprint import BASE_KEYS, FINGERPRINT_FILE
+from peftlab.infra.fingerprint import BASE_KEYS, FINGERPRINT_FILE
 
 cli = run_cli
 
@@ -47,9 +47,9 @@ def test_composed_and_merged_adapters_record_the_base(world, tmp_path):
 def test_plain_peft_inputs_get_the_fingerprint_of_the_base_they_name(tiny_bert, tmp_path):
     from test_compose import make
 
-    from peftlab.backbones import load_classifier, load_tokenizer
+    from peftlab.backbones.loaders import load_classifier, load_tokenizer
     from peftlab.config import BackboneConfig
-    from peftlab.fingerprint import base_fingerprint
+    from peftlab.infra.fingerprint import base_fingerprint
 
     make(tiny_bert, tmp_path / "a", seed=1)
     make(tiny_bert, tmp_path / "b", seed=2)

@@ -11,7 +11,7 @@ import pytest
 
 from peftlab.compose import scenario_data as sd
 from peftlab.compose.scenarios import SCENARIOS, load_scenario
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 from method_table import _one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 CONFIGS = sorted(Path(__file__).parent.parent.glob("configs/compose_*.yaml"))

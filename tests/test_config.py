@@ -10,7 +10,7 @@ import yaml
 
 from conftest import run_cli_process
 from peftlab.config import load_config, validate_raw
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 
 GOOD = {
     "backbone": "minilm-l6",

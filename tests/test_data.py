@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from peftlab.config import TaskConfig
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 from peftlab.runners.batching import LengthGroupedBatches, sorted_batches
 from peftlab.tasks import load_task
 from peftlab.tasks.builtin import BUILTIN_TASKS
@@ -117,7 +117,7 @@ def test_builtin_drugreview_is_real_data():
 def test_builtin_eval_duplicates_dropped_and_counted(monkeypatch):
     """A builtin task's eval examples whose input repeats a training one are dropped (and counted),
     with or without an eval split of its own; the same rows from a user's csv are kept (only flagged)."""
-    from peftlab.guards import overlap_count
+    from peftlab.infra.guards import overlap_count
     from peftlab.tasks.base import Split, drop_eval_duplicates
 
     train = Split(["a", "b", "c"], np.array([0, 1, 0]), ["x", "y", "z"])

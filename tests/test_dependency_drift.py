@@ -20,7 +20,7 @@ from transformers import AutoModelForSequenceClassification, LlamaForCausalLM
 from transformers.utils import logging as hf_logging
 
 from conftest import make_tokenizer, run_cli, run_cli_process, tiny_config, write_tiny_csvs
-from peftlab.hub_kernels import HubKernelsRefused, hub_kernels_refused
+from peftlab.backbones.hub_kernels import HubKernelsRefused, hub_kernels_refused
 
 USAGE_ERRORS = {
     "unknown option": ("run", "{config}", "--no-such-option"),
@@ -123,7 +123,7 @@ def test_icl_scorer_uses_the_supported_cache_api(tmp_path):
 @pytest.mark.parametrize("family", ["bert", "llama"])
 def test_prefix_tuning_uses_the_supported_cache_api(tiny_backbones, family):
     from peftlab.methods import METHODS
-    from peftlab.params import arch_spec
+    from peftlab.estimate.params import arch_spec
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_backbones[family])
     method = METHODS.get("prefix_tuning")
@@ -141,7 +141,7 @@ def test_prefix_tuning_uses_the_supported_cache_api(tiny_backbones, family):
 def test_transformers_hub_kernels_off_unless_asked(tiny_bert, monkeypatch):
     """transformers >= 5.25 defaults from_pretrained to hub kernels (fetched at the first
     train()/eval() on CUDA); peftlab's import turns its switch off, and a user's own value wins."""
-    from peftlab.hub_kernels import TRANSFORMERS_SWITCH, install
+    from peftlab.backbones.hub_kernels import TRANSFORMERS_SWITCH, install
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert)
     assert getattr(model, "use_kernels", False) is False

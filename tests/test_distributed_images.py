@@ -120,7 +120,7 @@ import numpy as np, torch, torch.distributed as dist
 from torch import nn
 root = Path(sys.argv[1])
 sys.path.insert(0, sys.argv[2])
-from peftlab.runners.distributed import start
+from peftlab.infra.distributed import start
 start(cpu=True)  # accelerate's process group (gloo), as peftlab run joins it
 rank = dist.get_rank()
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
@@ -216,7 +216,7 @@ def test_each_rank_loads_its_own_generators_and_a_bad_file_is_one_line(tmp_path:
     """In one process: rank 1 gets the state saved as its file, rank 0 (and rank 2, absent) rank 0's."""
     from torch import nn
 
-    from peftlab.errors import PeftlabError
+    from peftlab.infra.errors import PeftlabError
     from peftlab.runners.checkpoint import Progress, load_checkpoint, restore_rng, rng_payload, save_checkpoint
 
     model = nn.Linear(2, 2)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from peftlab.config import TaskConfig
-from peftlab.errors import PeftlabError, first_line
+from peftlab.infra.errors import PeftlabError, first_line
 
 
 @pytest.mark.parametrize("exc, want", [
@@ -32,7 +32,7 @@ def test_peft_refusal_is_one_line(tiny_bert):
 
 
 def test_missing_hf_split_is_one_line(tmp_path):
-    from peftlab.tasks.loaders import hf_split
+    from peftlab.tasks.hub import hf_split
 
     cfg = TaskConfig(source="hf", hf_id="csv")
     with pytest.raises(PeftlabError, match=r"^task.hf_id 'csv' split 'train': cannot load \(") as info:
@@ -41,7 +41,7 @@ def test_missing_hf_split_is_one_line(tmp_path):
 
 
 def test_read_json_errors_name_the_file(tmp_path):
-    from peftlab.io import read_json
+    from peftlab.infra.io import read_json
 
     (tmp_path / "ok.json").write_text('{"a": [1, 2]}', encoding="utf-8")
     assert read_json(tmp_path / "ok.json") == {"a": [1, 2]}

@@ -1,4 +1,4 @@
-"""The FLOP counts of peftlab.flops against numbers worked out by hand."""
+"""The FLOP counts of peftlab.estimate.flops against numbers worked out by hand."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from peftlab.flops import (
+from peftlab.estimate.flops import (
     LinearUse,
     frozen_base_flops_per_token,
     full_ft_flops_per_token,

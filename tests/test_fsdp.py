@@ -19,7 +19,7 @@ import torch
 import yaml
 from accelerate.utils import DistributedType
 
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 from peftlab.methods import METHODS
 from peftlab.runners.sharded import refuse_unsupported, unsharded_copy, use_sharding
 
@@ -34,7 +34,7 @@ TEXTS = ["the drug was good", "awful pain", "meh day", "really great sleep"]
 
 
 def probabilities(method_dir: Path) -> np.ndarray:
-    from peftlab.predict import load_predictor
+    from peftlab.runners.predict import load_predictor
 
     return np.asarray(load_predictor(method_dir, False).probabilities(TEXTS))
 

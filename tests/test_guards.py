@@ -17,8 +17,8 @@ from safetensors.torch import load_file, save_file
 
 from conftest import write_csv
 from peftlab.config import validate_raw
-from peftlab.errors import PeftlabError
-from peftlab.guards import NEWLY_INITIALISED, newly_initialised, overlap_count
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.guards import NEWLY_INITIALISED, newly_initialised, overlap_count
 from peftlab.runners.experiment import preflight, run_experiment
 from peftlab.tasks.base import Split
 

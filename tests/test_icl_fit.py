@@ -8,7 +8,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from conftest import make_tokenizer, tiny_config
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 from peftlab.icl.fit import Window, context_limit, fit_prompt, left_truncate
 from peftlab.icl.scoring import PrefixScorer, encode_requests, score_brute
 from peftlab.methods.icl import IclParams

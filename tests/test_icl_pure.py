@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 from peftlab.icl.calibration import calibrate, content_free_prior, label_scores, normalise, softmax
 from peftlab.icl.demos import balanced_indices, nearest_indices, random_indices
 from peftlab.icl.reasoning import extract_answer, majority_vote

@@ -14,7 +14,7 @@ import yaml
 
 from conftest import run_cli, save_tiny_causal_lm
 from peftlab.config import BackboneConfig, validate_raw
-from peftlab.icl.lm import load_causal_lm
+from peftlab.backbones.causal_lm import load_causal_lm
 from peftlab.icl.scoring import PrefixScorer, encode_requests, score_brute
 
 bnb = pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed")

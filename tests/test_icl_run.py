@@ -12,8 +12,8 @@ from transformers import LlamaForCausalLM
 
 from conftest import save_tiny_causal_lm
 from peftlab.config import validate_raw
-from peftlab.errors import PeftlabError
-from peftlab.gguf_cache import CACHE_ENV, DONE_MARK, cached_folder
+from peftlab.infra.errors import PeftlabError
+from peftlab.backbones.gguf_cache import CACHE_ENV, DONE_MARK, cached_folder
 from peftlab.icl.scoring import encode_requests, score_brute
 from peftlab.prompts.template import load_template, render_context
 from peftlab.runners.experiment import run_experiment
@@ -110,7 +110,7 @@ def test_icl_rows_sit_next_to_lora_rows(tiny_causal, tiny_bert, tiny_csv, tmp_pa
     stored = json.loads((tmp_path / "run" / "two_shot" / "results.json").read_text())
     assert stored["seed_accuracy"] == two.seed_accuracy
     # predict reloads a LoRA row on its own backbone, and refuses prompting rows in one line
-    from peftlab.predict import load_predictor
+    from peftlab.runners.predict import load_predictor
 
     assert load_predictor(tmp_path / "run" / "lora_llama").probabilities(["good drug"]).shape == (1, 3)
     with pytest.raises(PeftlabError, match="prompt an LM"):

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from tiny_images import CLASSES, make_tiny_clip, make_tiny_vit, write_image_folder
 
 from peftlab.config import BackboneConfig, TaskConfig, TrainConfig
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 from peftlab.images import efficientnet as E
 from peftlab.images import params as P
 from peftlab.images.backbones import load_image_backbone
@@ -296,7 +296,7 @@ def test_cnn_lora_trains_adapters_only_and_keeps_batch_norm_statistics():
     from peftlab.images.methods_classifier import ClassifierLora
     from peftlab.images.preprocess import Preprocess
     from peftlab.methods.lora import LoraParams
-    from peftlab.params import count_params
+    from peftlab.estimate.params import count_params
     from peftlab.tasks.images import ImageSplit, ImageTaskData
 
     torch.manual_seed(0)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from peftlab.config import validate_raw
-from peftlab.errors import PeftlabError
-from peftlab.launcher import launch_prefix, launcher_record
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.launcher import launch_prefix, launcher_record
 from peftlab.report.collect import load_run_dir
 from peftlab.runners.output import prepare_output
 from peftlab.runners.rows import guarded

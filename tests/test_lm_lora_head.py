@@ -13,9 +13,10 @@ from transformers import LlamaForCausalLM
 from conftest import tiny_config
 from peftlab.config import TrainConfig
 from peftlab.icl.answer_loss import accepts_logits_to_keep, answer_loss, answer_positions, full_head_loss
-from peftlab.methods import lm_lora
-from peftlab.methods.lm_lora import LmLoraParams, _batch, train_verbalizer
-from peftlab.precision import Precision
+from peftlab.methods.lm_lora import LmLoraParams
+from peftlab.runners import lm_fit
+from peftlab.runners.lm_fit import _batch, train_verbalizer
+from peftlab.backbones.precision import Precision
 
 # (prompt ids, answer ids): prompt lengths 3..9, answers of 1 to 3 tokens
 ROWS = [([4, 10, 11, 12], [20]), ([4, 13, 14, 15, 16, 17, 18, 19, 10], [21, 22, 23]),
@@ -76,7 +77,7 @@ def test_the_same_on_a_4bit_base(tmp_path):
     pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed")
     from conftest import make_tokenizer
     from peftlab.config import BackboneConfig
-    from peftlab.icl.lm import load_causal_lm
+    from peftlab.backbones.causal_lm import load_causal_lm
 
     torch.manual_seed(5)
     LlamaForCausalLM(tiny_config("llama")).save_pretrained(str(tmp_path))
@@ -121,7 +122,7 @@ def test_a_model_that_ignores_a_boolean_logits_to_keep_gets_the_full_head():
 def _train(loss_fn, monkeypatch) -> tuple[object, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     model = _lora_llama(seed=3)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    monkeypatch.setattr(lm_lora, "training_rows", lambda ctx: ROWS * 3)
+    monkeypatch.setattr(lm_fit, "training_rows", lambda ctx: ROWS * 3)
     ctx = SimpleNamespace(cfg=SimpleNamespace(train=TrainConfig(epochs=2, batch_size=4, seed=0)),
                           prompting=SimpleNamespace(tokenizer=SimpleNamespace(pad_token_id=0)),
                           device=torch.device("cpu"), precision=Precision("fp32", "test"))

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from peftlab.config import SearchConfig, validate_raw
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 from peftlab.methods.lora import LoraParams
 from peftlab.results import EpochRecord
 from peftlab.runners import experiment as exp

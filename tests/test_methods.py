@@ -23,7 +23,7 @@ from conftest import FAMILIES
 from method_table import _one_thread, assert_counts_match_closed_form, fresh, split, train_tiny  # noqa: F401  (_one_thread: autouse)
 from peftlab.methods import METHODS
 from peftlab.methods.peft_common import PeftMethod
-from peftlab.params import arch_spec
+from peftlab.estimate.params import arch_spec
 from peftlab.runners.batching import encode
 from peftlab.runners.train import make_optimizer, predict_logits
 

@@ -19,9 +19,9 @@ import torch
 
 from conftest import FAMILIES
 from method_table import _one_thread, assert_counts_match_closed_form, fresh, train_tiny  # noqa: F401  (_one_thread: autouse)
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 from peftlab.methods import METHODS
-from peftlab.params import all_linears, arch_spec, base_weight_bytes, count_params
+from peftlab.estimate.params import all_linears, arch_spec, base_weight_bytes, count_params
 
 #: row id -> (method, params); learning rates high enough to move a tiny model in a few epochs
 TABLE: dict[str, tuple[str, dict[str, Any]]] = {
@@ -101,7 +101,7 @@ def test_trains_only_its_parameters_and_round_trips(tiny_backbones, tmp_path: Pa
 def test_peft_adapter_loads_in_plain_peft(tiny_backbones, tmp_path: Path, row):
     from peft import PeftModel
 
-    from peftlab.kv_cache import CACHE_ARG, route_prefix_cache
+    from peftlab.backbones.kv_cache import CACHE_ARG, route_prefix_cache
     from peftlab.methods.qlora import disable_cpu_repacking
 
     method, params = method_and_params(row)

@@ -17,7 +17,7 @@ import yaml
 
 from conftest import run_cli, write_tiny_csvs
 from method_table import _one_thread  # noqa: F401  (autouse: one intra-op thread)
-from peftlab.io import atomic_write_json, atomic_write_text, save_safetensors, temp_dir, temp_file
+from peftlab.infra.io import atomic_write_json, atomic_write_text, save_safetensors, temp_dir, temp_file
 
 
 @contextmanager
@@ -58,11 +58,11 @@ def test_atomic_writes_and_temp_folders_follow_the_umask(tmp_path: Path, mask: i
 
 
 def test_writers_go_through_peftlab_io():
-    """Private-mode writers (mkstemp, mkdtemp, safetensors' save_file) only in peftlab/io.py, which
+    """Private-mode writers (mkstemp, mkdtemp, safetensors' save_file) only in peftlab/infra/io.py, which
     gives their files the umask's mode: a new writer elsewhere cannot bring back 0600 outputs."""
     pkg = Path(__file__).resolve().parents[1] / "peftlab"
     pattern = re.compile(r"mkstemp|mkdtemp|NamedTemporaryFile|\bsave_file\b")
-    found = [f"{p.relative_to(pkg)}:{i}" for p in pkg.rglob("*.py") if p.name != "io.py" or p.parent != pkg
+    found = [f"{p.relative_to(pkg)}:{i}" for p in pkg.rglob("*.py") if p.name != "io.py" or p.parent != pkg / "infra"
              for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
     assert found == []
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 from peftlab.report.compare import to_csv, to_markdown
 from peftlab.report.paired import (BEST, NO_VERDICT, SAME, WORSE, against_best, compare, mcnemar_exact,
                                    paired_bootstrap, paired_verdicts, pooled_verdicts, wilson_interval)

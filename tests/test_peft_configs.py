@@ -23,9 +23,9 @@ from peft import (
 )
 from transformers import AutoModelForSequenceClassification
 
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 from peftlab.methods import METHODS
-from peftlab.params import arch_spec
+from peftlab.estimate.params import arch_spec
 
 #: (method, params, family) -> (peft config class, the fields besides task type and head)
 CASES: list[tuple[str, dict[str, Any], str, type, dict[str, Any]]] = [

@@ -12,10 +12,10 @@ from transformers import AutoModelForSequenceClassification, BertConfig
 
 from conftest import FAMILIES, make_tokenizer, run_cli, tiny_config
 from peftlab.config import validate_raw
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 from peftlab.methods import METHODS
-from peftlab.params import arch_spec, base_weight_bytes, count_params
-from peftlab.plan import STATED_FACTOR, USABLE, base_bytes, check_fits, format_plan, make_plan
+from peftlab.estimate.params import arch_spec, base_weight_bytes, count_params
+from peftlab.estimate.plan import STATED_FACTOR, USABLE, base_bytes, check_fits, format_plan, make_plan
 from peftlab.runners.experiment import run_experiment
 
 
@@ -67,7 +67,7 @@ def test_estimate_within_stated_factor_of_measured_peak(wider_bert, tiny_csv, tm
 
 
 def test_run_stops_when_it_will_not_fit_and_names_what_would(tiny_bert, tiny_csv, tmp_path, monkeypatch):
-    import peftlab.plan as plan_mod
+    import peftlab.estimate.plan as plan_mod
 
     cfg = validate_raw(raw(tiny_bert, *tiny_csv, tmp_path / "o", ["full"], batch_size=64, max_length=64))
     need = make_plan(cfg).methods[0].new_bytes
@@ -83,7 +83,7 @@ def test_run_stops_when_it_will_not_fit_and_names_what_would(tiny_bert, tiny_csv
 def test_each_row_is_planned_on_its_own_backbone(tiny_bert, wider_bert, tiny_csv, tmp_path, monkeypatch):
     """A row naming its own backbone is planned (and memory-checked) with that backbone's shapes, like a
     config of that backbone alone; rows without one use the experiment's (issue 20)."""
-    import peftlab.plan as plan_mod
+    import peftlab.estimate.plan as plan_mod
 
     rows = [{"method": "full", "name": "full_small"}, {"method": "full", "name": "full_wide", "backbone": wider_bert},
             {"method": "lora", "r": 4, "name": "lora_wide", "backbone": wider_bert}]

@@ -14,7 +14,7 @@ import yaml
 
 from conftest import run_cli, write_tiny_csvs
 from method_table import _one_thread  # noqa: F401  (autouse: one intra-op thread)
-from peftlab.backbones import ALIASES, HUB_IDS, alias_of, resolve
+from peftlab.backbones.loaders import ALIASES, HUB_IDS, alias_of, resolve
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 TEXTS = ["good drug really", "awful day the pain", "meh it was okay"]
@@ -72,7 +72,7 @@ def test_plain_peft_loads_the_adapter_onto_a_base_the_user_passes(run: Path, tmp
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from peftlab.predict import load_predictor
+    from peftlab.runners.predict import load_predictor
 
     copy = shutil.copytree(run / "lora" / "adapter", tmp_path / "adapter")
     ours = load_predictor(run / "lora", merge=False)

@@ -1,4 +1,4 @@
-"""Mixed precision on CPU (peftlab.precision): the pure decision, the probe cache, the
+"""Mixed precision on CPU (peftlab.backbones.precision): the pure decision, the probe cache, the
 environment override, and bf16 autocast really used where asked for (training, evaluation,
 predict, in-context scoring). Nothing here asserts on a timing: the probe is mocked, or only
 checked to return figures; the suite itself runs in fp32 (conftest sets PEFTLAB_CPU_PRECISION)."""
@@ -15,11 +15,11 @@ from transformers import DataCollatorWithPadding
 
 from conftest import save_tiny_causal_lm, tiny_config
 from peftlab.config import TrainConfig, validate_raw
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 from peftlab.methods import METHODS
 from peftlab.methods.icl import IclParams
 from peftlab.runners.rows import BASELINE
-from peftlab.precision import (BF16_MIN_SPEEDUP, CACHE_FILE, ENV, Precision, Probe, Shapes, cache_key,
+from peftlab.backbones.precision import (BF16_MIN_SPEEDUP, CACHE_FILE, ENV, Precision, Probe, Shapes, cache_key,
                                cached_probe, measure, prefers_bf16, resolve, shapes_of)
 
 FAST, SLOW = Probe(66.0, 186.0), Probe(150.0, 84.0)  # the issue's AMD EPYC and Intel Xeon figures
@@ -127,7 +127,7 @@ def test_training_and_evaluation_autocast_as_resolved(tiny_bert, mp, dtype):
     matmuls in bf16, while weights, gradients, optimizer state and the loss stay fp32."""
     from transformers import AutoModelForSequenceClassification
 
-    from peftlab.backbones import load_tokenizer
+    from peftlab.backbones.loaders import load_tokenizer
     from peftlab.config import BackboneConfig
     from peftlab.runners.batching import encode
     from peftlab.runners.train import fit, make_accelerator, train_precision
@@ -176,7 +176,7 @@ def _cfg(tmp_path: Path, backbone: str, methods: list[dict], mp: str = "auto") -
 
 
 def test_rows_record_their_precision_and_predict_follows(tiny_bert, tmp_path, monkeypatch):
-    from peftlab.predict import load_predictor
+    from peftlab.runners.predict import load_predictor
     from peftlab.report.collect import collect
     from peftlab.report.facts import environment_table
     from peftlab.runners.experiment import run_experiment
@@ -221,12 +221,12 @@ def test_in_context_scoring_follows_the_setting(tmp_path, tiny_bert, monkeypatch
 
 
 def test_lm_lora_training_follows_the_setting(tmp_path, tiny_bert, monkeypatch):
-    from peftlab.methods import lm_lora
+    from peftlab.runners import lm_fit
 
     lm = save_tiny_causal_lm(tmp_path / "lm", seed=1)
     autocast: list[bool] = []
-    real = lm_lora._batch
-    monkeypatch.setattr(lm_lora, "_batch", lambda *a: autocast.append(torch.is_autocast_enabled("cpu")) or real(*a))
+    real = lm_fit._batch
+    monkeypatch.setattr(lm_fit, "_batch", lambda *a: autocast.append(torch.is_autocast_enabled("cpu")) or real(*a))
     row = {"method": "lm_lora", "backbone": lm, "example": "{text} so it was", "instruction": "the drug", "lr": 1e-3,
            "verbalizers": {"positive": " good", "negative": " bad", "neutral": " meh"}}
     (r,) = icl_runner_rows(tmp_path / "a", tiny_bert, row, "bf16")

@@ -39,7 +39,7 @@ TEXTS = ["good drug really", "awful day the pain", "meh it was okay", "the drug 
 def test_merged_equals_unmerged(merge_run: Path, method: str):
     from peft import PeftModel
 
-    from peftlab.predict import load_predictor
+    from peftlab.runners.predict import load_predictor
 
     merged = load_predictor(merge_run / method)
     unmerged = load_predictor(merge_run / method, merge=False)
@@ -52,7 +52,7 @@ def test_merge_changed_the_base_weights(merge_run: Path, tiny_bert: str):
     """An adapter that folded to nothing (B still zero) would pass the equality test trivially."""
     from transformers import AutoModelForSequenceClassification
 
-    from peftlab.predict import load_predictor
+    from peftlab.runners.predict import load_predictor
 
     merged = load_predictor(merge_run / "lora").model
     base = AutoModelForSequenceClassification.from_pretrained(tiny_bert)
@@ -66,7 +66,7 @@ def test_unmergeable_adapters_stay_wrapped(tiny_bert: str, monkeypatch: pytest.M
     from peft import LoraConfig, PeftModel, PromptTuningConfig, TaskType, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
-    import peftlab.predict as predict
+    import peftlab.runners.predict as predict
 
     def fresh() -> torch.nn.Module:
         return AutoModelForSequenceClassification.from_pretrained(tiny_bert)

@@ -21,7 +21,7 @@ from conftest import run_cli_process
 from interrupts import run_until_checkpoint
 
 from peftlab.config import validate_raw
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 from peftlab.runners import train as train_mod
 from peftlab.runners.checkpoint import complete_checkpoints
 from peftlab.runners.experiment import run_experiment

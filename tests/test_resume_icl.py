@@ -8,7 +8,7 @@ import json
 from test_icl_run import _config, _icl, tiny_causal  # noqa: F401  (tiny_causal: a fixture)
 
 from peftlab.config import validate_raw
-from peftlab.fingerprint import FINGERPRINT_FILE
+from peftlab.infra.fingerprint import FINGERPRINT_FILE
 from peftlab.runners import experiment as exp
 
 

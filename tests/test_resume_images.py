@@ -151,7 +151,7 @@ def test_batch_norm_statistics_are_checkpointed(world, references):
 def test_image_rows_go_to_trackers_like_text_rows(world, tmp_path):
     """Image rows share the text rows' bookkeeping (runners.rows.guarded): asked-for trackers
     are checked before anything runs, and each finished row is logged."""
-    from peftlab.errors import PeftlabError
+    from peftlab.infra.errors import PeftlabError
 
     raw = raw_config(world, "clip", tmp_path / "run")
     raw["train"]["log_to"] = ["mlflow"]  # not installed here

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from peftlab.config import TaskConfig
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 from peftlab.tasks import builtin, load_task
 from peftlab.tasks.sampling import group_split
 

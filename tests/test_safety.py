@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import peftlab
 from peftlab.config import apply_override, load_raw, parse_override, validate_raw
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 
 PACKAGE = Path(peftlab.__file__).parent
 SOURCES = {p.relative_to(PACKAGE).as_posix(): p.read_text(encoding="utf-8") for p in PACKAGE.rglob("*.py")}
@@ -49,7 +49,7 @@ def test_no_pickle_loads_anywhere():
 
 
 def test_trust_remote_code_is_off_unless_asked():
-    from peftlab.backbones import _kwargs
+    from peftlab.backbones.loaders import _kwargs
     from peftlab.config import BackboneConfig
 
     assert _kwargs(BackboneConfig(name="x"))["trust_remote_code"] is False

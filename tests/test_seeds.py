@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from peftlab.config import validate_raw
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 from peftlab.report.seeds import BELOW, BEST, NOT_SIGNIFICANT, mean_std, summarise, versus_best
 from peftlab.results import RunResult
 from peftlab.runners.experiment import run_experiment

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from peftlab.threads import contention_warning, decide_threads, is_contended
+from peftlab.infra.threads import contention_warning, decide_threads, is_contended
 
 
 @pytest.mark.parametrize(("configured", "omp", "cores", "workers", "expected"), [

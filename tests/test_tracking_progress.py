@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 from peftlab.results import EpochRecord, ParamCounts, RunResult, Timing
 from peftlab.runners.progress import say, track
-from peftlab.tracking import check_trackers, log_result
+from peftlab.infra.tracking import check_trackers, log_result
 
 
 def result() -> RunResult:

@@ -9,8 +9,8 @@ with safetensors only (never pickle).
 The fingerprint (``meta``) comes from the peftlab run around the adapter (``results.json``:
 method, backbone, labels) or from the ``peftlab_compose.json`` a composed adapter carries; a plain
 peft folder has only ``base_model_name_or_path`` and ``revision`` (an offline alias's hub id there
-is read back as the alias: its packaged copy, :func:`peftlab.backbones.alias_of`). ``base_fp`` is peftlab's
-fingerprint of the base weights (``base_fingerprint.json``, :mod:`peftlab.fingerprint`), which
+is read back as the alias: its packaged copy, :func:`peftlab.backbones.loaders.alias_of`). ``base_fp`` is peftlab's
+fingerprint of the base weights (``base_fingerprint.json``, :mod:`peftlab.infra.fingerprint`), which
 every adapter peftlab saves carries, composed ones included, so that none is put on another base.
 """
 
@@ -23,13 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
-from peftlab.backbones import alias_of
-from peftlab.errors import PeftlabError
-from peftlab.fingerprint import FINGERPRINT_FILE, write_fingerprint
-from peftlab.io import read_json, save_safetensors
+from peftlab.backbones.loaders import alias_of
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.fingerprint import FINGERPRINT_FILE, write_fingerprint
+from peftlab.infra.io import read_json, save_safetensors
 from peftlab.methods import METHODS
 from peftlab.methods.base import Composition, Method, read_safetensors
+from peftlab.results import read_result
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -121,14 +123,11 @@ def _run_meta(adir: Path) -> dict[str, Any]:
     mdir = adir.parent
     if not (mdir / "results.json").is_file():
         return {}
-    from peftlab.results import read_result
 
     r = read_result(mdir / "results.json")
     meta: dict[str, Any] = {"method": r.method, "backbone": r.backbone, "labels": list(r.labels)}
     cfg_path = mdir.parent / "config.yaml"
     if cfg_path.is_file():
-        import yaml
-
         backbone = (yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}).get("backbone")
         if isinstance(backbone, dict):
             meta["revision"] = backbone.get("revision")

@@ -1,4 +1,7 @@
-"""``peftlab compose``: the command (registered on the main app in :mod:`peftlab.cli`)."""
+"""``peftlab compose``: the command (registered on the main app in :mod:`peftlab.cli`).
+
+Like peftlab/cli.py, it imports the composition code inside the command, so the CLI starts fast.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 
 
 def compose_command(

@@ -10,7 +10,8 @@ from peftlab.compose.adapter import Adapter, load_adapter, save_adapter
 from peftlab.compose.expr import linear_form
 from peftlab.compose.ops import combine
 from peftlab.compose.validate import check_compatible
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
+from peftlab.compose.model import base_fingerprint_of
 
 
 def parse_adapter_args(items: list[str]) -> dict[str, str]:
@@ -45,8 +46,6 @@ def compose(text: str, pool: dict[str, Adapter], mode: str = "parameter", rank: 
     check_compatible([ad for _, ad in terms], mode, force_base)
     composed = combine(terms, mode, rank, head, pool)
     if composed.base_fp is None:
-        from peftlab.compose.model import base_fingerprint_of
-
         composed = replace(composed, base_fp=base_fingerprint_of(composed, base))
     record = {
         "expression": text, "variables": dict(variables or {}), "coefficients": coefs, "mode": mode,

@@ -18,14 +18,14 @@ import numpy as np
 import torch
 from transformers import DataCollatorWithPadding
 
-from peftlab.backbones import load_classifier, load_tokenizer
+from peftlab.backbones.loaders import load_classifier, load_tokenizer
 from peftlab.compose.adapter import COMPOSE_FILE, Adapter, head_tensors
 from peftlab.config import BackboneConfig
-from peftlab.errors import PeftlabError
-from peftlab.fingerprint import base_fingerprint, check_base, write_fingerprint
-from peftlab.io import follow_umask
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.fingerprint import base_fingerprint, check_base, write_fingerprint
+from peftlab.infra.io import follow_umask
 from peftlab.methods.peft_common import load_peft
-from peftlab.metrics import classification_metrics
+from peftlab.results.metrics import classification_metrics
 from peftlab.runners.batching import encode
 from peftlab.runners.train import cross_entropy, predict_logits
 from peftlab.tasks.base import Split

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from peftlab.compose.adapter import Adapter, composition_of, head_tensors
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 
 Terms = list[tuple[float, Adapter]]
 

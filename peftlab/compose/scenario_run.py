@@ -14,9 +14,12 @@ from peftlab.compose import scenario_data as sd
 from peftlab.compose.core import compose, load_pool
 from peftlab.compose.scenarios import SCENARIOS, Module, Plan, ScenarioConfig
 from peftlab.compose.sweep import Validation, parse_sweep, run_sweep, score, write_sweep
-from peftlab.errors import PeftlabError
-from peftlab.io import atomic_write_text
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.io import atomic_write_text
 from peftlab.results import RunResult, read_result
+from peftlab.config import validate_raw
+from peftlab.report.compare import write_comparison
+from peftlab.runners.experiment import run_experiment
 
 
 def _module_config(cfg: ScenarioConfig, mod: Module, out: Path) -> dict[str, Any]:
@@ -34,9 +37,6 @@ def _module_config(cfg: ScenarioConfig, mod: Module, out: Path) -> dict[str, Any
 
 def train_modules(cfg: ScenarioConfig, plan: Plan, out: Path, reuse: bool, quiet: bool) -> dict[str, RunResult]:
     """Train every module as an ordinary one-method peftlab run (reused when asked and present)."""
-    from peftlab.config import validate_raw
-    from peftlab.runners.experiment import run_experiment
-
     done: dict[str, RunResult] = {}
     for mod in plan.modules:
         raw = _module_config(cfg, mod, out)
@@ -105,8 +105,6 @@ def report(cfg: ScenarioConfig, plan: Plan, modules: dict[str, RunResult], rows:
 
 def run_scenario(cfg: ScenarioConfig, reuse: bool = False, quiet: bool = True, command: str = "") -> str:
     import torch
-
-    from peftlab.report.compare import write_comparison
 
     t0 = time.perf_counter()
     if cfg.train.num_threads:

@@ -24,16 +24,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator, ValidationError
 
 from peftlab.compose import scenario_data as sd
-from peftlab.config import TaskConfig, TrainConfig, apply_overrides, load_raw
-from peftlab.config_base import StrictModel
-from peftlab.errors import PeftlabError
+from peftlab.config import _format_error, apply_overrides, load_raw, TaskConfig, TrainConfig
+from peftlab.infra.config_base import StrictModel
+from peftlab.infra.errors import PeftlabError
 from peftlab.methods.lora import LoraParams
-from peftlab.registry import Registry
+from peftlab.infra.registry import Registry
 from peftlab.tasks.base import Split
 from peftlab.tasks.sampling import stratified_indices, stratified_split
+from peftlab.compose.sweep import parse_sweep
+from peftlab.infra.tracking import check_trackers
+from peftlab.tasks import load_task
 
 
 class ScenarioConfig(StrictModel):
@@ -60,7 +63,6 @@ class ScenarioConfig(StrictModel):
     @field_validator("sweep")
     @classmethod
     def _sweep(cls, text: str) -> str:  # refused when the config is read, not after training
-        from peftlab.compose.sweep import parse_sweep
 
         try:
             parse_sweep(text)
@@ -119,8 +121,6 @@ def _cap(idx: np.ndarray, labels: np.ndarray, n: int | None, seed: int) -> np.nd
 
 def _splits(cfg: ScenarioConfig, cap: bool = True) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
     """(task data, pool idx, val idx, test idx): val is held out of train, test is the task's eval."""
-    from peftlab.tasks import load_task
-
     data = load_task(TaskConfig(source="builtin", name=cfg.task), cfg.train.seed)
     pool, val = stratified_split(data.train.labels, cfg.val_fraction, cfg.train.seed)
     s = cfg.train.seed
@@ -246,10 +246,6 @@ def analogy(cfg: ScenarioConfig) -> Plan:
 
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> ScenarioConfig:
-    from pydantic import ValidationError
-
-    from peftlab.config import _format_error
-
     raw = load_raw(path)
     apply_overrides(raw, overrides)
     try:
@@ -266,8 +262,6 @@ def is_scenario(path: str | Path) -> bool:
 def check_scenario(path: str | Path, overrides: list[str] | None = None) -> str:
     """``peftlab validate`` of a scenario config: its schema (sweep included), trackers and data
     splits (the plan), with no model loaded; returns the ok line (a problem is one PeftlabError)."""
-    from peftlab.tracking import check_trackers
-
     cfg = load_scenario(path, overrides)
     check_trackers(cfg.train.log_to)
     plan = SCENARIOS.get(cfg.scenario)(cfg)

@@ -18,11 +18,18 @@ import numpy as np
 
 from peftlab.compose.adapter import Adapter
 from peftlab.compose.core import compose, write
-from peftlab.compose.model import evaluate, labels_of, load_with_adapter
-from peftlab.errors import PeftlabError
-from peftlab.io import atomic_write_text, dir_size_bytes
+from peftlab.compose.model import backbone_of, evaluate, labels_of, load_with_adapter
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.io import atomic_write_text, dir_size_bytes
 from peftlab.results import EpochRecord, RunResult, Timing, environment
 from peftlab.tasks.base import Split
+from peftlab.backbones.loaders import load_tokenizer
+from peftlab.config import TaskConfig, load_config
+from peftlab.report.compare import write_comparison
+from peftlab.tasks import load_task
+from peftlab.tasks.builtin import BUILTIN_TASKS
+from peftlab.tasks.loaders import SPLIT_SEED
+from peftlab.tasks.sampling import stratified_split
 
 
 def parse_sweep(text: str) -> tuple[str, list[float]]:
@@ -60,18 +67,10 @@ class Validation:
 def load_validation(eval_arg: str, seed: int = 0) -> Validation:
     """``--eval``: a peftlab config (its eval split is scored: make it a validation split) or a
     builtin task name (a stratified hold-out of its *train* split with the fixed split seed)."""
-    from peftlab.tasks import load_task
-
     if eval_arg.endswith((".yaml", ".yml")) or Path(eval_arg).is_file():
-        from peftlab.config import load_config
-
         cfg = load_config(eval_arg)
         data = load_task(cfg.task, cfg.train.seed)
         return Validation(data.name, data.eval, data.label_names, cfg.train.max_length, cfg.train.eval_batch_size)
-    from peftlab.config import TaskConfig
-    from peftlab.tasks.builtin import BUILTIN_TASKS
-    from peftlab.tasks.loaders import SPLIT_SEED
-    from peftlab.tasks.sampling import stratified_split
 
     if eval_arg not in BUILTIN_TASKS:
         raise PeftlabError(f"--eval {eval_arg!r}: not a config file; {BUILTIN_TASKS.unknown_message(eval_arg)}")
@@ -128,9 +127,6 @@ def run_sweep(text: str, pool: dict[str, Adapter], var: str, values: list[float]
     for v in values:
         composed, record = compose(text, pool, mode, rank, head, {var: v}, base, force_base)
         if tok is None:
-            from peftlab.backbones import load_tokenizer
-            from peftlab.compose.model import backbone_of
-
             tok = load_tokenizer(backbone_of(composed, base))
         r = score(composed, record, val, f"{var}={v:g}", base, tok, force_base)
         results.append(r)
@@ -180,8 +176,6 @@ def plot_sweep(results: list[RunResult], var: str, best: int, path: Path) -> Non
 
 def write_sweep(results: list[RunResult], var: str, best: int, text: str, out: Path) -> None:
     """sweep.md, sweep.csv, sweep.png and one results.json per point under sweep/."""
-    from peftlab.report.compare import write_comparison
-
     for r in results:
         r.write(out / "sweep" / r.name)
     write_comparison(results, out / "sweep")

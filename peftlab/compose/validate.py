@@ -8,8 +8,8 @@ parameter-space LoRA, the same rank and alpha).
 from __future__ import annotations
 
 from peftlab.compose.adapter import Adapter, composition_of, module_keys, same_base
-from peftlab.errors import PeftlabError
-from peftlab.fingerprint import BASE_KEYS
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.fingerprint import BASE_KEYS
 
 
 def check_options(ad: Adapter) -> None:

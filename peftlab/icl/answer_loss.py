@@ -9,7 +9,7 @@ transformers 5 a *boolean* ``(batch, seq)`` tensor keeps exactly the True positi
 row-major to ``(n_kept, vocab)`` (``modeling_utils.slice_logits_to_keep``, used by the causal-LM
 class of nearly every architecture, so model-specific output steps such as Gemma's logit
 soft-capping still apply; a peft wrapper passes the argument through). The 4-bit path is the same:
-``peftlab.icl.lm`` keeps ``lm_head`` out of quantisation.
+``peftlab.backbones.causal_lm`` keeps ``lm_head`` out of quantisation.
 
 The loss is the one HF computes (``loss_utils.ForCausalLMLoss`` without ``num_items_in_batch``):
 labels shifted left by one, cross-entropy in fp32, averaged over every non-ignored token of the

@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from peftlab.registry import Registry
+from peftlab.infra.registry import Registry
 from peftlab.tasks.base import Split
+from peftlab.backbones.loaders import resolve
 
 #: (train split, eval split, k, seed, embed function) -> demonstration indices per eval example
 Selector = Callable[[Split, Split, int, int, Callable[[list[str]], np.ndarray]], list[list[int]]]
@@ -71,8 +72,6 @@ def minilm_embedder(backbone: str = "minilm-l6", batch_size: int = 64, max_lengt
     """Mean-pooled last hidden states of a sentence encoder (all-MiniLM-L6-v2 by default)."""
     import torch
     from transformers import AutoModel, AutoTokenizer
-
-    from peftlab.backbones import resolve
 
     path = resolve(backbone)
     tok = AutoTokenizer.from_pretrained(path)

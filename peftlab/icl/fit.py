@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 
 #: a prompt renderer: (demonstrations, text, pair) -> prompt string
 Render = Callable[[list[Any], str, "str | None"], str]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from peftlab.kv_cache import cache_kwargs, returned_cache
+from peftlab.backbones.kv_cache import cache_kwargs, returned_cache
 
 Ids = list[int]
 

@@ -15,12 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftlab.backbones import _fail, _kwargs, load_hf_config, loading_weights, resolve
+from peftlab.backbones.loaders import _fail, _kwargs, load_hf_config, loading_weights, resolve
 from peftlab.config import BackboneConfig
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 from peftlab.images import clip_prefix, efficientnet
 from peftlab.images.preprocess import CLIP_MEAN, CLIP_STD, Preprocess, from_model_folder
-from peftlab.registry import Registry
+from peftlab.infra.registry import Registry
 
 OPEN_CLIP_PREFIX = "open_clip:"
 HEAD_NAMES = ("classifier", "score", "head", "fc")

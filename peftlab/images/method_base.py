@@ -19,11 +19,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from peftlab.config import TrainConfig
-from peftlab.errors import PeftlabError
-from peftlab.io import save_safetensors
-from peftlab.registry import Registry
-from peftlab.runners.distributed import barrier, is_main
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.io import save_safetensors
+from peftlab.infra.registry import Registry
+from peftlab.infra.distributed import barrier, is_main
 from peftlab.tasks.images import ImageTaskData
+from peftlab.methods.base import read_safetensors
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 HEAD_FILE = "head.safetensors"
@@ -40,7 +41,7 @@ class ImageContext:
     tcfg: TrainConfig
     device: torch.device
     cache_dir: Path | None = None
-    #: the base model's fingerprint, saved beside every adapter (peftlab.fingerprint)
+    #: the base model's fingerprint, saved beside every adapter (peftlab.infra.fingerprint)
     fingerprint: dict[str, str] | None = None
     _features: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
@@ -130,7 +131,5 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from peftlab.methods.base import read_safetensors
-
     return read_safetensors(path, "saved weights")
 

@@ -15,7 +15,7 @@ from peftlab.images.backbones import ClassifierBackbone, logits_of
 from peftlab.images.efficientnet import LiteConfig
 from peftlab.images.method_base import (HEAD_FILE, IMAGE_METHODS, Built, Forward, ImageContext, ImageMethod,
                                         load_tensors, save_tensors)
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 from peftlab.methods.base import freeze_all, unfreeze
 from peftlab.methods.lora import family_options_on
 from peftlab.methods.peft_common import load_peft, wrap_peft

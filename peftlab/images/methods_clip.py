@@ -14,14 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 from peftlab.images import params as P
 from peftlab.images.backbones import ClipBackbone
 from peftlab.images.method_base import (HEAD_FILE, IMAGE_METHODS, Built, Forward, ImageContext, ImageMethod,
                                         load_tensors, save_tensors)
 from peftlab.images.zeroshot import (DEFAULT_SEARCH_TEMPLATES, class_prompts, ensemble, normalise, spoken,
                                      template_search, zero_shot_logits)
-from peftlab.metrics import classification_metrics
+from peftlab.results.metrics import classification_metrics
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 """Closed-form parameter counts for the image methods, pure functions of the architecture.
 
-As in peftlab.params for text: every result stores the counted number next to these, so a
+As in peftlab.estimate.params for text: every result stores the counted number next to these, so a
 method that trains more or less than it claims is flagged (``params_mismatch``).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from peftlab.images.efficientnet import LiteConfig
-from peftlab.params import linear_params, matches_target
+from peftlab.estimate.params import linear_params, matches_target
 
 #: conv name -> (in channels, out channels, kernel, groups)
 Convs = dict[str, tuple[int, int, int, int]]

@@ -14,8 +14,8 @@ import torch
 import peftlab.images.methods_classifier  # noqa: F401  (registers the classifier methods)
 import peftlab.images.methods_clip  # noqa: F401  (registers the CLIP methods)
 from peftlab.config import load_config
-from peftlab.errors import PeftlabError
-from peftlab.fingerprint import check_base, image_base_fingerprint
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.fingerprint import check_base, image_base_fingerprint
 from peftlab.images.backbones import backbone_kind, load_image_backbone
 from peftlab.images.method_base import Forward, image_method
 from peftlab.images.preprocess import Preprocess

@@ -7,6 +7,7 @@ sizes and statistics from a model folder's ``preprocessor_config.json`` when the
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from peftlab.errors import PeftlabError
-from peftlab.io import read_json
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.io import read_json
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -68,7 +69,6 @@ def to_pil(image: Any) -> Any:
         except (OSError, UnidentifiedImageError) as exc:
             raise PeftlabError(f"cannot read image {image}: {exc}") from None
     if isinstance(image, dict) and image.get("bytes"):  # datasets' Image feature, undecoded
-        import io
 
         return to_pil(Image.open(io.BytesIO(image["bytes"])))
     raise PeftlabError(f"not an image: {type(image).__name__}")

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from peftlab.metrics import classification_metrics
+from peftlab.results.metrics import classification_metrics
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from peftlab.methods.prefix_tuning import PrefixTuning
 from peftlab.methods.prompt_tuning import PromptTuning
 from peftlab.methods.qlora import Qlora
 from peftlab.methods.vera import Vera
-from peftlab.registry import Registry
+from peftlab.infra.registry import Registry
 
 METHODS: Registry[Method] = Registry("method")
 

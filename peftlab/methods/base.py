@@ -20,11 +20,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from peftlab.activations import Flow
-from peftlab.config_base import MethodParams
-from peftlab.errors import PeftlabError
-from peftlab.io import save_safetensors
-from peftlab.params import ArchSpec
+from peftlab.estimate.activations import Flow
+from peftlab.infra.config_base import MethodParams
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.io import save_safetensors
+from peftlab.estimate.params import ArchSpec, total_params
 
 #: Names of the classification-head module used when the architecture has no closed-form spec.
 DEFAULT_HEADS = ("classifier", "score")
@@ -106,7 +106,7 @@ class Method:
     def keeps_fp32(self, params: Any, device_type: str) -> str | None:
         """Why this method computes in fp32 on ``device_type`` whatever ``train.mixed_precision``
         says (recorded as the row's precision reason), or None: it follows the setting
-        (peftlab.precision: bf16 autocast on CUDA, and on CPUs where it is measured faster)."""
+        (peftlab.backbones.precision: bf16 autocast on CUDA, and on CPUs where it is measured faster)."""
         return None
 
     def lr_scale(self, params: Any, name: str) -> float:
@@ -127,13 +127,11 @@ class Method:
 
     def flow(self, params: Any, spec: ArchSpec) -> Flow:
         """Where this method's trainable tensors sit, so that ``peftlab plan`` counts what autograd
-        keeps for one training step (:mod:`peftlab.activations`) before any weights load."""
+        keeps for one training step (:mod:`peftlab.estimate.activations`) before any weights load."""
         raise NotImplementedError
 
     def derived_total(self, params: Any, spec: ArchSpec) -> int:
         """Total parameters of the prepared model; methods that add parameters override."""
-        from peftlab.params import total_params
-
         return total_params(spec)
 
     def save(self, model: nn.Module, params: Any, directory: Path) -> None:

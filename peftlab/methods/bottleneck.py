@@ -17,13 +17,13 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 from torch import nn
 
-from peftlab.activations import Flow
-from peftlab.config_base import MethodParams, PositiveFloat
-from peftlab.errors import PeftlabError
-from peftlab.io import save_safetensors
+from peftlab.estimate.activations import Flow
+from peftlab.infra.config_base import MethodParams, PositiveFloat
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.io import save_safetensors
 from peftlab.methods import bottleneck_layers as bl
 from peftlab.methods.base import Method, freeze_all, head_names, read_safetensors, unfreeze
-from peftlab.params import ArchSpec, total_params
+from peftlab.estimate.params import ArchSpec, total_params
 
 HEAD_FILE = "head.safetensors"
 

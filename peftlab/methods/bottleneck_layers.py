@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from peftlab.infra.io import save_safetensors
+
 KINDS = ("houlsby", "pfeiffer")
 _ACTS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -204,8 +206,6 @@ def load_adapter_state_dict(model: nn.Module, sd: dict[str, torch.Tensor]) -> No
 
 def save_adapters(model: nn.Module, cfg: BottleneckConfig, directory) -> None:
     """Write adapter_model.safetensors + adapter_config.json into ``directory`` (created)."""
-    from peftlab.io import save_safetensors
-
     wrapped = _wrapped(model)
     if not wrapped:
         raise ValueError("model has no bottleneck adapters to save")

@@ -12,11 +12,11 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 from torch import nn
 
-from peftlab.activations import Flow
-from peftlab.config_base import MethodParams, PositiveFloat
-from peftlab.errors import PeftlabError
+from peftlab.estimate.activations import Flow
+from peftlab.infra.config_base import MethodParams, PositiveFloat
+from peftlab.infra.errors import PeftlabError
 from peftlab.methods.base import Method, Readme
-from peftlab.params import ArchSpec
+from peftlab.estimate.params import ArchSpec
 
 DEFAULT_TEMPLATES = ["a photo of a {}."]
 

@@ -6,10 +6,10 @@ from typing import Literal
 
 from torch import nn
 
-from peftlab.activations import Flow, full_flow
-from peftlab.config_base import MethodParams, PositiveFloat
+from peftlab.estimate.activations import Flow, full_flow
+from peftlab.infra.config_base import MethodParams, PositiveFloat
 from peftlab.methods.base import Method, Readme
-from peftlab.params import ArchSpec, total_params
+from peftlab.estimate.params import ArchSpec, total_params
 
 
 class FullParams(MethodParams):

@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-
 from peft import IA3Config
 from peft.utils.constants import (
     TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as IA3_FEEDFORWARD,
@@ -25,12 +24,12 @@ from peft.utils.constants import (
 from pydantic import Field
 from torch import nn
 
-from peftlab.activations import Flow, block_linears
-from peftlab.config_base import MethodParams, PositiveFloat
-from peftlab.errors import PeftlabError
+from peftlab.estimate.activations import Flow, block_linears
+from peftlab.infra.config_base import MethodParams, PositiveFloat
+from peftlab.infra.errors import PeftlabError
 from peftlab.methods.base import Composition, Readme
 from peftlab.methods.peft_common import PeftMethod, check_targets, seq_cls_config
-from peftlab.params import ArchSpec, targeted_linears
+from peftlab.estimate.params import ArchSpec, targeted_linears
 
 
 class Ia3Params(MethodParams):

@@ -7,14 +7,18 @@ runs through the ``icl`` runner (:mod:`peftlab.runners.icl`), not the training l
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from peftlab.activations import Flow, full_flow
-from peftlab.config_base import MethodParams, PositiveFloat
+from peftlab.estimate.activations import Flow, full_flow
+from peftlab.estimate.params import ArchSpec
+from peftlab.infra.config_base import MethodParams, PositiveFloat
+from peftlab.infra.errors import PeftlabError
 from peftlab.methods.base import Method, Readme
-from peftlab.params import ArchSpec
+from peftlab.methods.qlora import check_quantize, cpu_quantised_fp32
+from peftlab.prompts import load_template
 
 
 class IclParams(MethodParams):
@@ -61,33 +65,29 @@ class Icl(Method):
         closed_form="0",
     )
     runner = "icl"
-    #: whether ``prepare_lm`` trains something that ``save`` writes (an adapter)
+    #: whether ``prepare_lm`` adds something that is trained and that ``save`` writes (an adapter)
     saves_adapter: ClassVar[bool] = False
 
     def check(self, params: Any, spec: ArchSpec | None, model_type: str) -> None:
-        from peftlab.errors import PeftlabError
-        from peftlab.prompts import load_template
-
         if spec is not None and not spec.is_decoder:
             raise PeftlabError(f"config error: {params.label}: {params.method} needs a causal LM backbone, "
                                f"and {model_type} is an encoder (set the row's backbone, e.g. smollm2-135m)")
         load_template(params.template, template_overrides(params))
-        from peftlab.icl.lm import check_quantize
-
         check_quantize(params.quantize)
 
     def keeps_fp32(self, params: Any, device_type: str) -> str | None:
         """A 4-/8-bit LM on CPU stays fp32, as qlora does (peftlab.methods.qlora.cpu_quantised_fp32)."""
-        from peftlab.methods.qlora import cpu_quantised_fp32
-
         return cpu_quantised_fp32(device_type) if params.quantize != "none" else None
 
-    def prepare_lm(self, model: Any, params: Any, ctx: Any) -> tuple[Any, Any]:
-        """Adapt the LM before scoring; returns (model, FitOutcome). In-context learning trains
-        nothing: the LM is used as loaded."""
-        from peftlab.runners.train import FitOutcome
+    def prepare_lm(self, model: Any, params: Any) -> Any:
+        """Adapt the LM before scoring (add what ``lm_loss`` trains); in-context learning uses the
+        LM as loaded."""
+        return model
 
-        return model, FitOutcome()
+    def lm_loss(self, params: Any) -> Callable[[Any, dict[str, Any]], Any] | None:
+        """``loss(model, batch)`` that the ``icl`` runner trains the prepared LM on before scoring
+        (:mod:`peftlab.runners.lm_fit` owns the loop); None: nothing is trained."""
+        return None
 
     def derived_trainable(self, params: Any, spec: ArchSpec) -> int:
         return 0

@@ -11,10 +11,10 @@ from typing import Literal
 
 from torch import nn
 
-from peftlab.activations import Flow, full_flow
-from peftlab.config_base import MethodParams, PositiveFloat
+from peftlab.estimate.activations import Flow, full_flow
+from peftlab.infra.config_base import MethodParams, PositiveFloat
 from peftlab.methods.base import Method, Readme, freeze_all, head_names, unfreeze
-from peftlab.params import ArchSpec
+from peftlab.estimate.params import ArchSpec
 
 
 class LinearProbeParams(MethodParams):

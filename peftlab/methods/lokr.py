@@ -17,12 +17,12 @@ from peft.utils.constants import TRANSFORMERS_MODELS_TO_LOKR_TARGET_MODULES_MAPP
 from pydantic import Field
 from torch import nn
 
-from peftlab.activations import Flow, block_linears, post_targeted
-from peftlab.config_base import MethodParams, PositiveFloat
-from peftlab.errors import PeftlabError
+from peftlab.estimate.activations import Flow, block_linears, post_targeted
+from peftlab.infra.config_base import MethodParams, PositiveFloat
+from peftlab.infra.errors import PeftlabError
 from peftlab.methods.base import Readme
 from peftlab.methods.peft_common import PeftMethod, check_targets, seq_cls_config
-from peftlab.params import ArchSpec, targeted_linears
+from peftlab.estimate.params import ArchSpec, targeted_linears
 
 
 class LokrParams(MethodParams):

@@ -44,13 +44,13 @@ from pydantic import Field, field_validator, model_validator
 from safetensors.torch import load_file
 from torch import nn
 
-from peftlab.activations import Flow, block_linears, post_targeted
-from peftlab.config_base import MethodParams, PositiveFloat
-from peftlab.errors import PeftlabError
-from peftlab.io import save_safetensors
+from peftlab.estimate.activations import Flow, block_linears, post_targeted
+from peftlab.infra.config_base import MethodParams, PositiveFloat
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.io import save_safetensors
 from peftlab.methods.base import Composition, Readme
 from peftlab.methods.peft_common import PeftMethod, check_targets, seq_cls_config
-from peftlab.params import ArchSpec, all_linears, targeted_linears
+from peftlab.estimate.params import ArchSpec, all_linears, targeted_linears
 
 #: peft's shorthand for every linear layer except the output/classification head
 ALL_LINEAR = "all-linear"

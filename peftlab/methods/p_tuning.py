@@ -14,11 +14,11 @@ from peft import PromptEncoderConfig, PromptEncoderReparameterizationType
 from pydantic import Field
 from torch import nn
 
-from peftlab.activations import Flow
-from peftlab.config_base import MethodParams, PositiveFloat
+from peftlab.estimate.activations import Flow
+from peftlab.infra.config_base import MethodParams, PositiveFloat
 from peftlab.methods.base import Readme
 from peftlab.methods.peft_common import PeftMethod, seq_cls_config
-from peftlab.params import ArchSpec, linear_params
+from peftlab.estimate.params import ArchSpec, linear_params
 
 #: peft's PromptEncoderConfig.encoder_num_layers default; used by the LSTM encoder only
 LSTM_LAYERS = 2

@@ -11,11 +11,11 @@ from typing import Literal
 from pydantic import Field
 from torch import nn
 
-from peftlab.activations import Flow
-from peftlab.config_base import MethodParams, PositiveFloat
-from peftlab.errors import PeftlabError
+from peftlab.estimate.activations import Flow
+from peftlab.infra.config_base import MethodParams, PositiveFloat
+from peftlab.infra.errors import PeftlabError
 from peftlab.methods.base import Method, Readme, freeze_all, head_names, unfreeze
-from peftlab.params import FAMILIES, ArchSpec, layer_params, post_params
+from peftlab.estimate.params import FAMILIES, ArchSpec, layer_params, post_params
 
 
 class PartialParams(MethodParams):

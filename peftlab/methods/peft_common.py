@@ -15,9 +15,9 @@ from peft import PeftConfig, PeftModel, TaskType, get_peft_model
 from safetensors import SafetensorError
 from torch import nn
 
-from peftlab.errors import PeftlabError, first_line
+from peftlab.infra.errors import PeftlabError, first_line
 from peftlab.methods.base import Method, head_names
-from peftlab.params import ArchSpec, targeted_linears, total_params
+from peftlab.estimate.params import ArchSpec, targeted_linears, total_params
 
 
 def seq_cls_config(config_class: type[PeftConfig], model: nn.Module, spec: ArchSpec | None,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from peftlab.config_base import PositiveFloat
+from peftlab.infra.config_base import PositiveFloat
 from peftlab.methods.base import Readme
 from peftlab.methods.bottleneck import BottleneckMethod, BottleneckParams
 

@@ -16,12 +16,12 @@ from peft import PrefixTuningConfig
 from pydantic import Field, model_validator
 from torch import nn
 
-from peftlab.activations import Flow
-from peftlab.config_base import MethodParams, PositiveFloat
-from peftlab.kv_cache import route_prefix_cache
+from peftlab.estimate.activations import Flow
+from peftlab.infra.config_base import MethodParams, PositiveFloat
+from peftlab.backbones.kv_cache import route_prefix_cache
 from peftlab.methods.base import Readme
 from peftlab.methods.peft_common import PeftMethod, seq_cls_config
-from peftlab.params import ArchSpec, linear_params, prefix_token_dim
+from peftlab.estimate.params import ArchSpec, linear_params, prefix_token_dim
 
 
 class PrefixTuningParams(MethodParams):
@@ -71,7 +71,7 @@ class PrefixTuning(PeftMethod):
 
         Without projection the prefix itself is the parameter: n x (layers * 2 * d). With projection,
         an n x d embedding feeds Linear(d, enc) -> Tanh -> Linear(enc, layers * 2 * d), biases
-        included; ``d`` is :func:`~peftlab.params.prefix_token_dim` and ``enc`` defaults to ``d`` (as in peft).
+        included; ``d`` is :func:`~peftlab.estimate.params.prefix_token_dim` and ``enc`` defaults to ``d`` (as in peft).
         """
         n, d = params.num_virtual_tokens, prefix_token_dim(spec)
         out = spec.num_layers * 2 * d

@@ -18,12 +18,12 @@ from peft import PromptTuningConfig, PromptTuningInit
 from pydantic import Field
 from torch import nn
 
-from peftlab.activations import Flow
-from peftlab.config_base import MethodParams, PositiveFloat
-from peftlab.errors import PeftlabError
+from peftlab.estimate.activations import Flow
+from peftlab.infra.config_base import MethodParams, PositiveFloat
+from peftlab.infra.errors import PeftlabError
 from peftlab.methods.base import Readme
 from peftlab.methods.peft_common import PeftMethod, seq_cls_config
-from peftlab.params import ArchSpec
+from peftlab.estimate.params import ArchSpec
 
 
 class PromptTuningParams(MethodParams):

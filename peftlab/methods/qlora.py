@@ -12,8 +12,8 @@ On a CPU the row runs without autocast whatever ``train.mixed_precision`` says
 (:func:`cpu_quantised_fp32`); on CUDA it follows the setting.
 
 Parameter counts are logical (a 4-bit weight counts as one parameter, see
-:func:`peftlab.params.count_params`), so they equal ``lora``'s; memory differs, which
-:func:`peftlab.params.base_weight_bytes` reports.
+:func:`peftlab.estimate.params.count_params`), so they equal ``lora``'s; memory differs, which
+:func:`peftlab.estimate.params.base_weight_bytes` reports.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 from peftlab.methods.base import Readme
 from peftlab.methods.lora import Lora, LoraParams
-from peftlab.params import ArchSpec
+from peftlab.estimate.params import ArchSpec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -51,6 +51,17 @@ class QloraParams(LoraParams):
         "pissa": "PiSSA rewrites the base weights, which qlora keeps quantised; use method lora",
         "olora": "OLoRA rewrites the base weights, which qlora keeps quantised; use method lora",
     }
+
+
+def check_quantize(quantize: str) -> None:
+    """One line, before anything loads, when ``quantize`` needs bitsandbytes and it is missing."""
+    if quantize == "none":
+        return
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise PeftlabError(f"quantize: {quantize} needs bitsandbytes (pip install 'bitsandbytes>=0.50'), "
+                           f"which cannot be imported ({exc})") from None
 
 
 def _bitsandbytes() -> Any:

@@ -23,8 +23,8 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from peftlab.config_base import StrictModel
-from peftlab.errors import PeftlabError
+from peftlab.infra.config_base import StrictModel
+from peftlab.infra.errors import PeftlabError
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 

@@ -8,6 +8,7 @@ a composition sweep), so it reads only the RunResult schema and the run folder's
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -15,9 +16,10 @@ from typing import Any
 
 import yaml
 
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 from peftlab.report.calibration import Calibration, calibration_of
 from peftlab.results import BASELINE_METHOD, PREDICTIONS_FILE, RESULTS_FILE, Predictions, RunResult, read_predictions, read_result
+from peftlab.infra.launcher import launch_prefix
 
 CONFIG_FILE = "config.yaml"
 #: the command line that started a run and its working folder (written by ``peftlab run``)
@@ -35,7 +37,7 @@ class RunDir:
     config: dict[str, Any] = field(default_factory=dict)
     #: (command line, working folder) as the user typed it, when recorded
     original: tuple[str, str] | None = None
-    #: ``accelerate launch ...`` / ``torchrun ...`` when the run was started by a launcher (peftlab.launcher)
+    #: ``accelerate launch ...`` / ``torchrun ...`` when the run was started by a launcher (peftlab.infra.launcher)
     launcher: str | None = None
 
     @property
@@ -93,8 +95,6 @@ def reproduce_note(run: RunDir) -> str:
 
 
 def _shell_quote(s: str) -> str:
-    import shlex
-
     return shlex.quote(s)
 
 
@@ -134,10 +134,6 @@ def load_run_dir(path: Path) -> tuple[RunDir, list[Path]]:
 def _original_command(path: Path) -> tuple[tuple[str, str] | None, str | None]:
     """The recorded command line (with its launcher's prefix) and that prefix alone; None for what
     is absent or unreadable (it is a courtesy, not data)."""
-    import shlex
-
-    from peftlab.launcher import launch_prefix
-
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         argv = [str(a) for a in data["argv"]]

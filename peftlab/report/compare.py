@@ -6,15 +6,15 @@ import csv
 import io
 from pathlib import Path
 
-from peftlab.errors import PeftlabError
-from peftlab.io import atomic_write_text
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.io import atomic_write_text
 from peftlab.report.calibration import Calibration, calibration_of
 from peftlab.report.facts import data_notes, dropped_note, row_flags
 from peftlab.report.fairness import search_summary
 from peftlab.report.paired import NO_VERDICT, Paired, accuracy_interval, interval_text, note, paired_verdicts, pooled_verdicts
 from peftlab.report.seeds import distinct_seeds, seed_dir, summary_csv, summary_markdown
 from peftlab.results import PREDICTIONS_FILE, Predictions, RunResult, read_predictions
-from peftlab.threads import contended_lines
+from peftlab.infra.threads import contended_lines
 
 COLUMNS = [
     "method", "kind", "status", "accuracy", "macro_f1", "trainable", "total", "pct_trainable",

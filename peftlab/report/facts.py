@@ -6,14 +6,15 @@ little it recorded (an in-context row without epochs or timing simply contribute
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from peftlab.metrics import never_predicted
+from peftlab.results.metrics import never_predicted
 from peftlab.report.collect import Row, RunDir
 from peftlab.report.plots import Point, pareto_frontier
-from peftlab.registry import Registry
+from peftlab.infra.registry import Registry
 from peftlab.report.calibration import N_BINS, Calibration
 from peftlab.report.svg import colour
 from peftlab.results import BASELINE_METHOD, RunResult
@@ -291,8 +292,6 @@ def effective_params(row: Row) -> dict[str, Any]:
 
 def _adapter_targets(row: Row) -> list[str] | None:
     """The target modules peft recorded in the row's saved adapter (adapter_config.json), if any."""
-    import json
-
     if not row.result.adapter_path:
         return None
     try:

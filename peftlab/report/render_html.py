@@ -11,7 +11,7 @@ import json
 import zlib
 from html import escape
 
-from peftlab.metrics import SELECT_METRICS
+from peftlab.results.metrics import SELECT_METRICS
 from peftlab.report import facts
 from peftlab.report.collect import Row, RunDir, group_by_task, reproduce_note, run_dirs
 from peftlab.report.plots import confusion_svg, hbar_svg, line_svg, nothing_svg, pareto_svg, reliability_svg

@@ -9,11 +9,13 @@ against the best: the seeds cannot tell them apart.
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from peftlab.metrics import SELECT_METRICS, selection_value
+from peftlab.results.metrics import SELECT_METRICS, selection_value
 from peftlab.report.paired import Paired, interval_text, wilson_interval
 from peftlab.report.calibration import Calibration, calibration_of
 from peftlab.results import BASELINE_METHOD, Predictions, RunResult
@@ -94,7 +96,7 @@ def select_metric(results: list[RunResult]) -> str:
 
 
 def versus_best(summaries: list[SeedSummary], metric: str = "accuracy") -> dict[str, str]:
-    """Each method against the best mean ``metric`` (peftlab.metrics.selection_value): best /
+    """Each method against the best mean ``metric`` (peftlab.results.metrics.selection_value): best /
     n.s. (within spread) / below best."""
     stats = {s.name: v for s in summaries if (v := s.stat(metric)) is not None and not math.isnan(v[0])}
     if not stats:
@@ -206,9 +208,6 @@ def note(metric: str = "accuracy") -> str:
 
 def summary_csv(results: list[RunResult], paired: dict[str, Paired] | None = None,
                 preds: list[Predictions | None] | None = None) -> str:
-    import csv
-    import io
-
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
     w.writeheader()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from peftlab.errors import PeftlabError
-from peftlab.io import atomic_write_text
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.io import atomic_write_text
 from peftlab.report.collect import collect
 from peftlab.report.facts import DEFAULT_TRADEOFF, TRADEOFFS
 from peftlab.report.render_html import render_html

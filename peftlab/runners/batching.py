@@ -14,6 +14,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from peftlab.tasks.base import Split
+from peftlab.infra.distributed import shard_global_batches
 
 
 class Features(Dataset):
@@ -55,7 +56,7 @@ class LengthGroupedBatches:
     Each pass (epoch) draws a new order from ``seed`` and the pass number, so a run is
     reproducible and under data parallelism every process sees the same order before sharding.
     With ``processes`` > 1 the order is drawn for global batches of ``batch_size * processes``,
-    each cut into per-process pieces of ``batch_size`` (``peftlab.runners.distributed``), so N
+    each cut into per-process pieces of ``batch_size`` (``peftlab.infra.distributed``), so N
     processes train on the very batches one process would with the N-times larger batch.
     """
 
@@ -73,8 +74,6 @@ class LengthGroupedBatches:
         return full * self.processes + math.ceil(rest / self.batch_size)  # per-process pieces
 
     def batches(self, epoch: int) -> list[list[int]]:
-        from peftlab.runners.distributed import shard_global_batches
-
         if self.processes == 1:
             return self._global_batches(epoch, self.batch_size)
         size = self.batch_size * self.processes  # the global batch

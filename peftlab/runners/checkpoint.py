@@ -33,11 +33,11 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from peftlab.errors import PeftlabError
-from peftlab.io import save_safetensors
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.io import save_safetensors
 from peftlab.methods.base import read_safetensors
 from peftlab.runners import data_parallel as dp
-from peftlab.runners.distributed import rank as launcher_rank
+from peftlab.infra.distributed import rank as launcher_rank
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"

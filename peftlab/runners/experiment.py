@@ -17,24 +17,24 @@ import psutil
 import torch
 from transformers import DataCollatorWithPadding, set_seed
 
-from peftlab.backbones import load_classifier, load_hf_config, load_tokenizer, method_load_kwargs
+from peftlab.backbones.loaders import load_classifier, load_hf_config, load_tokenizer, method_load_kwargs
 from peftlab.config import BackboneConfig, ExperimentConfig
-from peftlab.config_base import MethodParams
-from peftlab.errors import PeftlabError
-from peftlab.fingerprint import base_fingerprint
-from peftlab.guards import NEWLY_INITIALISED, newly_initialised, newly_initialised_warning, overlap_count, overlap_warning, warn
+from peftlab.infra.config_base import MethodParams
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.fingerprint import base_fingerprint
+from peftlab.infra.guards import NEWLY_INITIALISED, newly_initialised, newly_initialised_warning, overlap_count, overlap_warning, warn
 from peftlab.methods import METHODS
 from peftlab.methods.base import DEFAULT_HEADS, head_names
-from peftlab.metrics import classification_metrics, is_collapsed
-from peftlab.params import arch_spec, count_params
-from peftlab.plan import check_fits, estimate_bytes
-from peftlab.registry import Registry
+from peftlab.results.metrics import classification_metrics, is_collapsed
+from peftlab.estimate.params import arch_spec, count_params
+from peftlab.estimate.plan import check_fits, estimate_bytes
+from peftlab.infra.registry import Registry
 from peftlab.report.compare import write_comparison
 from peftlab.results import EpochRecord, Predictions, RunResult, environment
 from peftlab.runners.batching import Features, encode
 from peftlab.runners.cached import fit_head
 from peftlab.runners.checkpoint import clear_checkpoints
-from peftlab.runners.distributed import is_main
+from peftlab.infra.distributed import is_main
 from peftlab.runners.icl import run_icl
 from peftlab.runners.lr_search import search_lr
 from peftlab.runners.measure import PeakMemory
@@ -46,8 +46,8 @@ from peftlab.runners.seeds import run_seeds, single_seed
 from peftlab.runners.sharded import is_sharded, refuse_unsupported, unsharded_copy, use_sharding, wrap_blocks
 from peftlab.runners.train import CheckpointPlan, FitOutcome, device_type, fit, make_accelerator, train_precision
 from peftlab.tasks import TaskData, load_task
-from peftlab.threads import warn_if_busy
-from peftlab.tracking import check_trackers
+from peftlab.infra.threads import warn_if_busy
+from peftlab.infra.tracking import check_trackers
 
 
 def preflight(cfg: ExperimentConfig) -> None:

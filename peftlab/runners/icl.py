@@ -3,8 +3,9 @@
 One row = one method config; with several demonstration ``seeds`` every seed is a full pass over
 the eval set, and the row reports the mean and spread of accuracy and macro-F1 (per-class report
 and confusion matrix pooled over the seeds). Methods with ``runner = "icl"`` may first adapt the
-LM (``Method.prepare_lm``: LoRA on the verbalizer objective); scoring is then identical.
-Both follow ``train.mixed_precision`` as training does (peftlab.precision), probed at the LM's
+LM (``Method.prepare_lm`` adds LoRA, ``Method.lm_loss`` names the verbalizer objective, and
+:mod:`peftlab.runners.lm_fit` trains it); scoring is then identical.
+Both follow ``train.mixed_precision`` as training does (peftlab.backbones.precision), probed at the LM's
 own shapes; a quantised LM on CPU stays fp32 (``Icl.keeps_fp32``).
 """
 
@@ -19,22 +20,23 @@ import numpy as np
 import torch
 from transformers import set_seed
 
-from peftlab.backbones import load_tokenizer
+from peftlab.backbones.loaders import load_tokenizer
 from peftlab.config import BackboneConfig, ExperimentConfig
 from peftlab.icl.calibration import CONTENT_FREE, calibrate, content_free_prior, label_scores, normalise, softmax
 from peftlab.icl.demos import SELECTORS, minilm_embedder
 from peftlab.icl.fit import Window, context_limit, fit_prompt
-from peftlab.icl.lm import load_causal_lm
+from peftlab.backbones.causal_lm import load_causal_lm
 from peftlab.icl.reasoning import extract_answer, majority_vote, sample_chains
 from peftlab.icl.scoring import Encoded, PrefixScorer, encode_requests
 from peftlab.methods.icl import template_overrides
-from peftlab.metrics import classification_metrics, is_collapsed, majority_class
-from peftlab.params import count_params
+from peftlab.results.metrics import classification_metrics, is_collapsed, majority_class
+from peftlab.estimate.params import count_params
 from peftlab.prompts.template import Demo, PromptTemplate, answer_strings, load_template, render_context
 from peftlab.results import ParamCounts, Predictions, RunResult, Timing, environment
 from peftlab.runners.measure import PeakMemory
-from peftlab.precision import Precision
-from peftlab.runners.train import make_accelerator, train_precision
+from peftlab.backbones.precision import Precision
+from peftlab.runners.lm_fit import train_verbalizer
+from peftlab.runners.train import FitOutcome, make_accelerator, train_precision
 from peftlab.tasks.base import Split, TaskData
 
 
@@ -183,7 +185,10 @@ def run_icl(cfg: ExperimentConfig, method: Any, params: Any, data: TaskData, bas
         p = make_prompting(params, tokenizer, data.label_names, context_limit(model, tokenizer))
         precision = train_precision(cfg.train, lambda: model.config, method.keeps_fp32(params, device.type),
                                     tokens=params.batch_size * cfg.train.max_length)
-        model, fit = method.prepare_lm(model, params, LmContext(cfg, p, data, device, quiet, precision))
+        model = method.prepare_lm(model, params)
+        loss = method.lm_loss(params)
+        fit = (train_verbalizer(model, params, LmContext(cfg, p, data, device, quiet, precision), loss)
+               if loss is not None else FitOutcome())
         trainable, total = count_params(model)
         adapter_bytes = save(model) if save is not None else None
         embed = minilm_embedder(params.embedder) if params.shots and params.selection == "nearest" else None
@@ -238,7 +243,7 @@ def _flags(runs: list[SeedPass], num_labels: int, fit: Any) -> list[str]:
 
 @dataclass
 class LmContext:
-    """What ``Method.prepare_lm`` may use to adapt the LM before scoring."""
+    """What :func:`peftlab.runners.lm_fit.train_verbalizer` uses to train the LM before scoring."""
 
     cfg: ExperimentConfig
     prompting: Prompting

@@ -24,19 +24,19 @@ from transformers import set_seed
 import peftlab.images.methods_classifier  # noqa: F401  (registers the classifier methods)
 import peftlab.images.methods_clip  # noqa: F401  (registers the CLIP methods)
 from peftlab.config import ExperimentConfig
-from peftlab.config_base import MethodParams
-from peftlab.fingerprint import image_base_fingerprint
+from peftlab.infra.config_base import MethodParams
+from peftlab.infra.fingerprint import image_base_fingerprint
 from peftlab.images.backbones import backbone_kind, load_image_backbone
 from peftlab.images.method_base import Built, ImageContext, image_method
 from peftlab.images.report import per_class_summary, report_lines
-from peftlab.metrics import classification_metrics, is_collapsed
-from peftlab.params import count_params
-from peftlab.precision import Precision
+from peftlab.results.metrics import classification_metrics, is_collapsed
+from peftlab.estimate.params import count_params
+from peftlab.backbones.precision import Precision
 from peftlab.report.compare import write_comparison
 from peftlab.results import Predictions, RunResult, environment
 from peftlab.runners.cached import fit_tensors, predict_tensors
 from peftlab.runners.checkpoint import clear_checkpoints
-from peftlab.runners.distributed import is_main
+from peftlab.infra.distributed import is_main
 from peftlab.runners.output import ResumeMode, prepare_output
 from peftlab.runners.rows import (ADAPTER_DIR, baseline_row, changed_since, checkpoint_plan, guarded, kept_or_run,
                                   record_predictions, save_atomically, say, stop_if_diverged, trainable_fingerprint,
@@ -44,7 +44,7 @@ from peftlab.runners.rows import (ADAPTER_DIR, baseline_row, changed_since, chec
 from peftlab.runners.measure import PeakMemory
 from peftlab.runners.train import CheckpointPlan, FitOutcome, epoch_record, make_accelerator
 from peftlab.tasks.images import load_image_task
-from peftlab.tracking import check_trackers
+from peftlab.infra.tracking import check_trackers
 
 FEATURE_CACHE = ".feature_cache"
 

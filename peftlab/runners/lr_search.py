@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from peftlab.config import SearchConfig
-from peftlab.config_base import MethodParams
-from peftlab.errors import PeftlabError
-from peftlab.metrics import selection_value
+from peftlab.infra.config_base import MethodParams
+from peftlab.infra.errors import PeftlabError
+from peftlab.results.metrics import selection_value
 from peftlab.results import EpochRecord
 from peftlab.runners.batching import Features
 
@@ -69,7 +69,7 @@ class Trial:
 
 
 def score(rec: EpochRecord | None, metric: str) -> float:
-    """Lower is better: eval loss, or 1 - the selection metric (peftlab.metrics.selection_value);
+    """Lower is better: eval loss, or 1 - the selection metric (peftlab.results.metrics.selection_value);
     a diverged or missing trial scores +inf."""
     if rec is None:
         return math.inf

@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Literal
 
 from peftlab.config import ExperimentConfig, dump_config
-from peftlab.errors import PeftlabError
-from peftlab.io import atomic_write_json, atomic_write_text
-from peftlab.launcher import launcher_record
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.io import atomic_write_json, atomic_write_text
+from peftlab.infra.launcher import launcher_record
 from peftlab.report.collect import COMMAND_FILE
-from peftlab.runners.distributed import barrier, is_main
-from peftlab.runners.distributed import start as start_distributed
+from peftlab.infra.distributed import barrier, is_main
+from peftlab.infra.distributed import start as start_distributed
 from peftlab.runners.rows import say
-from peftlab.threads import apply_threads
+from peftlab.infra.threads import apply_threads
+from peftlab.report.write import write_report
 
 
 #: whole-run summaries, rewritten at the end of every run
@@ -45,7 +46,7 @@ def decide_resume(out: Path, config_text: str, mode: ResumeMode) -> bool:
 
 def prepare_output(cfg: ExperimentConfig, resume: ResumeMode = "fresh",
                    command: list[str] | None = None) -> tuple[Path, bool]:
-    """Create the run folder, store the resolved config in it, set the torch threads (peftlab.threads).
+    """Create the run folder, store the resolved config in it, set the torch threads (peftlab.infra.threads).
 
     Returns the folder and whether the run already in it is continued (see ``decide_resume``).
     Under ``accelerate launch`` every process decides before rank 0 alone changes the folder.
@@ -74,8 +75,6 @@ def prepare_output(cfg: ExperimentConfig, resume: ResumeMode = "fresh",
 
 def write_run_report(out: Path, quiet: bool) -> None:
     """report.md / report.html beside the results; results are already safe if this fails."""
-    from peftlab.report.write import write_report
-
     try:
         _, html = write_report([out], out)
         say(quiet, f"report: {html}")

@@ -26,12 +26,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import peftlab
 from peftlab.config import ExperimentConfig, load_config
-from peftlab.config_base import MethodParams
-from peftlab.errors import PeftlabError
+from peftlab.infra.config_base import MethodParams
+from peftlab.infra.errors import PeftlabError
 from peftlab.results import RESULTS_FILE, RunResult, read_result
 from peftlab.runners.progress import say
-from peftlab.threads import available_cores, decide_threads, warn_if_busy
+from peftlab.infra.threads import apply_threads, available_cores, decide_threads, warn_if_busy
+from peftlab.estimate.plan import check_fits
+from peftlab.report.compare import write_comparison
+from peftlab.runners.checkpoint import clear_checkpoints
+from peftlab.infra.distributed import world_size
+from peftlab.runners.experiment import Encodings, preflight, run_methods
+from peftlab.runners.output import prepare_output, write_run_report
+from peftlab.runners.rows import BASELINE, base_result, baseline_result, finished_result
+from peftlab.runners.seeds import single_seed
+from peftlab.tasks import load_task
 
 WORKER_LOG = "worker.log"
 
@@ -75,23 +85,12 @@ class Job:
 def run_parallel(cfg: ExperimentConfig, workers: int, quiet: bool = False, resume: Any = "auto",
                  command: list[str] | None = None) -> list[RunResult]:
     """Every method of ``cfg`` on up to ``workers`` processes at once; results in config order."""
-    from peftlab.plan import check_fits
-    from peftlab.runners.experiment import preflight
-    from peftlab.runners.output import prepare_output, write_run_report
-    from peftlab.runners.rows import BASELINE, baseline_result, finished_result
-    from peftlab.report.compare import write_comparison
-    from peftlab.runners.checkpoint import clear_checkpoints
-    from peftlab.tasks import load_task
-
-    from peftlab.runners.distributed import world_size
-
     if world_size() > 1:
         raise PeftlabError("--parallel under accelerate launch/torchrun: use one or the other")
     if cfg.task.modality != "text":
         raise PeftlabError("--parallel: only text tasks for now (image methods share one feature cache); drop --parallel")
     if len(cfg.seed_list) > 1:
         raise PeftlabError("--parallel: not with several seeds yet; run each seed as its own run, or drop --parallel")
-    from peftlab.runners.seeds import single_seed
 
     cfg = single_seed(cfg)
     preflight(cfg)
@@ -154,8 +153,6 @@ def _run_workers(cfg: ExperimentConfig, out: Path, todo: deque[MethodParams], wo
 
 
 def _start(params: MethodParams, slot: int, out: Path, reuse: bool, env: dict[str, str]) -> Job:
-    import peftlab
-
     mdir = out / params.label
     mdir.mkdir(parents=True, exist_ok=True)
     # the workers import this very peftlab, wherever the parent found it (a checkout, an install)
@@ -169,8 +166,6 @@ def _start(params: MethodParams, slot: int, out: Path, reuse: bool, env: dict[st
 
 def _collect(job: Job, cfg: ExperimentConfig, out: Path, data: Any) -> RunResult:
     """The worker's result; a worker that died before writing one gives a ``failed`` result."""
-    from peftlab.runners.rows import base_result
-
     path = out / job.params.label / RESULTS_FILE
     try:
         result: RunResult | None = read_result(path)
@@ -185,10 +180,6 @@ def _collect(job: Job, cfg: ExperimentConfig, out: Path, data: Any) -> RunResult
 
 def worker_main(argv: list[str]) -> int:
     """One method of the run in ``out`` (its config.yaml), exactly as the sequential runner does it."""
-    from peftlab.runners.experiment import Encodings, run_methods
-    from peftlab.tasks import load_task
-    from peftlab.threads import apply_threads
-
     out, label, mode = Path(argv[0]), argv[1], argv[2]
     cfg = load_config(out / "config.yaml")
     params = [p for p in cfg.methods if p.label == label]

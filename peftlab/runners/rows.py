@@ -19,23 +19,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from peftlab.backbones import record_portable_base
+from peftlab.backbones.loaders import record_portable_base
 from peftlab.config import ExperimentConfig
-from peftlab.config_base import MethodParams
-from peftlab.errors import PeftlabError
-from peftlab.fingerprint import write_fingerprint
-from peftlab.guards import overlap_count
-from peftlab.io import dir_size_bytes, follow_umask
-from peftlab.metrics import classification_metrics, is_collapsed, majority_class
+from peftlab.infra.config_base import MethodParams
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.fingerprint import write_fingerprint
+from peftlab.infra.guards import overlap_count
+from peftlab.infra.io import dir_size_bytes, follow_umask
+from peftlab.results.metrics import classification_metrics, is_collapsed, majority_class
 from peftlab.results import (BASELINE_METHOD, PREDICTIONS_FILE, RESULTS_FILE, ParamCounts, Predictions, RunResult, Timing, read_result,
                              write_predictions)
 from peftlab.runners.checkpoint import clear_checkpoints, complete_checkpoints, load_checkpoint
-from peftlab.runners.distributed import barrier, is_main
+from peftlab.infra.distributed import barrier, is_main
 from peftlab.runners.measure import PeakMemory
 from peftlab.runners.train import CheckpointPlan, FitOutcome
 from peftlab.tasks import TaskData
-from peftlab.threads import load_at_start
-from peftlab.tracking import log_result
+from peftlab.infra.threads import load_at_start
+from peftlab.infra.tracking import log_result
 
 
 ADAPTER_DIR = "adapter"

@@ -13,11 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from peftlab.config import ExperimentConfig, dump_config
-from peftlab.io import atomic_write_text
+from peftlab.infra.io import atomic_write_text
 from peftlab.report.compare import write_comparison
 from peftlab.report.seeds import seed_dir
 from peftlab.results import RunResult
-from peftlab.runners.distributed import is_main
+from peftlab.infra.distributed import is_main
 
 __all__ = ["run_seeds", "seed_config", "seed_dir", "single_seed"]
 

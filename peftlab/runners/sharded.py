@@ -29,8 +29,8 @@ from typing import Any
 
 from torch import nn
 
-from peftlab.errors import PeftlabError
-from peftlab.runners.distributed import world_size
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.distributed import world_size
 
 
 def fsdp_requested() -> bool:

@@ -1,7 +1,7 @@
 """The supervised training loop: AdamW, linear warm-up/decay, accumulation, eval every epoch.
 
 Written on ``accelerate`` so the same loop runs on CPU (fp32, or bf16 autocast where
-peftlab.precision finds it faster), on one GPU (bf16/fp16 autocast)
+peftlab.backbones.precision finds it faster), on one GPU (bf16/fp16 autocast)
 and under ``accelerate launch`` (data parallel). Evaluation runs on every process over the whole
 eval set (cheap next to training) so no gathering is needed.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,12 @@ from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup
 
 from peftlab.config import TrainConfig
-from peftlab.errors import PeftlabError
-from peftlab.precision import Precision, resolve, shapes_of
+from peftlab.infra.errors import PeftlabError
+from peftlab.backbones.precision import Precision, resolve, shapes_of
 from peftlab.results import EpochRecord
 from peftlab.runners.batching import Features, LengthGroupedBatches, sorted_batches
 from peftlab.runners.eta import TIMED_STEPS, WARMUP_STEPS, estimate_total_s, eta_line
-from peftlab.runners.distributed import all_finite, global_sums
+from peftlab.infra.distributed import all_finite, global_sums
 from peftlab.runners.checkpoint import Progress, Resumed, rank_rng_states, restore_rng, save_checkpoint
 from peftlab.runners.progress import bar as progress_bar
 from peftlab.runners.progress import metrics_text, say, track
@@ -58,7 +58,7 @@ def device_type(tcfg: TrainConfig) -> str:
 
 def train_precision(tcfg: TrainConfig, model_config: Callable[[], Any] | None = None,
                     keep_fp32: str | None = None, tokens: int | None = None) -> Precision:
-    """``train.mixed_precision`` resolved for this device (peftlab.precision): on a CPU, ``auto``
+    """``train.mixed_precision`` resolved for this device (peftlab.backbones.precision): on a CPU, ``auto``
     probes the feed-forward shapes of ``model_config()`` at ``tokens`` rows (default: one
     training batch at ``max_length``). ``keep_fp32``: the method's ``keeps_fp32`` reason."""
     rows = tokens or tcfg.batch_size * tcfg.max_length

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from peftlab.errors import PeftlabError
-from peftlab.registry import Registry
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.registry import Registry
 from peftlab.tasks.sampling import group_split
 
 #: A builtin task returns (train, eval or None, label names); frames have text, label columns.

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from peftlab.config import TaskConfig
-from peftlab.errors import PeftlabError
-from peftlab.registry import Registry
-from peftlab.tasks.loaders import hf_split
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.registry import Registry
+from peftlab.tasks.hub import hf_split
 from peftlab.tasks.sampling import finish_splits
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")

@@ -11,10 +11,12 @@ import numpy as np
 import pandas as pd
 
 from peftlab.config import TaskConfig
-from peftlab.errors import PeftlabError, first_line
-from peftlab.registry import Registry
+from peftlab.infra.errors import PeftlabError, first_line
+from peftlab.infra.registry import Registry
 from peftlab.tasks.base import Split, TaskData, drop_eval_duplicates
 from peftlab.tasks.builtin import BUILTIN_TASKS
+from peftlab.tasks.hub import hf_split
+from peftlab.tasks.images import check_image_task
 from peftlab.tasks.sampling import finish_splits, hold_out
 
 #: A source returns (train frame, eval frame or None, label names it knows or None).
@@ -61,16 +63,6 @@ for _kind in ("csv", "tsv", "jsonl", "parquet"):
 def _builtin(cfg: TaskConfig) -> Frames:
     train, ev, names = BUILTIN_TASKS.get(cfg.name or "")()
     return train, ev, names
-
-
-def hf_split(cfg: TaskConfig, name: str, **kwargs: Any) -> Any:
-    """One split of the Hugging Face dataset ``cfg.hf_id`` (text or image tasks)."""
-    import datasets
-
-    try:
-        return datasets.load_dataset(cfg.hf_id, cfg.hf_config, split=name, **kwargs)
-    except Exception as exc:  # network, missing split, unknown id: all user-fixable
-        raise PeftlabError(f"task.hf_id {cfg.hf_id!r} split {name!r}: cannot load ({first_line(exc)})") from None
 
 
 @SOURCES.register("hf")
@@ -205,8 +197,6 @@ def check_task(cfg: TaskConfig) -> None:
     label outside the label set is reported here rather than after the first model has loaded.
     """
     if cfg.modality == "image":
-        from peftlab.tasks.images import check_image_task
-
         return check_image_task(cfg)
     if cfg.source == "builtin":
         BUILTIN_TASKS.get(cfg.name or "")

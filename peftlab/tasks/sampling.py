@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from peftlab.infra.errors import PeftlabError
+
 
 def stratified_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     """Pick ``n`` indices keeping class proportions (largest-remainder rounding), seeded.
@@ -103,8 +105,6 @@ def finish_splits(train: Any, ev: Any | None, cfg: Any, seed: int, split_seed: i
 
     ``train`` and ``ev`` are any splits with ``labels`` and ``take(indices)`` (text or images).
     """
-    from peftlab.errors import PeftlabError
-
     if ev is None:
         train, ev = hold_out(train, cfg.eval_fraction, split_seed)
     if k_shot is not None:  # image tasks: at most k training examples per class

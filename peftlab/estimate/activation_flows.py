@@ -1,8 +1,8 @@
 """Which activation walk counts a family, and one training step's bytes from a method's flow.
 
-Each method builds its own :class:`~peftlab.activations.Flow` (where its trainable tensors sit;
+Each method builds its own :class:`~peftlab.estimate.activations.Flow` (where its trainable tensors sit;
 ``Method.flow`` in its module under ``peftlab/methods/``, declared by every registered method); the
-activation count (:mod:`peftlab.activations`, :mod:`peftlab.activations_decoder`) is the same walk
+activation count (:mod:`peftlab.estimate.activations`, :mod:`peftlab.estimate.activations_decoder`) is the same walk
 for all of them.
 """
 
@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from peftlab.activations import Dims, Flow, backward_working_bytes, dims_of, saved_bytes
-from peftlab.activations_decoder import decoder_dims, decoder_saved_bytes
+from peftlab.estimate.activations import Dims, Flow, backward_working_bytes, dims_of, saved_bytes
+from peftlab.estimate.activations_decoder import decoder_dims, decoder_saved_bytes
 from peftlab.methods import METHODS
-from peftlab.params import ArchSpec
-from peftlab.registry import Registry
+from peftlab.estimate.params import ArchSpec
+from peftlab.infra.registry import Registry
 
 
 def method_flow(params: Any, spec: ArchSpec) -> Flow:

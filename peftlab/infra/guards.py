@@ -17,7 +17,8 @@ import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.distributed import is_main
 
 if TYPE_CHECKING:
     from peftlab.tasks.base import Split
@@ -86,7 +87,5 @@ def check_task_type(method: dict[str, Any], where: str) -> dict[str, Any]:
 def warn(msg: str) -> None:
     """Guards print whether or not ``--quiet`` is on: they are about the validity of the numbers.
     Under ``accelerate launch`` only rank 0 prints them (every process would find the same)."""
-    from peftlab.runners.distributed import is_main
-
     if is_main():
         print(msg, file=sys.stderr, flush=True)

@@ -15,10 +15,13 @@ from typing import Any
 import torch
 
 from peftlab.config import BackboneConfig
-from peftlab.errors import PeftlabError, first_line
-from peftlab.gguf_cache import smollm2_folder
-from peftlab.registry import Registry
+from peftlab.infra.errors import PeftlabError, first_line
+from peftlab.backbones.gguf_cache import smollm2_folder
+from peftlab.infra.registry import Registry
 from peftlab.tasks.builtin import package_dir
+from peftlab.estimate.params import arch_spec
+from peftlab.infra.io import atomic_write_json, read_json
+from peftlab.methods.base import DEFAULT_HEADS
 
 ALIASES: Registry[Callable[[], str]] = Registry("backbone alias")
 #: alias -> the hub id of the model its packaged folder holds. A saved adapter records this as its
@@ -59,7 +62,6 @@ def record_portable_base(adapter_dir: Path, backbone: str) -> None:
     path = adapter_dir / "adapter_config.json"
     if backbone not in HUB_IDS or not path.is_file():
         return
-    from peftlab.io import atomic_write_json, read_json
 
     conf = read_json(path)
     keys = [k for k in ("base_model_name_or_path", "tokenizer_name_or_path") if conf.get(k)]
@@ -130,8 +132,6 @@ def load_tokenizer(cfg: BackboneConfig) -> Any:
 
 
 def is_decoder(conf: Any) -> bool:
-    from peftlab.params import arch_spec
-
     spec = arch_spec(conf)
     if spec is not None:
         return spec.is_decoder
@@ -140,9 +140,6 @@ def is_decoder(conf: Any) -> bool:
 
 def method_load_kwargs(cfg: BackboneConfig, method: Any, params: Any, num_labels: int) -> dict[str, Any]:
     """What a method needs at load time (QLoRA: the quantisation config, head kept in fp32)."""
-    from peftlab.methods.base import DEFAULT_HEADS
-    from peftlab.params import arch_spec
-
     spec = arch_spec(load_hf_config(cfg, num_labels=num_labels))
     return method.load_kwargs(params, spec.head_modules if spec is not None else DEFAULT_HEADS)
 
@@ -154,7 +151,7 @@ def load_classifier(cfg: BackboneConfig, label_names: list[str], tokenizer: Any,
     ``extra_kwargs`` (from ``Method.load_kwargs``) go to ``from_pretrained`` too, overriding ours:
     ``qlora`` loads the base quantised this way. A checkpoint that already has a head of another size (fine-tuned on other labels) gets a
     new head sized for this task rather than an error. ``loading_info``, when given, receives
-    transformers' load report (missing / mismatched keys) for :mod:`peftlab.guards`.
+    transformers' load report (missing / mismatched keys) for :mod:`peftlab.infra.guards`.
     """
     from transformers import AutoModelForSequenceClassification
 

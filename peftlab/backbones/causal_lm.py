@@ -6,21 +6,9 @@ from typing import Any
 
 import torch
 
-from peftlab.backbones import _kwargs, loading_weights, resolve
+from peftlab.backbones.loaders import _kwargs, loading_weights, resolve
 from peftlab.config import BackboneConfig
-from peftlab.errors import PeftlabError
-from peftlab.methods.qlora import disable_cpu_repacking
-
-
-def check_quantize(quantize: str) -> None:
-    """One line, before anything loads, when ``quantize`` needs bitsandbytes and it is missing."""
-    if quantize == "none":
-        return
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as exc:
-        raise PeftlabError(f"quantize: {quantize} needs bitsandbytes (pip install 'bitsandbytes>=0.50'), "
-                           f"which cannot be imported ({exc})") from None
+from peftlab.methods.qlora import check_quantize, disable_cpu_repacking
 
 
 def quantization_kwargs(quantize: str, device: torch.device) -> dict[str, Any]:

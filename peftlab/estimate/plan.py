@@ -1,15 +1,15 @@
 """Preflight estimates: will each method fit, before any weights are loaded?
 
 Everything here comes from the backbone's config (no weights) and the closed forms of
-:mod:`peftlab.params`. Per method:
+:mod:`peftlab.estimate.params`. Per method:
 
 * parameter memory of the base at fp32 / bf16 / 8-bit / 4-bit (bitsandbytes quantises the
   linear layers' weights only: 8-bit stores one byte per weight plus an fp32 scale per output
   row; 4-bit NF4 half a byte per weight plus an fp32 absmax per block of 64; the rest stays fp32),
 * trainable parameters, their gradients and AdamW's two fp32 moments (gradients fill while the
   kept activations are freed, so the total holds only the larger of the two),
-* activations kept for the backward pass, counted op by op by :mod:`peftlab.activations` (BERT,
-  RoBERTa, XLM-R) and :mod:`peftlab.activations_decoder` (Llama, Mistral): what autograd saves
+* activations kept for the backward pass, counted op by op by :mod:`peftlab.estimate.activations` (BERT,
+  RoBERTa, XLM-R) and :mod:`peftlab.estimate.activations_decoder` (Llama, Mistral): what autograd saves
   given which tensors need a gradient (frozen blocks below the first trainable tensor keep
   nothing, LoRA keeps each adapted layer's input and with dropout a dropped copy and mask,
   attention keeps its T x T probabilities on CPU when it has dropout), plus the gradient buffers
@@ -38,9 +38,13 @@ from typing import Any
 import psutil
 
 from peftlab.config import ExperimentConfig
-from peftlab.config_base import MethodParams
-from peftlab.errors import PeftlabError
-from peftlab.params import ArchSpec, all_linears, total_params
+from peftlab.infra.config_base import MethodParams
+from peftlab.infra.errors import PeftlabError
+from peftlab.estimate.params import all_linears, arch_spec, ArchSpec, total_params
+from peftlab.backbones.loaders import load_hf_config
+from peftlab.estimate.activation_flows import training_step_bytes
+from peftlab.methods import METHODS
+from peftlab.tasks import load_task
 
 FP32 = 4
 #: the factor the estimate is held to against the measured peak (tests/test_plan.py)
@@ -143,8 +147,6 @@ def activation_bytes(method: Any, params: MethodParams, spec: ArchSpec, conf: An
                      length: int, device: str) -> int:
     """One training step's activations: counted op by op from the method's flow where the family is
     known, else the rough rule."""
-    from peftlab.activation_flows import training_step_bytes
-
     counted = None if method.caches_features else training_step_bytes(
         method.flow(params, spec), spec, conf, batch, length, mask_bytes=1 if device == "cuda" else 4)
     if counted is None:
@@ -154,8 +156,6 @@ def activation_bytes(method: Any, params: MethodParams, spec: ArchSpec, conf: An
 
 def plan_method(params: MethodParams, spec: ArchSpec, conf: Any, batch: int, length: int,
                 overhead: int, device: str = "cpu") -> MethodPlan:
-    from peftlab.methods import METHODS
-
     method = METHODS.get(params.method)
     try:
         trainable = method.derived_trainable(params, spec)
@@ -189,7 +189,6 @@ def task_labels(cfg: ExperimentConfig) -> int:
     """The number of labels (it sizes the head): from the config, else from the data (no model needed)."""
     if cfg.task.label_names:
         return len(cfg.task.label_names)
-    from peftlab.tasks import load_task
 
     return load_task(cfg.task, cfg.train.seed).num_labels
 
@@ -197,9 +196,6 @@ def task_labels(cfg: ExperimentConfig) -> int:
 def make_plan(cfg: ExperimentConfig, num_labels: int | None = None) -> Plan:
     """Estimates for every method of ``cfg``, each on its own backbone (``cfg.backbone_for``), from the
     backbones' configs alone (and the label count)."""
-    from peftlab.backbones import load_hf_config
-    from peftlab.params import arch_spec
-
     device, free, overhead = device_memory(cfg)
     plan = Plan(device=device, available_bytes=free)
     if cfg.task.modality != "text":

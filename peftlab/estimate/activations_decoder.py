@@ -1,4 +1,4 @@
-"""The activation count of :mod:`peftlab.activations` for Llama-style decoders (Llama, Mistral).
+"""The activation count of :mod:`peftlab.estimate.activations` for Llama-style decoders (Llama, Mistral).
 
 A pre-RMSNorm block: ``x + attn(norm(x))`` then ``+ mlp(norm(.))`` with rotary positions, grouped
 key/value heads and a SiLU-gated MLP, no dropout; the head (``score``) reads every position, so it
@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from peftlab.activations import Dims, Flow, _linear_in, _linear_out, _Tally
-from peftlab.params import ArchSpec
+from peftlab.estimate.activations import Dims, Flow, _linear_in, _linear_out, _Tally
+from peftlab.estimate.params import ArchSpec
 
 Q, K, V, O = "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"
 GATE, UP, DOWN = "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"

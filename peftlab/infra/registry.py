@@ -6,7 +6,7 @@ import difflib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 
 T = TypeVar("T")
 

@@ -18,8 +18,8 @@ count against the bytes that ``torch.autograd.graph.saved_tensors_hooks`` sees o
 method by method.
 
 A method says how gradients flow through it with a :class:`Flow`, which its own ``flow`` builds
-(every registered method declares one: :mod:`peftlab.methods`). :mod:`peftlab.activations_decoder`
-walks Llama-style decoders the same way; :mod:`peftlab.activation_flows` picks the walk per family.
+(every registered method declares one: :mod:`peftlab.methods`). :mod:`peftlab.estimate.activations_decoder`
+walks Llama-style decoders the same way; :mod:`peftlab.estimate.activation_flows` picks the walk per family.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from peftlab.params import ArchSpec, matches_target
+from peftlab.estimate.params import ArchSpec, matches_target
 
 #: activation functions whose backward needs the result (1 saved tensor shared with the next linear)
 #: rather than the input (2: the input, and the output kept by the next linear)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import platform
 import time
@@ -37,7 +38,10 @@ from typing import Any, Literal
 
 import torch
 
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
+from peftlab.backbones.gguf_cache import cache_root
+from peftlab.infra.io import atomic_write_json
+from peftlab.infra.distributed import is_main, world_size
 
 ENV = "PEFTLAB_CPU_PRECISION"
 ENV_VALUES = ("fp32", "bf16", "probe")
@@ -181,9 +185,6 @@ def cached_probe(shapes: Shapes, threads: int | None = None,
     An unreadable or malformed cache file is measured over; one that cannot be written only
     costs a new measurement next time (the run itself goes on).
     """
-    from peftlab.gguf_cache import cache_root
-    from peftlab.io import atomic_write_json
-
     threads = threads or torch.get_num_threads()
     path = cache_root() / CACHE_FILE
     key = cache_key(shapes, threads)
@@ -203,8 +204,6 @@ def cached_probe(shapes: Shapes, threads: int | None = None,
 
 
 def _read_entries(path: Any) -> dict[str, Any]:
-    import json
-
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -216,8 +215,6 @@ def _read_entries(path: Any) -> dict[str, Any]:
 def shared_probe(shapes: Shapes) -> Probe:
     """:func:`cached_probe` on rank 0 only, its figures sent to every process of an ``accelerate
     launch``: ranks timed apart could choose differently, and timed together they slow each other."""
-    from peftlab.runners.distributed import is_main, world_size
-
     if world_size() == 1:
         return cached_probe(shapes)
     from accelerate.utils import broadcast_object_list

@@ -1,4 +1,4 @@
-"""Measure what autograd really keeps for backward: the check on :mod:`peftlab.activations`.
+"""Measure what autograd really keeps for backward: the check on :mod:`peftlab.estimate.activations`.
 
 ``saved_tensors_hooks`` sees every tensor an op saves for its backward. Counting each underlying
 storage once (q, k and v save the same input; a view pins its whole storage) and leaving out

@@ -11,15 +11,15 @@ import torch
 from safetensors import SafetensorError
 from transformers import DataCollatorWithPadding
 
-from peftlab.backbones import load_classifier, load_tokenizer, method_load_kwargs
+from peftlab.backbones.loaders import load_classifier, load_tokenizer, method_load_kwargs
 from peftlab.config import ExperimentConfig, load_config
-from peftlab.errors import PeftlabError
-from peftlab.fingerprint import base_fingerprint, check_base
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.fingerprint import base_fingerprint, check_base
 from peftlab.methods import METHODS
 from peftlab.methods.peft_common import PeftMethod
 from peftlab.methods.qlora import is_quantised
-from peftlab.params import arch_spec
-from peftlab.precision import Precision, resolve, shapes_of
+from peftlab.estimate.params import arch_spec
+from peftlab.backbones.precision import Precision, resolve, shapes_of
 from peftlab.results import RESULTS_FILE, read_result
 from peftlab.runners.batching import encode
 from peftlab.runners.rows import ADAPTER_DIR
@@ -118,6 +118,6 @@ def load_predictor(method_dir: str | Path, force_base: bool = False, merge: bool
 
 def predict_precision(cfg: ExperimentConfig, method: Any, params: Any, model: Any) -> Precision:
     """The run's ``train.mixed_precision`` resolved for prediction on this CPU, as training and
-    evaluation resolve it (peftlab.precision): ``auto`` probes at the model's shapes and one batch."""
+    evaluation resolve it (peftlab.backbones.precision): ``auto`` probes at the model's shapes and one batch."""
     return resolve(cfg.train.mixed_precision, "cpu", lambda: shapes_of(model.config, BATCH * cfg.train.max_length),
                    method.keeps_fp32(params, "cpu"))

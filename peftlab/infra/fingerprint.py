@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 
 FINGERPRINT_FILE = "base_fingerprint.json"
 #: what must agree between an adapter's recorded base and the base it is put on (the name may differ)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from peftlab.registry import Registry
+from peftlab.infra.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from peftlab.errors import PeftlabError
+from peftlab.infra.errors import PeftlabError
 
 if TYPE_CHECKING:
     import torch

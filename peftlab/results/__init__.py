@@ -13,8 +13,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from peftlab.errors import PeftlabError, first_line
-from peftlab.io import atomic_write_json, atomic_write_text, read_json
+import peftlab
+from peftlab.infra.errors import PeftlabError, first_line
+from peftlab.infra.io import atomic_write_json, atomic_write_text, read_json
+from peftlab.infra.threads import available_cores
 
 #: the method (and row name) of the majority-class reference row every text and image run starts with
 BASELINE_METHOD = "majority_class"
@@ -256,9 +258,6 @@ def environment(device: str) -> dict[str, Any]:
     import peft
     import torch
     import transformers
-
-    import peftlab
-    from peftlab.threads import available_cores
 
     return {
         "peftlab": peftlab.__version__,
