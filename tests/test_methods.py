@@ -132,18 +132,6 @@ def test_lora_adapter_loads_in_plain_peft(tiny_bert, tmp_path: Path, row):
         assert not torch.allclose(untouched.eval()(**batch).logits, model(**batch).logits)
 
 
-@pytest.mark.parametrize("row", LORA_ROWS)
-def test_lora_merged_equals_unmerged(tiny_bert, row):
-    method, params, model, tok = _moved(tiny_bert, row, 0.5)
-    batch = tok(["good drug", "bad day really"], return_tensors="pt", padding=True)
-    with torch.no_grad():
-        unmerged = model(**batch).logits
-        merged = model.merge_and_unload()(**batch).logits
-    torch.testing.assert_close(merged, unmerged, rtol=1e-5, atol=1e-5)
-    base, _ = fresh(tiny_bert)
-    assert not torch.allclose(base.eval()(**batch).logits, unmerged)
-
-
 @pytest.mark.parametrize("row", PEFT_ROWS)
 def test_peft_adapter_loads_in_plain_peft(tiny_bert, tmp_path: Path, row):
     from peft import PeftModel
@@ -159,7 +147,7 @@ def test_peft_adapter_loads_in_plain_peft(tiny_bert, tmp_path: Path, row):
         assert not torch.allclose(untouched.eval()(**batch).logits, model(**batch).logits)
 
 
-@pytest.mark.parametrize("row", MERGED_ROWS)
+@pytest.mark.parametrize("row", LORA_ROWS + MERGED_ROWS)
 def test_merged_equals_unmerged(tiny_bert, row):
     method, params, model, tok = _moved(tiny_bert, row, 0.5)
     batch = tok(["good drug", "bad day really"], return_tensors="pt", padding=True)
