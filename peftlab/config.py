@@ -122,6 +122,11 @@ class TrainConfig(StrictModel):
     keep_checkpoints: int = Field(default=2, ge=1)
     #: stop before loading weights when a method's memory estimate exceeds the free memory (peftlab.estimate.plan)
     memory_check: bool = True
+    #: measure how far each encoder row moved its backbone: linear CKA of the adapted model's pooled
+    #: features to the base's on up to 512 eval inputs (details.drift, the report's "CKA to base").
+    #: On by default: it costs one forward pass over those inputs before and after training and no
+    #: second copy of the weights (runners/drift.py), small next to training even on the tiny tests
+    drift: bool = True
     #: optional experiment trackers, e.g. [tensorboard, mlflow] (see peftlab.infra.tracking)
     log_to: list[str] = Field(default_factory=list)
 

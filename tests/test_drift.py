@@ -31,3 +31,60 @@ def test_cka_rejects_mismatched_inputs_and_handles_constant_features() -> None:
     with pytest.raises(ValueError):
         linear_cka(np.zeros((5, 2)), np.zeros((6, 2)))
     assert linear_cka(np.ones((10, 3)), np.random.default_rng(3).normal(size=(10, 3))) == 0.0
+
+
+def test_encoder_rows_record_their_drift_and_the_table_shows_it(tiny_bert, tmp_path) -> None:
+    """full moves the backbone (CKA < 1), linear_probe never touches it (CKA 1); the comparison
+    says both, and a row without the record (the baseline) says "-"."""
+    import json
+
+    from conftest import write_tiny_csvs
+
+    from peftlab.config import validate_raw
+    from peftlab.runners.experiment import run_experiment
+
+    train, evalf = write_tiny_csvs(tmp_path)
+    raw = {"backbone": tiny_bert, "output_dir": str(tmp_path / "out"),
+           "task": {"source": "csv", "train_file": str(train), "eval_file": str(evalf)},
+           "methods": [{"method": "full", "lr": 5e-3}, {"method": "linear_probe", "lr": 1e-2}],
+           "train": {"epochs": 2, "batch_size": 8, "max_length": 32, "device": "cpu", "checkpoints": False,
+                     "num_threads": 1}}
+    rows = {r.name: r for r in run_experiment(validate_raw(raw), quiet=True)}
+    assert rows["linear_probe"].details["drift"]["cka"] == pytest.approx(1.0, abs=1e-6)
+    assert 0.0 < rows["full"].details["drift"]["cka"] < 1.0 - 1e-6
+    assert rows["full"].details["drift"]["n"] == 24
+    saved = json.loads((tmp_path / "out" / "full" / "results.json").read_text())
+    assert saved["details"]["drift"] == rows["full"].details["drift"]
+    md = (tmp_path / "out" / "comparison.md").read_text()
+    assert "CKA to base" in md
+    assert "drift_cka" in (tmp_path / "out" / "comparison.csv").read_text().splitlines()[0]
+
+    off = {**raw, "output_dir": str(tmp_path / "off"), "methods": [{"method": "full", "lr": 5e-3}],
+           "train": {**raw["train"], "drift": False}}
+    assert "drift" not in run_experiment(validate_raw(off), quiet=True)[-1].details
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_drift_is_measured_for_prompt_prefix_and_adapter_methods(tiny_backbones, tmp_path, family) -> None:
+    """Virtual tokens (prompt / p-tuning), a key/value prefix and inserted adapters all get a CKA
+    in (0, 1]: the pooling lines up the input's own positions whatever the method prepends."""
+    from conftest import write_tiny_csvs
+
+    from peftlab.config import validate_raw
+    from peftlab.runners.experiment import run_experiment
+
+    train, evalf = write_tiny_csvs(tmp_path, n_train=16, n_eval=12)
+    methods = [{"method": "prompt_tuning", "lr": 3e-2, "num_virtual_tokens": 4},
+               {"method": "p_tuning", "lr": 1e-2, "num_virtual_tokens": 4, "encoder_hidden_size": 16},
+               {"method": "prefix_tuning", "lr": 3e-2, "num_virtual_tokens": 4},
+               {"method": "lora", "lr": 1e-2, "r": 4, "alpha": 8}]
+    if family == "bert":
+        methods += [{"method": "houlsby", "lr": 1e-2, "bottleneck_size": 4}, {"method": "ia3", "lr": 3e-2}]
+    raw = {"backbone": tiny_backbones[family], "baseline": False, "output_dir": str(tmp_path / "out"),
+           "task": {"source": "csv", "train_file": str(train), "eval_file": str(evalf)},
+           "methods": methods,
+           "train": {"epochs": 1, "batch_size": 8, "max_length": 32, "device": "cpu", "checkpoints": False,
+                     "num_threads": 1}}
+    for r in run_experiment(validate_raw(raw), quiet=True):
+        assert r.status == "ok", (r.name, r.error)
+        assert 0.0 < r.details["drift"]["cka"] <= 1.0 + 1e-9 and r.details["drift"]["n"] == 12, r.name

@@ -26,7 +26,14 @@ COLUMNS = [
     # calibration from predictions.jsonl (peftlab.report.calibration); *_uncalibrated: an in-context
     # row's figures before contextual calibration
     "nll", "brier", "ece", "ece_adaptive", "nll_uncalibrated", "brier_uncalibrated", "ece_uncalibrated",
+    # how far the row moved its backbone (peftlab.runners.drift): linear CKA of pooled features to the base's
+    "drift_cka",
 ]
+
+
+DRIFT_NOTE = ("CKA to base: linear CKA of the adapted model's mean-pooled last hidden states to the base "
+              "model's on up to 512 eval inputs, how much the method changed the backbone (1 = unchanged, "
+              "lower = moved further); - = not measured.")
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -65,7 +72,15 @@ def row(r: RunResult, paired: Paired | None = None, cal: Calibration | None = No
         "vs_best": v.verdict, "vs_best_diff": _fmt(v.diff, ".4f"), "vs_best_diff_low": _fmt(v.low, ".4f"),
         "vs_best_diff_high": _fmt(v.high, ".4f"), "vs_best_p": _fmt(v.p, ".4g"),
         **calibration_cells(cal),
+        "drift_cka": _fmt(drift_cka(r), ".4f"),
     }
+
+
+def drift_cka(r: RunResult) -> float | None:
+    """The row's linear CKA of adapted to base features (``details.drift``); None where not measured
+    (the baseline, in-context and image rows, ``train.drift: false``, results from before it)."""
+    d = r.details.get("drift")
+    return d.get("cka") if isinstance(d, dict) else None
 
 
 def calibration_cells(cal: Calibration | None) -> dict[str, str]:
@@ -127,9 +142,9 @@ def _md_cell(s: str) -> str:
 def to_markdown(results: list[RunResult], preds: list[Predictions | None] | None = None) -> str:
     """``preds``: each row's predictions (:func:`row_predictions`), for the paired verdicts."""
     heads = ["method", "backbone", "accuracy", "accuracy 95% CI", "vs best (paired)", "macro-F1", "NLL", "Brier", "ECE",
-             "trainable", "% trainable", "params check", "train s", "peak MB", "train ex/s", "eval ex/s", "adapter MB",
+             "CKA to base", "trainable", "% trainable", "params check", "train s", "peak MB", "train ex/s", "eval ex/s", "adapter MB",
              "flags"]
-    keys = ["method", "backbone", "accuracy", "accuracy_ci", "vs_best", "macro_f1", "nll", "brier", "ece", "trainable",
+    keys = ["method", "backbone", "accuracy", "accuracy_ci", "vs_best", "macro_f1", "nll", "brier", "ece", "drift_cka", "trainable",
             "pct_trainable", "params_check", "train_s", "peak_mem_mb", "train_ex_per_s", "eval_ex_per_s", "adapter_mb",
             "flags"]
     preds = preds or [None] * len(results)
@@ -153,6 +168,7 @@ def to_markdown(results: list[RunResult], preds: list[Predictions | None] | None
         if r.status == "ok":
             cells["flags"] = " ".join(row_flags(r))  # the task's data flags are said once, above
             cells.update({k: _shown(cal, k) for k in ("nll", "brier", "ece")})
+            cells["drift_cka"] = cells["drift_cka"] or "-"
         cells["accuracy_ci"] = interval_text(accuracy_interval(r))
         cells["vs_best"] = v.text()
         cells["accuracy"] = _with_spread(cells["accuracy"], cells["accuracy_std"])
@@ -169,7 +185,8 @@ def to_markdown(results: list[RunResult], preds: list[Predictions | None] | None
               "were shortened (demonstrations dropped, then the input's beginning cut). a ± b: mean and standard deviation over demonstration seeds. "
               "NLL, Brier, ECE: calibration of the row's probabilities (predictions.jsonl): mean -log p(gold), mean squared "
               "distance from the one-hot gold label, expected calibration error over 15 equal-width confidence bins "
-              "(equal-mass ECE in comparison.csv); - = no probabilities; (before x) = before contextual calibration.",
+              "(equal-mass ECE in comparison.csv); - = no probabilities; (before x) = before contextual calibration. "
+              f"{DRIFT_NOTE}",
               "", note() + (" With several seeds, each run is compared with the best run of its seed." if multi else ""), ""]
     lines += search_summary(results)
     lines += contended_lines(results)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 from peftlab.report.collect import Row
+from peftlab.report.compare import drift_cka
 from peftlab.report.facts import row_flags
 from peftlab.report.paired import accuracy_interval, interval_text, note, paired_verdicts
 from peftlab.results import BASELINE_METHOD, RunResult
@@ -120,6 +121,10 @@ COLUMNS: list[Column] = [
            suffix=_before("brier"), missing="-"),
     Column("ece", "ECE", _none, lambda v: f"{v:.3f}", "min", row_number=_calibration("ece"), suffix=_before("ece"),
            missing="-"),
+    Column("drift_cka", "CKA to base", drift_cka, lambda v: f"{v:.3f}", missing="-",
+           note="linear CKA of the adapted model's mean-pooled last hidden states to the base model's on up to "
+                "512 eval inputs: how much the method changed the backbone (1 = unchanged, lower = moved "
+                "further; neither direction is better in itself). - = not measured"),
     Column("trainable", "trainable", lambda r: None if r.params is None else r.params.trainable,
            lambda v: f"{int(v):,}", "min"),
     Column("pct_trainable", "% trainable", lambda r: None if r.params is None else r.params.percent_trainable,

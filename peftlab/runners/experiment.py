@@ -34,6 +34,7 @@ from peftlab.results import EpochRecord, Predictions, RunResult, environment
 from peftlab.runners.batching import Features, encode
 from peftlab.runners.cached import fit_head
 from peftlab.runners.checkpoint import clear_checkpoints
+from peftlab.runners.drift import base_features, drift_record, pooled_features
 from peftlab.infra.distributed import is_main
 from peftlab.runners.icl import run_icl
 from peftlab.runners.lr_search import search_lr
@@ -199,6 +200,9 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
         fresh = newly_initialised(loading_info, spec.head_modules if spec is not None else DEFAULT_HEADS)
         if fresh:
             warn(newly_initialised_warning(bb.name, fresh))
+        # the base's features from this very load, before the method touches it (runners/drift.py)
+        base_x, drift_s = (base_features(model, eval_f, collate, cfg.train.eval_batch_size, acc.device)
+                           if cfg.train.drift and not sharded else (None, 0.0))
         model = method.prepare(model, params, spec)
         trainable, total = count_params(model)
         before = trainable_fingerprint(model)
@@ -210,7 +214,9 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
         trained = model
         model = unsharded_copy(trained, lambda: method.prepare(
             load_classifier(bb, data.label_names, tokenizer, extra), params, spec))
-        wall = time.perf_counter() - t0
+        wall = time.perf_counter() - t0 - drift_s
+    drift = (drift_record(base_x, pooled_features(acc.unwrap_model(model), eval_f, collate, cfg.train.eval_batch_size))
+             if base_x is not None else None)
     d_train = method.derived_trainable(params, spec) if spec is not None else None
     d_total = method.derived_total(params, spec) if spec is not None else None
     agree = None if d_train is None else (d_train == trainable and d_total == total)
@@ -232,7 +238,7 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
         **trained_result_fields(outcome, m, (trainable, total, d_train, d_total, agree), wall, mem),
         adapter_bytes=adapter_bytes, adapter_path=f"{mdir.name}/{ADAPTER_DIR}",
         flags=flags, environment=environment(str(acc.device)), **precision.result_fields(),
-        details={**base.details, "memory_estimate_bytes": estimate, "train_time_estimate_s": outcome.estimated_train_s, **({"lr_search": search} if search else {}), **({"fsdp_processes": acc.num_processes} if model is not trained else {}), **({"newly_initialised": fresh[:50], "newly_initialised_count": len(fresh)} if fresh else {})},
+        details={**base.details, "memory_estimate_bytes": estimate, "train_time_estimate_s": outcome.estimated_train_s, **({"lr_search": search} if search else {}), **({"fsdp_processes": acc.num_processes} if model is not trained else {}), **({"newly_initialised": fresh[:50], "newly_initialised_count": len(fresh)} if fresh else {}), **({"drift": drift} if drift else {})},
     ))
 
 

@@ -1,0 +1,82 @@
+"""Backbone drift of an encoder row: its pooled features before and after adaptation (issue 22).
+
+The base features are taken from the very model the row loaded, before the method touches it,
+so the check costs one forward pass over at most ``DRIFT_MAX_EXAMPLES`` evaluation inputs and
+no second copy of the weights (a second load would double the memory of large backbones). The
+adapted features come from the trained model's forward, whatever the method did to it, so the
+figure is method-agnostic: full fine-tuning, adapters, prompts and a linear probe (CKA 1: the
+backbone never moved) are measured the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from peftlab.estimate.drift import linear_cka
+from peftlab.runners.batching import Features
+
+#: evaluation inputs the drift is measured on: CKA settles well before this, and the cap keeps
+#: the extra forward passes small next to evaluation on large eval splits
+DRIFT_MAX_EXAMPLES = 512
+
+
+def pooled_features(model: torch.nn.Module, feats: Features, collate: Any, batch_size: int,
+                    device: torch.device | None = None, limit: int = DRIFT_MAX_EXAMPLES) -> np.ndarray:
+    """Last hidden state mean-pooled over each input's own tokens, (n, hidden) in float32.
+
+    Prompt tuning and p-tuning prepend virtual tokens to the sequence, so only the last
+    ``input length`` positions are pooled, weighted by the input's attention mask: the same
+    positions as in the base model. Prefix tuning adds no positions (its prefix sits in the
+    key/value cache). ``device``: where to run; None = where the model's weights are.
+    """
+    was_training = model.training
+    model.eval()
+    dev = device or next(model.parameters()).device
+    n = min(len(feats), limit)
+    out: list[np.ndarray] = []
+    try:
+        for start in range(0, n, batch_size):
+            batch = collate([{k: v for k, v in feats[i].items() if k != "labels"}
+                             for i in range(start, min(n, start + batch_size))])
+            batch = {k: v.to(dev) for k, v in batch.items()}
+            with torch.no_grad():
+                hidden = model(**batch, output_hidden_states=True).hidden_states[-1]
+            length = batch["input_ids"].shape[1]
+            hidden = hidden[:, -length:, :].float()
+            mask = batch.get("attention_mask", torch.ones(hidden.shape[:2], device=dev))
+            mask = mask.to(hidden.dtype).unsqueeze(-1)
+            out.append((hidden * mask).sum(1).div(mask.sum(1).clamp(min=1)).cpu().numpy())
+    finally:
+        model.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def base_features(model: torch.nn.Module, feats: Features, collate: Any, batch_size: int,
+                  device: torch.device) -> tuple[np.ndarray, float]:
+    """The freshly loaded model's features on ``device``, and the seconds spent (the runner takes
+    them out of the row's wall time: the check is not the method's cost).
+
+    A model placed by ``device_map`` (quantised loads) stays where it is; any other runs on the
+    row's device and goes back where it was, so the method receives it exactly as loaded.
+    """
+    t0 = time.perf_counter()
+    placed = getattr(model, "hf_device_map", None) is not None
+    home = next(model.parameters()).device
+    if not placed and home != device:
+        model.to(device)
+    try:
+        x = pooled_features(model, feats, collate, batch_size, None if placed else device)
+    finally:
+        if not placed and home != device:
+            model.to(home)
+    return x, time.perf_counter() - t0
+
+
+def drift_record(before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
+    """``details.drift`` of results.json: linear CKA of adapted to base features (1 = unchanged)
+    and the number of evaluation inputs it was measured on."""
+    return {"cka": linear_cka(before, after), "n": int(before.shape[0])}
