@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from peftlab.estimate.drift import linear_cka
 
@@ -88,3 +89,53 @@ def test_drift_is_measured_for_prompt_prefix_and_adapter_methods(tiny_backbones,
     for r in run_experiment(validate_raw(raw), quiet=True):
         assert r.status == "ok", (r.name, r.error)
         assert 0.0 < r.details["drift"]["cka"] <= 1.0 + 1e-9 and r.details["drift"]["n"] == 12, r.name
+
+
+def test_lm_loss_of_an_unchanged_model_equals_the_base(tmp_path) -> None:
+    """The same weights give the same reference loss; LoRA at its initialisation (B = 0) changes
+    nothing; moved weights change it."""
+    from conftest import save_tiny_causal_lm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from peftlab.methods.lm_lora import LmLoraParams, add_lora
+    from peftlab.runners.drift import reference_lm_loss, reference_text
+
+    path = save_tiny_causal_lm(tmp_path / "lm", seed=1)
+    tok = AutoTokenizer.from_pretrained(path)
+    cpu = torch.device("cpu")
+    model = AutoModelForCausalLM.from_pretrained(path)
+    base = reference_lm_loss(model, tok, cpu, limit=64)
+    assert base["tokens"] > 500 and np.isfinite(base["loss"]) and len(reference_text().encode()) <= 10_000
+    again = reference_lm_loss(AutoModelForCausalLM.from_pretrained(path), tok, cpu, limit=64)
+    assert again == base
+    unchanged = add_lora(model, LmLoraParams(method="lm_lora", verbalizers={"positive": " good"}, r=2))
+    assert reference_lm_loss(unchanged, tok, cpu, limit=64)["loss"] == pytest.approx(base["loss"], rel=1e-6)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    assert reference_lm_loss(model, tok, cpu, limit=64)["loss"] != pytest.approx(base["loss"], rel=1e-4)
+
+
+def test_lm_lora_rows_record_the_reference_loss(tmp_path) -> None:
+    """An lm_lora row stores the loss before and after; a prompt-only icl row stores none (it
+    changes nothing); the comparison shows the difference."""
+    from conftest import save_tiny_causal_lm, write_tiny_csvs
+
+    from peftlab.config import validate_raw
+    from peftlab.runners.experiment import run_experiment
+
+    lm = save_tiny_causal_lm(tmp_path / "lm", seed=1)
+    train, evalf = write_tiny_csvs(tmp_path, n_train=16, n_eval=8)
+    icl = {"method": "icl", "backbone": lm, "example": "{text} so it was", "batch_size": 4,
+           "verbalizers": {"positive": " good", "negative": " bad", "neutral": " meh"}}
+    raw = {"backbone": lm, "output_dir": str(tmp_path / "out"), "baseline": False,
+           "task": {"source": "csv", "train_file": str(train), "eval_file": str(evalf)},
+           "methods": [{**icl, "name": "zero_shot"}, {**icl, "name": "lm_lora", "method": "lm_lora", "lr": 5e-2}],
+           "train": {"epochs": 1, "batch_size": 8, "max_length": 32, "device": "cpu", "num_threads": 1}}
+    rows = {r.name: r for r in run_experiment(validate_raw(raw), quiet=True)}
+    assert all(r.status == "ok" for r in rows.values()), {n: r.error for n, r in rows.items()}
+    assert "lm_loss" not in rows["zero_shot"].details
+    rec = rows["lm_lora"].details["lm_loss"]
+    assert rec["tokens"] > 500 and rec["adapted"] != pytest.approx(rec["base"], rel=1e-6)
+    md = (tmp_path / "out" / "comparison.md").read_text()
+    assert "LM loss Δ" in md and f"{rec['adapted'] - rec['base']:+.4f}" in (tmp_path / "out" / "comparison.csv").read_text()

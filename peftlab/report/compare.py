@@ -28,12 +28,15 @@ COLUMNS = [
     "nll", "brier", "ece", "ece_adaptive", "nll_uncalibrated", "brier_uncalibrated", "ece_uncalibrated",
     # how far the row moved its backbone (peftlab.runners.drift): linear CKA of pooled features to the base's
     "drift_cka",
+    # a causal-LM row's loss on the shipped reference text after minus before adapting (forgetting)
+    "lm_loss_base", "lm_loss_adapted", "lm_loss_delta",
 ]
 
 
 DRIFT_NOTE = ("CKA to base: linear CKA of the adapted model's mean-pooled last hidden states to the base "
               "model's on up to 512 eval inputs, how much the method changed the backbone (1 = unchanged, "
-              "lower = moved further); - = not measured.")
+              "lower = moved further); - = not measured. LM loss Δ: a causal-LM row's mean token NLL on peftlab's "
+              "shipped reference text after adapting minus before (0 = unchanged, > 0 = worse at ordinary text).")
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -73,7 +76,21 @@ def row(r: RunResult, paired: Paired | None = None, cal: Calibration | None = No
         "vs_best_diff_high": _fmt(v.high, ".4f"), "vs_best_p": _fmt(v.p, ".4g"),
         **calibration_cells(cal),
         "drift_cka": _fmt(drift_cka(r), ".4f"),
+        "lm_loss_base": _fmt(_lm_loss(r, "base"), ".4f"), "lm_loss_adapted": _fmt(_lm_loss(r, "adapted"), ".4f"),
+        "lm_loss_delta": _fmt(lm_loss_delta(r), "+.4f"),
     }
+
+
+def _lm_loss(r: RunResult, key: str) -> float | None:
+    d = r.details.get("lm_loss")
+    return d.get(key) if isinstance(d, dict) else None
+
+
+def lm_loss_delta(r: RunResult) -> float | None:
+    """Adapted minus base mean token NLL on the reference text (``details.lm_loss``): > 0 = the
+    adaptation made the LM worse at ordinary text; None where not measured (encoder rows)."""
+    base, adapted = _lm_loss(r, "base"), _lm_loss(r, "adapted")
+    return None if base is None or adapted is None else adapted - base
 
 
 def drift_cka(r: RunResult) -> float | None:
@@ -142,9 +159,9 @@ def _md_cell(s: str) -> str:
 def to_markdown(results: list[RunResult], preds: list[Predictions | None] | None = None) -> str:
     """``preds``: each row's predictions (:func:`row_predictions`), for the paired verdicts."""
     heads = ["method", "backbone", "accuracy", "accuracy 95% CI", "vs best (paired)", "macro-F1", "NLL", "Brier", "ECE",
-             "CKA to base", "trainable", "% trainable", "params check", "train s", "peak MB", "train ex/s", "eval ex/s", "adapter MB",
+             "CKA to base", "LM loss Δ", "trainable", "% trainable", "params check", "train s", "peak MB", "train ex/s", "eval ex/s", "adapter MB",
              "flags"]
-    keys = ["method", "backbone", "accuracy", "accuracy_ci", "vs_best", "macro_f1", "nll", "brier", "ece", "drift_cka", "trainable",
+    keys = ["method", "backbone", "accuracy", "accuracy_ci", "vs_best", "macro_f1", "nll", "brier", "ece", "drift_cka", "lm_loss_delta", "trainable",
             "pct_trainable", "params_check", "train_s", "peak_mem_mb", "train_ex_per_s", "eval_ex_per_s", "adapter_mb",
             "flags"]
     preds = preds or [None] * len(results)
@@ -169,6 +186,7 @@ def to_markdown(results: list[RunResult], preds: list[Predictions | None] | None
             cells["flags"] = " ".join(row_flags(r))  # the task's data flags are said once, above
             cells.update({k: _shown(cal, k) for k in ("nll", "brier", "ece")})
             cells["drift_cka"] = cells["drift_cka"] or "-"
+            cells["lm_loss_delta"] = cells["lm_loss_delta"] or "-"
         cells["accuracy_ci"] = interval_text(accuracy_interval(r))
         cells["vs_best"] = v.text()
         cells["accuracy"] = _with_spread(cells["accuracy"], cells["accuracy_std"])

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 from peftlab.report.collect import Row
-from peftlab.report.compare import drift_cka
+from peftlab.report.compare import drift_cka, lm_loss_delta
 from peftlab.report.facts import row_flags
 from peftlab.report.paired import accuracy_interval, interval_text, note, paired_verdicts
 from peftlab.results import BASELINE_METHOD, RunResult
@@ -125,6 +125,9 @@ COLUMNS: list[Column] = [
            note="linear CKA of the adapted model's mean-pooled last hidden states to the base model's on up to "
                 "512 eval inputs: how much the method changed the backbone (1 = unchanged, lower = moved "
                 "further; neither direction is better in itself). - = not measured"),
+    Column("lm_loss_delta", "LM loss \u0394", lm_loss_delta, lambda v: f"{v:+.3f}", missing="-",
+           note="a causal-LM row's mean token NLL on peftlab's shipped public-domain reference text after "
+                "adapting minus before (0 = unchanged, > 0 = the LM got worse at ordinary text). - = not measured"),
     Column("trainable", "trainable", lambda r: None if r.params is None else r.params.trainable,
            lambda v: f"{int(v):,}", "min"),
     Column("pct_trainable", "% trainable", lambda r: None if r.params is None else r.params.percent_trainable,

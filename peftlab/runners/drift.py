@@ -11,6 +11,7 @@ backbone never moved) are measured the same way.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -80,3 +81,53 @@ def drift_record(before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
     """``details.drift`` of results.json: linear CKA of adapted to base features (1 = unchanged)
     and the number of evaluation inputs it was measured on."""
     return {"cka": linear_cka(before, after), "n": int(before.shape[0])}
+
+
+#: the shipped reference text causal-LM rows are scored on (public domain: the Gettysburg Address,
+#: the Constitution's Preamble, the Declaration of Independence's opening and the Bill of Rights)
+REFERENCE_TEXT = "estimate/data/reference.txt"
+#: tokens per forward pass over the reference text: short enough for any context and for small
+#: GPUs, long enough that most tokens see a real context
+LM_LOSS_CHUNK = 256
+
+
+def reference_text() -> str:
+    """The reference text, from the installed package (pyproject's package-data ships it)."""
+    from importlib.resources import files
+
+    return files("peftlab").joinpath(REFERENCE_TEXT).read_text(encoding="utf-8")
+
+
+def reference_lm_loss(model: torch.nn.Module, tokenizer: Any, device: torch.device, limit: int | None = None,
+                      autocast: Any = None) -> dict[str, float | int]:
+    """Mean next-token NLL (nats per token) of the reference text, and the tokens it averages over.
+
+    Cut into consecutive chunks of ``LM_LOSS_CHUNK`` tokens (fewer when the model's context
+    ``limit`` is shorter), each scored alone in eval mode, so the figure depends only on the
+    weights: the same model gives the same loss, which is what lets "before" and "after" be
+    compared. A model placed by ``device_map`` is fed on its first weights' device.
+    """
+    ids = tokenizer(reference_text(), add_special_tokens=False)["input_ids"]
+    chunk = max(2, min(LM_LOSS_CHUNK, limit or LM_LOSS_CHUNK))
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    dev = device if getattr(model, "hf_device_map", None) is None else next(model.parameters()).device
+    try:
+        for start in range(0, len(ids) - 1, chunk):
+            piece = torch.tensor([ids[start:start + chunk]], device=dev)
+            if piece.shape[1] < 2:
+                break
+            with torch.no_grad(), (autocast() if autocast is not None else nullcontext()):
+                logits = model(input_ids=piece).logits[0, :-1].float()
+            nll = torch.nn.functional.cross_entropy(logits, piece[0, 1:], reduction="sum")
+            total += float(nll)
+            count += piece.shape[1] - 1
+    finally:
+        model.train(was_training)
+    return {"loss": total / count if count else float("nan"), "tokens": count}
+
+
+def lm_loss_record(before: dict[str, float | int], after: dict[str, float | int]) -> dict[str, float | int]:
+    """``details.lm_loss`` of results.json: the reference text's mean token NLL before and after."""
+    return {"base": before["loss"], "adapted": after["loss"], "tokens": before["tokens"]}

@@ -33,6 +33,7 @@ from peftlab.results.metrics import classification_metrics, is_collapsed, majori
 from peftlab.estimate.params import count_params
 from peftlab.prompts.template import Demo, PromptTemplate, answer_strings, load_template, render_context
 from peftlab.results import ParamCounts, Predictions, RunResult, Timing, environment
+from peftlab.runners.drift import lm_loss_record, reference_lm_loss
 from peftlab.runners.measure import PeakMemory
 from peftlab.backbones.precision import Precision
 from peftlab.runners.lm_fit import train_verbalizer
@@ -185,10 +186,20 @@ def run_icl(cfg: ExperimentConfig, method: Any, params: Any, data: TaskData, bas
         p = make_prompting(params, tokenizer, data.label_names, context_limit(model, tokenizer))
         precision = train_precision(cfg.train, lambda: model.config, method.keeps_fp32(params, device.type),
                                     tokens=params.batch_size * cfg.train.max_length)
-        model = method.prepare_lm(model, params)
         loss = method.lm_loss(params)
+        # forgetting (issue 22): the shipped reference text's LM loss before and after adapting, out
+        # of the row's wall time; only rows that train the LM (a prompt alone leaves it as it was)
+        measure = loss is not None and cfg.train.drift
+        t_ref = time.perf_counter()
+        before = reference_lm_loss(model, tokenizer, device, p.limit, precision.autocast) if measure else None
+        ref_s = time.perf_counter() - t_ref
+        model = method.prepare_lm(model, params)
         fit = (train_verbalizer(model, params, LmContext(cfg, p, data, device, quiet, precision), loss)
                if loss is not None else FitOutcome())
+        t_ref = time.perf_counter()
+        lm_loss = (lm_loss_record(before, reference_lm_loss(model, tokenizer, device, p.limit, precision.autocast))
+                   if before is not None else None)
+        ref_s += time.perf_counter() - t_ref
         trainable, total = count_params(model)
         adapter_bytes = save(model) if save is not None else None
         embed = minilm_embedder(params.embedder) if params.shots and params.selection == "nearest" else None
@@ -198,7 +209,7 @@ def run_icl(cfg: ExperimentConfig, method: Any, params: Any, data: TaskData, bas
         with precision.autocast():  # scoring, calibration and generation alike
             runs = [predict_seed(model, scorer, p, params, data, s, embed) for s in seeds]
         eval_s = time.perf_counter() - t1
-        wall = time.perf_counter() - t0
+        wall = time.perf_counter() - t0 - ref_s
     if record is not None:
         raw = [r.raw_probs for r in runs]
         record(Predictions.of(data.label_names, data.eval.labels, [r.pred for r in runs], [r.probs for r in runs], seeds,
@@ -212,6 +223,7 @@ def run_icl(cfg: ExperimentConfig, method: Any, params: Any, data: TaskData, bas
         epochs=fit.epochs, peak_memory_bytes=mem.peak_bytes, memory_kind=mem.kind, adapter_bytes=adapter_bytes,
         flags=_flags(runs, data.num_labels, fit) + (["prompt_shortened"] if p.shortened else []), environment=environment(str(device)),
         **precision.result_fields(),
+        **({"details": {**base.details, "lm_loss": lm_loss}} if lm_loss is not None else {}),
     ))
 
 
