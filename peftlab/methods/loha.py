@@ -17,9 +17,8 @@ from torch import nn
 
 from peftlab.estimate.activations import Flow, block_linears, post_targeted
 from peftlab.infra.config_base import MethodParams, PositiveFloat
-from peftlab.infra.errors import PeftlabError
 from peftlab.methods.base import Readme
-from peftlab.methods.peft_common import PeftMethod, check_targets, seq_cls_config
+from peftlab.methods.peft_common import PeftMethod, seq_cls_config
 from peftlab.estimate.params import ArchSpec, targeted_linears
 
 
@@ -37,6 +36,7 @@ class LohaParams(MethodParams):
 class Loha(PeftMethod):
     name = "loha"
     Params = LohaParams
+    default_targets = LOHA_TARGETS
     peft_type = "LOHA"
     merges = True
     composition = None  # a Hadamard product of two products: factors do not add up to a sum of updates
@@ -49,15 +49,10 @@ class Loha(PeftMethod):
     )
 
     def targets(self, params: LohaParams, model_type: str) -> list[str]:
-        """The row's ``target_modules``, or peft's defaults for the architecture."""
-        if params.target_modules is not None:
-            return list(params.target_modules)
-        if model_type not in LOHA_TARGETS:
-            raise PeftlabError(f"loha: no default target_modules for architecture {model_type!r}; set target_modules")
-        return list(LOHA_TARGETS[model_type])
+        return self.default_or_row_targets(params, model_type)
 
     def check(self, params: LohaParams, spec: ArchSpec | None, model_type: str) -> None:
-        check_targets("loha", self.targets(params, model_type), spec, model_type)
+        self.check_row_targets(params, spec, model_type)
 
     def peft_config(self, params: LohaParams, model: nn.Module, spec: ArchSpec | None) -> LoHaConfig:
         return seq_cls_config(LoHaConfig, model, spec, r=params.r, alpha=params.alpha,

@@ -19,9 +19,8 @@ from torch import nn
 
 from peftlab.estimate.activations import Flow, block_linears, post_targeted
 from peftlab.infra.config_base import MethodParams, PositiveFloat
-from peftlab.infra.errors import PeftlabError
 from peftlab.methods.base import Readme
-from peftlab.methods.peft_common import PeftMethod, check_targets, seq_cls_config
+from peftlab.methods.peft_common import PeftMethod, seq_cls_config
 from peftlab.estimate.params import ArchSpec, targeted_linears
 
 
@@ -55,6 +54,7 @@ def factor_params(d_in: int, d_out: int, params: LokrParams) -> int:
 class Lokr(PeftMethod):
     name = "lokr"
     Params = LokrParams
+    default_targets = LOKR_TARGETS
     peft_type = "LOKR"
     merges = True
     composition = None  # a Kronecker product of two factors: they do not add up to a sum of updates
@@ -69,15 +69,10 @@ class Lokr(PeftMethod):
     )
 
     def targets(self, params: LokrParams, model_type: str) -> list[str]:
-        """The row's ``target_modules``, or peft's defaults for the architecture."""
-        if params.target_modules is not None:
-            return list(params.target_modules)
-        if model_type not in LOKR_TARGETS:
-            raise PeftlabError(f"lokr: no default target_modules for architecture {model_type!r}; set target_modules")
-        return list(LOKR_TARGETS[model_type])
+        return self.default_or_row_targets(params, model_type)
 
     def check(self, params: LokrParams, spec: ArchSpec | None, model_type: str) -> None:
-        check_targets("lokr", self.targets(params, model_type), spec, model_type)
+        self.check_row_targets(params, spec, model_type)
 
     def peft_config(self, params: LokrParams, model: nn.Module, spec: ArchSpec | None) -> LoKrConfig:
         return seq_cls_config(LoKrConfig, model, spec, r=params.r, alpha=params.alpha,

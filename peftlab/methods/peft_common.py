@@ -9,6 +9,7 @@ is built by :func:`seq_cls_config`, so the task type and the trained head are se
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from peft import PeftConfig, PeftModel, TaskType, get_peft_model
@@ -43,6 +44,24 @@ def check_targets(method: str, targets: list[str], spec: ArchSpec | None, model_
 class PeftMethod(Method):
     """Subclasses provide ``peft_config`` and declare ``peft_type`` and ``merges``;
     prepare/save/load/derived_total are shared."""
+
+    #: peft's per-architecture default ``target_modules`` for a method applied to named linears
+    #: (vera, loha, lokr); such a method's params carry ``target_modules`` and it uses
+    #: :meth:`default_or_row_targets` and :meth:`check_row_targets` instead of writing its own
+    default_targets: ClassVar[Mapping[str, Any]] = {}
+
+    def default_or_row_targets(self, params: Any, model_type: str) -> list[str]:
+        """The row's ``target_modules``, or peft's defaults for the architecture."""
+        if params.target_modules is not None:
+            return list(params.target_modules)
+        if model_type not in self.default_targets:
+            raise PeftlabError(f"{self.name}: no default target_modules for architecture {model_type!r}; "
+                               "set target_modules")
+        return list(self.default_targets[model_type])
+
+    def check_row_targets(self, params: Any, spec: ArchSpec | None, model_type: str) -> None:
+        """Refuse targets that name no linear of the architecture, before any model loads."""
+        check_targets(self.name, self.default_or_row_targets(params, model_type), spec, model_type)
 
     #: peft's name for its adapters (``adapter_config.json``'s ``peft_type``): "LORA", "IA3", ...
     peft_type: ClassVar[str]

@@ -19,9 +19,8 @@ from torch import nn
 
 from peftlab.estimate.activations import Flow, block_linears, post_targeted
 from peftlab.infra.config_base import MethodParams, PositiveFloat
-from peftlab.infra.errors import PeftlabError
 from peftlab.methods.base import Readme
-from peftlab.methods.peft_common import PeftMethod, check_targets, seq_cls_config
+from peftlab.methods.peft_common import PeftMethod, seq_cls_config
 from peftlab.estimate.params import ArchSpec, targeted_linears
 
 
@@ -44,6 +43,7 @@ class VeraParams(MethodParams):
 class Vera(PeftMethod):
     name = "vera"
     Params = VeraParams
+    default_targets = VERA_TARGETS
     peft_type = "VERA"
     merges = True
     composition = None  # the update is a product of the two trained vectors: adapters do not add up
@@ -57,15 +57,10 @@ class Vera(PeftMethod):
     )
 
     def targets(self, params: VeraParams, model_type: str) -> list[str]:
-        """The row's ``target_modules``, or peft's defaults for the architecture."""
-        if params.target_modules is not None:
-            return list(params.target_modules)
-        if model_type not in VERA_TARGETS:
-            raise PeftlabError(f"vera: no default target_modules for architecture {model_type!r}; set target_modules")
-        return list(VERA_TARGETS[model_type])
+        return self.default_or_row_targets(params, model_type)
 
     def check(self, params: VeraParams, spec: ArchSpec | None, model_type: str) -> None:
-        check_targets("vera", self.targets(params, model_type), spec, model_type)
+        self.check_row_targets(params, spec, model_type)
 
     def peft_config(self, params: VeraParams, model: nn.Module, spec: ArchSpec | None) -> VeraConfig:
         return seq_cls_config(VeraConfig, model, spec, r=params.r,
