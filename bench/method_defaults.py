@@ -60,6 +60,10 @@ MAX_EXTEND = 2
 #: (drug reviews). MultiNLI's own best per method is shown beside it and used by the suite's MultiNLI
 #: table; it does not move the defaults (100-step trials on MultiNLI are near chance for most values).
 PICK_BENCHES = ("sst2",)
+#: what every method trains besides its own parameters; part of each trial's protocol, so trials made
+#: when BERT's pooler stayed frozen for adapter, prompt and LoRA-family rows (before it became part
+#: of the head, peftlab/estimate/params.py ``_spec_bert``) are not reused
+HEAD = "pooler+classifier"
 
 
 # --- the grid and the pick (pure) ------------------------------------------------------------------
@@ -116,10 +120,14 @@ def load(bench: Bench) -> dict[str, Any]:
 def protocol(row: dict[str, Any], budget: int) -> dict[str, Any]:
     """What makes two trials comparable: the row's hyperparameters except lr and epochs, the budget, data."""
     return {"params": {k: v for k, v in row.items() if k not in ("lr", "epochs")}, "budget_steps": budget,
-            "n_train": N_TRAIN, "val_fraction": VAL_FRACTION, "data_seed": DATA_SEED}
+            "n_train": N_TRAIN, "val_fraction": VAL_FRACTION, "data_seed": DATA_SEED, "head": HEAD}
 
 
-def save(bench: Bench, store: dict[str, Any]) -> None:
+def save(bench: Bench, label: str, entry: dict[str, Any]) -> None:
+    """Store one row's entry, re-reading the file first: processes searching other rows of the same
+    benchmark at the same time (``--methods`` split across cores) keep theirs."""
+    store = load(bench)
+    store[label] = entry
     atomic_write_text(results_path(bench), json.dumps(store, indent=1, sort_keys=True) + "\n")
 
 
@@ -161,7 +169,7 @@ def search_bench(bench: Bench, rows: list[dict[str, Any]], budget: int, threads:
                 trials = run_trials(bench, row, [ladder(k) for k in todo], budget, threads, source)
                 for k, t in zip(todo, trials):
                     entry["trials"][str(k)] = t
-                save(bench, store)
+                save(bench, label, entry)
                 print(f"   {bench.key} {label}: {len(todo)} trial(s) in {time.perf_counter() - t0:.0f} s", flush=True)
             scores = trial_scores(entry, len(bench.labels))
             nxt = extension(scores)

@@ -15,9 +15,8 @@ from torch import nn
 from transformers import DataCollatorWithPadding, set_seed
 
 from conftest import tiny_rows
-from peftlab.backbones.loaders import load_classifier, load_tokenizer
+from peftlab.backbones.loaders import load_classifier, load_tokenizer, method_load_kwargs
 from peftlab.config import BackboneConfig, TrainConfig
-from peftlab.methods.base import DEFAULT_HEADS
 from peftlab.estimate.params import ArchSpec, arch_spec, count_params
 from peftlab.runners.batching import encode
 from peftlab.runners.experiment import _train
@@ -47,7 +46,7 @@ def fresh(path: str, method: Any = None, params: Any = None):
     set_seed(0)
     cfg = BackboneConfig(name=path)
     tok = load_tokenizer(cfg)
-    extra = method.load_kwargs(params, DEFAULT_HEADS) if method is not None else None
+    extra = method_load_kwargs(cfg, method, params, len(LABELS)) if method is not None else None
     if extra:  # these tests are the CPU path; bitsandbytes would put the base on a visible GPU
         extra["device_map"] = "cpu"
     with warnings.catch_warnings():

@@ -224,7 +224,7 @@ def test_linear_probe_cached_features_equal_recomputed(tiny_backbones):
         model = METHODS.get("linear_probe").prepare(model, None, spec).eval()
         feats = encode(tok, split(10, 3), 32)
         collate = DataCollatorWithPadding(tok)
-        head = model.get_submodule(spec.head_modules[0])
+        head = model.get_submodule(spec.head_modules[-1])  # the probe trains the last head module
         x = head_inputs(model, head, feats, collate, 4, torch.device("cpu"), spec.is_decoder)
         with torch.no_grad():
             cached = head(x).numpy()

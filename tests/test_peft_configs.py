@@ -74,7 +74,7 @@ def test_prompt_tuning_text_init_names_the_backbone_tokenizer(models, tiny_backb
     method = METHODS.get("prompt_tuning")
     built = method.peft_config(method.Params(init_text="good or bad"), model, arch_spec(model.config))
     assert built.prompt_tuning_init == PromptTuningInit.TEXT and built.prompt_tuning_init_text == "good or bad"
-    assert built.tokenizer_name_or_path == tiny_backbones["bert"] and built.modules_to_save == ["classifier"]
+    assert built.tokenizer_name_or_path == tiny_backbones["bert"] and built.modules_to_save == ["bert.pooler.dense", "classifier"]
 
 
 @pytest.mark.parametrize("name", ["lora", "ia3"])

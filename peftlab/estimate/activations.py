@@ -48,15 +48,13 @@ class Flow:
     trained_blocks: frozenset[int] = frozenset()
     #: the word/position embeddings (and their LayerNorm) train
     embeddings: bool = False
-    #: the module between the last block and the head (BERT's pooler) trains
+    #: the post part between the last block and the head (Llama's final norm) trains
     post: bool = False
     #: LoRA: adapted linear -> its lora dropout probability (same in every block)
     lora: dict[str, float] = field(default_factory=dict)
     #: LoRA rank (the A output of width r is kept for B's gradient)
     lora_r: int = 0
-    #: LoRA adapts the pooler's dense layer too (a target named ``dense``), with this dropout
-    lora_post: float | None = None
-    #: DoRA: adapted linear -> its d_out ("" is the pooler). Beyond LoRA's, it keeps per token its
+    #: DoRA: adapted linear -> its d_out. Beyond LoRA's, it keeps per token its
     #: frozen output and its LoRA output (both d_out wide, for the magnitude's gradient), and once
     #: the detached weight norm and the magnitude / norm scale
     dora: dict[str, int] = field(default_factory=dict)
@@ -92,11 +90,6 @@ def block_linears(spec: ArchSpec, targets: list[str]) -> list[str]:
     """Block-relative names of the linears ``targets`` match (peft's rule, checked on block 0)."""
     first = f"{spec.layers_prefix}.0."
     return [n for n in spec.layer_linears if any(matches_target(first + n, t) for t in targets)]
-
-
-def post_targeted(spec: ArchSpec, targets: list[str]) -> bool:
-    """Whether ``targets`` match a linear of the post part (BERT's pooler dense)."""
-    return any(matches_target(n, t) for n in spec.post_linears for t in targets)
 
 
 
@@ -268,7 +261,8 @@ def saved_bytes(f: Flow, d: Dims, pooler: bool = True) -> int:
     two LayerNorm inputs (h each, plus 2 statistics), and in attention a scaled query, scaled key
     and value (h each) plus softmax output, dropout mask and dropped probabilities (``heads x keys``
     each). Terms vanish where no gradient flows (see the module docstring); adapters, LoRA, (IA)^3
-    and prompts add theirs. ``pooler``: BERT's pooler (dense + tanh) sits before the head.
+    and prompts add theirs. ``pooler``: BERT's pooler (dense + tanh, trained as part of the head)
+    sits before the classifier.
     """
     t = _Tally(d)
     tokens = d.batch * (d.length + f.prompt_tokens)
@@ -289,19 +283,13 @@ def saved_bytes(f: Flow, d: Dims, pooler: bool = True) -> int:
 def _head(t: _Tally, d: Dims, f: Flow, tokens: int, g: bool, pooler: bool) -> None:
     """After the last block: pooler (on the first token), dropout, classifier, loss.
 
-    A trained pooler keeps its input, a view of the first token that pins the whole last hidden
-    state (``tokens x hidden``).
+    The pooler is part of the head and always trains: it keeps its input, a view of the first
+    token that pins the whole last hidden state (``tokens x hidden``).
     """
     b, h = d.batch, d.hidden
     if pooler:
-        if f.post:
-            t.values(tokens * h)
-        elif f.lora_post is not None:
-            t.values(b * h if f.lora_post > 0 else tokens * h)
-            t.mask(b * h, f.lora_post, g)
-            t.values(b * f.lora_r)
-            t.values(2 * (b + 1) * f.dora.get("", 0))
-        g = g or f.post or f.lora_post is not None
+        t.values(tokens * h)
+        g = True
         t.values(b * h, g)  # tanh keeps its output
     else:  # RoBERTa's head: dropout -> dense (trained) -> tanh -> dropout -> out_proj
         t.mask(b * h, d.classifier_dropout, g)

@@ -7,14 +7,15 @@ so a method that trains more or less than it claims is caught. Each method's own
 a new family means one ``_spec_*`` builder in ``FAMILIES``.
 
 Naming: a *layer* is one transformer block; the *post* part is what sits between the last block
-and the classification head (BERT's pooler, Llama's final norm); the *head* is the module the
-sequence-classification class adds (``classifier`` or ``score``).
+and the classification head (Llama's final norm); the *head* is every module between the last
+block's output and the logits that every method trains: the module the sequence-classification
+class adds (``classifier`` or ``score``) and, for BERT, the pooler before it (see ``_spec_bert``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from peftlab.infra.registry import Registry
@@ -31,12 +32,14 @@ class ArchSpec:
     #: per-layer parameters that are not in ``layer_linears`` (norms)
     layer_other: int
     embeddings: int
-    #: linear modules outside the layers (pooler): full name -> (d_in, d_out, has_bias)
-    post_linears: dict[str, tuple[int, int, bool]] = field(default_factory=dict)
+    #: parameters of the post part (Llama's final norm)
     post_other: int = 0
     head: int = 0
-    #: dotted names of the head modules (trained by every method, saved by peft's modules_to_save)
+    #: dotted names of the head modules (trained by every method, saved by peft's modules_to_save),
+    #: in forward order; the linear probe trains only the last one
     head_modules: tuple[str, ...] = ("classifier",)
+    #: parameters of the last head module (what the linear probe trains); 0 means all of ``head``
+    probe_head: int = 0
     #: modules between the last block and the head (trained by ``partial``)
     post_modules: tuple[str, ...] = ()
     #: prefix of the transformer blocks: f"{layers_prefix}.{i}.{linear}"
@@ -56,7 +59,12 @@ def layer_params(spec: ArchSpec) -> int:
 
 
 def post_params(spec: ArchSpec) -> int:
-    return sum(linear_params(*s) for s in spec.post_linears.values()) + spec.post_other
+    return spec.post_other
+
+
+def probe_params(spec: ArchSpec) -> int:
+    """What the linear probe trains: the last head module alone."""
+    return spec.probe_head or spec.head
 
 
 def total_params(spec: ArchSpec) -> int:
@@ -66,14 +74,13 @@ def total_params(spec: ArchSpec) -> int:
 
 
 def all_linears(spec: ArchSpec) -> dict[str, tuple[int, int, bool]]:
-    """Every linear of the backbone by full dotted name (the head excluded)."""
-    out = {
+    """Every linear of the backbone by full dotted name (the head excluded: peft never adapts a
+    ``modules_to_save`` module, and bitsandbytes skips the head)."""
+    return {
         f"{spec.layers_prefix}.{i}.{name}": shape
         for i in range(spec.num_layers)
         for name, shape in spec.layer_linears.items()
     }
-    out.update(spec.post_linears)
-    return out
 
 
 def matches_target(module_name: str, target: str) -> bool:
@@ -105,6 +112,14 @@ FAMILIES: Registry[Callable[[Any], ArchSpec]] = Registry("architecture family")
 
 @FAMILIES.register("bert")
 def _spec_bert(c: Any) -> ArchSpec:
+    """BertForSequenceClassification classifies ``pooler(hidden[:, 0])``: the pooler (dense + tanh)
+    is part of the head, and every method trains it, as RoBERTa's dense + out_proj head is trained.
+
+    Why: a frozen pre-trained pooler is not a neutral feature map. all-MiniLM-L6-v2 was trained
+    with mean pooling, and its unused pooler weights are near zero (std 0.009): with the pooler
+    frozen, Houlsby, Pfeiffer, P-tuning and prefix tuning all predicted the majority class on the
+    drug reviews, and trained once the pooler trained (BENCHMARKS.md "All methods").
+    """
     h, i = c.hidden_size, c.intermediate_size
     return ArchSpec(
         family="bert",
@@ -121,24 +136,23 @@ def _spec_bert(c: Any) -> ArchSpec:
         },
         layer_other=2 * 2 * h,  # two LayerNorms (weight + bias)
         embeddings=(c.vocab_size + c.max_position_embeddings + c.type_vocab_size) * h + 2 * h,
-        post_linears={"bert.pooler.dense": (h, h, True)},
-        post_modules=("bert.pooler",),
-        head=linear_params(h, c.num_labels, True),
-        head_modules=("classifier",),
+        head=linear_params(h, h, True) + linear_params(h, c.num_labels, True),
+        head_modules=("bert.pooler.dense", "classifier"),
+        probe_head=linear_params(h, c.num_labels, True),
         layers_prefix="bert.encoder.layer",
     )
 
 
 def _spec_roberta_like(c: Any, family: str, prefix: str) -> ArchSpec:
     """BERT's layers and embeddings; RobertaForSequenceClassification has no pooler, and its head
-    is dense + out_proj."""
+    is one module, dense + out_proj (the linear probe trains both)."""
     h = c.hidden_size
     return replace(
         _spec_bert(c),
         family=family,
-        post_linears={},
-        post_modules=(),
         head=linear_params(h, h, True) + linear_params(h, c.num_labels, True),
+        head_modules=("classifier",),
+        probe_head=0,
         layers_prefix=f"{prefix}.encoder.layer",
     )
 

@@ -178,6 +178,12 @@ def head_names(model: nn.Module, spec: ArchSpec | None) -> tuple[str, ...]:
     return found
 
 
+def last_head(model: nn.Module, spec: ArchSpec | None) -> str:
+    """The last head module (BERT: ``classifier``, after the pooler): what a method that trains on
+    cached features trains; the frozen head modules before it are part of the feature map."""
+    return head_names(model, spec)[-1]
+
+
 def _has_submodule(model: nn.Module, name: str) -> bool:
     try:
         model.get_submodule(name)

@@ -13,8 +13,8 @@ from torch import nn
 
 from peftlab.estimate.activations import Flow, full_flow
 from peftlab.infra.config_base import MethodParams, PositiveFloat
-from peftlab.methods.base import Method, Readme, freeze_all, head_names, unfreeze
-from peftlab.estimate.params import ArchSpec
+from peftlab.methods.base import Method, Readme, freeze_all, last_head, unfreeze
+from peftlab.estimate.params import ArchSpec, probe_params
 
 
 class LinearProbeParams(MethodParams):
@@ -30,15 +30,14 @@ class LinearProbe(Method):
     composition = None
     readme = Readme(
         on="text, images",
-        trains="the head only, on frozen features computed once and cached",
-        closed_form="head (CLIP: (dim + 1) × classes)",
+        trains="the last head module only (BERT: the classifier on the frozen pooler), on frozen features computed once and cached",
+        closed_form="last head module (BERT: (h + 1) × classes; CLIP: (dim + 1) × classes)",
     )
     caches_features = True
 
     def prepare(self, model: nn.Module, params: LinearProbeParams, spec: ArchSpec | None) -> nn.Module:
         freeze_all(model)
-        for name in head_names(model, spec):
-            unfreeze(model.get_submodule(name))
+        unfreeze(model.get_submodule(last_head(model, spec)))
         return model
 
     def keeps_fp32(self, params: LinearProbeParams, device_type: str) -> str | None:
@@ -47,7 +46,9 @@ class LinearProbe(Method):
         return "linear_probe: features are cached once and the head trains on them in fp32"
 
     def derived_trainable(self, params: LinearProbeParams, spec: ArchSpec) -> int:
-        return spec.head
+        """The last head module: BERT's classifier on the frozen pooler's output (a linear map,
+        as the name says); RoBERTa's whole dense + out_proj head, which is one module."""
+        return probe_params(spec)
 
     def flow(self, params: LinearProbeParams, spec: ArchSpec) -> Flow:
         """Never walked (the cached-features runner has no backward through the backbone, and the

@@ -17,7 +17,7 @@ from peft.utils.constants import TRANSFORMERS_MODELS_TO_LOKR_TARGET_MODULES_MAPP
 from pydantic import Field
 from torch import nn
 
-from peftlab.estimate.activations import Flow, block_linears, post_targeted
+from peftlab.estimate.activations import Flow, block_linears
 from peftlab.infra.config_base import MethodParams, PositiveFloat
 from peftlab.methods.base import Readme
 from peftlab.methods.peft_common import PeftMethod, seq_cls_config
@@ -85,8 +85,8 @@ class Lokr(PeftMethod):
 
     def flow(self, params: LokrParams, spec: ArchSpec) -> Flow:
         """The update is built as a full d_out x d_in matrix each step and applied to the input: a
-        weight delta per adapted linear (a low-rank W2's product, a few KB, is not counted). A
-        targeted pooler is counted as trained."""
+        weight delta per adapted linear (a low-rank W2's product, a few KB, is not counted). Block
+        linears only: BERT's pooler is part of the head."""
         targets = self.targets(params, spec.family)
         delta = {n: spec.layer_linears[n][0] * spec.layer_linears[n][1] for n in block_linears(spec, targets)}
-        return Flow(delta=delta, post=post_targeted(spec, targets))
+        return Flow(delta=delta)

@@ -44,7 +44,7 @@ from pydantic import Field, field_validator, model_validator
 from safetensors.torch import load_file
 from torch import nn
 
-from peftlab.estimate.activations import Flow, block_linears, post_targeted
+from peftlab.estimate.activations import Flow, block_linears
 from peftlab.infra.config_base import MethodParams, PositiveFloat
 from peftlab.infra.errors import PeftlabError
 from peftlab.infra.io import save_safetensors
@@ -306,12 +306,8 @@ class Lora(PeftMethod):
         its (already counted) weight."""
         targets = resolve_targets(params, spec)
         block = block_linears(spec, targets)
-        post = post_targeted(spec, targets)
         dora = {n: spec.layer_linears[n][1] for n in block} if params.use_dora else {}
-        if params.use_dora and post:
-            dora[""] = sum(d_out for _, d_out, _ in spec.post_linears.values())
-        return Flow(lora={n: params.dropout for n in block}, lora_r=params.r,
-                    lora_post=params.dropout if post else None, dora=dora)
+        return Flow(lora={n: params.dropout for n in block}, lora_r=params.r, dora=dora)
 
 
 def initial_lora(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,6 +1,6 @@
 """``partial``: train the top ``top_k`` transformer blocks, what follows them, and the head.
 
-"What follows them" is the family's post part (BERT's pooler, Llama's final norm): it sits
+"What follows them" is the family's post part (Llama's final norm; BERT's pooler is part of its head): it sits
 between the trained blocks and the head, so freezing it would cut the gradient's only path.
 """
 
@@ -32,7 +32,7 @@ class Partial(Method):
     composition = None
     readme = Readme(
         on="text",
-        trains="the top `top_k` blocks (default 2), the post part (BERT's pooler, Llama's final norm), the head",
+        trains="the top `top_k` blocks (default 2), the post part (Llama's final norm), the head (with BERT's pooler)",
         closed_form="min(`top_k`, L) × block + post + head",
     )
 

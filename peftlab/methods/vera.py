@@ -17,7 +17,7 @@ from peft.utils.constants import TRANSFORMERS_MODELS_TO_VERA_TARGET_MODULES_MAPP
 from pydantic import Field
 from torch import nn
 
-from peftlab.estimate.activations import Flow, block_linears, post_targeted
+from peftlab.estimate.activations import Flow, block_linears
 from peftlab.infra.config_base import MethodParams, PositiveFloat
 from peftlab.methods.base import Readme
 from peftlab.methods.peft_common import PeftMethod, seq_cls_config
@@ -77,12 +77,12 @@ class Vera(PeftMethod):
     def flow(self, params: VeraParams, spec: ArchSpec) -> Flow:
         """Per token, each adapted linear keeps A x (r, for lambda_d's gradient) and B (lambda_d A x)
         (d_out, for lambda_b's); its input is not kept (A is frozen). With dropout, d_in more for
-        the mask (an over-count where no gradient reaches the input). A targeted pooler is counted
-        as trained (its input kept), near its r + d_out."""
+        the mask (an over-count where no gradient reaches the input). BERT's pooler is part of the head
+        (peft never adapts it), so only block linears are adapted."""
         targets = self.targets(params, spec.family)
         mask = params.dropout > 0
         branch = {}
         for n in block_linears(spec, targets):
             d_in, d_out, _ = spec.layer_linears[n]
             branch[n] = params.r + d_out + (d_in if mask else 0)
-        return Flow(branch=branch, post=post_targeted(spec, targets))
+        return Flow(branch=branch)

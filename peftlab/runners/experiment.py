@@ -24,7 +24,7 @@ from peftlab.infra.errors import PeftlabError
 from peftlab.infra.fingerprint import base_fingerprint
 from peftlab.infra.guards import NEWLY_INITIALISED, newly_initialised, newly_initialised_warning, overlap_count, overlap_warning, warn
 from peftlab.methods import METHODS
-from peftlab.methods.base import DEFAULT_HEADS, head_names
+from peftlab.methods.base import DEFAULT_HEADS, last_head
 from peftlab.results.metrics import classification_metrics, is_collapsed
 from peftlab.estimate.params import arch_spec, count_params
 from peftlab.estimate.plan import check_fits, estimate_bytes
@@ -129,11 +129,8 @@ def _train(method: Any, model: torch.nn.Module, params: MethodParams, spec: Any,
            plan: CheckpointPlan | None = None) -> tuple[torch.nn.Module, FitOutcome]:
     tcfg = cfg.train if params.epochs is None else cfg.train.model_copy(update={"epochs": params.epochs})
     if method.caches_features:
-        heads = head_names(model, spec)
-        if len(heads) != 1:
-            raise PeftlabError(f"{method.name}: needs a single head module, found {heads}")
         model.to(acc.device)
-        head = model.get_submodule(heads[0])
+        head = model.get_submodule(last_head(model, spec))
         is_decoder = bool(spec.is_decoder) if spec is not None else False
         return model, fit_head(model, head, train_f, eval_f, collate, params.lr, tcfg, acc, is_decoder, params.label, quiet)
     if is_sharded(acc):
