@@ -10,7 +10,8 @@ import pytest
 
 from peftlab.config import validate_raw
 from peftlab.infra.errors import PeftlabError
-from peftlab.report.seeds import BELOW, BEST, NOT_SIGNIFICANT, mean_std, summarise, versus_best
+from peftlab.report.seeds import (BELOW, BEST, NOT_SIGNIFICANT, mean_std, summarise, summary_csv, summary_markdown,
+                                  versus_best)
 from peftlab.results import RunResult
 from peftlab.runners.experiment import run_experiment
 
@@ -35,6 +36,23 @@ def test_differences_within_the_spread_are_not_significant():
     assert sums["a"].acc == pytest.approx((0.82, 0.02)) and sums["a"].seeds == [0, 1, 2]
     assert sums["d"].acc is None and sums["d"].failed == [0]
     assert versus_best(list(sums.values())) == {"a": BEST, "b": NOT_SIGNIFICANT, "c": BELOW}
+
+
+def test_forgetting_is_averaged_only_over_seeds_that_all_measured_it():
+    rows = [result("a", s, 0.8) for s in range(3)] + [result("b", s, 0.7) for s in range(2)]
+    for r, cka in zip(rows[:3], [0.2, 0.4, 0.6]):
+        r.details["drift"] = {"cka": cka}
+        r.details["lm_loss"] = {"base": 3.0, "adapted": 3.0 + cka}
+    rows[3].details["drift"] = {"cka": 0.9}  # b's seed 1 did not measure it
+    sums = {s.name: s for s in summarise(rows)}
+    assert sums["a"].cka_stat == pytest.approx((0.4, 0.2)) and sums["a"].lm_delta_stat == pytest.approx((0.4, 0.2))
+    assert sums["b"].cka_stat is None and sums["b"].lm_delta_stat is None
+    csv_rows = {r["method"]: r for r in csv.DictReader(summary_csv(rows).splitlines())}
+    assert csv_rows["a"]["drift_cka_mean"] == "0.4000" and csv_rows["a"]["lm_loss_delta_mean"] == "+0.4000"
+    assert csv_rows["b"]["drift_cka_mean"] == "" and csv_rows["b"]["drift_cka_std"] == ""
+    md = "\n".join(summary_markdown(rows))
+    assert "| CKA to base | LM loss Δ |" in md and "| 0.400 ± 0.200 | +0.400 ± 0.200 |" in md
+    assert md.count("| - | - |") == 1  # b
 
 
 def test_the_majority_baseline_is_never_the_best_row():
@@ -124,6 +142,11 @@ def test_report_renders_seeds(seeded_run):
     html = (seeded_run / "report.html").read_text()
     assert "Mean ± std over seeds" in md and "lora (seed 1)" in md
     assert "Mean ± std over seeds" in html and "lora (seed 2)" in html
+    rows = {r["method"]: r for r in csv.DictReader((seeded_run / "comparison.csv").open())}
+    ckas = [json.loads((seeded_run / f"seed-{s}" / "lora" / "results.json").read_text())["details"]["drift"]["cka"]
+            for s in (0, 1, 2)]
+    assert float(rows["lora"]["drift_cka_mean"]) == pytest.approx(mean_std(ckas)[0], abs=1e-4)
+    assert "<th>CKA to base</th>" in html
 
 
 def test_single_seed_list_keeps_the_flat_layout(tiny_bert, tiny_csv, tmp_path):

@@ -10,6 +10,7 @@ from peftlab.infra.errors import PeftlabError
 from peftlab.infra.io import atomic_write_text
 from peftlab.report.calibration import Calibration, calibration_of
 from peftlab.report.facts import data_notes, dropped_note, row_flags
+from peftlab.report.drift import drift_cka, lm_loss, lm_loss_delta
 from peftlab.report.fairness import search_summary
 from peftlab.report.paired import NO_VERDICT, Paired, accuracy_interval, interval_text, note, paired_verdicts, pooled_verdicts
 from peftlab.report.seeds import distinct_seeds, seed_dir, summary_csv, summary_markdown
@@ -76,28 +77,9 @@ def row(r: RunResult, paired: Paired | None = None, cal: Calibration | None = No
         "vs_best_diff_high": _fmt(v.high, ".4f"), "vs_best_p": _fmt(v.p, ".4g"),
         **calibration_cells(cal),
         "drift_cka": _fmt(drift_cka(r), ".4f"),
-        "lm_loss_base": _fmt(_lm_loss(r, "base"), ".4f"), "lm_loss_adapted": _fmt(_lm_loss(r, "adapted"), ".4f"),
+        "lm_loss_base": _fmt(lm_loss(r, "base"), ".4f"), "lm_loss_adapted": _fmt(lm_loss(r, "adapted"), ".4f"),
         "lm_loss_delta": _fmt(lm_loss_delta(r), "+.4f"),
     }
-
-
-def _lm_loss(r: RunResult, key: str) -> float | None:
-    d = r.details.get("lm_loss")
-    return d.get(key) if isinstance(d, dict) else None
-
-
-def lm_loss_delta(r: RunResult) -> float | None:
-    """Adapted minus base mean token NLL on the reference text (``details.lm_loss``): > 0 = the
-    adaptation made the LM worse at ordinary text; None where not measured (encoder rows)."""
-    base, adapted = _lm_loss(r, "base"), _lm_loss(r, "adapted")
-    return None if base is None or adapted is None else adapted - base
-
-
-def drift_cka(r: RunResult) -> float | None:
-    """The row's linear CKA of adapted to base features (``details.drift``); None where not measured
-    (the baseline, in-context and image rows, ``train.drift: false``, results from before it)."""
-    d = r.details.get("drift")
-    return d.get("cka") if isinstance(d, dict) else None
 
 
 def calibration_cells(cal: Calibration | None) -> dict[str, str]:

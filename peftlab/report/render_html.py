@@ -172,17 +172,24 @@ def seed_section(rows: list[Row]) -> str:
     metric = select_metric(results)
     paired = pooled_verdicts(results, [r.predictions for r in rows])
     heads = ["method", "seeds", "accuracy", "accuracy 95% CI", "macro-F1", f"vs best ({SELECT_METRICS[metric]})",
-             "vs best (paired, accuracy)"]
+             "vs best (paired, accuracy)", "CKA to base", "LM loss Δ"]
     body = "".join(
         f"<tr><td>{e(x['method'])}</td><td>{e(x['seeds'])}</td>"
         f"<td>{e(x['accuracy_mean'])} ± {e(x['accuracy_std'])}</td>"
         f"<td>{e(_ci(x['accuracy_ci_low'], x['accuracy_ci_high']))}</td>"
         f"<td>{e(x['macro_f1_mean'])} ± {e(x['macro_f1_std'])}</td><td>{e(x['vs_best'])}</td>"
-        f"<td>{e(paired[x['method']].text() if x['method'] in paired else '-')}</td></tr>"
+        f"<td>{e(paired[x['method']].text() if x['method'] in paired else '-')}</td>"
+        f"<td>{e(_spread(x['drift_cka_mean'], x['drift_cka_std']))}</td>"
+        f"<td>{e(_spread(x['lm_loss_delta_mean'], x['lm_loss_delta_std']))}</td></tr>"
         for x in summary_rows(results, paired))
     return (f"<h3>Mean ± std over seeds</h3><table><thead><tr>{''.join(f'<th>{h}</th>' for h in heads)}</tr></thead>"
             f"<tbody>{body}</tbody></table><p class=\"mute\">{e(note(metric))}</p>"
             f"<p class=\"mute\">{e(paired_note())}</p>")
+
+
+def _spread(mean: str, std: str) -> str:
+    """A forgetting cell of the seed table: mean ± std, "-" where some seed did not measure it."""
+    return f"{mean} ± {std}" if mean else "-"
 
 
 def _ci(low: str, high: str) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from peftlab.results.metrics import SELECT_METRICS, selection_value
 from peftlab.report.paired import Paired, interval_text, wilson_interval
 from peftlab.report.calibration import Calibration, calibration_of
+from peftlab.report.drift import drift_cka, lm_loss_delta
 from peftlab.results import BASELINE_METHOD, Predictions, RunResult
 
 BEST, NOT_SIGNIFICANT, BELOW = "best", "n.s. (within spread of best)", "below best"
@@ -48,6 +49,9 @@ class SeedSummary:
     failed: list[int] = field(default_factory=list)
     #: evaluation examples per run (the same split for every seed)
     n_eval: int = 0
+    #: forgetting per ok seed (peftlab.report.drift); None where that seed did not measure it
+    cka: list[float | None] = field(default_factory=list)
+    lm_delta: list[float | None] = field(default_factory=list)
 
     @property
     def acc(self) -> tuple[float, float] | None:
@@ -57,11 +61,28 @@ class SeedSummary:
     def f1(self) -> tuple[float, float] | None:
         return mean_std(self.macro_f1) if self.macro_f1 else None
 
+    @property
+    def cka_stat(self) -> tuple[float, float] | None:
+        """(mean, std) of the CKA to base over the seeds; None unless every ok seed measured it
+        (a mean over some seeds would pass for all of them)."""
+        return _complete_mean_std(self.cka)
+
+    @property
+    def lm_delta_stat(self) -> tuple[float, float] | None:
+        """(mean, std) of the LM loss change over the seeds; None unless every ok seed measured it."""
+        return _complete_mean_std(self.lm_delta)
+
     def stat(self, metric: str) -> tuple[float, float] | None:
         """(mean, std) of a selection metric over the seeds (its per-seed values are the field
         of that name)."""
         values = selection_value(self, metric)
         return mean_std(values) if values else None
+
+
+def _complete_mean_std(values: list[float | None]) -> tuple[float, float] | None:
+    if not values or any(v is None for v in values):
+        return None
+    return mean_std([v for v in values if v is not None])
 
 
 def distinct_seeds(results: list[RunResult]) -> list[int]:
@@ -78,6 +99,8 @@ def summarise(results: list[RunResult]) -> list[SeedSummary]:
             s.n_eval = r.n_eval
             s.accuracy.append(r.accuracy)
             s.macro_f1.append(r.macro_f1 if r.macro_f1 is not None else float("nan"))
+            s.cka.append(drift_cka(r))
+            s.lm_delta.append(lm_loss_delta(r))
         else:
             s.failed.append(r.seed)
     return list(out.values())
@@ -113,11 +136,18 @@ def pm(ms: tuple[float, float] | None) -> str:
     return "" if ms is None else f"{ms[0]:.4f} ± {ms[1]:.4f}"
 
 
+def _pm3(ms: tuple[float, float] | None, spec: str) -> str:
+    """A forgetting cell: mean ± std, "-" where some seed did not measure it."""
+    return "-" if ms is None else f"{ms[0]:{spec}} ± {ms[1]:.3f}"
+
+
 SUMMARY_COLUMNS = ["method", "kind", "seeds", "accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std",
                    "vs_best", "failed_seeds", "accuracy_ci_low", "accuracy_ci_high", "vs_best_paired",
                    "vs_best_paired_diff", "vs_best_paired_low", "vs_best_paired_high",
                    # calibration of every seed's probabilities pooled (peftlab.report.calibration)
-                   "nll", "brier", "ece", "ece_adaptive"]
+                   "nll", "brier", "ece", "ece_adaptive",
+                   # forgetting (peftlab.report.drift), mean ± std over the seeds that all measured it
+                   "drift_cka_mean", "drift_cka_std", "lm_loss_delta_mean", "lm_loss_delta_std"]
 
 
 def mean_interval(s: SeedSummary) -> tuple[float, float] | None:
@@ -153,6 +183,13 @@ def _calibration_cells(c: Calibration | None) -> dict[str, str]:
     return {"nll": f"{c.nll:.4f}", "brier": f"{c.brier:.4f}", "ece": f"{c.ece:.4f}", "ece_adaptive": f"{c.adaptive_ece:.4f}"}
 
 
+def _drift_cells(s: SeedSummary) -> dict[str, str]:
+    cka, lm = s.cka_stat, s.lm_delta_stat
+    return {"drift_cka_mean": "" if cka is None else f"{cka[0]:.4f}", "drift_cka_std": "" if cka is None else f"{cka[1]:.4f}",
+            "lm_loss_delta_mean": "" if lm is None else f"{lm[0]:+.4f}",
+            "lm_loss_delta_std": "" if lm is None else f"{lm[1]:.4f}"}
+
+
 def summary_rows(results: list[RunResult], paired: dict[str, Paired] | None = None,
                  preds: list[Predictions | None] | None = None) -> list[dict[str, str]]:
     """The per-method rows of comparison.csv for a multi-seed run; ``paired``: each method's
@@ -170,7 +207,7 @@ def summary_rows(results: list[RunResult], paired: dict[str, Paired] | None = No
             "accuracy_mean": "" if acc is None else f"{acc[0]:.4f}", "accuracy_std": "" if acc is None else f"{acc[1]:.4f}",
             "macro_f1_mean": "" if f1 is None else f"{f1[0]:.4f}", "macro_f1_std": "" if f1 is None else f"{f1[1]:.4f}",
             "vs_best": verdict.get(s.name, ""), "failed_seeds": " ".join(map(str, s.failed)),
-            **_calibration_cells(cal.get(s.name)),
+            **_calibration_cells(cal.get(s.name)), **_drift_cells(s),
         })
     return rows
 
@@ -183,12 +220,13 @@ def summary_markdown(results: list[RunResult], level: int = 2, paired: dict[str,
     verdict = versus_best(sums, metric)
     lines = [f"{'#' * level} Mean ± std over seeds {', '.join(map(str, distinct_seeds(results)))}", "",
              f"| method | seeds | accuracy | accuracy 95% CI | macro-F1 | vs best ({SELECT_METRICS[metric]}) "
-             "| vs best (paired, accuracy) |", "|---|---|---|---|---|---|---|"]
+             "| vs best (paired, accuracy) | CKA to base | LM loss Δ |", "|---|---|---|---|---|---|---|---|---|"]
     for s in sums:
         failed = f" ({len(s.failed)} failed)" if s.failed else ""
         v = (paired or {}).get(s.name)
         lines.append(f"| {s.name} | {len(s.seeds)}{failed} | {pm(s.acc)} | {interval_text(mean_interval(s))} | {pm(s.f1)} "
-                     f"| {verdict.get(s.name, '')} | {'-' if v is None else v.text()} |")
+                     f"| {verdict.get(s.name, '')} | {'-' if v is None else v.text()} "
+                     f"| {_pm3(s.cka_stat, '.3f')} | {_pm3(s.lm_delta_stat, '+.3f')} |")
     lines += ["", note(metric), "", paired_note(), ""]
     return lines
 

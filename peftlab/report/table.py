@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 from peftlab.report.collect import Row
-from peftlab.report.compare import drift_cka, lm_loss_delta
+from peftlab.report.drift import drift_cka, lm_loss_delta
 from peftlab.report.facts import row_flags
 from peftlab.report.paired import accuracy_interval, interval_text, note, paired_verdicts
 from peftlab.results import BASELINE_METHOD, RunResult
