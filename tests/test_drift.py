@@ -139,3 +139,58 @@ def test_lm_lora_rows_record_the_reference_loss(tmp_path) -> None:
     assert rec["tokens"] > 500 and rec["adapted"] != pytest.approx(rec["base"], rel=1e-6)
     md = (tmp_path / "out" / "comparison.md").read_text()
     assert "LM loss Δ" in md and f"{rec['adapted'] - rec['base']:+.4f}" in (tmp_path / "out" / "comparison.csv").read_text()
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_classifier_rows_on_a_causal_backbone_record_the_reference_loss(tmp_path, tied) -> None:
+    """A sequence-classification row on a causal LM checkpoint is scored as the LM it came from:
+    its trunk + the pre-trained LM head (read from the checkpoint, or the tied embeddings). Its
+    "base" loss is exactly the causal LM's own; the linear probe leaves it unchanged, LoRA and
+    full fine-tuning move it. A checkpoint without an LM head (a classifier) records none."""
+    from conftest import save_tiny_causal_lm, tiny_config, write_tiny_csvs
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    from peftlab.config import validate_raw
+    from peftlab.runners.drift import reference_lm_loss
+    from peftlab.runners.experiment import run_experiment
+
+    lm = save_tiny_causal_lm(tmp_path / "lm", seed=2)
+    if tied:  # re-save with the LM head tied to the input embeddings (SmolLM2's layout)
+        torch.manual_seed(2)
+        LlamaForCausalLM(tiny_config("llama").__class__(**{**tiny_config("llama").to_dict(),
+                                                          "tie_word_embeddings": True})).save_pretrained(lm)
+    train, evalf = write_tiny_csvs(tmp_path, n_train=16, n_eval=8)
+    raw = {"backbone": lm, "output_dir": str(tmp_path / "out"), "baseline": False,
+           "task": {"source": "csv", "train_file": str(train), "eval_file": str(evalf)},
+           "methods": [{"method": "linear_probe", "lr": 1e-2}, {"method": "lora", "lr": 5e-2, "r": 4, "alpha": 8},
+                       {"method": "full", "lr": 1e-2}],
+           "train": {"epochs": 1, "batch_size": 8, "max_length": 32, "device": "cpu", "checkpoints": False,
+                     "num_threads": 1}}
+    rows = {r.name: r for r in run_experiment(validate_raw(raw), quiet=True)}
+    assert all(r.status == "ok" for r in rows.values()), {n: r.error for n, r in rows.items()}
+    causal = AutoModelForCausalLM.from_pretrained(lm)
+    assert bool(causal.config.tie_word_embeddings) is tied
+    want = reference_lm_loss(causal, AutoTokenizer.from_pretrained(lm), torch.device("cpu"), limit=64)["loss"]
+    for r in rows.values():
+        assert r.details["lm_loss"]["base"] == pytest.approx(want, rel=1e-5), r.name
+    probe = rows["linear_probe"].details["lm_loss"]
+    assert probe["adapted"] == pytest.approx(probe["base"], rel=1e-6)
+    for name in ("lora", "full"):
+        rec = rows[name].details["lm_loss"]
+        assert rec["adapted"] != pytest.approx(rec["base"], rel=1e-5), name
+
+
+def test_a_causal_classifier_checkpoint_without_an_lm_head_records_no_lm_loss(tiny_backbones, tmp_path) -> None:
+    from conftest import write_tiny_csvs
+
+    from peftlab.config import validate_raw
+    from peftlab.runners.experiment import run_experiment
+
+    train, evalf = write_tiny_csvs(tmp_path, n_train=16, n_eval=8)
+    raw = {"backbone": tiny_backbones["llama"], "output_dir": str(tmp_path / "out"), "baseline": False,
+           "task": {"source": "csv", "train_file": str(train), "eval_file": str(evalf)},
+           "methods": [{"method": "lora", "lr": 5e-2, "r": 4, "alpha": 8}],
+           "train": {"epochs": 1, "batch_size": 8, "max_length": 32, "device": "cpu", "checkpoints": False,
+                     "num_threads": 1}}
+    (row,) = run_experiment(validate_raw(raw), quiet=True)
+    assert row.status == "ok" and "lm_loss" not in row.details and "drift" in row.details

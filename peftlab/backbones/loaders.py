@@ -76,6 +76,27 @@ def _kwargs(cfg: BackboneConfig) -> dict[str, Any]:
     return kw
 
 
+def checkpoint_tensor(cfg: BackboneConfig, key: str) -> torch.Tensor | None:
+    """One tensor of the backbone's safetensors checkpoint (e.g. a causal LM's ``lm_head.weight``,
+    which a sequence-classification load leaves out), read alone; None when the checkpoint has no
+    safetensors file or no such tensor. Never unpickles."""
+    from safetensors import safe_open
+    from transformers.utils import cached_file
+
+    name, kw = resolve(cfg.name), {k: v for k, v in _kwargs(cfg).items() if k == "revision"}
+    quiet = {"_raise_exceptions_for_missing_entries": False, "_raise_exceptions_for_connection_errors": False}
+    index = cached_file(name, "model.safetensors.index.json", **quiet, **kw)
+    if index is not None:
+        shard = read_json(Path(index)).get("weight_map", {}).get(key)
+        path = cached_file(name, shard, **quiet, **kw) if shard else None
+    else:
+        path = cached_file(name, "model.safetensors", **quiet, **kw)
+    if path is None:
+        return None
+    with safe_open(path, framework="pt") as f:
+        return f.get_tensor(key) if key in f.keys() else None
+
+
 def _fail(cfg: BackboneConfig, exc: Exception) -> PeftlabError:
     where = "local path" if Path(cfg.name).exists() else "alias, local path or reachable hub id"
     return PeftlabError(f"backbone {cfg.name!r}: cannot load as {where} ({first_line(exc)})")

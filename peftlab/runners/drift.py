@@ -11,7 +11,8 @@ backbone never moved) are measured the same way.
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -65,16 +66,26 @@ def base_features(model: torch.nn.Module, feats: Features, collate: Any, batch_s
     row's device and goes back where it was, so the method receives it exactly as loaded.
     """
     t0 = time.perf_counter()
+    with visiting(model, device) as where:
+        x = pooled_features(model, feats, collate, batch_size, where)
+    return x, time.perf_counter() - t0
+
+
+@contextmanager
+def visiting(model: torch.nn.Module, device: torch.device) -> Iterator[torch.device | None]:
+    """Run a freshly loaded model on ``device`` and put it back where it was, so the method
+    receives it exactly as loaded; a model placed by ``device_map`` (quantised loads) stays put
+    (yields None: feed it where its weights are)."""
     placed = getattr(model, "hf_device_map", None) is not None
     home = next(model.parameters()).device
-    if not placed and home != device:
+    moved = not placed and home != device
+    if moved:
         model.to(device)
     try:
-        x = pooled_features(model, feats, collate, batch_size, None if placed else device)
+        yield None if placed else device
     finally:
-        if not placed and home != device:
+        if moved:
             model.to(home)
-    return x, time.perf_counter() - t0
 
 
 def drift_record(before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
@@ -126,6 +137,46 @@ def reference_lm_loss(model: torch.nn.Module, tokenizer: Any, device: torch.devi
     finally:
         model.train(was_training)
     return {"loss": total / count if count else float("nan"), "tokens": count}
+
+
+class TrunkLM(torch.nn.Module):
+    """A causal backbone's classifier seen as the language model it came from: its transformer
+    trunk (as adapted: LoRA layers, adapters, trained weights) followed by the pre-trained LM head.
+
+    A sequence-classification load replaces the LM head by a score head, so "how much did
+    adapting the classifier cost the LM" needs the LM head back: the input embeddings when the
+    checkpoint ties them (SmolLM2), else ``lm_head.weight`` read from the checkpoint. Prompt
+    tuning's virtual tokens are not prepended (the trunk is called directly): its weights are the
+    base's, and so is its loss.
+    """
+
+    def __init__(self, classifier: torch.nn.Module, lm_head: torch.Tensor | None) -> None:
+        super().__init__()
+        inner = classifier.get_base_model() if hasattr(classifier, "get_base_model") else classifier
+        self.trunk = getattr(inner, inner.base_model_prefix)
+        self.lm_head = lm_head
+        # reference_lm_loss feeds a device_map-placed model where its weights are
+        self.hf_device_map = getattr(classifier, "hf_device_map", None)
+
+    def forward(self, input_ids: torch.Tensor) -> Any:
+        hidden = self.trunk(input_ids=input_ids).last_hidden_state
+        weight = self.lm_head if self.lm_head is not None else self.trunk.get_input_embeddings().weight
+        return _Logits(hidden.float() @ weight.to(hidden.device, torch.float32).T)
+
+
+class _Logits:
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits
+
+
+def lm_head_of(config: Any, read_checkpoint: Any) -> tuple[bool, torch.Tensor | None]:
+    """(measurable, untied LM head): tied checkpoints use the trunk's own input embeddings
+    (None); an untied one needs ``read_checkpoint("lm_head.weight")``, and without it the LM loss
+    is not measured (False)."""
+    if getattr(config, "tie_word_embeddings", False):
+        return True, None
+    weight = read_checkpoint("lm_head.weight")
+    return weight is not None, weight
 
 
 def lm_loss_record(before: dict[str, float | int], after: dict[str, float | int]) -> dict[str, float | int]:

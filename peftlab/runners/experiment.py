@@ -17,7 +17,7 @@ import psutil
 import torch
 from transformers import DataCollatorWithPadding, set_seed
 
-from peftlab.backbones.loaders import load_classifier, load_hf_config, load_tokenizer, method_load_kwargs
+from peftlab.backbones.loaders import checkpoint_tensor, load_classifier, load_hf_config, load_tokenizer, method_load_kwargs
 from peftlab.config import BackboneConfig, ExperimentConfig
 from peftlab.infra.config_base import MethodParams
 from peftlab.infra.errors import PeftlabError
@@ -34,7 +34,8 @@ from peftlab.results import EpochRecord, Predictions, RunResult, environment
 from peftlab.runners.batching import Features, encode
 from peftlab.runners.cached import fit_head
 from peftlab.runners.checkpoint import clear_checkpoints
-from peftlab.runners.drift import base_features, drift_record, pooled_features
+from peftlab.runners.drift import (TrunkLM, base_features, drift_record, lm_head_of, lm_loss_record, pooled_features,
+                                   reference_lm_loss, visiting)
 from peftlab.infra.distributed import is_main
 from peftlab.runners.icl import run_icl
 from peftlab.runners.lr_search import search_lr
@@ -200,6 +201,8 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
         # the base's features from this very load, before the method touches it (runners/drift.py)
         base_x, drift_s = (base_features(model, eval_f, collate, cfg.train.eval_batch_size, acc.device)
                            if cfg.train.drift and not sharded else (None, 0.0))
+        lm, lm_s = _lm_before(cfg, bb, spec, model, tokenizer, acc.device, precision, sharded)
+        drift_s += lm_s
         model = method.prepare(model, params, spec)
         trainable, total = count_params(model)
         before = trainable_fingerprint(model)
@@ -214,6 +217,8 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
         wall = time.perf_counter() - t0 - drift_s
     drift = (drift_record(base_x, pooled_features(acc.unwrap_model(model), eval_f, collate, cfg.train.eval_batch_size))
              if base_x is not None else None)
+    lm_loss = (lm_loss_record(lm[1], reference_lm_loss(TrunkLM(acc.unwrap_model(model), lm[0]), tokenizer, acc.device,
+                                                       lm[2], precision.autocast)) if lm is not None else None)
     d_train = method.derived_trainable(params, spec) if spec is not None else None
     d_total = method.derived_total(params, spec) if spec is not None else None
     agree = None if d_train is None else (d_train == trainable and d_total == total)
@@ -235,8 +240,26 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
         **trained_result_fields(outcome, m, (trainable, total, d_train, d_total, agree), wall, mem),
         adapter_bytes=adapter_bytes, adapter_path=f"{mdir.name}/{ADAPTER_DIR}",
         flags=flags, environment=environment(str(acc.device)), **precision.result_fields(),
-        details={**base.details, "memory_estimate_bytes": estimate, "train_time_estimate_s": outcome.estimated_train_s, **({"lr_search": search} if search else {}), **({"fsdp_processes": acc.num_processes} if model is not trained else {}), **({"newly_initialised": fresh[:50], "newly_initialised_count": len(fresh)} if fresh else {}), **({"drift": drift} if drift else {})},
+        details={**base.details, "memory_estimate_bytes": estimate, "train_time_estimate_s": outcome.estimated_train_s, **({"lr_search": search} if search else {}), **({"fsdp_processes": acc.num_processes} if model is not trained else {}), **({"newly_initialised": fresh[:50], "newly_initialised_count": len(fresh)} if fresh else {}), **({"drift": drift} if drift else {}), **({"lm_loss": lm_loss} if lm_loss else {})},
     ))
+
+
+def _lm_before(cfg: ExperimentConfig, bb: Any, spec: Any, model: torch.nn.Module, tokenizer: Any, device: torch.device,
+               precision: Any, sharded: bool) -> tuple[tuple[torch.Tensor | None, dict[str, Any], int] | None, float]:
+    """A causal backbone's classifier row: its trunk's LM loss on the reference text before the
+    method touches it, with the LM head it is scored by and the context limit; and the seconds
+    spent (not the method's cost). None for encoders, ``train.drift: false``, sharded runs, and an
+    untied LM head the checkpoint does not hold."""
+    if not cfg.train.drift or sharded or spec is None or not spec.is_decoder:
+        return None, 0.0
+    t0 = time.perf_counter()
+    ok, head = lm_head_of(model.config, lambda key: checkpoint_tensor(bb, key))
+    if not ok:
+        return None, time.perf_counter() - t0
+    limit = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
+    with visiting(model, device):
+        before = reference_lm_loss(TrunkLM(model, head), tokenizer, device, limit, precision.autocast)
+    return (head, before, limit or 0), time.perf_counter() - t0
 
 
 def _setup(cfg: ExperimentConfig, method: Any, params: MethodParams, data: TaskData,
