@@ -8,7 +8,8 @@ Composition (``peftlab compose``, :data:`COMPOSITION`): vectors are combined as 
 identity, ``l = 1 + sum c_i (l_i - 1)``: with coefficients summing to 1 that is Zhang et al.'s
 weighted average, negation is ``2 - l`` (not ``-l``, which would flip every activation), and
 ``a - a`` is all ones (the base model). Because the scaled weight is ``diag(l) W``, this is also
-exact in weight space: both modes agree.
+exact in weight space: both modes agree. The merges (``--combine ties`` etc.) act on the same
+deltas ``l - 1`` and add 1 back, in both modes.
 """
 
 from __future__ import annotations

@@ -28,6 +28,9 @@ Arithmetic Operations"), :data:`COMPOSITION`:
 * ``weight`` mode (exact): ``dW = sum l_i s_i B_i A_i`` (``s = alpha / r``), stored either
   exactly by concatenating the factors (rank = sum of ranks) or re-factorised by SVD to a chosen
   rank (the best rank-R approximation). Any ranks and alphas.
+* merges (``--combine ties`` etc., :mod:`peftlab.compose.merge`): weight mode only, on each
+  module's exact update; stored by SVD (full rank, or ``--rank``). Parameter mode has no task
+  vector (the factors are not the update), so it refuses them.
 """
 
 from __future__ import annotations
