@@ -4,6 +4,7 @@
 - :mod:`~peftlab.compose.adapter`: adapters as data (peft config + safetensors + fingerprint).
 - :mod:`~peftlab.compose.ops`: the pure arithmetic per method and mode, and head policies
   (``add``, ``scale``, ``negate``, ``analogy``, ``combine``).
+- :mod:`~peftlab.compose.merge`: non-linear merges of task vectors (``--combine ties``, DARE, ...).
 - :mod:`~peftlab.compose.validate`: the refusals (methods, base models, targets, ranks).
 - :mod:`~peftlab.compose.core`: expression + adapters -> composed adapter (``compose``).
 - :mod:`~peftlab.compose.model`: put it on the base model: evaluate, or merge and save.

@@ -9,11 +9,14 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from peftlab.infra.errors import PeftlabError
+
+if TYPE_CHECKING:
+    from peftlab.compose.merge import MergeSpec
 
 
 def compose_command(
@@ -31,10 +34,15 @@ def compose_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     force_base: Annotated[bool, typer.Option("--force-base",
                                              help="compose/load adapters even if recorded for another base model")] = False,
+    combine: Annotated[str, typer.Option(help="linear (Zhang et al., default), or a merge of the terms' task vectors: "
+                                         "ties, dare_linear, dare_ties, magnitude_prune, task_arithmetic")] = "linear",
+    density: Annotated[Optional[float], typer.Option(help="ties/dare/magnitude_prune: fraction of each task vector kept, in (0, 1]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="dare_linear/dare_ties: seed of the random drop (default 0)")] = None,
 ) -> None:
-    """Compose saved LoRA or (IA)^3 adapters with arithmetic; optionally sweep a coefficient."""
+    """Compose saved LoRA or (IA)^3 adapters with arithmetic or a merge (TIES, DARE); optionally sweep a coefficient."""
     from peftlab.compose.core import compose, load_pool, parse_adapter_args, write
     from peftlab.compose.expr import variables_of
+    from peftlab.compose.merge import DENSITY, MergeSpec
 
     names = parse_adapter_args([x for item in adapters for x in item.split(",") if x])
     free = variables_of(expression, list(names))
@@ -42,11 +50,19 @@ def compose_command(
         raise PeftlabError(f"expression uses {free[0]!r}, which is no adapter: give --sweep {free[0]}=START:STOP:STEP or --adapters {free[0]}=PATH")
     if (sweep is None) != (eval_ is None):
         raise PeftlabError("--sweep and --eval go together (the sweep is scored on --eval's validation split)")
+    spec = MergeSpec(combine, density, seed)
+    sweeps_density = sweep is not None and sweep.partition("=")[0] == DENSITY
+    if sweeps_density:
+        spec = _density_sweep_spec(spec, free)
+    else:
+        spec.checked()
     pool = load_pool(names)
     variables: dict[str, float] = {}
     if sweep is not None:
-        variables = _sweep(expression, pool, sweep, eval_ or "", free, out, mode, rank, head, base, quiet, force_base)
-    composed, record = compose(expression, pool, mode, rank, head, variables, base, force_base)
+        variables = _sweep(expression, pool, sweep, eval_ or "", free, out, mode, rank, head, base, quiet, force_base, spec)
+        if sweeps_density:
+            spec, variables = spec.with_density(variables.pop(DENSITY)), {}
+    composed, record = compose(expression, pool, mode, rank, head, variables, base, force_base, spec)
     if merge:
         from peftlab.compose.model import merge_to
 
@@ -64,17 +80,37 @@ def compose_command(
         print(f"composed adapter written to {out}: {json.dumps(record['coefficients'])}")
 
 
+def _density_sweep_spec(merge: "MergeSpec", free: list[str]) -> "MergeSpec":
+    """``--sweep density=...``: the merge's density is the swept value, so the combine must use one,
+    ``--density`` must not be given too, and the expression must have no variable left unbound."""
+    from peftlab.compose.merge import DENSITY, DENSITY_COMBINES
+
+    if merge.combine not in DENSITY_COMBINES:
+        raise PeftlabError(f"--sweep {DENSITY}: --combine {merge.combine} has no density (it applies to {', '.join(DENSITY_COMBINES)})")
+    if merge.density is not None:
+        raise PeftlabError(f"--sweep {DENSITY} and --density {merge.density:g} both set the density; give one")
+    if free:
+        raise PeftlabError(f"--sweep {DENSITY}: the expression's variable {free[0]!r} needs a number (one value is swept at a time)")
+    merge.with_density(1.0)  # the other options are checked before any adapter is read
+    return merge
+
+
 def _sweep(expression: str, pool: dict, sweep: str, eval_arg: str, free: list[str], out: Path, mode: str,
-           rank: int | None, head: str, base: str | None, quiet: bool, force_base: bool) -> dict[str, float]:
+           rank: int | None, head: str, base: str | None, quiet: bool, force_base: bool,
+           merge: "MergeSpec") -> dict[str, float]:
+    from peftlab.compose.merge import DENSITY
     from peftlab.compose.sweep import load_validation, parse_sweep, run_sweep, write_sweep
 
     var, values = parse_sweep(sweep)
-    if var not in free:
+    if var == DENSITY:
+        for v in values:  # every point's density is in (0, 1], before the validation data is read
+            merge.with_density(v)
+    elif var not in free:
         raise PeftlabError(f"--sweep {var}: the expression has no variable {var!r} (variables: {free or 'none'})")
     if len(free) > 1:
         raise PeftlabError(f"expression has several variables {free}; sweep one and write the others as numbers")
     val = load_validation(eval_arg)
-    results, best = run_sweep(expression, pool, var, values, val, mode, rank, head, base, quiet, force_base)
+    results, best = run_sweep(expression, pool, var, values, val, mode, rank, head, base, quiet, force_base, merge)
     write_sweep(results, var, best, expression, out)
     print((out / "sweep.md").read_text(encoding="utf-8"))
     print(f"best {var} = {values[best]:g}; table and plot in {out}/sweep.md, sweep.png", file=sys.stderr)

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from peftlab.compose.adapter import Adapter, load_adapter, save_adapter
-from peftlab.compose.expr import linear_form
+from peftlab.compose.expr import linear_form, weighted_terms
+from peftlab.compose.merge import MergeSpec
 from peftlab.compose.ops import combine
 from peftlab.compose.validate import check_compatible
 from peftlab.infra.errors import PeftlabError
@@ -35,21 +36,27 @@ def load_pool(paths: dict[str, str]) -> dict[str, Adapter]:
 
 def compose(text: str, pool: dict[str, Adapter], mode: str = "parameter", rank: int | None = None,
             head: str = "average", variables: dict[str, float] | None = None, base: str | None = None,
-            force_base: bool = False) -> tuple[Adapter, dict[str, Any]]:
+            force_base: bool = False, merge: MergeSpec = MergeSpec()) -> tuple[Adapter, dict[str, Any]]:
     """(composed adapter, a record of how it was made) for ``text`` over the adapters in ``pool``.
 
+    With a non-linear ``merge`` (TIES, DARE, ...) the expression must be a weighted sum naming each
+    adapter once: its terms are the task vectors, their coefficients the weights.
     The composed adapter carries its operands' base fingerprint; operands made outside peftlab
     carry none, and then it is taken from the base they name (or ``base``), loaded once.
     """
-    coefs = linear_form(text, list(pool), variables)
+    merge = merge.checked()
+    if merge.is_linear:
+        coefs = linear_form(text, list(pool), variables)
+    else:
+        coefs = weighted_terms(text, list(pool), variables, f"--combine {merge.combine}")
     terms = [(c, pool[n]) for n, c in coefs.items()]
     check_compatible([ad for _, ad in terms], mode, force_base)
-    composed = combine(terms, mode, rank, head, pool)
+    composed = combine(terms, mode, rank, head, pool, merge=merge)
     if composed.base_fp is None:
         composed = replace(composed, base_fp=base_fingerprint_of(composed, base))
     record = {
         "expression": text, "variables": dict(variables or {}), "coefficients": coefs, "mode": mode,
-        "rank": rank, "head": head, "sources": {n: pool[n].source for n in coefs},
+        "rank": rank, **merge.record(), "head": head, "sources": {n: pool[n].source for n in coefs},
     }
     return composed, record
 

@@ -215,3 +215,36 @@ def linear_form(text: str, adapters: set[str] | list[str], variables: dict[str, 
 def variables_of(text: str, adapters: set[str] | list[str]) -> list[str]:
     """Names in the expression that are not adapters (sweep variables), in order."""
     return [n for n in names(parse(text)) if n not in set(adapters)]
+
+
+def _summands(node: Node, sign: float = 1.0) -> list[tuple[float, Node]]:
+    """The terms of a sum, signed: ``a - (b + 2*c)`` -> (1, a), (-1, b), (-1, 2*c)."""
+    if isinstance(node, Binary) and node.op in "+-":
+        return _summands(node.left, sign) + _summands(node.right, sign if node.op == "+" else -sign)
+    if isinstance(node, Unary):
+        return _summands(node.operand, sign if node.op == "+" else -sign)
+    return [(sign, node)]
+
+
+def weighted_terms(text: str, adapters: set[str] | list[str], variables: dict[str, float] | None = None,
+                   what: str = "a merge") -> dict[str, float]:
+    """{adapter: weight} of an expression that is a weighted sum naming each adapter once.
+
+    A non-linear merge (TIES, DARE) takes each operand as one task vector with one weight, so
+    ``a + a`` (two copies of one vector) and ``2*(a - b)`` (a product applied to a group) have no
+    single reading: each is one PeftlabError line naming ``what`` needs the weighted sum.
+    Coefficients may be any number expression (``(1 - lambda)*a + lambda*b``).
+    """
+    linear_form(text, adapters, variables)  # syntax, constants and products are checked there
+    pool, bound, out = set(adapters), dict(variables or {}), {}
+    for sign, node in _summands(parse(text)):
+        found = [n for n in names(node) if n in pool]
+        if len(found) > 1:
+            raise PeftlabError(f"expression {text!r}: {what} needs a weighted sum of adapters, each term one "
+                               f"scaled adapter (e.g. '0.5*a + 0.7*b'); one term scales {' and '.join(found)} together")
+        if not found:
+            continue  # a number term: linear_form has checked that they add up to zero
+        if found[0] in out:
+            raise PeftlabError(f"expression {text!r}: {what} takes each adapter once; {found[0]!r} appears twice")
+        out[found[0]] = sign * _linear(node, pool, bound, text)[1][found[0]]
+    return out

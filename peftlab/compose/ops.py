@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from peftlab.compose.adapter import Adapter, composition_of, head_tensors
+from peftlab.compose.merge import MergeSpec
 from peftlab.infra.errors import PeftlabError
 
 Terms = list[tuple[float, Adapter]]
@@ -56,17 +57,32 @@ def choose_head(terms: Terms, policy: str, pool: dict[str, Adapter]) -> tuple[di
     raise PeftlabError(f"--head {policy!r}: expected average, first, or an adapter name ({', '.join(pool)})")
 
 
+def _module_tensors(terms: Terms, mode: str, rank: int | None, merge: MergeSpec
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+    """The method's rule for ``mode``: its linear combiner, or a merge of task vectors where the
+    mode has task vectors (else one line: LoRA's factors are not its update, use weight mode)."""
+    rule = composition_of(terms[0][1])  # qlora adapters are LoRA adapters
+    if mode not in rule.combiners:
+        raise PeftlabError(f"--mode {mode!r}: expected {' or '.join(rule.combiners)}")
+    if merge.is_linear:
+        return rule.combiners[mode](terms, rank)
+    if mode not in rule.mergers:
+        raise PeftlabError(f"--combine {merge.combine} merges task vectors, which {terms[0][1].method} has in weight "
+                           f"space only (its {mode}-mode factors are not the update); use --mode weight")
+    if merge.combine == "task_arithmetic" and mode == "weight":
+        return rule.combiners[mode](terms, rank)  # weight mode's linear rule is exactly sum c_i t_i, kept compact
+    return rule.mergers[mode](terms, rank, merge.task_merge())
+
+
 def combine(terms: Terms, mode: str = "parameter", rank: int | None = None, head: str = "average",
-            pool: dict[str, Adapter] | None = None, name: str = "composed") -> Adapter:
-    """The composed adapter of ``sum coef_i * adapter_i`` (terms already validated as compatible)."""
+            pool: dict[str, Adapter] | None = None, name: str = "composed", merge: MergeSpec = MergeSpec()) -> Adapter:
+    """The composed adapter of ``sum coef_i * adapter_i`` (terms already validated as compatible),
+    by the method's linear rule or, with ``merge``, a merge of the operands' task vectors."""
     if not terms:
         raise PeftlabError("nothing to compose: the expression names no adapter")
     if rank is not None and rank < 1:
         raise PeftlabError(f"--rank must be at least 1 (got {rank})")
-    combiners = composition_of(terms[0][1]).combiners  # qlora adapters are LoRA adapters
-    if mode not in combiners:
-        raise PeftlabError(f"--mode {mode!r}: expected {' or '.join(combiners)}")
-    tensors, updates = combiners[mode](terms, rank)
+    tensors, updates = _module_tensors(terms, mode, rank, merge.checked())
     head, head_owner = choose_head(terms, head, pool or {ad.name: ad for _, ad in terms})
     meta = {**terms[0][1].meta, "labels": head_owner.meta.get("labels")}
     updates["modules_to_save"] = head_owner.config.get("modules_to_save") if head else None

@@ -1,4 +1,5 @@
-"""Sweep a coefficient of the expression (``--sweep lambda=0:1:0.1``) on a validation split.
+"""Sweep a coefficient of the expression (``--sweep lambda=0:1:0.1``), or the density of a merge
+(``--combine ties --sweep density=0.2:1:0.2``), on a validation split.
 
 Each value is composed, put on the base model and scored on the *validation* split (never the
 test split: the best value is chosen here). Every point is a RunResult (method ``compose``), so
@@ -18,6 +19,7 @@ import numpy as np
 
 from peftlab.compose.adapter import Adapter
 from peftlab.compose.core import compose, write
+from peftlab.compose.merge import DENSITY, MergeSpec
 from peftlab.compose.model import backbone_of, evaluate, labels_of, load_with_adapter
 from peftlab.infra.errors import PeftlabError
 from peftlab.infra.io import atomic_write_text, dir_size_bytes
@@ -118,14 +120,24 @@ def best_index(results: list[RunResult]) -> int:
     return max(range(len(keys)), key=lambda i: (keys[i], -i))
 
 
+def swept_value(params: dict[str, Any], var: str) -> float:
+    """The value of ``var`` at one point (its ``method_params``, the compose record): an
+    expression variable, or ``density`` (the merge's, when that is what is swept)."""
+    variables = params["variables"]
+    return float(variables[var] if var in variables else params[DENSITY])
+
+
 def run_sweep(text: str, pool: dict[str, Adapter], var: str, values: list[float], val: Validation,
               mode: str = "parameter", rank: int | None = None, head: str = "average",
-              base: str | None = None, quiet: bool = False, force_base: bool = False) -> tuple[list[RunResult], int]:
-    """Score every value of ``var``; returns (one RunResult per value, index of the best)."""
+              base: str | None = None, quiet: bool = False, force_base: bool = False,
+              merge: MergeSpec = MergeSpec()) -> tuple[list[RunResult], int]:
+    """Score every value of ``var`` (an expression variable, or ``density``: the fraction each
+    task vector keeps in ``merge``); returns (one RunResult per value, index of the best)."""
     results: list[RunResult] = []
     tok = None
     for v in values:
-        composed, record = compose(text, pool, mode, rank, head, {var: v}, base, force_base)
+        variables, spec = ({}, merge.with_density(v)) if var == DENSITY else ({var: v}, merge)
+        composed, record = compose(text, pool, mode, rank, head, variables, base, force_base, spec)
         if tok is None:
             tok = load_tokenizer(backbone_of(composed, base))
         r = score(composed, record, val, f"{var}={v:g}", base, tok, force_base)
@@ -138,10 +150,10 @@ def run_sweep(text: str, pool: dict[str, Adapter], var: str, values: list[float]
 def sweep_table(results: list[RunResult], var: str, best: int, text: str) -> str:
     lines = [f"# Sweep of {var} in `{text}`", "",
              f"Scored on {results[0].task} ({results[0].n_eval} examples); best {var} = "
-             f"{results[best].method_params['variables'][var]:g} (highest accuracy, then macro-F1).", "",
+             f"{swept_value(results[best].method_params, var):g} (highest accuracy, then macro-F1).", "",
              f"| {var} | accuracy | macro-F1 | eval loss | |", "|---|---|---|---|---|"]
     for i, r in enumerate(results):
-        v = r.method_params["variables"][var]
+        v = swept_value(r.method_params, var)
         mark = "best" if i == best else ""
         lines.append(f"| {v:g} | {r.accuracy:.4f} | {r.macro_f1:.4f} | {r.epochs[0].eval_loss:.4f} | {mark} |")
     return "\n".join(lines) + "\n"
@@ -149,7 +161,7 @@ def sweep_table(results: list[RunResult], var: str, best: int, text: str) -> str
 
 def sweep_csv(results: list[RunResult], var: str) -> str:
     rows = [f"{var},accuracy,macro_f1,eval_loss"]
-    rows += [f"{r.method_params['variables'][var]:g},{r.accuracy:.6f},{r.macro_f1:.6f},{r.epochs[0].eval_loss:.6f}"
+    rows += [f"{swept_value(r.method_params, var):g},{r.accuracy:.6f},{r.macro_f1:.6f},{r.epochs[0].eval_loss:.6f}"
              for r in results]
     return "\n".join(rows) + "\n"
 
@@ -160,7 +172,7 @@ def plot_sweep(results: list[RunResult], var: str, best: int, path: Path) -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    xs = [r.method_params["variables"][var] for r in results]
+    xs = [swept_value(r.method_params, var) for r in results]
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
     ax.plot(xs, [r.accuracy for r in results], "o-", label="accuracy")
     ax.plot(xs, [r.macro_f1 for r in results], "s--", label="macro-F1")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -49,6 +49,12 @@ class Readme:
 #: head) and its config updates. An adapter is a :class:`peftlab.compose.adapter.Adapter`:
 #: ``name``, peft ``config``, ``tensors`` by peft key.
 Combiner = Callable[[list[tuple[float, Any]], "int | None"], tuple[dict[str, torch.Tensor], dict[str, object]]]
+#: (module key, task vectors, weights) -> the merged task vector of that module (``--combine ties``
+#: etc., :meth:`peftlab.compose.merge.MergeSpec.task_merge`)
+TaskMerge = Callable[[str, list[torch.Tensor], list[float]], torch.Tensor]
+#: a combiner for the non-linear merges: it hands each module's task vectors and the coefficients
+#: to the merge it is given and stores the merged vectors as the method's tensors
+Merger = Callable[[list[tuple[float, Any]], "int | None", TaskMerge], tuple[dict[str, torch.Tensor], dict[str, object]]]
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,9 @@ class Composition:
     #: weight mode: the shapes that must agree when the operands' tensors may differ (LoRA: each
     #: update, d_out x d_in, whatever the ranks); None: each module tensor's own shape
     weight_shapes: Callable[[Any], dict[str, tuple[int, ...]]] | None = None
+    #: mode -> the merger of task vectors; a mode missing here has no task vector of its own
+    #: (LoRA's parameter mode: its factors are not the update), so ``--combine ties`` refuses it
+    mergers: Mapping[str, Merger] = field(default_factory=dict)
 
 
 class Method:

@@ -8,7 +8,8 @@ Composition (``peftlab compose``, :data:`COMPOSITION`): vectors are combined as 
 identity, ``l = 1 + sum c_i (l_i - 1)``: with coefficients summing to 1 that is Zhang et al.'s
 weighted average, negation is ``2 - l`` (not ``-l``, which would flip every activation), and
 ``a - a`` is all ones (the base model). Because the scaled weight is ``diag(l) W``, this is also
-exact in weight space: both modes agree.
+exact in weight space: both modes agree. The merges (``--combine ties`` etc.) act on the same
+deltas ``l - 1`` and add 1 back, in both modes.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from torch import nn
 from peftlab.estimate.activations import Flow, block_linears
 from peftlab.infra.config_base import MethodParams, PositiveFloat
 from peftlab.infra.errors import PeftlabError
-from peftlab.methods.base import Composition, Readme
+from peftlab.methods.base import Composition, Readme, TaskMerge
 from peftlab.methods.peft_common import PeftMethod, check_targets, seq_cls_config
 from peftlab.estimate.params import ArchSpec, targeted_linears
 
@@ -47,14 +48,29 @@ IA3_L = ".ia3_l"
 
 
 def _combine(terms: list[tuple[float, Any]], rank: int | None) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
-    if rank is not None:
-        raise PeftlabError("--rank applies to LoRA only ((IA)^3 modules are vectors)")
+    _no_rank(rank)
     first = terms[0][1]
     out = {}
     for key, l0 in first.tensors.items():
         if key.endswith(IA3_L):
             out[key] = 1 + sum((c * (ad.tensors[key] - 1) for c, ad in terms), torch.zeros_like(l0))
     return out, {}
+
+
+def _merge(terms: list[tuple[float, Any]], rank: int | None,
+           merge: TaskMerge
+           ) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+    """``--combine ties`` etc.: the task vector of a module is ``l - 1`` (its departure from the
+    identity, as in the linear rule); merged, then 1 is added back. Exact in both modes."""
+    _no_rank(rank)
+    weights = [c for c, _ in terms]
+    return {key: (1 + merge(key, [ad.tensors[key].double() - 1 for _, ad in terms], weights)).to(l0.dtype)
+            for key, l0 in terms[0][1].tensors.items() if key.endswith(IA3_L)}, {}
+
+
+def _no_rank(rank: int | None) -> None:
+    if rank is not None:
+        raise PeftlabError("--rank applies to LoRA only ((IA)^3 modules are vectors)")
 
 
 def _check_pair(a: Any, b: Any, mode: str) -> None:
@@ -65,7 +81,7 @@ def _check_pair(a: Any, b: Any, mode: str) -> None:
 
 
 COMPOSITION = Composition(module_suffixes=(IA3_L,), combiners={"parameter": _combine, "weight": _combine},
-                          identity=1.0, check_pair=_check_pair)
+                          identity=1.0, check_pair=_check_pair, mergers={"parameter": _merge, "weight": _merge})
 
 
 def _defaults(model_type: str) -> tuple[list[str], list[str]]:

@@ -28,6 +28,9 @@ Arithmetic Operations"), :data:`COMPOSITION`:
 * ``weight`` mode (exact): ``dW = sum l_i s_i B_i A_i`` (``s = alpha / r``), stored either
   exactly by concatenating the factors (rank = sum of ranks) or re-factorised by SVD to a chosen
   rank (the best rank-R approximation). Any ranks and alphas.
+* merges (``--combine ties`` etc., :mod:`peftlab.compose.merge`): weight mode only, on each
+  module's exact update; stored by SVD (full rank, or ``--rank``). Parameter mode has no task
+  vector (the factors are not the update), so it refuses them.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from peftlab.estimate.activations import Flow, block_linears
 from peftlab.infra.config_base import MethodParams, PositiveFloat
 from peftlab.infra.errors import PeftlabError
 from peftlab.infra.io import save_safetensors
-from peftlab.methods.base import Composition, Readme
+from peftlab.methods.base import Composition, Readme, TaskMerge
 from peftlab.methods.peft_common import PeftMethod, check_targets, seq_cls_config
 from peftlab.estimate.params import ArchSpec, all_linears, targeted_linears
 
@@ -213,8 +216,32 @@ def _combine_weight(terms: list[tuple[float, Any]], rank: int | None
             delta = sum(c * lora_delta(ad, prefix) for c, ad in live)
             a, b = _refactor(delta, rank, a0.dtype)
         out[prefix + LORA_A], out[prefix + LORA_B] = a.to(a0.dtype), b.to(a0.dtype)
-    # alpha = r makes peft's scale exactly 1 (plain alpha / r, so rsLoRA is switched off)
-    return out, {"r": out_rank, "lora_alpha": out_rank, "use_rslora": False, "rank_pattern": {}, "alpha_pattern": {}}
+    return out, _unit_scale(out_rank)
+
+
+def _unit_scale(rank: int) -> dict[str, object]:
+    """Config of a stored update: alpha = r makes peft's scale exactly 1 (plain alpha / r, so
+    rsLoRA is switched off)."""
+    return {"r": rank, "lora_alpha": rank, "use_rslora": False, "rank_pattern": {}, "alpha_pattern": {}}
+
+
+def _merge_weight(terms: list[tuple[float, Any]], rank: int | None,
+                  merge: TaskMerge
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+    """``--combine ties`` etc.: merge the exact updates ``s_i B_i A_i`` of each module.
+
+    A trimmed or dropped update is no longer a sum of the operands' low-rank factors, so it is
+    stored by SVD: exactly at full rank (``min(d_out, d_in)``, the largest over modules, zero-padded)
+    or, with ``rank``, as its best rank-``rank`` approximation.
+    """
+    modules = lora_modules(terms[0][1])
+    out_rank = rank if rank is not None else max(min(b.shape[0], a.shape[1]) for a, b in modules.values())
+    weights = [c for c, _ in terms]
+    out: dict[str, torch.Tensor] = {}
+    for prefix, (a0, _) in modules.items():
+        delta = merge(prefix, [lora_delta(ad, prefix) for _, ad in terms], weights)
+        out[prefix + LORA_A], out[prefix + LORA_B] = _refactor(delta, out_rank, a0.dtype)
+    return out, _unit_scale(out_rank)
 
 
 def _check_options(ad: Any) -> None:
@@ -243,7 +270,8 @@ def _update_shapes(ad: Any) -> dict[str, tuple[int, ...]]:
 
 COMPOSITION = Composition(module_suffixes=(LORA_A, LORA_B),
                           combiners={"parameter": _combine_parameter, "weight": _combine_weight},
-                          check_options=_check_options, check_pair=_check_pair, weight_shapes=_update_shapes)
+                          check_options=_check_options, check_pair=_check_pair, weight_shapes=_update_shapes,
+                          mergers={"weight": _merge_weight})
 
 class Lora(PeftMethod):
     name = "lora"
