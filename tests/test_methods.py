@@ -45,6 +45,7 @@ TABLE: dict[str, tuple[str, dict[str, Any]]] = {
     "vera": ("vera", {"lr": 3e-2, "r": 8}),
     "loha": ("loha", {"lr": 1e-2, "r": 4}),
     "lokr": ("lokr", {"lr": 1e-2, "r": 2}),
+    "ln_tuning": ("ln_tuning", {"lr": 3e-2}),
 }
 LORA_ROWS = [row for row, (name, _) in TABLE.items() if name == "lora"]
 #: rows of the other peft methods (LoRA's rows have their own tests, which know its options)

@@ -13,6 +13,7 @@ from peftlab.methods.houlsby import Houlsby
 from peftlab.methods.ia3 import Ia3
 from peftlab.methods.icl import Icl
 from peftlab.methods.linear_probe import LinearProbe
+from peftlab.methods.ln_tuning import LnTuning
 from peftlab.methods.loha import Loha
 from peftlab.methods.lokr import Lokr
 from peftlab.methods.lm_lora import LmLora
@@ -42,7 +43,7 @@ def register(method: Method) -> None:
 
 # in the order of README's methods table
 for _cls in (Full, Partial, LinearProbe,
-             Lora, Qlora, Vera, Loha, Lokr, Ia3,
+             Lora, Qlora, Vera, Loha, Lokr, Ia3, LnTuning,
              PromptTuning, PTuning, PrefixTuning, Houlsby, Pfeiffer,
              Icl, LmLora, ClipZeroShot, Coop, ClassEmbeddings):
     register(_cls())
