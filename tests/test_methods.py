@@ -46,6 +46,7 @@ TABLE: dict[str, tuple[str, dict[str, Any]]] = {
     "loha": ("loha", {"lr": 1e-2, "r": 4}),
     "lokr": ("lokr", {"lr": 1e-2, "r": 2}),
     "ln_tuning": ("ln_tuning", {"lr": 3e-2}),
+    "oft": ("oft", {"lr": 1e-2, "block_size": 8}),
 }
 LORA_ROWS = [row for row, (name, _) in TABLE.items() if name == "lora"]
 #: rows of the other peft methods (LoRA's rows have their own tests, which know its options)

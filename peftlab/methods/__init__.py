@@ -16,6 +16,7 @@ from peftlab.methods.linear_probe import LinearProbe
 from peftlab.methods.ln_tuning import LnTuning
 from peftlab.methods.loha import Loha
 from peftlab.methods.lokr import Lokr
+from peftlab.methods.oft import Oft
 from peftlab.methods.lm_lora import LmLora
 from peftlab.methods.lora import Lora
 from peftlab.methods.p_tuning import PTuning
@@ -43,7 +44,7 @@ def register(method: Method) -> None:
 
 # in the order of README's methods table
 for _cls in (Full, Partial, LinearProbe,
-             Lora, Qlora, Vera, Loha, Lokr, Ia3, LnTuning,
+             Lora, Qlora, Vera, Loha, Lokr, Oft, Ia3, LnTuning,
              PromptTuning, PTuning, PrefixTuning, Houlsby, Pfeiffer,
              Icl, LmLora, ClipZeroShot, Coop, ClassEmbeddings):
     register(_cls())
