@@ -83,18 +83,27 @@ class Oft(PeftMethod):
     def targets(self, params: OftParams, model_type: str) -> list[str]:
         return self.default_or_row_targets(params, model_type)
 
+    def span(self, params: OftParams) -> int:
+        """The width that must divide every targeted input width: one rotation block."""
+        return params.block_size
+
     def check(self, params: OftParams, spec: ArchSpec | None, model_type: str) -> None:
         self.check_row_targets(params, spec, model_type)
         if spec is not None:
-            check_block_size(self.name, "block_size", params.block_size,
+            check_block_size(self.name, "block_size", self.span(params),
                              spec_input_widths(spec, self.targets(params, model_type)), model_type)
 
-    def peft_config(self, params: OftParams, model: nn.Module, spec: ArchSpec | None) -> OFTConfig:
+    def checked_targets(self, params: OftParams, model: nn.Module) -> list[str]:
+        """The targets, once the loaded model's own widths take the block size (an architecture
+        without a spec is checked here, after loading, but still before peft adjusts anything)."""
         targets = self.targets(params, model.config.model_type)
-        check_block_size(self.name, "block_size", params.block_size, model_input_widths(model, targets),
+        check_block_size(self.name, "block_size", self.span(params), model_input_widths(model, targets),
                          model.config.model_type)
+        return targets
+
+    def peft_config(self, params: OftParams, model: nn.Module, spec: ArchSpec | None) -> OFTConfig:
         return seq_cls_config(OFTConfig, model, spec, r=0, oft_block_size=params.block_size,
-                              block_share=params.block_share, target_modules=targets)
+                              block_share=params.block_share, target_modules=self.checked_targets(params, model))
 
     def derived_trainable(self, params: OftParams, spec: ArchSpec) -> int:
         """Per targeted linear, the upper triangle of each block's skew-symmetric matrix
