@@ -48,6 +48,7 @@ TABLE: dict[str, tuple[str, dict[str, Any]]] = {
     "ln_tuning": ("ln_tuning", {"lr": 3e-2}),
     "oft": ("oft", {"lr": 1e-2, "block_size": 8}),
     "boft": ("boft", {"lr": 1e-2, "block_size": 4}),
+    "fourierft": ("fourierft", {"lr": 1e-2, "n_frequency": 64}),
 }
 LORA_ROWS = [row for row, (name, _) in TABLE.items() if name == "lora"]
 #: rows of the other peft methods (LoRA's rows have their own tests, which know its options)

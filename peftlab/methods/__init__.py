@@ -9,6 +9,7 @@ from __future__ import annotations
 from peftlab.methods.base import Method, undeclared
 from peftlab.methods.boft import Boft
 from peftlab.methods.clip_methods import ClassEmbeddings, ClipZeroShot, Coop
+from peftlab.methods.fourierft import Fourierft
 from peftlab.methods.full import Full
 from peftlab.methods.houlsby import Houlsby
 from peftlab.methods.ia3 import Ia3
@@ -45,7 +46,7 @@ def register(method: Method) -> None:
 
 # in the order of README's methods table
 for _cls in (Full, Partial, LinearProbe,
-             Lora, Qlora, Vera, Loha, Lokr, Oft, Boft, Ia3, LnTuning,
+             Lora, Qlora, Vera, Loha, Lokr, Oft, Boft, Fourierft, Ia3, LnTuning,
              PromptTuning, PTuning, PrefixTuning, Houlsby, Pfeiffer,
              Icl, LmLora, ClipZeroShot, Coop, ClassEmbeddings):
     register(_cls())
