@@ -6,6 +6,7 @@ parameters, closed-form count, activation flow, ...): see :data:`~peftlab.method
 
 from __future__ import annotations
 
+from peftlab.methods.adalora import Adalora
 from peftlab.methods.base import Method, undeclared
 from peftlab.methods.boft import Boft
 from peftlab.methods.clip_methods import ClassEmbeddings, ClipZeroShot, Coop
@@ -46,7 +47,7 @@ def register(method: Method) -> None:
 
 # in the order of README's methods table
 for _cls in (Full, Partial, LinearProbe,
-             Lora, Qlora, Vera, Loha, Lokr, Oft, Boft, Fourierft, Ia3, LnTuning,
+             Lora, Qlora, Adalora, Vera, Loha, Lokr, Oft, Boft, Fourierft, Ia3, LnTuning,
              PromptTuning, PTuning, PrefixTuning, Houlsby, Pfeiffer,
              Icl, LmLora, ClipZeroShot, Coop, ClassEmbeddings):
     register(_cls())

@@ -117,6 +117,16 @@ class Method:
         """
         return 1.0
 
+    def after_step(self, model: nn.Module, params: Any, step: int, total_steps: int) -> None:
+        """Called by the training loop after each optimizer step, before the gradients are cleared,
+        with the steps done so far (1 after the first) and the run's total.
+
+        Why a hook: a method whose trainable set changes during training by a schedule over the
+        run (AdaLoRA prunes its ranks from the gradients' importance, toward a budget reached at a
+        step fixed in advance) needs the loop's step count, which ``prepare`` cannot know (it
+        depends on the data, the batch size and the processes). Most methods: nothing.
+        """
+
     def prepare(self, model: nn.Module, params: Any, spec: ArchSpec | None) -> nn.Module:
         """Freeze/inject so that exactly this method's parameters require grad."""
         raise NotImplementedError

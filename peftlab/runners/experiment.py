@@ -136,7 +136,8 @@ def _train(method: Any, model: torch.nn.Module, params: MethodParams, spec: Any,
     if is_sharded(acc):
         wrap_blocks(acc, model)
     return fit(model, train_f, eval_f, collate, params.lr, tcfg, acc, params.label, quiet, plan,
-               lambda name: method.lr_scale(params, name))
+               lambda name: method.lr_scale(params, name),
+               lambda m, step, total: method.after_step(m, params, step, total))
 
 
 def run_method(cfg: ExperimentConfig, params: MethodParams, data: TaskData, tokenizer: Any,
