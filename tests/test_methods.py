@@ -50,6 +50,9 @@ TABLE: dict[str, tuple[str, dict[str, Any]]] = {
     "boft": ("boft", {"lr": 1e-2, "block_size": 4}),
     "fourierft": ("fourierft", {"lr": 1e-2, "n_frequency": 64}),
     "adalora": ("adalora", {"lr": 1e-2, "init_r": 4, "target_r": 3}),
+    # the generic row: any peft type by name, its config fields as the row's keys (issue 20 item 5)
+    "peft_hra": ("peft", {"lr": 1e-2, "peft_type": "HRA", "r": 4, "target_modules": ["query", "value", "q_proj",
+                                                                                   "v_proj"]}),
 }
 LORA_ROWS = [row for row, (name, _) in TABLE.items() if name == "lora"]
 #: rows of the other peft methods (LoRA's rows have their own tests, which know its options)
@@ -235,6 +238,35 @@ def test_adalora_prunes_to_its_budget_over_the_runs_steps(tiny_bert, tmp_path: P
     pattern = saved["rank_pattern"]
     assert len(pattern) == 4  # query and value of both blocks
     assert sum(sum(kept) for kept in pattern.values()) == params.target_r * len(pattern)
+
+
+@pytest.mark.parametrize(("row", "error"), [
+    ({"peft_type": "HRA", "rr": 2}, r"methods\[0\]: rr: not a field of peft's HRAConfig"),
+    ({"peft_type": "HRX"}, r"methods\[0\]: peft_type: 'HRX' is not a peft type"),
+    ({"peft_type": "HRA", "modules_to_save": ["x"]}, r"methods\[0\]: modules_to_save: set by peftlab"),
+    ({"peft_type": "adalora", "total_step": 10}, r"methods\[0\]: peft_type: ADALORA runs as method: adalora"),
+])
+def test_generic_peft_row_takes_only_its_config_class_fields(row, error):
+    """Checked when the config is read, before any model loads (the CLI: one line, exit 2)."""
+    from peftlab.config import validate_raw
+    from peftlab.infra.errors import PeftlabError
+
+    raw = {"backbone": "x", "task": {"source": "builtin", "name": "drugreview"}}
+    with pytest.raises(PeftlabError, match=error):
+        validate_raw({**raw, "methods": [{"method": "peft", **row}]})
+    params = validate_raw({**raw, "methods": [{"method": "peft", "peft_type": "hra", "r": 4}]}).methods[0]
+    assert (params.config_fields, params.label) == ({"r": 4}, "peft-hra")
+
+
+def test_generic_peft_row_has_no_closed_form_and_no_plan_estimate(tiny_bert):
+    from peftlab.estimate.plan import NoEstimate, plan_method
+
+    method, params = method_and_params("peft_hra")
+    model, _ = fresh(tiny_bert)
+    spec = arch_spec(model.config)
+    assert method.derived_trainable(params, spec) is None
+    with pytest.raises(NoEstimate):
+        plan_method(params, spec, model.config, 4, 16, overhead=0)
 
 
 def test_linear_probe_cached_features_equal_recomputed(tiny_backbones):

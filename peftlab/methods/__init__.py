@@ -12,6 +12,7 @@ from peftlab.methods.boft import Boft
 from peftlab.methods.clip_methods import ClassEmbeddings, ClipZeroShot, Coop
 from peftlab.methods.fourierft import Fourierft
 from peftlab.methods.full import Full
+from peftlab.methods.generic_peft import GenericPeft
 from peftlab.methods.houlsby import Houlsby
 from peftlab.methods.ia3 import Ia3
 from peftlab.methods.icl import Icl
@@ -47,7 +48,7 @@ def register(method: Method) -> None:
 
 # in the order of README's methods table
 for _cls in (Full, Partial, LinearProbe,
-             Lora, Qlora, Adalora, Vera, Loha, Lokr, Oft, Boft, Fourierft, Ia3, LnTuning,
+             Lora, Qlora, Adalora, Vera, Loha, Lokr, Oft, Boft, Fourierft, Ia3, LnTuning, GenericPeft,
              PromptTuning, PTuning, PrefixTuning, Houlsby, Pfeiffer,
              Icl, LmLora, ClipZeroShot, Coop, ClassEmbeddings):
     register(_cls())

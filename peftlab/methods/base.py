@@ -131,8 +131,11 @@ class Method:
         """Freeze/inject so that exactly this method's parameters require grad."""
         raise NotImplementedError
 
-    def derived_trainable(self, params: Any, spec: ArchSpec) -> int:
-        """The closed-form trainable count, from the architecture alone (checked against the model)."""
+    def derived_trainable(self, params: Any, spec: ArchSpec) -> int | None:
+        """The closed-form trainable count, from the architecture alone (checked against the model).
+
+        None: the method knows no closed form (the generic ``peft`` row); its results say "no
+        formula" and ``peftlab plan`` lists it without an estimate, instead of a guessed number."""
         raise NotImplementedError
 
     def flow(self, params: Any, spec: ArchSpec) -> Flow:
@@ -140,8 +143,9 @@ class Method:
         keeps for one training step (:mod:`peftlab.estimate.activations`) before any weights load."""
         raise NotImplementedError
 
-    def derived_total(self, params: Any, spec: ArchSpec) -> int:
-        """Total parameters of the prepared model; methods that add parameters override."""
+    def derived_total(self, params: Any, spec: ArchSpec) -> int | None:
+        """Total parameters of the prepared model; methods that add parameters override (None
+        where ``derived_trainable`` is None)."""
         return total_params(spec)
 
     def save(self, model: nn.Module, params: Any, directory: Path) -> None:

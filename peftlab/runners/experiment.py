@@ -216,7 +216,7 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
     drift = (drift_record(base_x, pooled_features(acc.unwrap_model(model), eval_f, collate, cfg.train.eval_batch_size))
              if base_x is not None else None)
     d_train = method.derived_trainable(params, spec) if spec is not None else None
-    d_total = method.derived_total(params, spec) if spec is not None else None
+    d_total = method.derived_total(params, spec) if d_train is not None else None  # None: no formula
     agree = None if d_train is None else (d_train == trainable and d_total == total)
     flags = [f for f, on in (("nan_loss", outcome.nan_loss), ("params_unchanged", not changed_since(before, model)),
                              ("params_mismatch", agree is False), (NEWLY_INITIALISED, bool(fresh))) if on]
