@@ -56,13 +56,16 @@ def fresh(path: str, method: Any = None, params: Any = None):
 
 def assert_counts_match_closed_form(method: Any, params: Any, model: nn.Module) -> None:
     """Once ``method`` has checked and prepared ``model``, its counted trainable / total parameters
-    are the method's closed forms."""
+    are the method's closed forms (or it claims none: the generic peft row)."""
     spec = arch_spec(model.config)
     method.check(params, spec, model.config.model_type)
     trainable, total = count_params(method.prepare(model, params, spec))
+    assert 0 < trainable <= total
+    if method.derived_trainable(params, spec) is None:  # no closed form: none is claimed, for the total neither
+        assert method.derived_total(params, spec) is None
+        return
     assert trainable == method.derived_trainable(params, spec)
     assert total == method.derived_total(params, spec)
-    assert 0 < trainable <= total
 
 
 class _Cfg:

@@ -39,6 +39,8 @@ CASES = [
     {"method": "prefix_tuning", "num_virtual_tokens": 4, "projection": True},
     {"method": "houlsby"},
     {"method": "pfeiffer", "nonlinearity": "gelu"},
+    # trained norms only: the gradient starts at the embeddings' LayerNorm, no linear keeps its input
+    {"method": "ln_tuning"},
 ]
 
 
@@ -87,6 +89,8 @@ LLAMA_CASES = [
     {"method": "prompt_tuning", "init": "random", "num_virtual_tokens": 6},
     {"method": "prefix_tuning", "num_virtual_tokens": 6},
     {"method": "houlsby"},
+    # a trained RMSNorm keeps its normalised input; nothing below the lowest one keeps anything
+    {"method": "ln_tuning", "target_modules": ["post_attention_layernorm"]},
 ]
 
 

@@ -45,6 +45,14 @@ TABLE: dict[str, tuple[str, dict[str, Any]]] = {
     "vera": ("vera", {"lr": 3e-2, "r": 8}),
     "loha": ("loha", {"lr": 1e-2, "r": 4}),
     "lokr": ("lokr", {"lr": 1e-2, "r": 2}),
+    "ln_tuning": ("ln_tuning", {"lr": 3e-2}),
+    "oft": ("oft", {"lr": 1e-2, "block_size": 8}),
+    "boft": ("boft", {"lr": 1e-2, "block_size": 4}),
+    "fourierft": ("fourierft", {"lr": 1e-2, "n_frequency": 64}),
+    "adalora": ("adalora", {"lr": 1e-2, "init_r": 4, "target_r": 3}),
+    # the generic row: any peft type by name, its config fields as the row's keys (issue 20 item 5)
+    "peft_hra": ("peft", {"lr": 1e-2, "peft_type": "HRA", "r": 4, "target_modules": ["query", "value", "q_proj",
+                                                                                   "v_proj"]}),
 }
 LORA_ROWS = [row for row, (name, _) in TABLE.items() if name == "lora"]
 #: rows of the other peft methods (LoRA's rows have their own tests, which know its options)
@@ -54,6 +62,9 @@ MERGED_ROWS = [row for row in PEFT_ROWS if isinstance(m := METHODS.get(TABLE[row
 #: rows saved as a plain LoRA adapter on the untouched base (rank 2r: [B | -B0][A; A0]); the
 #: reloaded model computes W x + s B'A' x instead of (W - s B0 A0) x + s B A x, equal to float rounding
 CONVERTED_ROWS = {"lora_pissa", "lora_olora", "lora_pissa_dora_rslora"}
+#: rows saved with only the ranks that survived pruning (AdaLoRA's rank pattern): the reloaded
+#: product leaves out the pruned (zero) terms, so it sums in another order, equal to float rounding
+PRUNED_ROWS = {"adalora"}
 
 
 def method_and_params(row: str) -> tuple[Any, Any]:
@@ -63,9 +74,9 @@ def method_and_params(row: str) -> tuple[Any, Any]:
 
 
 def assert_same_logits(row: str, got: Any, want: Any) -> None:
-    """Identical logits, or for converted rows equal within float rounding and the same predictions."""
+    """Identical logits, or for converted and pruned rows equal within float rounding and the same predictions."""
     got, want = np.asarray(got), np.asarray(want)
-    if row in CONVERTED_ROWS:
+    if row in CONVERTED_ROWS | PRUNED_ROWS:
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
         assert np.array_equal(got.argmax(-1), want.argmax(-1))
     else:
@@ -212,6 +223,50 @@ def test_lora_plus_b_learns_ratio_times_faster(tiny_bert):
         want = params.lr * params.lora_plus_ratio if ".lora_B." in name else params.lr
         assert lr_of[id(p)] == pytest.approx(want), name
     assert any(".lora_B." in n for n in trainable)
+
+
+def test_adalora_prunes_to_its_budget_over_the_runs_steps(tiny_bert, tmp_path: Path):
+    """The training loop's step hook gives peft the run's optimizer steps (48 rows / 8 x 2 epochs)
+    and allocates after each: the saved rank pattern keeps target_r ranks per linear on average."""
+    method, params = method_and_params("adalora")
+    model, tok = fresh(tiny_bert)
+    run = train_tiny(method, params, model, tok, epochs=2)
+    method.save(run.model, params, tmp_path / "a")
+    saved = json.loads((tmp_path / "a" / "adapter_config.json").read_text(encoding="utf-8"))
+    assert saved["total_step"] == 12
+    assert (saved["tinit"], saved["tfinal"]) == (int(params.tinit * 12), int(params.tfinal * 12))
+    pattern = saved["rank_pattern"]
+    assert len(pattern) == 4  # query and value of both blocks
+    assert sum(sum(kept) for kept in pattern.values()) == params.target_r * len(pattern)
+
+
+@pytest.mark.parametrize(("row", "error"), [
+    ({"peft_type": "HRA", "rr": 2}, r"methods\[0\]: rr: not a field of peft's HRAConfig"),
+    ({"peft_type": "HRX"}, r"methods\[0\]: peft_type: 'HRX' is not a peft type"),
+    ({"peft_type": "HRA", "modules_to_save": ["x"]}, r"methods\[0\]: modules_to_save: set by peftlab"),
+    ({"peft_type": "adalora", "total_step": 10}, r"methods\[0\]: peft_type: ADALORA runs as method: adalora"),
+])
+def test_generic_peft_row_takes_only_its_config_class_fields(row, error):
+    """Checked when the config is read, before any model loads (the CLI: one line, exit 2)."""
+    from peftlab.config import validate_raw
+    from peftlab.infra.errors import PeftlabError
+
+    raw = {"backbone": "x", "task": {"source": "builtin", "name": "drugreview"}}
+    with pytest.raises(PeftlabError, match=error):
+        validate_raw({**raw, "methods": [{"method": "peft", **row}]})
+    params = validate_raw({**raw, "methods": [{"method": "peft", "peft_type": "hra", "r": 4}]}).methods[0]
+    assert (params.config_fields, params.label) == ({"r": 4}, "peft-hra")
+
+
+def test_generic_peft_row_has_no_closed_form_and_no_plan_estimate(tiny_bert):
+    from peftlab.estimate.plan import NoEstimate, plan_method
+
+    method, params = method_and_params("peft_hra")
+    model, _ = fresh(tiny_bert)
+    spec = arch_spec(model.config)
+    assert method.derived_trainable(params, spec) is None
+    with pytest.raises(NoEstimate):
+        plan_method(params, spec, model.config, 4, 16, overhead=0)
 
 
 def test_linear_probe_cached_features_equal_recomputed(tiny_backbones):

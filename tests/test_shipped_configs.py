@@ -15,7 +15,7 @@ CONFIGS = sorted(p for p in (Path(__file__).parent.parent / "configs").glob("*.y
 
 
 def test_the_shipped_configs_are_found():
-    assert {"drugreview", "all_methods", "icl_drugreview", "rotten_tomatoes"} <= {p.stem for p in CONFIGS}
+    assert {"drugreview", "all_methods", "peft_zoo", "icl_drugreview", "rotten_tomatoes"} <= {p.stem for p in CONFIGS}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)

@@ -35,6 +35,8 @@ SAVES_RESULT = {"relu", "tanh", "sigmoid"}
 #: the block-relative names of the linears of a BERT-like layer
 QKV = ("attention.self.query", "attention.self.key", "attention.self.value")
 ATTN_OUT, FFN_IN, FFN_OUT = "attention.output.dense", "intermediate.dense", "output.dense"
+#: the block-relative names of its two LayerNorms (after attention, after the feed-forward)
+ATTN_NORM, FFN_NORM = "attention.output.LayerNorm", "output.LayerNorm"
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,10 @@ class Flow:
     #: delta's values (d_in x d_out). The linear's input is kept for the delta's gradient, and the
     #: delta itself (once per step, not per token) when a gradient flows on into the input.
     delta: dict[str, int] = field(default_factory=dict)
+    #: block norms whose own weights train, block-relative names (LN tuning): a trained norm's
+    #: output needs a gradient even where its input does not, and an RMSNorm then keeps its
+    #: normalised input for the weight's gradient (a LayerNorm keeps its input either way)
+    norms: frozenset[str] = frozenset()
     #: bottleneck adapters: linear whose output they follow -> (bottleneck width, nonlinearity)
     adapters: dict[str, tuple[int, str]] = field(default_factory=dict)
     #: prompt / p-tuning: trainable tokens prepended to the input (the sequence grows)
@@ -243,14 +249,14 @@ def _block(t: _Tally, d: Dims, f: Flow, i: int, tokens: int, x_grad: bool) -> bo
     # context -> attention.output.dense -> dropout -> + x -> LayerNorm
     _, g = _linear_in(t, f, ATTN_OUT, n, ctx_kept, ctx_grad, trains, tokens)
     _, g = _linear_out(t, f, ATTN_OUT, n, g)
-    y_grad = _residual_norm(t, d, tokens, g, x_grad, trains)
+    y_grad = _residual_norm(t, d, tokens, g, x_grad, trains or ATTN_NORM in f.norms)
     # y -> intermediate.dense -> GELU -> output.dense -> dropout -> + y -> LayerNorm
     _, g = _linear_in(t, f, FFN_IN, n, False, y_grad, trains, tokens)
     _, g = _linear_out(t, f, FFN_IN, wide, g)
     t.values(wide, g)  # GELU keeps its input
     _, g = _linear_in(t, f, FFN_OUT, wide, False, g, trains, tokens)
     _, g = _linear_out(t, f, FFN_OUT, n, g)
-    return _residual_norm(t, d, tokens, g, y_grad, trains)
+    return _residual_norm(t, d, tokens, g, y_grad, trains or FFN_NORM in f.norms)
 
 
 def saved_bytes(f: Flow, d: Dims, pooler: bool = True) -> int:

@@ -25,6 +25,7 @@ from peftlab.estimate.params import ArchSpec
 
 Q, K, V, O = "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"
 GATE, UP, DOWN = "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"
+ATTN_NORM, MLP_NORM = "input_layernorm", "post_attention_layernorm"
 
 
 def decoder_dims(spec: ArchSpec, conf: Any, batch: int, length: int, mask_bytes: int = 4) -> Dims:
@@ -60,7 +61,7 @@ def _attention(t: _Tally, d: Dims, f: Flow, tokens: int, q_grad: bool, k_grad: b
 def _block(t: _Tally, d: Dims, f: Flow, i: int, tokens: int, x_grad: bool) -> bool:
     trains = i in f.trained_blocks
     n, wide = tokens * d.hidden, tokens * d.inter
-    h_grad = _rms_norm(t, d, tokens, x_grad, trains)
+    h_grad = _rms_norm(t, d, tokens, x_grad, trains or ATTN_NORM in f.norms)
     grads, kept = [], False
     for name in (Q, K, V):
         kept, g = _linear_in(t, f, name, n, kept, h_grad, trains, tokens)
@@ -70,7 +71,7 @@ def _block(t: _Tally, d: Dims, f: Flow, i: int, tokens: int, x_grad: bool) -> bo
     _, g = _linear_in(t, f, O, tokens * d.q_width, True, ctx_grad, trains, tokens)
     _, g = _linear_out(t, f, O, n, g)
     y_grad = g or x_grad
-    h_grad = _rms_norm(t, d, tokens, y_grad, trains)
+    h_grad = _rms_norm(t, d, tokens, y_grad, trains or MLP_NORM in f.norms)
     kept, gate_grad = _linear_in(t, f, GATE, n, False, h_grad, trains, tokens)
     _, gate_grad = _linear_out(t, f, GATE, wide, gate_grad)
     _, up_grad = _linear_in(t, f, UP, n, kept, h_grad, trains, tokens)

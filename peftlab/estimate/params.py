@@ -15,7 +15,7 @@ class adds (``classifier`` or ``score``) and, for BERT, the pooler before it (se
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from peftlab.infra.registry import Registry
@@ -48,6 +48,11 @@ class ArchSpec:
     #: width of one layer's key (= value) projection; 0 means ``hidden`` (no grouped-query attention).
     #: Prefix tuning stores one key and one value vector of this width per layer and virtual token.
     kv_dim: int = 0
+    #: per-layer norm modules: name relative to the layer -> parameters (what ``layer_other`` sums)
+    layer_norms: dict[str, int] = field(default_factory=dict)
+    #: norm modules outside the blocks, by full dotted name -> parameters (BERT's embedding
+    #: LayerNorm, Llama's final norm): LN tuning's closed form names every norm it may target
+    outer_norms: dict[str, int] = field(default_factory=dict)
 
 
 def linear_params(d_in: int, d_out: int, bias: bool) -> int:
@@ -86,6 +91,13 @@ def all_linears(spec: ArchSpec) -> dict[str, tuple[int, int, bool]]:
 def matches_target(module_name: str, target: str) -> bool:
     """peft's rule for a string entry of ``target_modules``: exact name or a ``.``-suffix."""
     return module_name == target or module_name.endswith("." + target)
+
+
+def all_norms(spec: ArchSpec) -> dict[str, int]:
+    """Every norm module of the backbone by full dotted name -> its parameters (the head has none)."""
+    inner = {f"{spec.layers_prefix}.{i}.{name}": n
+             for i in range(spec.num_layers) for name, n in spec.layer_norms.items()}
+    return {**spec.outer_norms, **inner}
 
 
 def targeted_linears(spec: ArchSpec, targets: list[str]) -> dict[str, tuple[int, int, bool]]:
@@ -135,6 +147,8 @@ def _spec_bert(c: Any) -> ArchSpec:
             "output.dense": (i, h, True),
         },
         layer_other=2 * 2 * h,  # two LayerNorms (weight + bias)
+        layer_norms={"attention.output.LayerNorm": 2 * h, "output.LayerNorm": 2 * h},
+        outer_norms={"bert.embeddings.LayerNorm": 2 * h},
         embeddings=(c.vocab_size + c.max_position_embeddings + c.type_vocab_size) * h + 2 * h,
         head=linear_params(h, h, True) + linear_params(h, c.num_labels, True),
         head_modules=("bert.pooler.dense", "classifier"),
@@ -154,6 +168,7 @@ def _spec_roberta_like(c: Any, family: str, prefix: str) -> ArchSpec:
         head_modules=("classifier",),
         probe_head=0,
         layers_prefix=f"{prefix}.encoder.layer",
+        outer_norms={f"{prefix}.embeddings.LayerNorm": 2 * h},
     )
 
 
@@ -184,6 +199,8 @@ def _spec_llama(c: Any) -> ArchSpec:
             "mlp.down_proj": (i, h, mb),
         },
         layer_other=2 * h,  # two RMSNorm weights
+        layer_norms={"input_layernorm": h, "post_attention_layernorm": h},
+        outer_norms={"model.norm": h},
         embeddings=c.vocab_size * h,
         post_other=h,  # final RMSNorm
         post_modules=("model.norm",),

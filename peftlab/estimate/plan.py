@@ -162,6 +162,8 @@ def plan_method(params: MethodParams, spec: ArchSpec, conf: Any, batch: int, len
         total = method.derived_total(params, spec)
     except NotImplementedError:
         raise NoEstimate(f"no closed form for method {params.method!r}") from None
+    if trainable is None or total is None:  # the method declares it has none (the generic peft row)
+        raise NoEstimate(f"no closed form for method {params.method!r}")
     precision = method_precision(params)
     added = total - total_params(spec)  # the method's own tensors (adapters, the head copy peft trains)
     acts = activation_bytes(method, params, spec, conf, batch, length, device)

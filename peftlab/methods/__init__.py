@@ -6,15 +6,21 @@ parameters, closed-form count, activation flow, ...): see :data:`~peftlab.method
 
 from __future__ import annotations
 
+from peftlab.methods.adalora import Adalora
 from peftlab.methods.base import Method, undeclared
+from peftlab.methods.boft import Boft
 from peftlab.methods.clip_methods import ClassEmbeddings, ClipZeroShot, Coop
+from peftlab.methods.fourierft import Fourierft
 from peftlab.methods.full import Full
+from peftlab.methods.generic_peft import GenericPeft
 from peftlab.methods.houlsby import Houlsby
 from peftlab.methods.ia3 import Ia3
 from peftlab.methods.icl import Icl
 from peftlab.methods.linear_probe import LinearProbe
+from peftlab.methods.ln_tuning import LnTuning
 from peftlab.methods.loha import Loha
 from peftlab.methods.lokr import Lokr
+from peftlab.methods.oft import Oft
 from peftlab.methods.lm_lora import LmLora
 from peftlab.methods.lora import Lora
 from peftlab.methods.p_tuning import PTuning
@@ -42,7 +48,7 @@ def register(method: Method) -> None:
 
 # in the order of README's methods table
 for _cls in (Full, Partial, LinearProbe,
-             Lora, Qlora, Vera, Loha, Lokr, Ia3,
+             Lora, Qlora, Adalora, Vera, Loha, Lokr, Oft, Boft, Fourierft, Ia3, LnTuning, GenericPeft,
              PromptTuning, PTuning, PrefixTuning, Houlsby, Pfeiffer,
              Icl, LmLora, ClipZeroShot, Coop, ClassEmbeddings):
     register(_cls())

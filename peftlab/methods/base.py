@@ -126,12 +126,25 @@ class Method:
         """
         return 1.0
 
+    def after_step(self, model: nn.Module, params: Any, step: int, total_steps: int) -> None:
+        """Called by the training loop after each optimizer step, before the gradients are cleared,
+        with the steps done so far (1 after the first) and the run's total.
+
+        Why a hook: a method whose trainable set changes during training by a schedule over the
+        run (AdaLoRA prunes its ranks from the gradients' importance, toward a budget reached at a
+        step fixed in advance) needs the loop's step count, which ``prepare`` cannot know (it
+        depends on the data, the batch size and the processes). Most methods: nothing.
+        """
+
     def prepare(self, model: nn.Module, params: Any, spec: ArchSpec | None) -> nn.Module:
         """Freeze/inject so that exactly this method's parameters require grad."""
         raise NotImplementedError
 
-    def derived_trainable(self, params: Any, spec: ArchSpec) -> int:
-        """The closed-form trainable count, from the architecture alone (checked against the model)."""
+    def derived_trainable(self, params: Any, spec: ArchSpec) -> int | None:
+        """The closed-form trainable count, from the architecture alone (checked against the model).
+
+        None: the method knows no closed form (the generic ``peft`` row); its results say "no
+        formula" and ``peftlab plan`` lists it without an estimate, instead of a guessed number."""
         raise NotImplementedError
 
     def flow(self, params: Any, spec: ArchSpec) -> Flow:
@@ -139,8 +152,9 @@ class Method:
         keeps for one training step (:mod:`peftlab.estimate.activations`) before any weights load."""
         raise NotImplementedError
 
-    def derived_total(self, params: Any, spec: ArchSpec) -> int:
-        """Total parameters of the prepared model; methods that add parameters override."""
+    def derived_total(self, params: Any, spec: ArchSpec) -> int | None:
+        """Total parameters of the prepared model; methods that add parameters override (None
+        where ``derived_trainable`` is None)."""
         return total_params(spec)
 
     def save(self, model: nn.Module, params: Any, directory: Path) -> None:

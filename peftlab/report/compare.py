@@ -177,7 +177,7 @@ def to_markdown(results: list[RunResult], preds: list[Predictions | None] | None
             cells["method"] = f"{r.name} (seed {r.seed})"
         lines.append("| " + " | ".join(_md_cell(cells[k]) for k in keys) + " |")
     lines += ["", "params check: counted trainable and total parameters equal the closed-form formula "
-              "(ok), differ (MISMATCH), or no formula for this architecture (blank). "
+              "(ok), differ (MISMATCH), or no formula for this architecture or method (blank: the generic peft row). "
               "Flags: collapsed = every eval prediction is one class; never predicts X = no eval example was predicted as X; nan_loss = training stopped on a "
               "non-finite loss; params_unchanged = trainable weights never moved; backbone_newly_initialised = "
               "backbone weights beyond the head were missing from the checkpoint (random); train_eval_overlap = "

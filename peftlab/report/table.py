@@ -134,7 +134,7 @@ COLUMNS: list[Column] = [
            lambda v: f"{v:.3f}", "min"),
     Column("params_check", "counted vs derived", _none, str, text=lambda row: params_check(row.result),
            note="trainable and total parameters counted on the model equal the closed-form formula (ok), "
-                "differ (MISMATCH), or no formula exists for this architecture"),
+                "differ (MISMATCH), or no formula exists for this architecture or method (the generic peft row)"),
     Column("train_s", "train s", _timing("train_s"), lambda v: f"{v:.1f}", "min"),
     Column("eval_s", "eval s", _timing("eval_s"), lambda v: f"{v:.2f}", "min"),
     Column("peak_mb", "peak MB", lambda r: _mb(r.peak_memory_bytes), lambda v: f"{v:.0f}", "min",

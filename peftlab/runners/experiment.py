@@ -137,7 +137,8 @@ def _train(method: Any, model: torch.nn.Module, params: MethodParams, spec: Any,
     if is_sharded(acc):
         wrap_blocks(acc, model)
     return fit(model, train_f, eval_f, collate, params.lr, tcfg, acc, params.label, quiet, plan,
-               lambda name: method.lr_scale(params, name))
+               lambda name: method.lr_scale(params, name),
+               lambda m, step, total: method.after_step(m, params, step, total))
 
 
 def run_method(cfg: ExperimentConfig, params: MethodParams, data: TaskData, tokenizer: Any,
@@ -220,7 +221,7 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
     lm_loss = (lm_loss_record(lm[1], reference_lm_loss(TrunkLM(acc.unwrap_model(model), lm[0]), tokenizer, acc.device,
                                                        lm[2], precision.autocast)) if lm is not None else None)
     d_train = method.derived_trainable(params, spec) if spec is not None else None
-    d_total = method.derived_total(params, spec) if spec is not None else None
+    d_total = method.derived_total(params, spec) if d_train is not None else None  # None: no formula
     agree = None if d_train is None else (d_train == trainable and d_total == total)
     flags = [f for f, on in (("nan_loss", outcome.nan_loss), ("params_unchanged", not changed_since(before, model)),
                              ("params_mismatch", agree is False), (NEWLY_INITIALISED, bool(fresh))) if on]

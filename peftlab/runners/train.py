@@ -89,6 +89,9 @@ def allow_mixed_precision(mixed_precision: str) -> None:
 
 #: a parameter's name -> the multiple of the learning rate it learns at (a method's ``lr_scale``)
 LrScale = Callable[[str], float]
+#: (the unwrapped model, optimizer steps done so far including this one, the run's total steps):
+#: a method's ``after_step``, called after each optimizer step while its gradients still exist
+StepHook = Callable[[nn.Module, int, int], None]
 
 
 def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
@@ -245,18 +248,20 @@ def epoch_line(label: str, rec: EpochRecord, epochs: int) -> str:
 
 def fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: float,
         tcfg: TrainConfig, acc: Accelerator, label: str, quiet: bool,
-        ckpt: CheckpointPlan | None = None, lr_scale: LrScale | None = None) -> tuple[nn.Module, FitOutcome]:
+        ckpt: CheckpointPlan | None = None, lr_scale: LrScale | None = None,
+        after_step: StepHook | None = None) -> tuple[nn.Module, FitOutcome]:
     """Train ``model``'s trainable parameters; returns the unwrapped model and what happened.
 
-    ``lr_scale``: the method's per-parameter learning-rate multiples (``Method.lr_scale``).
-    Details in :func:`_fit`.
+    ``lr_scale``: the method's per-parameter learning-rate multiples (``Method.lr_scale``);
+    ``after_step``: the method's per-step hook (``Method.after_step``). Details in :func:`_fit`.
     """
-    return _fit(model, train, evalset, collate, lr, tcfg, acc, label, quiet, ckpt, lr_scale)
+    return _fit(model, train, evalset, collate, lr, tcfg, acc, label, quiet, ckpt, lr_scale, after_step)
 
 
 def _fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: float,
          tcfg: TrainConfig, acc: Accelerator, label: str, quiet: bool,
-         ckpt: CheckpointPlan | None = None, lr_scale: LrScale | None = None) -> tuple[nn.Module, FitOutcome]:
+         ckpt: CheckpointPlan | None = None, lr_scale: LrScale | None = None,
+         after_step: StepHook | None = None) -> tuple[nn.Module, FitOutcome]:
     """The loop of :func:`fit`.
 
     With ``ckpt``, a checkpoint is written every ``ckpt.every`` optimizer steps and at each epoch
@@ -319,6 +324,8 @@ def _fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr:
                     acc.clip_grad_norm_(trainable, tcfg.max_grad_norm)
                 opt.step()
                 sched.step()
+                if after_step is not None and acc.sync_gradients:  # a real step, gradients not yet cleared
+                    after_step(acc.unwrap_model(wrapped), prog.step + 1, steps)
                 opt.zero_grad(set_to_none=True)
             n = batch["labels"].shape[0]
             prog.loss_sum, prog.seen, prog.batches_done = prog.loss_sum + float(loss.detach()) * n, prog.seen + n, i + 1
