@@ -133,13 +133,19 @@ def test_accuracy_verdict_separates_the_bar_from_the_noise():
     assert verdict(0.03, 0.01) == "NOT within 0.5 points; beyond 2 standard errors of the difference"
 
 
-def _suite():
+def _bench(name: str):
+    """A bench/ script imported as a module (its helpers, not its main)."""
+    import importlib
+
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     try:
-        import method_suite
+        return importlib.import_module(name)
     finally:
         sys.path.pop(0)
-    return method_suite
+
+
+def _suite():
+    return _bench("method_suite")
 
 
 def _row(name, seed, acc, method=None, status="ok", **kw):
@@ -227,12 +233,7 @@ def test_method_suite_trains_each_method_at_its_searched_value():
 
 
 def _defaults():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    try:
-        import method_defaults
-    finally:
-        sys.path.pop(0)
-    return method_defaults
+    return _bench("method_defaults")
 
 
 def test_method_defaults_grid_bracketing_and_pick():
@@ -270,3 +271,22 @@ def test_shipped_default_learning_rates_are_the_documented_search_picks():
         assert chosen is not None and all(md.extension(v) is None for v in per.values()), f"{label}: not bracketed"
         default = METHODS.get(row["method"]).Params.model_fields["lr"].default
         assert math.isclose(default, md.ladder(chosen), rel_tol=1e-6), f"{label}: default {default} != pick"
+
+
+def test_merging_density_choice_held_out_validation_and_measures():
+    """bench/merging.py: the density is chosen on validation (mean accuracy, then macro-F1, then the
+    sparser merge); validation is what the LoRAs never saw; normalised accuracy and relative errors."""
+    import torch
+
+    mg = _bench("merging")
+    val = {0.2: [(0.8, 0.7), (0.6, 0.5)], 0.5: [(0.9, 0.6), (0.6, 0.5)], 0.8: [(0.7, 0.9), (0.7, 0.9)]}
+    assert mg.best_density(val) == 0.5  # mean accuracy 0.75 beats 0.70 (macro-F1 only breaks ties)
+    assert mg.best_density({0.2: [(0.5, 0.4)], 0.8: [(0.5, 0.6)]}) == 0.8  # same accuracy: macro-F1
+    assert mg.best_density({0.5: [(0.5, 0.4)], 0.2: [(0.5, 0.4)]}) == 0.2  # exact tie: the sparser merge
+    assert mg.held_out(["a", "b", "c", "b", "d"], {"b", "d"}) == [0, 2]  # a repeat of a trained text is seen
+    assert mg.normalised({"x": 0.4, "y": 0.9}, {"x": 0.8, "y": 0.9}) == pytest.approx(0.75)
+    want = {"m": torch.tensor([[3.0, 0.0], [0.0, 4.0]]), "n": torch.zeros(2, 2)}
+    got = {"m": torch.tensor([[3.0, 0.0], [0.0, 4.0]]) * 1.1, "n": torch.zeros(2, 2)}
+    overall, worst = mg.relative_error(got, want)
+    assert overall == pytest.approx(0.1) and worst == pytest.approx(0.1)  # a module with no update counts 0
+    assert mg.norm_ratio(got, want) == pytest.approx(1.1)
