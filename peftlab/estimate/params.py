@@ -160,6 +160,12 @@ def targeted_linears(spec: ArchSpec, targets: list[str]) -> dict[str, tuple[int,
 
 
 
+def prefix_layers(spec: ArchSpec) -> int:
+    """Blocks whose attention reads prefix tuning's key/values: the last stack's (an encoder-decoder's
+    decoder self-attentions: transformers' T5 encoder stack takes no cache)."""
+    return stacks(spec)[-1].num_layers
+
+
 def prefix_token_dim(spec: ArchSpec) -> int:
     """Width of a prefix key/value vector: peft uses kv_heads * head_dim for grouped-query attention."""
     return spec.kv_dim or spec.hidden
@@ -316,6 +322,7 @@ def _spec_t5(c: Any) -> ArchSpec:
         head=linear_params(d, d, True) + linear_params(d, c.num_labels, True),
         head_modules=("classification_head",),
         layers_prefix="transformer.encoder.block",
+        kv_dim=inner,
     )
 
 

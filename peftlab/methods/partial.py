@@ -34,8 +34,9 @@ class Partial(Method):
     composition = None
     readme = Readme(
         on="text",
-        trains="the top `top_k` blocks (default 2), the post part (Llama's final norm), the head (with BERT's pooler)",
-        closed_form="min(`top_k`, L) × block + post + head",
+        trains=("the top `top_k` blocks (default 2; T5: of the encoder and of the decoder), the post part (Llama's "
+                "final norm, T5's two), the head (with BERT's pooler)"),
+        closed_form="min(`top_k`, L) × block + post + head (T5: per stack, block 0's relative bias when reached)",
     )
 
     def check(self, params: PartialParams, spec: ArchSpec | None, model_type: str) -> None:
