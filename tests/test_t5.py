@@ -261,3 +261,36 @@ def test_plan_on_a_t5_folder_is_a_rough_estimate_that_says_so(tiny_t5, tmp_path:
     proc = run_cli("plan", str(tmp_path / "c.yaml"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "rough rule" in proc.stdout and "no estimate" not in proc.stdout
+
+
+def test_t5_rows_take_seeds_lr_search_resume_and_compose(tiny_t5, tmp_path: Path):
+    """The generic machinery on T5 rows: two seeds, a learning-rate search, a rerun that keeps the
+    finished rows, and LoRA arithmetic (compose, merged into the base) on two seeds' adapters."""
+    import json
+
+    import yaml
+
+    from conftest import run_cli, write_tiny_csvs
+
+    train, evalf = write_tiny_csvs(tmp_path)
+    raw = {"name": "t5", "backbone": tiny_t5["gated"], "baseline": False, "seeds": [0, 1],
+           "search": {"lr": [1e-3, 1e-2], "budget_steps": 2},
+           "task": {"source": "csv", "train_file": str(train), "eval_file": str(evalf)},
+           "methods": [{"method": "lora", "r": 4}, {"method": "ia3"}],
+           "train": {"epochs": 1, "batch_size": 8, "max_length": 32, "device": "cpu", "num_threads": 1},
+           "output_dir": str(tmp_path / "runs")}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    first = run_cli("run", str(tmp_path / "c.yaml"), "-q")
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = sorted((tmp_path / "runs").rglob("results.json"))
+    assert len(results) == 4  # two methods x two seeds
+    for path in results:
+        res = json.loads(path.read_text())
+        assert res["status"] == "ok" and res["params"]["agree"] is True, res.get("error")
+        assert res["details"]["lr_search"]["chosen"] in (1e-3, 1e-2)
+    again = run_cli("run", str(tmp_path / "c.yaml"), "-q")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [p.stat().st_mtime_ns for p in results] == [p.stat().st_mtime_ns for p in sorted((tmp_path / "runs").rglob("results.json"))]
+    a, b = (str(p.parent / "adapter") for p in results if p.parent.name == "lora")
+    out = run_cli("compose", "0.5*a + 0.5*b", "-a", f"a={a}", "-a", f"b={b}", "--out", str(tmp_path / "mix"), "--merge")
+    assert out.returncode == 0, out.stderr[-3000:]
