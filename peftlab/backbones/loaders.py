@@ -16,6 +16,7 @@ import torch
 
 from peftlab.config import BackboneConfig
 from peftlab.infra.errors import PeftlabError, first_line
+from peftlab.backbones.encoder_decoder import accept_prompts
 from peftlab.backbones.gguf_cache import smollm2_folder
 from peftlab.infra.registry import Registry
 from peftlab.tasks.builtin import package_dir
@@ -194,6 +195,9 @@ def load_classifier(cfg: BackboneConfig, label_names: list[str], tokenizer: Any,
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     _check_head_size(cfg, model, len(label_names))
+    spec = arch_spec(model.config)
+    if spec is not None and spec.extra_stacks:  # an encoder-decoder: prompt methods feed it embeddings
+        accept_prompts(model)
     return model
 
 
@@ -202,7 +206,7 @@ def _check_head_size(cfg: BackboneConfig, model: Any, num_labels: int) -> None:
     checkpoint's head of another size instead of re-creating it)."""
     from torch import nn
 
-    for name in ("classifier", "score"):
+    for name in ("classifier", "score", "classification_head"):
         head = getattr(model, name, None)
         if head is None:
             continue

@@ -32,11 +32,16 @@ for _family in ("llama", "mistral"):
     WALKS.add(_family, (decoder_dims, decoder_saved_bytes))
 
 
+def has_walk(spec: ArchSpec) -> bool:
+    """Whether the activations of ``spec``'s family are counted op by op (else: the rough rule)."""
+    return spec.family in WALKS
+
+
 def training_step_bytes(flow: Flow, spec: ArchSpec, conf: Any, batch: int, length: int,
                         mask_bytes: int = 4) -> tuple[int, int] | None:
     """(bytes kept for backward, backward working buffers) of one training step of a method whose
     flow is ``flow``; None for a family no walk knows (the caller falls back to a rough rule)."""
-    if spec.family not in WALKS:
+    if not has_walk(spec):
         return None
     dims, walk = WALKS.get(spec.family)
     d = dims(spec, conf, batch, length, mask_bytes)

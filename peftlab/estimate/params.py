@@ -9,7 +9,9 @@ a new family means one ``_spec_*`` builder in ``FAMILIES``.
 Naming: a *layer* is one transformer block; the *post* part is what sits between the last block
 and the classification head (Llama's final norm); the *head* is every module between the last
 block's output and the logits that every method trains: the module the sequence-classification
-class adds (``classifier`` or ``score``) and, for BERT, the pooler before it (see ``_spec_bert``).
+class adds (``classifier``, ``score``, T5's ``classification_head``) and, for BERT, the pooler
+before it (see ``_spec_bert``). An encoder-decoder (T5) has two *stacks* of blocks: the spec's own
+fields describe the first (the encoder), ``extra_stacks`` the others (:class:`Stack`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,24 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from peftlab.infra.registry import Registry
+
+
+@dataclass(frozen=True)
+class Stack:
+    """One run of identical blocks beyond the spec's first (an encoder-decoder's decoder).
+
+    Why a second stack rather than one list of blocks: T5's decoder blocks have a cross-attention
+    the encoder blocks lack, so one ``layer_linears`` cannot describe both; every closed form that
+    walks blocks (all linears, all norms, the total, partial's top blocks) walks each stack.
+    """
+
+    prefix: str
+    num_layers: int
+    layer_linears: dict[str, tuple[int, int, bool]]
+    layer_other: int
+    layer_norms: dict[str, int] = field(default_factory=dict)
+    #: parameters only the stack's first block holds (T5's relative attention bias)
+    first_block_other: int = 0
 
 
 @dataclass(frozen=True)
@@ -53,13 +73,39 @@ class ArchSpec:
     #: norm modules outside the blocks, by full dotted name -> parameters (BERT's embedding
     #: LayerNorm, Llama's final norm): LN tuning's closed form names every norm it may target
     outer_norms: dict[str, int] = field(default_factory=dict)
+    #: parameters only the first block holds (T5's relative attention bias; 0 elsewhere)
+    first_block_other: int = 0
+    #: the stacks after the first (T5's decoder); () for encoders and decoder-only models
+    extra_stacks: tuple[Stack, ...] = ()
+
+
+def stacks(spec: ArchSpec) -> tuple[Stack, ...]:
+    """Every stack of blocks, the spec's own first (the encoder of an encoder-decoder)."""
+    first = Stack(prefix=spec.layers_prefix, num_layers=spec.num_layers, layer_linears=spec.layer_linears,
+                  layer_other=spec.layer_other, layer_norms=spec.layer_norms, first_block_other=spec.first_block_other)
+    return (first, *spec.extra_stacks)
+
+
+def num_blocks(spec: ArchSpec) -> int:
+    """Blocks in all stacks (T5-small: 6 + 6)."""
+    return sum(s.num_layers for s in stacks(spec))
+
+
+def stack_params(stack: Stack) -> int:
+    return stack.num_layers * layer_params(stack) + stack.first_block_other
+
+
+def top_blocks_params(stack: Stack, k: int) -> int:
+    """The top ``k`` blocks of a stack (its first block's extras when ``k`` reaches it)."""
+    return min(k, stack.num_layers) * layer_params(stack) + (stack.first_block_other if k >= stack.num_layers else 0)
 
 
 def linear_params(d_in: int, d_out: int, bias: bool) -> int:
     return d_in * d_out + (d_out if bias else 0)
 
 
-def layer_params(spec: ArchSpec) -> int:
+def layer_params(spec: ArchSpec | Stack) -> int:
+    """One block of ``spec``'s first stack (or of ``stack``)."""
     return sum(linear_params(*s) for s in spec.layer_linears.values()) + spec.layer_other
 
 
@@ -74,7 +120,7 @@ def probe_params(spec: ArchSpec) -> int:
 
 def total_params(spec: ArchSpec) -> int:
     """All parameters of the plain sequence-classification model."""
-    return spec.embeddings + spec.num_layers * layer_params(spec) + post_params(spec) + spec.head
+    return spec.embeddings + sum(stack_params(s) for s in stacks(spec)) + post_params(spec) + spec.head
 
 
 
@@ -82,9 +128,10 @@ def all_linears(spec: ArchSpec) -> dict[str, tuple[int, int, bool]]:
     """Every linear of the backbone by full dotted name (the head excluded: peft never adapts a
     ``modules_to_save`` module, and bitsandbytes skips the head)."""
     return {
-        f"{spec.layers_prefix}.{i}.{name}": shape
-        for i in range(spec.num_layers)
-        for name, shape in spec.layer_linears.items()
+        f"{s.prefix}.{i}.{name}": shape
+        for s in stacks(spec)
+        for i in range(s.num_layers)
+        for name, shape in s.layer_linears.items()
     }
 
 
@@ -95,8 +142,8 @@ def matches_target(module_name: str, target: str) -> bool:
 
 def all_norms(spec: ArchSpec) -> dict[str, int]:
     """Every norm module of the backbone by full dotted name -> its parameters (the head has none)."""
-    inner = {f"{spec.layers_prefix}.{i}.{name}": n
-             for i in range(spec.num_layers) for name, n in spec.layer_norms.items()}
+    inner = {f"{s.prefix}.{i}.{name}": n
+             for s in stacks(spec) for i in range(s.num_layers) for name, n in s.layer_norms.items()}
     return {**spec.outer_norms, **inner}
 
 
@@ -111,6 +158,12 @@ def targeted_linears(spec: ArchSpec, targets: list[str]) -> dict[str, tuple[int,
 
 
 
+
+
+def prefix_layers(spec: ArchSpec) -> int:
+    """Blocks whose attention reads prefix tuning's key/values: the last stack's (an encoder-decoder's
+    decoder self-attentions: transformers' T5 encoder stack takes no cache)."""
+    return stacks(spec)[-1].num_layers
 
 
 def prefix_token_dim(spec: ArchSpec) -> int:
@@ -213,6 +266,67 @@ def _spec_llama(c: Any) -> ArchSpec:
 
 
 FAMILIES.add("mistral", _spec_llama)
+
+
+def _t5_attention(prefix: str, d: int, inner: int) -> dict[str, tuple[int, int, bool]]:
+    return {f"{prefix}.{n}": (d, inner, False) for n in ("q", "k", "v")} | {f"{prefix}.o": (inner, d, False)}
+
+
+def _t5_ffn(prefix: str, d: int, d_ff: int, gated: bool) -> dict[str, tuple[int, int, bool]]:
+    """T5's FFN: ``wi`` then ``wo``; T5 v1.1 / flan-T5 / mT5 (``gated-gelu``) gate it: ``wi_0``, ``wi_1``."""
+    wi = {f"{prefix}.wi_0": (d, d_ff, False), f"{prefix}.wi_1": (d, d_ff, False)} if gated else {
+        f"{prefix}.wi": (d, d_ff, False)}
+    return wi | {f"{prefix}.wo": (d_ff, d, False)}
+
+
+@FAMILIES.register("t5")
+def _spec_t5(c: Any) -> ArchSpec:
+    """T5ForSequenceClassification: ``transformer`` (a T5Model: encoder and decoder stacks) and
+    ``classification_head`` (dense + tanh + out_proj on the decoder's state at the last EOS).
+
+    What the closed forms must know: one token embedding (``shared``) tied to both stacks' input
+    embeddings (and, in T5ForConditionalGeneration, to the LM head), so counted once; no biases in
+    the blocks; T5's norms are RMS norms (a weight, no bias); each stack's first block alone holds
+    the relative attention bias (buckets x heads), which the other blocks reuse; attention width is
+    heads x d_kv, not necessarily d_model; the decoder blocks add a cross-attention and a third norm.
+    """
+    d, d_ff, heads = c.d_model, c.d_ff, c.num_heads
+    inner, gated = heads * c.d_kv, bool(c.is_gated_act)
+    rel = c.relative_attention_num_buckets * heads
+    enc_norms = {"layer.0.layer_norm": d, "layer.1.layer_norm": d}
+    dec_norms = enc_norms | {"layer.2.layer_norm": d}
+    decoder = Stack(
+        prefix="transformer.decoder.block",
+        num_layers=c.num_decoder_layers,
+        layer_linears=(_t5_attention("layer.0.SelfAttention", d, inner) | _t5_attention("layer.1.EncDecAttention", d, inner)
+                       | _t5_ffn("layer.2.DenseReluDense", d, d_ff, gated)),
+        layer_other=3 * d,
+        layer_norms=dec_norms,
+        first_block_other=rel,
+    )
+    final_norms = {"transformer.encoder.final_layer_norm": d, "transformer.decoder.final_layer_norm": d}
+    return ArchSpec(
+        family=c.model_type,  # "mt5" too: peft's per-architecture defaults are looked up by it
+        num_layers=c.num_layers,
+        hidden=d,
+        num_labels=c.num_labels,
+        layer_linears=_t5_attention("layer.0.SelfAttention", d, inner) | _t5_ffn("layer.1.DenseReluDense", d, d_ff, gated),
+        layer_other=2 * d,
+        layer_norms=enc_norms,
+        first_block_other=rel,
+        extra_stacks=(decoder,),
+        embeddings=c.vocab_size * d,
+        post_other=2 * d,
+        post_modules=tuple(final_norms),
+        outer_norms=final_norms,
+        head=linear_params(d, d, True) + linear_params(d, c.num_labels, True),
+        head_modules=("classification_head",),
+        layers_prefix="transformer.encoder.block",
+        kv_dim=inner,
+    )
+
+
+FAMILIES.add("mt5", _spec_t5)
 
 
 def arch_spec(config: Any) -> ArchSpec | None:

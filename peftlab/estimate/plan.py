@@ -40,9 +40,9 @@ import psutil
 from peftlab.config import ExperimentConfig
 from peftlab.infra.config_base import MethodParams
 from peftlab.infra.errors import PeftlabError
-from peftlab.estimate.params import all_linears, arch_spec, ArchSpec, total_params
+from peftlab.estimate.params import all_linears, arch_spec, ArchSpec, num_blocks, total_params
 from peftlab.backbones.loaders import load_hf_config
-from peftlab.estimate.activation_flows import training_step_bytes
+from peftlab.estimate.activation_flows import has_walk, training_step_bytes
 from peftlab.methods import METHODS
 from peftlab.tasks import load_task
 
@@ -87,13 +87,14 @@ def method_precision(params: MethodParams) -> str:
 
 def rough_activation_bytes(spec: ArchSpec, conf: Any, batch: int, length: int, backward: bool) -> int:
     """Activations of one step by a fixed rule; all layers' when the backward pass needs them, else
-    one layer's (a forward under no_grad frees each layer's tensors before the next)."""
+    one layer's (a forward under no_grad frees each layer's tensors before the next). Every stack's
+    blocks count (an encoder-decoder's decoder too; its cross-attention is not counted apart)."""
     h = spec.hidden
-    inter = int(getattr(conf, "intermediate_size", 4 * h) or 4 * h)
+    inter = int(getattr(conf, "intermediate_size", None) or getattr(conf, "d_ff", None) or 4 * h)
     heads = int(getattr(conf, "num_attention_heads", 1) or 1)
     per_layer = batch * length * (10 * h + 2 * inter) + 2 * batch * heads * length * length
     embeddings = batch * length * h
-    return FP32 * (embeddings + per_layer * (spec.num_layers if backward else 1))
+    return FP32 * (embeddings + per_layer * (num_blocks(spec) if backward else 1))
 
 
 @dataclass
@@ -303,6 +304,9 @@ def format_plan(plan: Plan, cfg: ExperimentConfig) -> str:
              "  ".join(h.rjust(w) for h, w in zip(heads, widths))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
     lines += [f"{label}: no estimate ({why})" for label, why in plan.skipped.items()]
+    rough = sorted({name for name, (spec, _) in plan.backbones.items() if spec is not None and not has_walk(spec)})
+    lines += [f"{name}: activations by the rough rule (no op-by-op count for {plan.backbones[name][0].family!r}), "
+              f"a rough estimate" for name in rough]
     lines.append(f"total = weights + optimizer (AdamW, 2 fp32 moments) + the larger of grads and activations "
                  f"(what autograd keeps, counted per op; freed as grads fill) + allocator (CPU: freed blocks malloc keeps, up to one more copy of the "
                  f"activations) + process; held within {STATED_FACTOR:g}x of the measured peak; 'fits' compares "

@@ -23,7 +23,7 @@ from peftlab.infra.errors import PeftlabError
 from peftlab.infra.io import save_safetensors
 from peftlab.methods import bottleneck_layers as bl
 from peftlab.methods.base import Method, freeze_all, head_names, read_safetensors, unfreeze
-from peftlab.estimate.params import ArchSpec, total_params
+from peftlab.estimate.params import ArchSpec, num_blocks, total_params
 
 HEAD_FILE = "head.safetensors"
 
@@ -73,8 +73,9 @@ class BottleneckMethod(Method):
         return model
 
     def adapter_params(self, params: BottleneckParams, spec: ArchSpec) -> int:
-        # every site (attention / FFN output projection) has width ``hidden`` in supported families
-        sites = bl.count_sites(spec.num_layers, self.name)
+        # every site (attention / FFN output projection) has width ``hidden`` in supported families;
+        # an encoder-decoder's sites are in the blocks of both stacks
+        sites = bl.count_sites(num_blocks(spec), self.name)
         return bl.expected_adapter_params([spec.hidden] * sites, self.adapter_config(params))
 
     def derived_trainable(self, params: BottleneckParams, spec: ArchSpec) -> int:

@@ -38,11 +38,13 @@ _ATTN_PATTERNS = (
     re.compile(r"(^|\.)attention\.output\.dense$"),  # BERT, RoBERTa, ELECTRA, ...
     re.compile(r"(^|\.)self_attn\.o_proj$"),  # Llama, Mistral, Qwen2, Gemma
     re.compile(r"(^|\.)attention\.out_lin$"),  # DistilBERT
+    re.compile(r"\.layer\.0\.SelfAttention\.o$"),  # T5 / mT5 encoder and decoder self-attention
 )
 _FFN_PATTERNS = (
     re.compile(r"\.\d+\.output\.dense$"),  # BERT/RoBERTa: the layer's own output.dense
     re.compile(r"(^|\.)mlp\.down_proj$"),  # Llama, Mistral, Qwen2, Gemma
     re.compile(r"(^|\.)ffn\.lin2$"),  # DistilBERT
+    re.compile(r"\.DenseReluDense\.wo$"),  # T5 / mT5 (gated or not), encoder and decoder blocks
 )
 
 
@@ -144,7 +146,7 @@ def adapter_sites(model: nn.Module, kind: str) -> list[str]:
     Pfeiffer: FFN output projection only."""
     sites = [name for name, mod in model.named_modules() if type(mod) is nn.Linear and is_site(name, kind)]
     if not sites:
-        raise ValueError(f"no recognised {kind} adapter sites in {type(model).__name__} (supported: BERT/RoBERTa, Llama/Mistral/Qwen, DistilBERT; un-adapted models only)")
+        raise ValueError(f"no recognised {kind} adapter sites in {type(model).__name__} (supported: BERT/RoBERTa, Llama/Mistral/Qwen, DistilBERT, T5/mT5; un-adapted models only)")
     return sites
 
 

@@ -18,7 +18,7 @@ class Houlsby(BottleneckMethod):
     Params = HoulsbyParams
     readme = Readme(
         on="text",
-        trains=("bottleneck adapters (down, `nonlinearity`, up, residual) after the attention and the FFN output "
-                "projection of every block; the head; not mergeable"),
+        trains=("bottleneck adapters (down, `nonlinearity`, up, residual) after the (self-)attention and the FFN "
+                "output projection of every block (T5: encoder and decoder blocks); the head; not mergeable"),
         closed_form="2L × (2 d b + b + d) + head, b = `bottleneck_size` or d / `reduction_factor` (default 16)",
     )

@@ -21,7 +21,7 @@ from peftlab.infra.config_base import MethodParams, PositiveFloat
 from peftlab.backbones.kv_cache import route_prefix_cache
 from peftlab.methods.base import Readme
 from peftlab.methods.peft_common import PeftMethod, seq_cls_config
-from peftlab.estimate.params import ArchSpec, linear_params, prefix_token_dim
+from peftlab.estimate.params import ArchSpec, linear_params, prefix_layers, prefix_token_dim
 
 
 class PrefixTuningParams(MethodParams):
@@ -51,14 +51,19 @@ class PrefixTuning(PeftMethod):
         on="text",
         trains=("a key and a value vector per layer and virtual token (`num_virtual_tokens`), optionally through "
                 "a two-layer MLP (`projection: true`); the head"),
-        closed_form=("n × L × 2 × d_kv + head (d_kv = kv_heads × head_dim); projection: n × d_kv + Linear(d_kv, "
-                     "e) + Linear(e, 2 L d_kv) + head"),
+        closed_form=("n × L × 2 × d_kv + head (d_kv = kv_heads × head_dim; T5: L = decoder blocks); projection: "
+                     "n × d_kv + Linear(d_kv, e) + Linear(e, 2 L d_kv) + head"),
         via="peft",
     )
 
     def peft_config(self, params: PrefixTuningParams, model: nn.Module, spec: ArchSpec | None) -> PrefixTuningConfig:
+        # an encoder-decoder's prefix sits in its decoder (peftlab.backbones.encoder_decoder): peft would size
+        # it by the encoder's depth and d_model, not the decoder's depth and T5's heads x d_kv
+        shape = ({"num_layers": prefix_layers(spec), "token_dim": prefix_token_dim(spec)}
+                 if spec is not None and spec.extra_stacks else {})
         return seq_cls_config(PrefixTuningConfig, model, spec, num_virtual_tokens=params.num_virtual_tokens,
-                              prefix_projection=params.projection, encoder_hidden_size=params.encoder_hidden_size)
+                              prefix_projection=params.projection, encoder_hidden_size=params.encoder_hidden_size,
+                              **shape)
 
     def prepare(self, model: nn.Module, params: PrefixTuningParams, spec: ArchSpec | None) -> nn.Module:
         return route_prefix_cache(super().prepare(model, params, spec))
@@ -74,7 +79,7 @@ class PrefixTuning(PeftMethod):
         included; ``d`` is :func:`~peftlab.estimate.params.prefix_token_dim` and ``enc`` defaults to ``d`` (as in peft).
         """
         n, d = params.num_virtual_tokens, prefix_token_dim(spec)
-        out = spec.num_layers * 2 * d
+        out = prefix_layers(spec) * 2 * d
         if not params.projection:
             return n * out + spec.head
         enc = params.encoder_hidden_size or d

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from peftlab.backbones.encoder_decoder import last_hidden
 from peftlab.estimate.drift import linear_cka
 from peftlab.runners.batching import Features
 
@@ -46,7 +47,7 @@ def pooled_features(model: torch.nn.Module, feats: Features, collate: Any, batch
                              for i in range(start, min(n, start + batch_size))])
             batch = {k: v.to(dev) for k, v in batch.items()}
             with torch.no_grad():
-                hidden = model(**batch, output_hidden_states=True).hidden_states[-1]
+                hidden = last_hidden(model(**batch, output_hidden_states=True))
             length = batch["input_ids"].shape[1]
             hidden = hidden[:, -length:, :].float()
             mask = batch.get("attention_mask", torch.ones(hidden.shape[:2], device=dev))
