@@ -267,6 +267,8 @@ def test_shipped_default_learning_rates_are_the_documented_search_picks():
         src = md.SAME_AS.get(label, label)
         per = {k: {int(i): md.normalised(t["eval_loss"], len(md.BENCHES[k].labels)) for i, t in s[src]["trials"].items()}
                for k, s in stores.items()}
+        if src == label:  # trials made under another protocol (e.g. a frozen BERT pooler) are stale evidence
+            assert all(s[label]["protocol"] == md.protocol(row, md.BUDGET_STEPS) for s in stores.values()), label
         chosen = md.default_pick(per)
         assert chosen is not None and all(md.extension(v) is None for v in per.values()), f"{label}: not bracketed"
         default = METHODS.get(row["method"]).Params.model_fields["lr"].default

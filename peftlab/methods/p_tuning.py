@@ -28,7 +28,7 @@ class PTuningParams(MethodParams):
     method: Literal["p_tuning"] = "p_tuning"
     #: the pick of the documented search (bench/method_defaults.py; BENCHMARKS.md "Per-method default
     #: learning rates": best held-out loss of 100-step trials on SST-2; test_bench_tools checks it)
-    lr: PositiveFloat = 1e-1
+    lr: PositiveFloat = 3.16e-2
     num_virtual_tokens: int = Field(default=10, ge=1)
     encoder: Literal["mlp", "lstm"] = "mlp"
     #: hidden width of the prompt encoder; None = the backbone's hidden size (peft's default)

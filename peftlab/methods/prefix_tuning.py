@@ -28,7 +28,7 @@ class PrefixTuningParams(MethodParams):
     method: Literal["prefix_tuning"] = "prefix_tuning"
     #: the pick of the documented search (bench/method_defaults.py; BENCHMARKS.md "Per-method default
     #: learning rates": best held-out loss of 100-step trials on SST-2; test_bench_tools checks it)
-    lr: PositiveFloat = 3.16e-2
+    lr: PositiveFloat = 1e-2
     num_virtual_tokens: int = Field(default=10, ge=1)
     projection: bool = False
     #: MLP width when projection is on; None = the key/value width (peft's default)

@@ -30,7 +30,7 @@ class PromptTuningParams(MethodParams):
     method: Literal["prompt_tuning"] = "prompt_tuning"
     #: the pick of the documented search (bench/method_defaults.py; BENCHMARKS.md "Per-method default
     #: learning rates": best held-out loss of 100-step trials on SST-2; test_bench_tools checks it)
-    lr: PositiveFloat = 1e-1
+    lr: PositiveFloat = 1e-2
     num_virtual_tokens: int = Field(default=10, ge=1)
     init: Literal["random", "text"] = "text"
     init_text: str = Field(default="Classify the sentiment:", min_length=1)
