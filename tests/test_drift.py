@@ -194,3 +194,32 @@ def test_a_causal_classifier_checkpoint_without_an_lm_head_records_no_lm_loss(ti
                      "num_threads": 1}}
     (row,) = run_experiment(validate_raw(raw), quiet=True)
     assert row.status == "ok" and "lm_loss" not in row.details and "drift" in row.details
+
+
+def test_qlora_trains_after_the_drift_checks_eval_pass_on_its_quantised_base(tmp_path) -> None:
+    """The drift check runs the freshly loaded (quantised) model in eval mode before QLoRA prepares
+    it; on CPUs with AVX512-BF16, bitsandbytes would repack every 4-bit weight then (in_features >=
+    64) and the training forward after it failed ("a view of a leaf Variable ... in-place"). The
+    loader turns the repacking off, so the row trains and measures its drift."""
+    from conftest import SPECIALS, WORDS, make_tokenizer, write_tiny_csvs
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    from peftlab.config import validate_raw
+    from peftlab.runners.experiment import run_experiment
+
+    path = tmp_path / "bert64"
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_config(BertConfig(
+        vocab_size=len(SPECIALS) + len(WORDS), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, max_position_embeddings=64, pad_token_id=0, num_labels=3)).save_pretrained(str(path))
+    make_tokenizer(path, with_cls=True)
+    train, evalf = write_tiny_csvs(tmp_path, n_train=16, n_eval=8)
+    raw = {"backbone": str(path), "baseline": False, "output_dir": str(tmp_path / "out"),
+           "task": {"source": "csv", "train_file": str(train), "eval_file": str(evalf)},
+           "methods": [{"method": "qlora", "lr": 1e-2, "r": 4, "alpha": 8,
+                        "target_modules": ["query", "key", "value", "dense"]}],
+           "train": {"epochs": 1, "batch_size": 8, "max_length": 32, "device": "cpu", "checkpoints": False,
+                     "num_threads": 1}}
+    (row,) = run_experiment(validate_raw(raw), quiet=True)
+    assert row.status == "ok", row.error
+    assert 0.0 < row.details["drift"]["cka"] <= 1.0 + 1e-9

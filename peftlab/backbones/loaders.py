@@ -23,6 +23,7 @@ from peftlab.tasks.builtin import package_dir
 from peftlab.estimate.params import arch_spec
 from peftlab.infra.io import atomic_write_json, read_json
 from peftlab.methods.base import DEFAULT_HEADS
+from peftlab.methods.qlora import disable_cpu_repacking
 
 ALIASES: Registry[Callable[[], str]] = Registry("backbone alias")
 #: alias -> the hub id of the model its packaged folder holds. A saved adapter records this as its
@@ -195,6 +196,9 @@ def load_classifier(cfg: BackboneConfig, label_names: list[str], tokenizer: Any,
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     _check_head_size(cfg, model, len(label_names))
+    # before anything runs it in eval mode (the drift check's base features do, before the method
+    # prepares it): bitsandbytes' CPU repacking would then break the training forward
+    disable_cpu_repacking(model)
     spec = arch_spec(model.config)
     if spec is not None and spec.extra_stacks:  # an encoder-decoder: prompt methods feed it embeddings
         accept_prompts(model)
