@@ -1,6 +1,6 @@
 """Every method on the offline drug reviews: ``peftlab run configs/all_methods.yaml``, as a section.
 
-Usage: python bench/drugreview_all.py [--threads 1] [--precision probe|fp32|bf16] [--quick]
+Usage: python bench/drugreview_all.py [--threads 1] [--precision probe|fp32|bf16] [--quick] [--resume]
 
 Runs exactly the command printed in the section (in a child process, this checkout's peftlab),
 then writes its comparison table and the rows flagged ``collapsed`` into the "Every method on drug
@@ -32,7 +32,8 @@ CONFIG = "configs/all_methods.yaml"
 
 def peftlab_args(args: argparse.Namespace) -> tuple[list[str], Path]:
     out = "runs/all_methods_quick" if args.quick else "runs/all_methods"
-    cmd = ["run", CONFIG, "-q", "--fresh", f"output_dir={out}", f"train.num_threads={args.threads}"]
+    cmd = ["run", CONFIG, "-q", "--resume" if args.resume else "--fresh", f"output_dir={out}",
+           f"train.num_threads={args.threads}"]
     if args.quick:
         rows = load_raw(benchkit.ROOT / CONFIG)["methods"]
         cmd += ["task.n_train=60", "task.n_eval=30", "train.epochs=1"] + [f"methods.{i}.epochs=1" for i in range(len(rows))]
@@ -62,6 +63,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue the last run (peftlab's resume: finished rows are kept, failed and missing ones run)")
     ap.add_argument("--precision", choices=["probe", "fp32", "bf16"], default=_USER_PRECISION or "probe",
                     help="what peftlab's auto precision means on a CPU (default: peftlab's probe, as a user gets it)")
     args = ap.parse_args()
@@ -86,7 +89,8 @@ def main() -> int:
         f"{args.threads} torch thread(s); precision (peftlab's auto, PEFTLAB_CPU_PRECISION={args.precision}): "
         f"{precisions}.",
         f"Command: `peftlab {shlex.join(cmd)}` (run by `{benchkit.command('drugreview_all.py')}`); "
-        f"hardware: {benchkit.hardware(args.threads)}; {wall / 60:.1f} min wall, {cpu_min:.0f} CPU-min.",
+        f"hardware: {benchkit.hardware(args.threads)}; {wall / 60:.1f} min wall, {cpu_min:.0f} CPU-min"
+        + (" (this call only: it resumed an earlier run and kept its finished rows)." if args.resume else "."),
         "", table, "",
         (f"Rows flagged `collapsed` (every eval prediction is one class): {', '.join(flagged)}."
          if flagged else "No method collapsed to a single class."),
