@@ -3,8 +3,9 @@
 A method takes a freshly loaded sequence-classification model and makes only its own parts
 trainable; it knows its closed-form trainable count, where its trainable tensors sit for the
 activation count (its flow), and how to save and reload what it trained. Adding a method = one
-module in this package registered in ``METHODS`` (see ``__init__``), which refuses a method that
-leaves any of :data:`DECLARED` to the base class.
+module in this package that names its classes in ``REGISTERED``: the package finds it and
+registers them in ``METHODS`` (see ``__init__``), refusing a method that leaves any of
+:data:`DECLARED` to the base class.
 """
 
 from __future__ import annotations
@@ -89,6 +90,11 @@ class Method:
     Params: ClassVar[type[MethodParams]]
     #: its row of README's methods table (each method its own: a subclass states what it adds)
     readme: ClassVar[Readme]
+    #: where that row stands: rows sort by it, then by name (so ``METHODS.in_order()``); the
+    #: hundreds are the table's sections: 0 whole-model baselines, 100 weight adapters (the LoRA
+    #: family and peft's reparameterisations), 300 prompts and bottleneck adapters, 400 causal LMs,
+    #: 500 CLIP
+    table_order: ClassVar[int]
     #: how its saved adapters compose, or None: it does not compose (declared either way)
     composition: ClassVar[Composition | None]
     #: the runner trains the head on cached frozen features instead of running the backbone
@@ -171,8 +177,8 @@ class Method:
 #: it is not)
 DECLARED = ("name", "Params", "derived_trainable", "flow", "composition")
 #: what every registered method declares in its own class, never inherited (qlora is a lora, but
-#: its own row of the table)
-DECLARED_OWN = ("name", "Params", "readme")
+#: its own row of the table, in its own place)
+DECLARED_OWN = ("name", "Params", "readme", "table_order")
 
 
 def undeclared(method: Method) -> list[str]:

@@ -85,6 +85,7 @@ class _ImageOnly(Method):
 class ClipZeroShot(_ImageOnly):
     name = "clip_zeroshot"
     Params = ClipZeroShotParams
+    table_order = 500
     readme = Readme(
         on="CLIP",
         trains="nothing: class prompts → text embeddings, averaged over `templates`",
@@ -95,6 +96,7 @@ class ClipZeroShot(_ImageOnly):
 class Coop(_ImageOnly):
     name = "coop"
     Params = CoopParams
+    table_order = 510
     readme = Readme(
         on="CLIP",
         trains="`n_ctx` context vectors before each class name (shared, or one set per class)",
@@ -105,8 +107,12 @@ class Coop(_ImageOnly):
 class ClassEmbeddings(_ImageOnly):
     name = "class_embeddings"
     Params = ClassEmbeddingsParams
+    table_order = 520
     readme = Readme(
         on="CLIP",
         trains="one text-side embedding per class, initialised from the zero-shot classifier",
         closed_form="classes × embedding dim",
     )
+
+
+REGISTERED = (ClipZeroShot, Coop, ClassEmbeddings)

@@ -23,6 +23,7 @@ class Full(Method):
     name = "full"
     Params = FullParams
     composition = None  # nothing to add up: a fully fine-tuned model is not a module
+    table_order = 10
     readme = Readme(
         on="text, image classifiers",
         trains="every weight (batch-norm statistics saved too)",
@@ -39,3 +40,6 @@ class Full(Method):
 
     def flow(self, params: FullParams, spec: ArchSpec) -> Flow:
         return full_flow(spec)
+
+
+REGISTERED = (Full,)

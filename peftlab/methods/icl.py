@@ -58,6 +58,7 @@ class Icl(Method):
     name = "icl"
     Params = IclParams
     composition = None
+    table_order = 400
     readme = Readme(
         on="causal LMs",
         trains=("nothing: each label scored by the log-likelihood of its verbalizer after an instruction, `shots` "
@@ -100,3 +101,6 @@ class Icl(Method):
 
 def template_overrides(params: IclParams) -> dict[str, Any]:
     return {"instruction": params.instruction, "example": params.example, "verbalizers": params.verbalizers}
+
+
+REGISTERED = (Icl,)

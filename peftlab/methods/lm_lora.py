@@ -37,6 +37,7 @@ class LmLoraParams(IclParams):
 class LmLora(Icl):
     name = "lm_lora"
     Params = LmLoraParams
+    table_order = 410
     readme = Readme(
         on="causal LMs",
         trains=("LoRA on the LM, trained to say the gold label's verbalizer, then scored as `icl` (`quantize: "
@@ -66,3 +67,6 @@ def add_lora(model: Any, params: LmLoraParams) -> Any:
                       lora_dropout=params.dropout,
                       target_modules=params.target_modules or default_targets(model.config.model_type))
     return get_peft_model(model, conf)
+
+
+REGISTERED = (LmLora,)
