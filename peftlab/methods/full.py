@@ -22,6 +22,7 @@ class FullParams(MethodParams):
 class Full(Method):
     name = "full"
     Params = FullParams
+    runs_on = ("text", "classifier")
     composition = None  # nothing to add up: a fully fine-tuned model is not a module
     table_order = 10
     readme = Readme(

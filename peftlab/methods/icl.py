@@ -57,6 +57,7 @@ class IclParams(MethodParams):
 class Icl(Method):
     name = "icl"
     Params = IclParams
+    runs_on = ("text",)
     composition = None
     table_order = 400
     readme = Readme(

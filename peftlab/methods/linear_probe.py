@@ -27,6 +27,7 @@ class LinearProbeParams(MethodParams):
 class LinearProbe(Method):
     name = "linear_probe"
     Params = LinearProbeParams
+    runs_on = ("text", "classifier", "clip")
     composition = None
     table_order = 30
     readme = Readme(

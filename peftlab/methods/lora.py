@@ -276,6 +276,7 @@ COMPOSITION = Composition(module_suffixes=(LORA_A, LORA_B),
 class Lora(PeftMethod):
     name = "lora"
     Params = LoraParams
+    runs_on = ("text", "classifier")
     peft_type = "LORA"
     merges = True
     composition = COMPOSITION

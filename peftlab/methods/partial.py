@@ -31,6 +31,7 @@ class PartialParams(MethodParams):
 class Partial(Method):
     name = "partial"
     Params = PartialParams
+    runs_on = ("text",)
     composition = None
     table_order = 20
     readme = Readme(

@@ -109,6 +109,7 @@ def disable_cpu_repacking(model: nn.Module) -> None:
 class Qlora(Lora):
     name = "qlora"
     Params = QloraParams
+    runs_on = ("text",)
     table_order = 110
     readme = Readme(
         on="text",

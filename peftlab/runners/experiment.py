@@ -24,7 +24,7 @@ from peftlab.infra.errors import PeftlabError
 from peftlab.infra.fingerprint import base_fingerprint
 from peftlab.infra.guards import NEWLY_INITIALISED, newly_initialised, newly_initialised_warning, overlap_count, overlap_warning, warn
 from peftlab.methods import METHODS
-from peftlab.methods.base import DEFAULT_HEADS, last_head
+from peftlab.methods.base import DEFAULT_HEADS, last_head, refuse_kind
 from peftlab.results.metrics import classification_metrics, is_collapsed
 from peftlab.estimate.params import arch_spec, count_params
 from peftlab.estimate.plan import check_fits, estimate_bytes
@@ -59,7 +59,9 @@ def preflight(cfg: ExperimentConfig) -> None:
         bb = cfg.backbone_for(params)
         if bb.name not in confs:
             confs[bb.name] = load_hf_config(bb, num_labels=len(cfg.task.label_names or [0, 1]))
-        METHODS.get(params.method).check(params, arch_spec(confs[bb.name]), confs[bb.name].model_type)
+        method = METHODS.get(params.method)
+        refuse_kind(method, "text")
+        method.check(params, arch_spec(confs[bb.name]), confs[bb.name].model_type)
     check_trackers(cfg.train.log_to)
 
 
