@@ -56,12 +56,11 @@ def preflight(cfg: ExperimentConfig) -> None:
     """Checks that need each row's backbone config (no weights): refuse before anything trains."""
     confs: dict[str, Any] = {}
     for params in cfg.methods:
+        refuse_kind(METHODS.get(params.method), "text")  # a method that does not run on text (runs_on)
         bb = cfg.backbone_for(params)
         if bb.name not in confs:
             confs[bb.name] = load_hf_config(bb, num_labels=len(cfg.task.label_names or [0, 1]))
-        method = METHODS.get(params.method)
-        refuse_kind(method, "text")
-        method.check(params, arch_spec(confs[bb.name]), confs[bb.name].model_type)
+        METHODS.get(params.method).check(params, arch_spec(confs[bb.name]), confs[bb.name].model_type)
     check_trackers(cfg.train.log_to)
 
 
