@@ -64,8 +64,8 @@ def import_graph(package: Path, anywhere: bool = True) -> dict[str, set[str]]:
                 graph[name].update(_targets(node, name, path.name == "__init__.py", modules))
         graph[name] |= {pkg for target in graph[name] for pkg in _packages_run(target, name, modules)}
         graph[name].discard(name)
-    for name, path in files.items():
-        if path.name != "__init__.py" and registers(ast.parse(path.read_text(encoding="utf-8"))):
+    for name, path in files.items():  # a method module, or a method's folder (its __init__.py)
+        if name.rsplit(".", 1)[0] in graph and registers(ast.parse(path.read_text(encoding="utf-8"))):
             graph[name.rsplit(".", 1)[0]].add(name)
     return graph
 
@@ -206,8 +206,10 @@ def test_a_discovered_module_is_imported_by_its_package(tmp_path: Path):
     (pkg / "methods" / "__init__.py").write_text("METHODS = {}\n")
     (pkg / "methods" / "base.py").write_text("")
     (pkg / "methods" / "new.py").write_text("from peftlab.config import X\nREGISTERED = (X,)\n")
+    (pkg / "methods" / "big").mkdir()
+    (pkg / "methods" / "big" / "__init__.py").write_text("from peftlab.methods.base import M\nREGISTERED = (M,)\n")
     graph = import_graph(pkg)
-    assert graph["peftlab.methods"] == {"peftlab.methods.new"}
+    assert graph["peftlab.methods"] == {"peftlab.methods.new", "peftlab.methods.big"}
     assert circles(graph) == [["peftlab.config", "peftlab.methods", "peftlab.methods.new"]]
 
 
