@@ -45,6 +45,7 @@ class PeftMethod(Method):
     """Subclasses provide ``peft_config`` and declare ``peft_type`` and ``merges``;
     prepare/save/load/derived_total are shared."""
 
+    runs_on = ("text",)
     #: peft's per-architecture default ``target_modules`` for a method applied to named linears
     #: (vera, loha, lokr); such a method's params carry ``target_modules`` and it uses
     #: :meth:`default_or_row_targets` and :meth:`check_row_targets` instead of writing its own

@@ -47,6 +47,7 @@ class PrefixTuning(PeftMethod):
     peft_type = "PREFIX_TUNING"
     merges = False
     composition = None
+    table_order = 320
     readme = Readme(
         on="text",
         trains=("a key and a value vector per layer and virtual token (`num_virtual_tokens`), optionally through "
@@ -90,3 +91,6 @@ class PrefixTuning(PeftMethod):
         d = prefix_token_dim(spec)
         enc = (params.encoder_hidden_size or d) if params.projection else 0
         return Flow(prefix_tokens=params.num_virtual_tokens, prefix_encoder_values=d + enc if params.projection else 0)
+
+
+REGISTERED = (PrefixTuning,)

@@ -24,7 +24,7 @@ from peftlab.infra.errors import PeftlabError
 from peftlab.infra.fingerprint import base_fingerprint
 from peftlab.infra.guards import NEWLY_INITIALISED, newly_initialised, newly_initialised_warning, overlap_count, overlap_warning, warn
 from peftlab.methods import METHODS
-from peftlab.methods.base import DEFAULT_HEADS, last_head
+from peftlab.methods.base import DEFAULT_HEADS, last_head, refuse_kind
 from peftlab.results.metrics import classification_metrics, is_collapsed
 from peftlab.estimate.params import arch_spec, count_params
 from peftlab.estimate.plan import check_fits, estimate_bytes
@@ -56,6 +56,7 @@ def preflight(cfg: ExperimentConfig) -> None:
     """Checks that need each row's backbone config (no weights): refuse before anything trains."""
     confs: dict[str, Any] = {}
     for params in cfg.methods:
+        refuse_kind(METHODS.get(params.method), "text")  # a method that does not run on text (runs_on)
         bb = cfg.backbone_for(params)
         if bb.name not in confs:
             confs[bb.name] = load_hf_config(bb, num_labels=len(cfg.task.label_names or [0, 1]))
@@ -64,11 +65,20 @@ def preflight(cfg: ExperimentConfig) -> None:
 
 
 class Encodings:
-    """Tokenizer and tokenised splits per backbone, built the first time a row needs them."""
+    """Per backbone, built the first time a row needs them: its config, resolved once for the run
+    (the task's label count; the memory plan and every row's precision read it), and its tokenizer
+    and tokenised splits."""
 
     def __init__(self, cfg: ExperimentConfig, data: TaskData) -> None:
         self.cfg, self.data = cfg, data
         self._done: dict[str, tuple[Any, Features, Features]] = {}
+        self._configs: dict[str, Any] = {}
+
+    def config(self, bb: BackboneConfig) -> Any:
+        """``bb``'s transformers config (no weights) with the task's labels, read once."""
+        if bb.name not in self._configs:
+            self._configs[bb.name] = load_hf_config(bb, num_labels=self.data.num_labels)
+        return self._configs[bb.name]
 
     def get(self, bb: BackboneConfig) -> tuple[Any, Features, Features]:
         if bb.name not in self._done:
@@ -96,10 +106,10 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False, resume: ResumeMod
         return MODALITY_RUNNERS.get(cfg.task.modality)(cfg, quiet, resume, command)
     preflight(cfg)
     data = load_task(cfg.task, cfg.train.seed)
-    if cfg.train.memory_check:  # before any weights are loaded or anything is written
-        check_fits(cfg, data.num_labels)
-    out, reuse = prepare_output(cfg, resume, command)
     encodings = Encodings(cfg, data)
+    if cfg.train.memory_check:  # before any weights are loaded or anything is written
+        check_fits(cfg, data.num_labels, encodings.config)
+    out, reuse = prepare_output(cfg, resume, command)
     say(quiet, f"task {data.name}: {len(data.train)} train / {len(data.eval)} eval, labels {data.label_names}")
     if is_main():  # even with --quiet: it says the timings are not the method's alone
         warn_if_busy()
@@ -142,15 +152,18 @@ def _train(method: Any, model: torch.nn.Module, params: MethodParams, spec: Any,
 
 
 def run_method(cfg: ExperimentConfig, params: MethodParams, data: TaskData, tokenizer: Any,
-               train_f: Features, eval_f: Features, out: Path, quiet: bool) -> RunResult:
+               train_f: Features, eval_f: Features, out: Path, quiet: bool,
+               model_config: Callable[[], Any] | None = None) -> RunResult:
+    """One trained row; ``model_config``: its backbone's config as the run resolved it (else read here)."""
     method = METHODS.get(params.method)
     return guarded(cfg, params, data, out, lambda base, mdir: _run_method(
-        cfg, method, params, data, tokenizer, train_f, eval_f, mdir, base, quiet))
+        cfg, method, params, data, tokenizer, train_f, eval_f, mdir, base, quiet, model_config))
 
 
 def _run_trained(cfg: ExperimentConfig, params: MethodParams, data: TaskData, encodings: Encodings,
                  out: Path, quiet: bool) -> RunResult:
-    return run_method(cfg, params, data, *encodings.get(cfg.backbone_for(params)), out, quiet)
+    bb = cfg.backbone_for(params)
+    return run_method(cfg, params, data, *encodings.get(bb), out, quiet, lambda: encodings.config(bb))
 
 
 def _run_icl(cfg: ExperimentConfig, params: MethodParams, data: TaskData, encodings: Encodings,
@@ -174,9 +187,10 @@ RUNNERS.add("icl", _run_icl)
 
 
 def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: TaskData, tokenizer: Any,
-                train_f: Features, eval_f: Features, mdir: Path, base: RunResult, quiet: bool) -> RunResult:
+                train_f: Features, eval_f: Features, mdir: Path, base: RunResult, quiet: bool,
+                model_config: Callable[[], Any] | None = None) -> RunResult:
     bb = cfg.backbone_for(params)
-    precision, acc, collate = _setup(cfg, method, params, data, tokenizer)
+    precision, acc, collate = _setup(cfg, method, params, data, tokenizer, model_config)
     sharded = use_sharding(acc)
     search = None
     if cfg.search is not None:  # on held-out training data only; the full run below uses the best value
@@ -263,13 +277,14 @@ def _lm_before(cfg: ExperimentConfig, bb: Any, spec: Any, model: torch.nn.Module
     return (head, before, limit or 0), time.perf_counter() - t0
 
 
-def _setup(cfg: ExperimentConfig, method: Any, params: MethodParams, data: TaskData,
-           tokenizer: Any) -> tuple[Any, Any, Any]:
-    """(precision, accelerator, collator) of one row, seeded: shared by the run and a search alone."""
+def _setup(cfg: ExperimentConfig, method: Any, params: MethodParams, data: TaskData, tokenizer: Any,
+           model_config: Callable[[], Any] | None = None) -> tuple[Any, Any, Any]:
+    """(precision, accelerator, collator) of one row, seeded: shared by the run and a search alone.
+    ``model_config``: the row's backbone config as the run resolved it; None: read it here."""
     set_seed(cfg.train.seed)
     refuse_unsupported(method)  # before accelerate reads the launcher's FSDP/DeepSpeed settings
     bb = cfg.backbone_for(params)
-    precision = train_precision(cfg.train, lambda: load_hf_config(bb, num_labels=data.num_labels),
+    precision = train_precision(cfg.train, model_config or (lambda: load_hf_config(bb, num_labels=data.num_labels)),
                                 method.keeps_fp32(params, device_type(cfg.train)))
     acc = make_accelerator(cfg.train, precision)
     collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if acc.device.type == "cuda" else None)
@@ -284,8 +299,9 @@ def search_method(cfg: ExperimentConfig, params: MethodParams, data: TaskData, e
     if cfg.search is None:
         raise PeftlabError("search_method: the config has no search block")
     method = METHODS.get(params.method)
-    tokenizer, train_f, _ = encodings.get(cfg.backbone_for(params))
-    precision, acc, collate = _setup(cfg, method, params, data, tokenizer)
+    bb = cfg.backbone_for(params)
+    tokenizer, train_f, _ = encodings.get(bb)
+    precision, acc, collate = _setup(cfg, method, params, data, tokenizer, lambda: encodings.config(bb))
     record = search_lr(params, cfg.search, train_f, cfg.train.seed, cfg.train.batch_size,
                        lambda p, tr, va: _trial(cfg, method, p, data, tokenizer, tr, va, collate, acc),
                        lambda msg: say(quiet, msg))
