@@ -229,6 +229,10 @@ def unfreeze(module: nn.Module) -> None:
 
 
 def head_names(model: nn.Module, spec: ArchSpec | None) -> tuple[str, ...]:
+    """The classification-head modules every method trains; () for a spec that has none (an
+    encoder-decoder under ``head: text``: the LM head scores the verbalizers and stays frozen)."""
+    if spec is not None and not spec.head_modules:
+        return ()
     names = spec.head_modules if spec is not None else DEFAULT_HEADS
     found = tuple(n for n in names if _has_submodule(model, n))
     if not found:

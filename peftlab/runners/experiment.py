@@ -7,6 +7,7 @@ are in runners/output.py, each row's bookkeeping (shared with image runs) in run
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from importlib import import_module
@@ -17,7 +18,8 @@ import psutil
 import torch
 from transformers import DataCollatorWithPadding, set_seed
 
-from peftlab.backbones.loaders import checkpoint_tensor, load_classifier, load_hf_config, load_tokenizer, method_load_kwargs
+from peftlab.backbones.loaders import checkpoint_tensor, load_for_head, load_hf_config, load_tokenizer, method_load_kwargs
+from peftlab.backbones.text_head import TEXT, attach, lm_of, mark, row_head, verbalizers_for
 from peftlab.config import BackboneConfig, ExperimentConfig
 from peftlab.infra.config_base import MethodParams
 from peftlab.infra.errors import PeftlabError
@@ -60,8 +62,20 @@ def preflight(cfg: ExperimentConfig) -> None:
         bb = cfg.backbone_for(params)
         if bb.name not in confs:
             confs[bb.name] = load_hf_config(bb, num_labels=len(cfg.task.label_names or [0, 1]))
-        METHODS.get(params.method).check(params, arch_spec(confs[bb.name]), confs[bb.name].model_type)
+        conf = confs[bb.name]
+        if METHODS.get(params.method).runner == "train":
+            conf = mark(copy.copy(conf), row_head(cfg, params, conf, cfg.task.label_names))
+        METHODS.get(params.method).check(params, arch_spec(conf), conf.model_type)
     check_trackers(cfg.train.log_to)
+
+
+def head_details(head: str, spec: Any, label_names: list[str], mapping: Any) -> dict[str, Any]:
+    """What an encoder-decoder row records of its head (encoders and decoders have one kind only)."""
+    if spec is None or not spec.extra_stacks:
+        return {}
+    if head != TEXT:
+        return {"head": head}
+    return {"head": head, "verbalizers": dict(zip(label_names, verbalizers_for(label_names, mapping)))}
 
 
 class Encodings:
@@ -205,7 +219,9 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
         t0 = time.perf_counter()
         extra = method_load_kwargs(bb, method, params, data.num_labels)
         loading_info: dict[str, Any] = {}
-        model = load_classifier(bb, data.label_names, tokenizer, extra, loading_info)
+        head = row_head(cfg, params, load_hf_config(bb, num_labels=data.num_labels), data.label_names)
+        mapping = cfg.verbalizers_for(params)
+        model = load_for_head(bb, head, data.label_names, tokenizer, extra, loading_info)
         fingerprint = base_fingerprint(model, bb.name)
         spec = arch_spec(model.config)
         estimate = estimate_bytes(params, spec, model.config, cfg.train.batch_size, cfg.train.max_length, overhead,
@@ -213,12 +229,13 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
         fresh = newly_initialised(loading_info, spec.head_modules if spec is not None else DEFAULT_HEADS)
         if fresh:
             warn(newly_initialised_warning(bb.name, fresh))
-        # the base's features from this very load, before the method touches it (runners/drift.py)
+        # the base's features from this very load, before the method touches it (runners/drift.py);
+        # not under head: text: drift pools a classifier's last hidden states, which the LM does not return
         base_x, drift_s = (base_features(model, eval_f, collate, cfg.train.eval_batch_size, acc.device)
-                           if cfg.train.drift and not sharded else (None, 0.0))
+                           if cfg.train.drift and not sharded and head != TEXT else (None, 0.0))
         lm, lm_s = _lm_before(cfg, bb, spec, model, tokenizer, acc.device, precision, sharded)
         drift_s += lm_s
-        model = method.prepare(model, params, spec)
+        model = attach(method.prepare(model, params, spec), head, tokenizer, data.label_names, mapping)
         trainable, total = count_params(model)
         before = trainable_fingerprint(model)
         # sharded: no checkpoints (their optimizer state would be shards), a rerun restarts the method
@@ -227,8 +244,9 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
             say(quiet, "   FSDP: no checkpoints are written; an interrupted method restarts from scratch")
         model, outcome = _train(method, model, params, spec, cfg, train_f, eval_f, collate, acc, quiet, plan)
         trained = model
-        model = unsharded_copy(trained, lambda: method.prepare(
-            load_classifier(bb, data.label_names, tokenizer, extra), params, spec))
+        model = unsharded_copy(trained, lambda: attach(method.prepare(
+            load_for_head(bb, head, data.label_names, tokenizer, extra), params, spec), head, tokenizer,
+            data.label_names, mapping))
         wall = time.perf_counter() - t0 - drift_s
     drift = (drift_record(base_x, pooled_features(acc.unwrap_model(model), eval_f, collate, cfg.train.eval_batch_size))
              if base_x is not None else None)
@@ -245,7 +263,7 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
     if is_collapsed(pred, data.num_labels):
         flags.insert(0, "collapsed")
     stop_if_diverged(outcome, mdir)
-    adapter_bytes = (save_atomically(method, model, params, mdir / ADAPTER_DIR, fingerprint)
+    adapter_bytes = (save_atomically(method, lm_of(model), params, mdir / ADAPTER_DIR, fingerprint)
                      if acc.is_main_process else None)
     if acc.is_main_process:
         clear_checkpoints(mdir)
@@ -255,7 +273,7 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
         **trained_result_fields(outcome, m, (trainable, total, d_train, d_total, agree), wall, mem),
         adapter_bytes=adapter_bytes, adapter_path=f"{mdir.name}/{ADAPTER_DIR}",
         flags=flags, environment=environment(str(acc.device)), **precision.result_fields(),
-        details={**base.details, "memory_estimate_bytes": estimate, "train_time_estimate_s": outcome.estimated_train_s, **({"lr_search": search} if search else {}), **({"fsdp_processes": acc.num_processes} if model is not trained else {}), **({"newly_initialised": fresh[:50], "newly_initialised_count": len(fresh)} if fresh else {}), **({"drift": drift} if drift else {}), **({"lm_loss": lm_loss} if lm_loss else {})},
+        details={**base.details, **head_details(head, spec, data.label_names, mapping), "memory_estimate_bytes": estimate, "train_time_estimate_s": outcome.estimated_train_s, **({"lr_search": search} if search else {}), **({"fsdp_processes": acc.num_processes} if model is not trained else {}), **({"newly_initialised": fresh[:50], "newly_initialised_count": len(fresh)} if fresh else {}), **({"drift": drift} if drift else {}), **({"lm_loss": lm_loss} if lm_loss else {})},
     ))
 
 
@@ -313,9 +331,10 @@ def _trial(cfg: ExperimentConfig, method: Any, params: MethodParams, data: TaskD
     """One search trial: a fresh model, ``params`` (the trial's lr and epochs), scored on ``val_f``."""
     set_seed(cfg.train.seed)
     bb = cfg.backbone_for(params)
-    model = load_classifier(bb, data.label_names, tokenizer, method_load_kwargs(bb, method, params, data.num_labels))
+    head = row_head(cfg, params, load_hf_config(bb, num_labels=data.num_labels), data.label_names)
+    model = load_for_head(bb, head, data.label_names, tokenizer, method_load_kwargs(bb, method, params, data.num_labels))
     spec = arch_spec(model.config)
-    model = method.prepare(model, params, spec)
+    model = attach(method.prepare(model, params, spec), head, tokenizer, data.label_names, cfg.verbalizers_for(params))
     _, outcome = _train(method, model, params, spec, cfg, train_f, val_f, collate, acc, True)
     return None if outcome.nan_loss or not outcome.epochs else outcome.epochs[-1]
 
