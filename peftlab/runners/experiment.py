@@ -219,7 +219,8 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
         t0 = time.perf_counter()
         extra = method_load_kwargs(bb, method, params, data.num_labels)
         loading_info: dict[str, Any] = {}
-        head = row_head(cfg, params, load_hf_config(bb, num_labels=data.num_labels), data.label_names)
+        conf = (model_config or (lambda: load_hf_config(bb, num_labels=data.num_labels)))()
+        head = row_head(cfg, params, conf, data.label_names)
         mapping = cfg.verbalizers_for(params)
         model = load_for_head(bb, head, data.label_names, tokenizer, extra, loading_info)
         fingerprint = base_fingerprint(model, bb.name)
