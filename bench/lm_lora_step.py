@@ -1,6 +1,6 @@
 """One ``lm_lora`` training step on SmolLM2-135M: the LM head over every position (the old path,
 HF's ``model(**batch).loss``) against the head only at the answer positions
-(:func:`peftlab.icl.answer_loss.answer_loss`, what ``lm_lora`` now trains with), next to a ``lora``
+(:func:`peftlab.methods.lm_lora.answer_loss`, what ``lm_lora`` now trains with), next to a ``lora``
 step with a sequence-classification head on the same model and the same token batch.
 
 A step is what ``train_verbalizer`` does per mini-batch: forward, loss, backward, gradient
@@ -33,7 +33,7 @@ import torch
 
 from peftlab.backbones.loaders import load_classifier, load_tokenizer
 from peftlab.config import BackboneConfig, TrainConfig, validate_raw
-from peftlab.icl.answer_loss import answer_loss, full_head_loss
+from peftlab.methods.lm_lora import answer_loss, full_head_loss
 from peftlab.backbones.causal_lm import load_causal_lm
 from peftlab.methods.icl import IclParams
 from peftlab.methods.lm_lora import LmLoraParams, add_lora
@@ -124,7 +124,7 @@ def main() -> int:
         f"{int(batch['attention_mask'].sum())} real tokens, {int((batch['labels'] != -100).sum())} answer tokens). "
         f"`full head`: HF's `model(**batch).loss`, the LM head ({head / 1e6:.1f}M weights, "
         f"{head / sum(p.numel() for p in lm.parameters()):.0%} of the model's) over every position (lm_lora before); "
-        f"`answer head`: `peftlab.icl.answer_loss`, the head only where an answer token is predicted (lm_lora now); "
+        f"`answer head`: `peftlab.methods.lm_lora.answer_loss`, the head only where an answer token is predicted (lm_lora now); "
         f"`classification head`: peftlab's `lora` with a sequence-classification head on the same model and "
         f"token batch. Losses on the batch: full head {l_full:.6f}, answer head {l_fast:.6f}.",
         f"Command: `{benchkit.command('lm_lora_step.py')}`; hardware: {benchkit.hardware(args.threads)}; "

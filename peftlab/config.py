@@ -27,6 +27,14 @@ class BackboneConfig(StrictModel):
     name: str = Field(min_length=1)
     revision: str | None = None
     trust_remote_code: bool = False
+    #: how an encoder-decoder (T5 family) classifies: ``text`` scores each label's verbalizer with
+    #: the LM (no new parameter; peftlab.backbones.text_head), ``classifier`` adds
+    #: T5ForSequenceClassification's pooled head; ``auto``: text for encoder-decoders (the issue's
+    #: default, as T5 was trained), classifier for every other backbone (its only head). A row's own
+    #: ``head`` overrides it; a row with its own ``backbone`` takes ``auto`` unless it sets ``head``
+    head: Literal["auto", "text", "classifier"] = "auto"
+    #: ``head: text``: label name -> its verbalizer(s); default each label's own name
+    verbalizers: dict[str, list[str] | str] | None = None
 
 
 IMAGE_SOURCES = ("image_folder", "hf_image", "cifar10", "fashion_mnist")
@@ -209,6 +217,35 @@ class ExperimentConfig(StrictModel):
             if self.search is not None:
                 raise ValueError("search: the learning-rate search runs on text tasks only (for now)")
         return self
+
+    @model_validator(mode="after")
+    def _head_options(self) -> "ExperimentConfig":
+        """``head`` and ``verbalizers`` are for text rows that fine-tune (the in-context methods have
+        their own ``verbalizers``; image runs have no text head): refuse them anywhere else."""
+        image = self.task.modality != "text"
+        if image and (self.backbone.head != "auto" or self.backbone.verbalizers):
+            raise ValueError("backbone.head / backbone.verbalizers: image runs have no text head; remove them")
+        for i, m in enumerate(self.methods):
+            icl = METHODS.get(m.method).runner != "train" if m.method in METHODS else False
+            if m.head is not None and (image or icl):
+                raise ValueError(f"methods[{i}].head: {m.method} rows have no head to choose (only text rows that "
+                                 "fine-tune do)")
+            if m.verbalizers is not None and image:
+                raise ValueError(f"methods[{i}].verbalizers: image runs have no text head; remove it")
+        return self
+
+    def head_for(self, params: MethodParams) -> str:
+        """The head a row asks for ("auto", "text", "classifier"), resolved against its backbone by
+        peftlab.backbones.text_head.resolve_head: the row's, else its backbone's."""
+        if params.head is not None:
+            return params.head
+        return self.backbone.head if params.backbone in (None, self.backbone.name) else "auto"
+
+    def verbalizers_for(self, params: MethodParams) -> dict[str, list[str] | str] | None:
+        """A row's ``head: text`` verbalizers: the row's, else the experiment backbone's."""
+        if params.verbalizers is not None:
+            return params.verbalizers
+        return self.backbone.verbalizers if params.backbone in (None, self.backbone.name) else None
 
     @model_validator(mode="after")
     def _class_weight_applies(self) -> "ExperimentConfig":

@@ -292,3 +292,21 @@ def test_merging_density_choice_held_out_validation_and_measures():
     overall, worst = mg.relative_error(got, want)
     assert overall == pytest.approx(0.1) and worst == pytest.approx(0.1)  # a module with no update counts 0
     assert mg.norm_ratio(got, want) == pytest.approx(1.1)
+
+
+def test_t5_imdb_bench_skips_without_a_checkpoint_and_keeps_the_configs_rows(tmp_path, capsys):
+    """bench/t5_imdb.py: offline, without a T5 checkpoint (or without ../shared/data/imdb), it says
+    so in one line and leaves BENCHMARKS.md alone; its config is configs/t5_imdb.yaml's rows and head
+    on the shared IMDB copy (labels negative/positive: the verbalizers are the label names)."""
+    t5 = _bench("t5_imdb")
+    from peftlab.config import load_raw, validate_raw
+
+    before = (REPO / "BENCHMARKS.md").read_text()
+    assert t5.main(["--backbone", str(tmp_path / "no-such-t5")]) == 0
+    assert capsys.readouterr().out.startswith("skip: ") and (REPO / "BENCHMARKS.md").read_text() == before
+    source = load_raw(REPO / "configs" / "t5_imdb.yaml")
+    raw = t5.bench_config(source, "my-t5", 100, 50, 2, str(tmp_path / "out"))
+    assert raw["methods"] == source["methods"] and raw["backbone"] == {"name": "my-t5", "head": "text"}
+    assert raw["task"]["label_names"] == ["negative", "positive"] and raw["task"]["n_eval"] == 50
+    assert raw["train"]["num_threads"] == 2
+    validate_raw(raw)

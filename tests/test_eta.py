@@ -7,7 +7,7 @@ import json
 import pytest
 
 from peftlab.config import validate_raw
-from peftlab.runners.eta import TIMED_STEPS, WARMUP_STEPS, estimate_total_s, eta_line, remaining_s
+from peftlab.infra.eta import TIMED_STEPS, WARMUP_STEPS, estimate_total_s, eta_line, remaining_s
 from peftlab.runners.experiment import run_experiment
 
 

@@ -278,6 +278,26 @@ def test_image_methods_refused_on_text_and_wrong_backbone(tiny_bert, tiny_clip, 
         validate_raw({"backbone": tiny_clip, "task": {"source": "image_folder"}, "methods": ["coop"]})
 
 
+def test_each_method_declares_the_backbone_kinds_it_runs_on_and_each_image_kind_is_implemented():
+    """One declaration per method (``Method.runs_on``, issue 20): every image kind a method declares
+    has its implementation and none exists for an undeclared kind; the refusals come from it."""
+    import peftlab.images.methods_classifier  # noqa: F401  (registers the classifier implementations)
+    from peftlab.images.method_base import IMAGE_METHODS, implement
+    from peftlab.methods import METHODS
+    from peftlab.methods.base import refuse_kind
+
+    declared = {f"{m.name}:{k}" for m in METHODS.in_order() for k in m.runs_on if k != "text"}
+    assert set(IMAGE_METHODS.names()) == declared
+    with pytest.raises(TypeError, match="does not declare 'clip'"):
+        implement("lora", "clip", object())
+    with pytest.raises(PeftlabError, match=r"'qlora' does not run on a classifier image backbone \(it is a text-only"):
+        refuse_kind(METHODS.get("qlora"), "classifier")
+    with pytest.raises(PeftlabError, match=r"'lora' does not run on a clip image backbone \(it runs on classifier"):
+        refuse_kind(METHODS.get("lora"), "clip")
+    with pytest.raises(PeftlabError, match="'coop' needs an image task with a CLIP backbone"):
+        refuse_kind(METHODS.get("coop"), "text")
+
+
 def test_hf_image_source_on_a_local_imagefolder(tmp_path):
     for split, n in (("train", 3), ("test", 2)):
         write_image_folder(tmp_path / split, per_class=n, seed=n)

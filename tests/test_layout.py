@@ -64,7 +64,18 @@ def import_graph(package: Path, anywhere: bool = True) -> dict[str, set[str]]:
                 graph[name].update(_targets(node, name, path.name == "__init__.py", modules))
         graph[name] |= {pkg for target in graph[name] for pkg in _packages_run(target, name, modules)}
         graph[name].discard(name)
+    for name, path in files.items():  # a method module, or a method's folder (its __init__.py)
+        if name.rsplit(".", 1)[0] in graph and registers(ast.parse(path.read_text(encoding="utf-8"))):
+            graph[name.rsplit(".", 1)[0]].add(name)
     return graph
+
+
+def registers(tree: ast.Module) -> bool:
+    """Whether a module assigns ``REGISTERED`` at its top level: its package's ``__init__`` finds
+    and imports it (``peftlab/methods``: every method module), an import no statement spells out."""
+    return any(isinstance(node, (ast.Assign, ast.AnnAssign)) and "REGISTERED" in
+               {t.id for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)}
+               for node in tree.body)
 
 
 def _packages_run(target: str, importer: str, modules: set[str]) -> list[str]:
@@ -183,6 +194,23 @@ def test_a_package_init_that_imports_back_is_a_circle(tmp_path: Path):
     (pkg / "tasks" / "base.py").write_text("")
     (pkg / "tasks" / "loaders.py").write_text("from peftlab.config import TaskConfig\n")
     assert circles(import_graph(pkg)) == [["peftlab.config", "peftlab.tasks", "peftlab.tasks.loaders"]]
+
+
+def test_a_discovered_module_is_imported_by_its_package(tmp_path: Path):
+    """A method module is imported by ``methods/__init__.py``'s discovery, not by a statement: the
+    graph draws that import, so a method module that imports what imports the registry is a circle."""
+    pkg = tmp_path / "peftlab"
+    (pkg / "methods").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "config.py").write_text("from peftlab.methods import METHODS\n")
+    (pkg / "methods" / "__init__.py").write_text("METHODS = {}\n")
+    (pkg / "methods" / "base.py").write_text("")
+    (pkg / "methods" / "new.py").write_text("from peftlab.config import X\nREGISTERED = (X,)\n")
+    (pkg / "methods" / "big").mkdir()
+    (pkg / "methods" / "big" / "__init__.py").write_text("from peftlab.methods.base import M\nREGISTERED = (M,)\n")
+    graph = import_graph(pkg)
+    assert graph["peftlab.methods"] == {"peftlab.methods.new", "peftlab.methods.big"}
+    assert circles(graph) == [["peftlab.config", "peftlab.methods", "peftlab.methods.new"]]
 
 
 @pytest.mark.parametrize("source, expected", [

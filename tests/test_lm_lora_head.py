@@ -1,4 +1,4 @@
-"""lm_lora's answer-only output head (peftlab.icl.answer_loss) against HF's full-head loss: the
+"""lm_lora's answer-only output head (peftlab.methods.lm_lora.answer_loss) against HF's full-head loss: the
 same loss, the same LoRA gradients, the same training run, on a tiny random Llama."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from transformers import LlamaForCausalLM
 
 from conftest import tiny_config
 from peftlab.config import TrainConfig
-from peftlab.icl.answer_loss import accepts_logits_to_keep, answer_loss, answer_positions, full_head_loss
+from peftlab.methods.lm_lora import accepts_logits_to_keep, answer_loss, answer_positions, full_head_loss
 from peftlab.methods.lm_lora import LmLoraParams
 from peftlab.runners import lm_fit
 from peftlab.runners.lm_fit import _batch, train_verbalizer

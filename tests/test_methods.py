@@ -316,3 +316,17 @@ def test_registration_refuses_an_inherited_readme_row():
 
     with pytest.raises(TypeError, match="does not declare readme"):
         register(Copy())
+
+
+def test_methods_are_found_in_their_own_modules_in_the_tables_order():
+    """No list of methods is kept: every module of peftlab/methods but the helpers registers its
+    ``REGISTERED`` classes, in ``table_order`` (issue 20: adding a method is adding its module)."""
+    import pkgutil
+
+    import peftlab.methods as package
+    from peftlab.methods import HELPERS
+
+    modules = {m.name for m in pkgutil.iter_modules(package.__path__)} - HELPERS
+    assert {type(m).__module__.split(".")[2] for m in METHODS.in_order()} == modules  # a module, or a folder
+    orders = [(m.table_order, m.name) for m in METHODS.in_order()]
+    assert orders == sorted(orders)

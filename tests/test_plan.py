@@ -123,3 +123,34 @@ def test_plan_cli_prints_every_method(tiny_bert, tiny_csv, tmp_path):
     assert "base fp32" in lines[1] and "4-bit" in lines[1] and "optimizer" in lines[1] and "activations" in lines[1]
     assert [ln.split()[0] for ln in lines[2:5]] == ["full", "lora", "qlora"]
     assert "4-bit" in lines[4].split()[5:7] and not (tmp_path / "o").exists()
+
+
+def test_a_run_resolves_each_backbone_config_once(wider_bert, tiny_bert, tiny_csv, tmp_path, monkeypatch):
+    """A row's backbone config is read once per run, with the task's labels, and passed on: the
+    memory plan and every row's precision get that one object (issue 20). The preflight reads its
+    own, before the data (and so the label count) is known."""
+    import peftlab.estimate.plan as plan_mod
+    import peftlab.runners.experiment as exp
+
+    reads: list[str] = []
+    seen: list[object] = []
+    real_read, real_precision = exp.load_hf_config, exp.train_precision
+
+    def read(bb, num_labels=None):
+        reads.append(bb.name)
+        return real_read(bb, num_labels=num_labels)
+
+    def precision(tcfg, model_config=None, *args, **kwargs):
+        seen.append(model_config())
+        return real_precision(tcfg, None, *args, **kwargs)
+
+    monkeypatch.setattr(exp, "load_hf_config", read)
+    monkeypatch.setattr(plan_mod, "load_hf_config", read)
+    monkeypatch.setattr(exp, "train_precision", precision)
+    rows = [{"method": "linear_probe", "name": "a"}, {"method": "linear_probe", "name": "b"},
+            {"method": "linear_probe", "name": "c", "backbone": wider_bert}]
+    results = run_experiment(validate_raw(raw(tiny_bert, *tiny_csv, tmp_path / "o", rows, memory_check=True)),
+                             quiet=True)
+    assert [r.status for r in results[1:]] == ["ok"] * 3
+    assert reads == [tiny_bert, wider_bert, tiny_bert, wider_bert]  # the preflight's, then the run's
+    assert seen[0] is seen[1] and seen[2] is not seen[0] and seen[0].num_labels == 3

@@ -1,4 +1,5 @@
-"""Encoder-decoder backbones, T5 family (issue 21).
+"""Encoder-decoder backbones, T5 family (issue 21), on ``head: classifier`` (T5ForSequenceClassification);
+the default ``head: text`` (the verbalizer as the decoder's target) is tests/test_t5_text.py's.
 
 The closed forms from T5-small's configuration alone (no weights): the six trainable counts a
 course report checked by hand, each peftlab's trainable count without the head; and, on tiny
@@ -211,8 +212,8 @@ def test_t5_classifier_on_embeddings_equals_on_ids(tiny_t5):
 
 
 def test_a_local_t5_folder_runs_every_listed_method_in_one_config(tiny_t5, tmp_path: Path):
-    """The issue's acceptance: full, lora, prompt_tuning, prefix_tuning, ia3, houlsby and pfeiffer in one
-    config on a local T5 folder, every row ok, counted == closed form, the fresh head not flagged as a
+    """The issue's acceptance on ``head: classifier`` (the text head's: tests/test_t5_text.py): full, lora,
+    prompt_tuning, prefix_tuning, ia3, houlsby and pfeiffer in one config on a local T5 folder, every row ok, counted == closed form, the fresh head not flagged as a
     newly initialised backbone; then predict and report on its rows."""
     import json
 
@@ -226,7 +227,7 @@ def test_a_local_t5_folder_runs_every_listed_method_in_one_config(tiny_t5, tmp_p
                {"method": "prompt_tuning", "lr": 3e-2, "num_virtual_tokens": 4},
                {"method": "prefix_tuning", "lr": 3e-2, "num_virtual_tokens": 4}, {"method": "ia3", "lr": 3e-2},
                {"method": "houlsby", "lr": 1e-2, "bottleneck_size": 4}, {"method": "pfeiffer", "lr": 1e-2, "bottleneck_size": 4}]
-    raw = {"name": "t5", "backbone": tiny_t5["relu"], "baseline": False,
+    raw = {"name": "t5", "backbone": {"name": tiny_t5["relu"], "head": "classifier"}, "baseline": False,
            "task": {"source": "csv", "train_file": str(train), "eval_file": str(evalf)}, "methods": methods,
            "train": {"epochs": 2, "batch_size": 8, "max_length": 32, "device": "cpu", "num_threads": 1},
            "output_dir": str(tmp_path / "runs")}
@@ -273,7 +274,7 @@ def test_t5_rows_take_seeds_lr_search_resume_and_compose(tiny_t5, tmp_path: Path
     from conftest import run_cli, write_tiny_csvs
 
     train, evalf = write_tiny_csvs(tmp_path)
-    raw = {"name": "t5", "backbone": tiny_t5["gated"], "baseline": False, "seeds": [0, 1],
+    raw = {"name": "t5", "backbone": {"name": tiny_t5["gated"], "head": "classifier"}, "baseline": False, "seeds": [0, 1],
            "search": {"lr": [1e-3, 1e-2], "budget_steps": 2},
            "task": {"source": "csv", "train_file": str(train), "eval_file": str(evalf)},
            "methods": [{"method": "lora", "r": 4}, {"method": "ia3"}],

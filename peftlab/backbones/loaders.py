@@ -18,6 +18,7 @@ from peftlab.config import BackboneConfig
 from peftlab.infra.errors import PeftlabError, first_line
 from peftlab.backbones.encoder_decoder import accept_prompts
 from peftlab.backbones.gguf_cache import smollm2_folder
+from peftlab.backbones.text_head import TEXT, mark
 from peftlab.infra.registry import Registry
 from peftlab.tasks.builtin import package_dir
 from peftlab.estimate.params import arch_spec
@@ -203,6 +204,31 @@ def load_classifier(cfg: BackboneConfig, label_names: list[str], tokenizer: Any,
     if spec is not None and spec.extra_stacks:  # an encoder-decoder: prompt methods feed it embeddings
         accept_prompts(model)
     return model
+
+
+def load_text_lm(cfg: BackboneConfig, tokenizer: Any, extra_kwargs: dict[str, Any] | None = None,
+                 loading_info: dict[str, Any] | None = None) -> Any:
+    """The backbone as ``AutoModelForSeq2SeqLM`` in fp32, its config tagged for the text head's spec."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    with loading_weights(cfg, quiet=True):
+        model, info = AutoModelForSeq2SeqLM.from_pretrained(resolve(cfg.name), output_loading_info=True,
+                                                            dtype=torch.float32, **_kwargs(cfg), **(extra_kwargs or {}))
+    if loading_info is not None:
+        loading_info.update(info)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    mark(model.config, TEXT)
+    return model
+
+
+def load_for_head(cfg: BackboneConfig, head: str, label_names: list[str], tokenizer: Any,
+                  extra_kwargs: dict[str, Any] | None = None, loading_info: dict[str, Any] | None = None) -> Any:
+    """The base a row's method prepares: the classifier (:func:`load_classifier`), or under
+    ``head: text`` the seq2seq LM whose decoder writes the labels (peftlab.backbones.text_head)."""
+    if head == TEXT:
+        return load_text_lm(cfg, tokenizer, extra_kwargs, loading_info)
+    return load_classifier(cfg, label_names, tokenizer, extra_kwargs, loading_info)
 
 
 def _check_head_size(cfg: BackboneConfig, model: Any, num_labels: int) -> None:

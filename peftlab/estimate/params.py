@@ -328,13 +328,42 @@ def _spec_t5(c: Any) -> ArchSpec:
 
 FAMILIES.add("mt5", _spec_t5)
 
+#: set (to "text") on a loaded encoder-decoder's config when its rows use ``head: text``
+#: (peftlab.backbones.text_head): every ``arch_spec(model.config)`` (runner, plan, predict) then
+#: describes the seq2seq LM the method adapts, with no head, without the head threaded through each call
+HEAD_ATTR = "peftlab_head"
+
+
+def text_head_spec(spec: ArchSpec) -> ArchSpec:
+    """The spec of ``T5ForConditionalGeneration`` for ``head: text``: the same blocks under the LM's
+    own names (``encoder.block``, not ``transformer.encoder.block``) and no classification head: the
+    label's verbalizer is scored by the LM head, which adds nothing to count. transformers 5 ties
+    T5's LM head to the shared embedding always (T5Config forces ``tie_word_embeddings``; a
+    flan-T5 / T5 v1.1 config's ``false`` now only turns off the decoder-output scaling), so the
+    head is the embedding, counted once, and trains only where the embedding does (``full``)."""
+    strip = "transformer."
+    return replace(
+        spec,
+        layers_prefix=spec.layers_prefix.removeprefix(strip),
+        extra_stacks=tuple(replace(s, prefix=s.prefix.removeprefix(strip)) for s in spec.extra_stacks),
+        post_modules=tuple(m.removeprefix(strip) for m in spec.post_modules),
+        outer_norms={k.removeprefix(strip): v for k, v in spec.outer_norms.items()},
+        head=0, head_modules=(), probe_head=0,
+    )
+
+
+def is_text_head(spec: ArchSpec | None) -> bool:
+    """Whether ``spec`` is an encoder-decoder under ``head: text`` (:func:`text_head_spec`)."""
+    return spec is not None and bool(spec.extra_stacks) and not spec.head_modules
+
 
 def arch_spec(config: Any) -> ArchSpec | None:
     """The spec for a transformers config, or None when no closed form is known for its family."""
     family = getattr(config, "model_type", None)
     if family not in FAMILIES:
         return None
-    return FAMILIES.get(family)(config)
+    spec = FAMILIES.get(family)(config)
+    return text_head_spec(spec) if getattr(config, HEAD_ATTR, None) == "text" else spec
 
 
 def count_params(model: Any) -> tuple[int, int]:

@@ -32,12 +32,13 @@ activation count within a few per cent of what autograd saves (tests/test_activa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 
-from peftlab.config import ExperimentConfig
+from peftlab.config import BackboneConfig, ExperimentConfig
 from peftlab.infra.config_base import MethodParams
 from peftlab.infra.errors import PeftlabError
 from peftlab.estimate.params import all_linears, arch_spec, ArchSpec, num_blocks, total_params
@@ -196,9 +197,11 @@ def task_labels(cfg: ExperimentConfig) -> int:
     return load_task(cfg.task, cfg.train.seed).num_labels
 
 
-def make_plan(cfg: ExperimentConfig, num_labels: int | None = None) -> Plan:
+def make_plan(cfg: ExperimentConfig, num_labels: int | None = None,
+              config_of: Callable[[BackboneConfig], Any] | None = None) -> Plan:
     """Estimates for every method of ``cfg``, each on its own backbone (``cfg.backbone_for``), from the
-    backbones' configs alone (and the label count)."""
+    backbones' configs alone (and the label count). ``config_of``: a backbone's config as the run
+    has already resolved it (with ``num_labels`` labels), instead of reading it again."""
     device, free, overhead = device_memory(cfg)
     plan = Plan(device=device, available_bytes=free)
     if cfg.task.modality != "text":
@@ -208,7 +211,7 @@ def make_plan(cfg: ExperimentConfig, num_labels: int | None = None) -> Plan:
     for params in cfg.methods:
         bb = cfg.backbone_for(params)
         if bb.name not in plan.backbones:
-            conf = load_hf_config(bb, num_labels=labels)
+            conf = config_of(bb) if config_of is not None else load_hf_config(bb, num_labels=labels)
             plan.backbones[bb.name] = (arch_spec(conf), conf)
         spec, conf = plan.backbones[bb.name]
         if spec is None:
@@ -269,9 +272,11 @@ def alternatives(mp: MethodPlan, cfg: ExperimentConfig, spec: ArchSpec, conf: An
     return out
 
 
-def check_fits(cfg: ExperimentConfig, num_labels: int | None = None) -> Plan:
-    """Stop before loading any weights when a method's estimate (on its own backbone) exceeds the free memory."""
-    plan = make_plan(cfg, num_labels)
+def check_fits(cfg: ExperimentConfig, num_labels: int | None = None,
+               config_of: Callable[[BackboneConfig], Any] | None = None) -> Plan:
+    """Stop before loading any weights when a method's estimate (on its own backbone) exceeds the
+    free memory (``config_of`` as for :func:`make_plan`)."""
+    plan = make_plan(cfg, num_labels, config_of)
     too_big = [mp for mp in plan.methods if not fits(mp, plan.available_bytes)]
     if too_big:
         mp = too_big[0]

@@ -1,9 +1,14 @@
-"""The image-method interface and the one registry of implementations, keyed ``method:kind``.
+"""The image-method interface and the registry of implementations, keyed ``method:kind``.
 
 An image method turns a backbone and the task's pixel tensors into a :class:`Built`: the module
 to count, a forward from inputs (pixels or cached features) to logits, and how to save what it
 trained. The runner trains every Built with one loop (peftlab.runners.cached.fit_tensors), so a
 method is only what differs. ``kind`` is "classifier" (CNN/ViT with a head) or "clip".
+
+Whether a method runs on a kind is not this registry's to say: the method declares it
+(``Method.runs_on``, in its module of peftlab.methods), :func:`implement` refuses an
+implementation for a kind the method does not declare, and :func:`image_method` refuses a row
+from that declaration (``refuse_kind``), the same refusal a text row gets.
 """
 
 from __future__ import annotations
@@ -19,12 +24,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from peftlab.config import TrainConfig
-from peftlab.infra.errors import PeftlabError
 from peftlab.infra.io import save_safetensors
 from peftlab.infra.registry import Registry
 from peftlab.infra.distributed import barrier, is_main
 from peftlab.tasks.images import ImageTaskData
-from peftlab.methods.base import read_safetensors
+from peftlab.methods import METHODS
+from peftlab.methods.base import read_safetensors, refuse_kind
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 HEAD_FILE = "head.safetensors"
@@ -116,13 +121,17 @@ class ImageMethod:
 IMAGE_METHODS: Registry[ImageMethod] = Registry("image method")
 
 
+def implement(method: str, kind: str, impl: ImageMethod) -> None:
+    """Register ``impl`` as how ``method`` runs on ``kind`` backbones, a kind its ``runs_on`` declares."""
+    if kind not in METHODS.get(method).runs_on:
+        raise TypeError(f"method {method!r} does not declare {kind!r} in its runs_on {METHODS.get(method).runs_on}")
+    IMAGE_METHODS.add(f"{method}:{kind}", impl)
+
+
 def image_method(method: str, kind: str) -> ImageMethod:
-    key = f"{method}:{kind}"
-    if key not in IMAGE_METHODS:
-        runs_on = sorted(k.split(":")[1] for k in IMAGE_METHODS.names() if k.split(":")[0] == method)
-        where = f"it runs on {' and '.join(runs_on)} backbones" if runs_on else "it is a text-only method"
-        raise PeftlabError(f"config error: method {method!r} does not run on a {kind} image backbone ({where})")
-    return IMAGE_METHODS.get(key)
+    """How ``method`` runs on a ``kind`` backbone; a row on a kind it does not declare is refused."""
+    refuse_kind(METHODS.get(method), kind)
+    return IMAGE_METHODS.get(f"{method}:{kind}")
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:

@@ -13,7 +13,7 @@ from torch import nn
 from peftlab.images import params as P
 from peftlab.images.backbones import ClassifierBackbone, logits_of
 from peftlab.images.efficientnet import LiteConfig
-from peftlab.images.method_base import (HEAD_FILE, IMAGE_METHODS, Built, Forward, ImageContext, ImageMethod,
+from peftlab.images.method_base import (HEAD_FILE, Built, Forward, ImageContext, ImageMethod, implement,
                                         load_tensors, save_tensors)
 from peftlab.infra.errors import PeftlabError
 from peftlab.methods.base import freeze_all, unfreeze
@@ -148,4 +148,4 @@ class ClassifierLora(ImageMethod):
 
 
 for _name, _impl in (("full", ClassifierFull()), ("linear_probe", ClassifierProbe()), ("lora", ClassifierLora())):
-    IMAGE_METHODS.add(f"{_name}:classifier", _impl)
+    implement(_name, "classifier", _impl)

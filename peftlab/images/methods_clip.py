@@ -17,7 +17,7 @@ from torch import nn
 from peftlab.infra.errors import PeftlabError
 from peftlab.images import params as P
 from peftlab.images.backbones import ClipBackbone
-from peftlab.images.method_base import (HEAD_FILE, IMAGE_METHODS, Built, Forward, ImageContext, ImageMethod,
+from peftlab.images.method_base import (HEAD_FILE, Built, Forward, ImageContext, ImageMethod, implement,
                                         load_tensors, save_tensors)
 from peftlab.images.zeroshot import (DEFAULT_SEARCH_TEMPLATES, class_prompts, ensemble, normalise, spoken,
                                      template_search, zero_shot_logits)
@@ -262,5 +262,5 @@ class Coop(_LinearOnEmbedding):
 
 for _name, _impl in (("clip_zeroshot", ClipZeroShot()), ("coop", Coop()), ("class_embeddings", ClassEmbeddings()),
                      ("linear_probe", ClipProbe())):
-    IMAGE_METHODS.add(f"{_name}:clip", _impl)
+    implement(_name, "clip", _impl)
 

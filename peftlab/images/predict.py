@@ -19,8 +19,7 @@ from peftlab.infra.fingerprint import check_base, image_base_fingerprint
 from peftlab.images.backbones import backbone_kind, load_image_backbone
 from peftlab.images.method_base import Forward, image_method
 from peftlab.images.preprocess import Preprocess
-from peftlab.results import RESULTS_FILE, read_result
-from peftlab.runners.rows import ADAPTER_DIR
+from peftlab.results import ADAPTER_DIR, RESULTS_FILE, read_result
 
 
 @dataclass

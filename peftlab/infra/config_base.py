@@ -7,7 +7,7 @@ models without importing the experiment config (which imports the methods).
 from __future__ import annotations
 
 import math
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -46,6 +46,12 @@ class MethodParams(StrictModel):
     #: this row's backbone (alias, path or hub id) instead of the experiment's, so one config can
     #: compare e.g. LoRA on MiniLM with LoRA and in-context learning on SmolLM2
     backbone: str | None = Field(default=None, min_length=1)
+    #: an encoder-decoder row's head (peftlab.backbones.text_head), overriding ``backbone.head``, so
+    #: one config can compare both heads. Left out of the recorded params when unset (``exclude_if``),
+    #: so results written before the field existed still match their rows on a resumed run
+    head: Literal["text", "classifier"] | None = Field(default=None, exclude_if=lambda v: v is None)
+    #: ``head: text``: label name -> its verbalizer(s), overriding ``backbone.verbalizers``
+    verbalizers: dict[str, list[str] | str] | None = Field(default=None, exclude_if=lambda v: v is None)
 
     @property
     def label(self) -> str:

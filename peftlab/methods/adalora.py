@@ -73,6 +73,7 @@ class Adalora(PeftMethod):
     merges = True
     shards = False  # the rank allocator scores whole parameters and their gradients, not FSDP shards
     composition = None  # each adapter keeps its own pruned ranks: factors do not line up to add
+    table_order = 120
     readme = Readme(
         on="text",
         trains=("AdaLoRA: per targeted linear (peft's default: attention query/value) an SVD-like update "
@@ -125,3 +126,6 @@ class Adalora(PeftMethod):
         ``init_r``-wide product for B (block linears only: BERT's pooler is part of the head)."""
         targets = self.targets(params, spec.family)
         return Flow(lora={n: params.dropout for n in block_linears(spec, targets)}, lora_r=params.init_r)
+
+
+REGISTERED = (Adalora,)

@@ -3,8 +3,9 @@
 A method takes a freshly loaded sequence-classification model and makes only its own parts
 trainable; it knows its closed-form trainable count, where its trainable tensors sit for the
 activation count (its flow), and how to save and reload what it trained. Adding a method = one
-module in this package registered in ``METHODS`` (see ``__init__``), which refuses a method that
-leaves any of :data:`DECLARED` to the base class.
+module in this package that names its classes in ``REGISTERED``: the package finds it and
+registers them in ``METHODS`` (see ``__init__``), refusing a method that leaves any of
+:data:`DECLARED` to the base class.
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ from peftlab.estimate.params import ArchSpec, total_params
 
 #: Names of the classification-head module used when the architecture has no closed-form spec.
 DEFAULT_HEADS = ("classifier", "score")
+
+#: the backbone kinds a row can run on: "text" (a text task: a sequence classifier, or a causal LM
+#: for the icl runner), and an image task's "classifier" (CNN/ViT with a head) or "clip" (a dual
+#: encoder; ``peftlab.images.backbones.backbone_kind`` tells the two apart from the config)
+BACKBONE_KINDS = ("text", "classifier", "clip")
+#: how a refusal names an image kind
+_KIND_WORDS = {"classifier": "image classifier", "clip": "CLIP"}
 
 
 @dataclass(frozen=True)
@@ -89,8 +97,17 @@ class Method:
     Params: ClassVar[type[MethodParams]]
     #: its row of README's methods table (each method its own: a subclass states what it adds)
     readme: ClassVar[Readme]
+    #: where that row stands: rows sort by it, then by name (so ``METHODS.in_order()``); the
+    #: hundreds are the table's sections: 0 whole-model baselines, 100 weight adapters (the LoRA
+    #: family and peft's reparameterisations), 300 prompts and bottleneck adapters, 400 causal LMs,
+    #: 500 CLIP
+    table_order: ClassVar[int]
     #: how its saved adapters compose, or None: it does not compose (declared either way)
     composition: ClassVar[Composition | None]
+    #: the backbone kinds (:data:`BACKBONE_KINDS`) it runs on: the one declaration every "method X
+    #: does not run on Y" refusal comes from (:func:`refuse_kind`); the image kinds' implementations
+    #: (peftlab.images) can only be added for a kind declared here
+    runs_on: ClassVar[tuple[str, ...]]
     #: the runner trains the head on cached frozen features instead of running the backbone
     caches_features: ClassVar[bool] = False
     #: which runner in ``runners.experiment.RUNNERS`` runs it: "train" (a classifier is
@@ -169,18 +186,36 @@ class Method:
 #: what every registered method declares, in its own class or a base below ``Method``: nothing
 #: here may fall back to a silent default (a method without a flow would be planned as something
 #: it is not)
-DECLARED = ("name", "Params", "derived_trainable", "flow", "composition")
+DECLARED = ("name", "Params", "derived_trainable", "flow", "composition", "runs_on")
+#: of those, what only a method that runs on text declares (an image-only method's counts and
+#: training are its image implementations', peftlab.images: it has no text-side stubs)
+TEXT_ONLY = ("derived_trainable", "flow")
 #: what every registered method declares in its own class, never inherited (qlora is a lora, but
-#: its own row of the table)
-DECLARED_OWN = ("name", "Params", "readme")
+#: its own row of the table, in its own place)
+DECLARED_OWN = ("name", "Params", "readme", "table_order")
 
 
 def undeclared(method: Method) -> list[str]:
-    """The names of :data:`DECLARED`, :data:`DECLARED_OWN` and the method's family's ``requires``
-    that ``method`` leaves undeclared."""
+    """The names of :data:`DECLARED` (less :data:`TEXT_ONLY` for a method that does not run on
+    text), :data:`DECLARED_OWN` and the method's family's ``requires`` that ``method`` leaves undeclared."""
     below = [vars(k) for k in type(method).__mro__ if k not in (Method, object)]
-    missing = [a for a in DECLARED + method.requires if not any(a in d for d in below)]
+    text = "text" in getattr(method, "runs_on", ("text",))
+    wanted = [a for a in DECLARED if text or a not in TEXT_ONLY] + list(method.requires)
+    missing = [a for a in wanted if not any(a in d for d in below)]
     return missing + [a for a in DECLARED_OWN if a not in vars(type(method)) and a not in missing]
+
+
+def refuse_kind(method: Method, kind: str) -> None:
+    """Refuse (one config error line) a row whose backbone kind ``method.runs_on`` does not list:
+    a text task for an image-only method, an image backbone the method has no implementation for."""
+    if kind in method.runs_on:
+        return
+    images = [k for k in BACKBONE_KINDS if k != "text" and k in method.runs_on]
+    if kind == "text":
+        raise PeftlabError(f"config error: method {method.name!r} needs an image task with a "
+                           f"{' or '.join(_KIND_WORDS[k] for k in images)} backbone")
+    where = f"it runs on {' and '.join(sorted(images))} backbones" if images else "it is a text-only method"
+    raise PeftlabError(f"config error: method {method.name!r} does not run on a {kind} image backbone ({where})")
 
 
 def freeze_all(model: nn.Module) -> None:
@@ -194,6 +229,10 @@ def unfreeze(module: nn.Module) -> None:
 
 
 def head_names(model: nn.Module, spec: ArchSpec | None) -> tuple[str, ...]:
+    """The classification-head modules every method trains; () for a spec that has none (an
+    encoder-decoder under ``head: text``: the LM head scores the verbalizers and stays frozen)."""
+    if spec is not None and not spec.head_modules:
+        return ()
     names = spec.head_modules if spec is not None else DEFAULT_HEADS
     found = tuple(n for n in names if _has_submodule(model, n))
     if not found:

@@ -55,6 +55,7 @@ class Boft(Oft):
     peft_type = "BOFT"
     merges = True
     composition = None  # rotations multiply: adapters do not add up to a sum of updates
+    table_order = 170
     readme = Readme(
         on="text",
         trains=("BOFT: per targeted linear (peft's default: attention query/value) `n_butterfly_factor` "
@@ -100,3 +101,6 @@ class Boft(Oft):
         widths and a batch of 16 x 128 tokens."""
         names = block_linears(spec, self.targets(params, spec.family))
         return Flow(delta={n: spec.layer_linears[n][0] ** 2 for n in names}, ia3={n: False for n in names})
+
+
+REGISTERED = (Boft,)

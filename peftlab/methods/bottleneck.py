@@ -48,6 +48,7 @@ class BottleneckParams(MethodParams):
 class BottleneckMethod(Method):
     """Subclasses set ``name`` (= the adapter kind), ``Params`` and ``readme``."""
 
+    runs_on = ("text",)
     composition = None  # a nonlinearity between down and up: adapters do not add up
 
     def adapter_config(self, params: BottleneckParams) -> bl.BottleneckConfig:

@@ -1,22 +1,19 @@
 """The image-only methods' parameters: ``clip_zeroshot``, ``coop`` and ``class_embeddings``.
 
-They sit in the one METHODS registry so configs validate them like any other method; their
-implementations run on dual-encoder (CLIP) backbones in peftlab.images.methods, and a text
-experiment refuses them before loading anything.
+They sit in the one METHODS registry so configs validate them like any other method, and declare
+that they run on CLIP backbones only (``runs_on``): a text experiment, or an image classifier,
+refuses them from that declaration before loading anything. Their implementations are in
+peftlab.images.methods_clip.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
-from torch import nn
 
-from peftlab.estimate.activations import Flow
 from peftlab.infra.config_base import MethodParams, PositiveFloat
-from peftlab.infra.errors import PeftlabError
 from peftlab.methods.base import Method, Readme
-from peftlab.estimate.params import ArchSpec
 
 DEFAULT_TEMPLATES = ["a photo of a {}."]
 
@@ -67,24 +64,18 @@ class ClassEmbeddingsParams(MethodParams):
 
 
 class _ImageOnly(Method):
+    """A CLIP method's entry in METHODS: its parameters, README row and ``runs_on``, which refuses a
+    text row (``refuse_kind``, in the text preflight) before anything loads. It declares no text
+    closed form or flow (``TEXT_ONLY``): what it trains and counts is in peftlab.images.methods_clip."""
+
+    runs_on = ("clip",)
     composition = None
-    def check(self, params: Any, spec: ArchSpec | None, model_type: str) -> None:
-        raise PeftlabError(f"config error: method {self.name!r} needs an image task with a CLIP backbone")
-
-    def prepare(self, model: nn.Module, params: Any, spec: ArchSpec | None) -> nn.Module:
-        raise PeftlabError(f"method {self.name!r} runs on image tasks only")
-
-    def derived_trainable(self, params: Any, spec: ArchSpec) -> int:
-        """No text closed form: image rows are counted on the image backbone (peftlab.images.params)."""
-        raise NotImplementedError(f"{self.name} runs on image tasks only")
-
-    def flow(self, params: Any, spec: ArchSpec) -> Flow:
-        raise PeftlabError(f"method {self.name!r} runs on image tasks only")
 
 
 class ClipZeroShot(_ImageOnly):
     name = "clip_zeroshot"
     Params = ClipZeroShotParams
+    table_order = 500
     readme = Readme(
         on="CLIP",
         trains="nothing: class prompts → text embeddings, averaged over `templates`",
@@ -95,6 +86,7 @@ class ClipZeroShot(_ImageOnly):
 class Coop(_ImageOnly):
     name = "coop"
     Params = CoopParams
+    table_order = 510
     readme = Readme(
         on="CLIP",
         trains="`n_ctx` context vectors before each class name (shared, or one set per class)",
@@ -105,8 +97,12 @@ class Coop(_ImageOnly):
 class ClassEmbeddings(_ImageOnly):
     name = "class_embeddings"
     Params = ClassEmbeddingsParams
+    table_order = 520
     readme = Readme(
         on="CLIP",
         trains="one text-side embedding per class, initialised from the zero-shot classifier",
         closed_form="classes × embedding dim",
     )
+
+
+REGISTERED = (ClipZeroShot, Coop, ClassEmbeddings)

@@ -50,6 +50,7 @@ class Fourierft(PeftMethod):
     peft_type = "FOURIERFT"
     merges = True
     composition = None  # each adapter's positions come from its seed: sums are not modelled
+    table_order = 180
     readme = Readme(
         on="text",
         trains=("FourierFT: per targeted linear (peft's default: attention query/value) `n_frequency` "
@@ -89,3 +90,6 @@ class Fourierft(PeftMethod):
         targets = self.targets(params, spec.family)
         delta = {n: spec.layer_linears[n][0] * spec.layer_linears[n][1] for n in block_linears(spec, targets)}
         return Flow(delta=delta)
+
+
+REGISTERED = (Fourierft,)

@@ -22,7 +22,9 @@ class FullParams(MethodParams):
 class Full(Method):
     name = "full"
     Params = FullParams
+    runs_on = ("text", "classifier")
     composition = None  # nothing to add up: a fully fine-tuned model is not a module
+    table_order = 10
     readme = Readme(
         on="text, image classifiers",
         trains="every weight (batch-norm statistics saved too)",
@@ -39,3 +41,6 @@ class Full(Method):
 
     def flow(self, params: FullParams, spec: ArchSpec) -> Flow:
         return full_flow(spec)
+
+
+REGISTERED = (Full,)

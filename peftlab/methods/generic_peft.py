@@ -89,6 +89,7 @@ class GenericPeft(PeftMethod):
     peft_type = "any"  # the row's own peft_type
     merges = False  # not known for an arbitrary type: peftlab predict runs the adapter unmerged
     composition = None
+    table_order = 290
     readme = Readme(
         on="text",
         trains="any peft method by `peft_type`, the row's other keys being its config class's fields; the head",
@@ -123,3 +124,6 @@ def build(params: GenericPeftParams) -> PeftConfig:
         return config_class(params.peft_type)(task_type=TaskType.SEQ_CLS, **params.config_fields)
     except (ValueError, TypeError) as exc:
         raise PeftlabError(f"config error: peft ({params.peft_type}): {first_line(exc)}") from None
+
+
+REGISTERED = (GenericPeft,)

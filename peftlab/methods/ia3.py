@@ -99,6 +99,7 @@ class Ia3(PeftMethod):
     peft_type = "IA3"
     merges = True
     composition = COMPOSITION
+    table_order = 190
     readme = Readme(
         on="text",
         trains=("(IA)^3: one vector per targeted linear, scaling the output of attention key/value and the input "
@@ -146,3 +147,6 @@ class Ia3(PeftMethod):
         first = f"{spec.layers_prefix}.0."
         # peft's feedforward test is a plain suffix (so "output.dense" marks attention.output.dense too)
         return Flow(ia3={n: any((first + n).endswith(ff) for ff in feedforward) for n in block_linears(spec, targets)})
+
+
+REGISTERED = (Ia3,)

@@ -57,7 +57,9 @@ class IclParams(MethodParams):
 class Icl(Method):
     name = "icl"
     Params = IclParams
+    runs_on = ("text",)
     composition = None
+    table_order = 400
     readme = Readme(
         on="causal LMs",
         trains=("nothing: each label scored by the log-likelihood of its verbalizer after an instruction, `shots` "
@@ -100,3 +102,6 @@ class Icl(Method):
 
 def template_overrides(params: IclParams) -> dict[str, Any]:
     return {"instruction": params.instruction, "example": params.example, "verbalizers": params.verbalizers}
+
+
+REGISTERED = (Icl,)

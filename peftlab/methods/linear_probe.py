@@ -27,7 +27,9 @@ class LinearProbeParams(MethodParams):
 class LinearProbe(Method):
     name = "linear_probe"
     Params = LinearProbeParams
+    runs_on = ("text", "classifier", "clip")
     composition = None
+    table_order = 30
     readme = Readme(
         on="text, images",
         trains="the last head module only (BERT: the classifier on the frozen pooler), on frozen features computed once and cached",
@@ -54,3 +56,6 @@ class LinearProbe(Method):
         """Never walked (the cached-features runner has no backward through the backbone, and the
         plan counts it by the rough forward rule); full fine-tuning's, the safe side, if it were."""
         return full_flow(spec)
+
+
+REGISTERED = (LinearProbe,)

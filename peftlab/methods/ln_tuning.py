@@ -50,6 +50,7 @@ class LnTuning(PeftMethod):
     peft_type = "LN_TUNING"
     merges = True  # merging swaps the trained copy in: exact
     composition = None  # trained norm copies replace the originals; no rule to add them is modelled
+    table_order = 200
     readme = Readme(
         on="text",
         trains=("LayerNorm tuning: a trained copy of each targeted norm layer (default: every LayerNorm of "
@@ -97,3 +98,6 @@ class LnTuning(PeftMethod):
         return Flow(norms=frozenset(block_norms(spec, self.targets(params, spec.family))),
                     embeddings=any(n not in spec.post_modules for n in outer),
                     post=any(n in spec.post_modules for n in outer))
+
+
+REGISTERED = (LnTuning,)

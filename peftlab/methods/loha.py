@@ -40,6 +40,7 @@ class Loha(PeftMethod):
     peft_type = "LOHA"
     merges = True
     composition = None  # a Hadamard product of two products: factors do not add up to a sum of updates
+    table_order = 140
     readme = Readme(
         on="text",
         trains=("LoHa: per targeted linear (peft's default: attention query/value) two rank-`r` products "
@@ -69,3 +70,6 @@ class Loha(PeftMethod):
         targets = self.targets(params, spec.family)
         delta = {n: spec.layer_linears[n][0] * spec.layer_linears[n][1] for n in block_linears(spec, targets)}
         return Flow(delta=delta)
+
+
+REGISTERED = (Loha,)

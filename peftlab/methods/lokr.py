@@ -58,6 +58,7 @@ class Lokr(PeftMethod):
     peft_type = "LOKR"
     merges = True
     composition = None  # a Kronecker product of two factors: they do not add up to a sum of updates
+    table_order = 150
     readme = Readme(
         on="text",
         trains=("LoKr: per targeted linear (peft's default: attention query/value) a Kronecker product "
@@ -90,3 +91,6 @@ class Lokr(PeftMethod):
         targets = self.targets(params, spec.family)
         delta = {n: spec.layer_linears[n][0] * spec.layer_linears[n][1] for n in block_linears(spec, targets)}
         return Flow(delta=delta)
+
+
+REGISTERED = (Lokr,)

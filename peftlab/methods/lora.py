@@ -276,9 +276,11 @@ COMPOSITION = Composition(module_suffixes=(LORA_A, LORA_B),
 class Lora(PeftMethod):
     name = "lora"
     Params = LoraParams
+    runs_on = ("text", "classifier")
     peft_type = "LORA"
     merges = True
     composition = COMPOSITION
+    table_order = 100
     readme = Readme(
         on="text, image classifiers",
         trains=("rank-`r` A and B on `target_modules` (peft's default: attention query/value; ViT q_proj/v_proj, "
@@ -368,3 +370,5 @@ def to_plain_lora(directory: Path, initial: dict[str, torch.Tensor]) -> None:
     config["init_lora_weights"] = True
     (directory / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
+
+REGISTERED = (Lora,)

@@ -70,6 +70,7 @@ class Oft(PeftMethod):
     peft_type = "OFT"
     merges = True
     composition = None  # rotations multiply: adapters do not add up to a sum of updates
+    table_order = 160
     readme = Readme(
         on="text",
         trains=("OFT: per targeted linear (peft's default: attention query/value) a block-diagonal rotation of "
@@ -121,3 +122,6 @@ class Oft(PeftMethod):
         targets = self.targets(params, spec.family)
         b = params.block_size
         return Flow(delta={n: spec.layer_linears[n][0] * b for n in block_linears(spec, targets)})
+
+
+REGISTERED = (Oft,)

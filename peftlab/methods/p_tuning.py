@@ -41,6 +41,7 @@ class PTuning(PeftMethod):
     peft_type = "P_TUNING"
     merges = False
     composition = None
+    table_order = 310
     readme = Readme(
         on="text",
         trains=("virtual-token embeddings produced by a trained prompt `encoder`: `mlp` (3 linears of width "
@@ -78,3 +79,6 @@ class PTuning(PeftMethod):
         e, h = params.encoder_hidden_size or spec.hidden, spec.hidden
         per_token = h + 2 * e if params.encoder == "mlp" else h + 2 * 2 * 10 * e + 2 * 2 * e
         return Flow(prompt_tokens=params.num_virtual_tokens, prompt_encoder_values=per_token)
+
+
+REGISTERED = (PTuning,)

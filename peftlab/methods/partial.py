@@ -31,7 +31,9 @@ class PartialParams(MethodParams):
 class Partial(Method):
     name = "partial"
     Params = PartialParams
+    runs_on = ("text",)
     composition = None
+    table_order = 20
     readme = Readme(
         on="text",
         trains=("the top `top_k` blocks (default 2; T5: of the encoder and of the decoder), the post part (Llama's "
@@ -67,3 +69,6 @@ class Partial(Method):
         """The top blocks and the post part train: nothing below the first trained block is kept."""
         k = min(params.top_k, spec.num_layers)
         return Flow(trained_blocks=frozenset(range(spec.num_layers - k, spec.num_layers)), post=True)
+
+
+REGISTERED = (Partial,)

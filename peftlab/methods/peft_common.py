@@ -12,13 +12,13 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from peft import PeftConfig, PeftModel, TaskType, get_peft_model
+from peft import PeftConfig, PeftModel, PromptEncoderConfig, PromptTuningConfig, TaskType, get_peft_model
 from safetensors import SafetensorError
 from torch import nn
 
 from peftlab.infra.errors import PeftlabError, first_line
 from peftlab.methods.base import Method, head_names
-from peftlab.estimate.params import ArchSpec, targeted_linears, total_params
+from peftlab.estimate.params import ArchSpec, is_text_head, targeted_linears, total_params
 
 
 def seq_cls_config(config_class: type[PeftConfig], model: nn.Module, spec: ArchSpec | None,
@@ -28,7 +28,17 @@ def seq_cls_config(config_class: type[PeftConfig], model: nn.Module, spec: ArchS
     A new task needs a new head, so every peft method trains it through peft's
     ``modules_to_save`` (which also puts it in the saved adapter); the method only names its own
     fields (rank, virtual tokens, ...).
+
+    An encoder-decoder under ``head: text`` (a spec without head modules, peftlab.backbones.text_head)
+    is a seq2seq LM: task type SEQ_2_SEQ_LM (peft feeds the decoder the label's verbalizer), nothing
+    in ``modules_to_save``, so the saved adapter is a plain seq2seq adapter (generation works). Prompt
+    tuning and P-tuning get ``num_transformer_submodules=1``: peft's seq2seq forward prepends their
+    virtual tokens to the encoder input only, and its default of 2 would allocate (and count as
+    trainable) a second set of tokens for the decoder that no forward ever reads.
     """
+    if is_text_head(spec):
+        one = {"num_transformer_submodules": 1} if issubclass(config_class, (PromptTuningConfig, PromptEncoderConfig)) else {}
+        return config_class(task_type=TaskType.SEQ_2_SEQ_LM, **one, **fields)
     return config_class(task_type=TaskType.SEQ_CLS, modules_to_save=list(head_names(model, spec)), **fields)
 
 
@@ -45,6 +55,7 @@ class PeftMethod(Method):
     """Subclasses provide ``peft_config`` and declare ``peft_type`` and ``merges``;
     prepare/save/load/derived_total are shared."""
 
+    runs_on = ("text",)
     #: peft's per-architecture default ``target_modules`` for a method applied to named linears
     #: (vera, loha, lokr); such a method's params carry ``target_modules`` and it uses
     #: :meth:`default_or_row_targets` and :meth:`check_row_targets` instead of writing its own

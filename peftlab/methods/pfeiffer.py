@@ -21,9 +21,13 @@ class PfeifferParams(BottleneckParams):
 class Pfeiffer(BottleneckMethod):
     name = "pfeiffer"
     Params = PfeifferParams
+    table_order = 340
     readme = Readme(
         on="text",
         trains=("one bottleneck adapter per block, after the FFN output projection (half of Houlsby's); the head; "
                 "not mergeable"),
         closed_form="L × (2 d b + b + d) + head",
     )
+
+
+REGISTERED = (Pfeiffer,)

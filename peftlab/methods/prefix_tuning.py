@@ -21,7 +21,7 @@ from peftlab.infra.config_base import MethodParams, PositiveFloat
 from peftlab.backbones.kv_cache import route_prefix_cache
 from peftlab.methods.base import Readme
 from peftlab.methods.peft_common import PeftMethod, seq_cls_config
-from peftlab.estimate.params import ArchSpec, linear_params, prefix_layers, prefix_token_dim
+from peftlab.estimate.params import ArchSpec, is_text_head, linear_params, prefix_layers, prefix_token_dim
 
 
 class PrefixTuningParams(MethodParams):
@@ -41,12 +41,20 @@ class PrefixTuningParams(MethodParams):
         return self
 
 
+def _routed(model: nn.Module, spec: ArchSpec | None) -> nn.Module:
+    """A classifier gets the forward that passes the prefix as the cache (route_prefix_cache). An
+    encoder-decoder under ``head: text`` keeps peft's own seq2seq forward: it passes the prefix to
+    the decoder's self-attention and the input's own mask to the encoder, as the text head needs."""
+    return model if is_text_head(spec) else route_prefix_cache(model)
+
+
 class PrefixTuning(PeftMethod):
     name = "prefix_tuning"
     Params = PrefixTuningParams
     peft_type = "PREFIX_TUNING"
     merges = False
     composition = None
+    table_order = 320
     readme = Readme(
         on="text",
         trains=("a key and a value vector per layer and virtual token (`num_virtual_tokens`), optionally through "
@@ -66,10 +74,10 @@ class PrefixTuning(PeftMethod):
                               **shape)
 
     def prepare(self, model: nn.Module, params: PrefixTuningParams, spec: ArchSpec | None) -> nn.Module:
-        return route_prefix_cache(super().prepare(model, params, spec))
+        return _routed(super().prepare(model, params, spec), spec)
 
     def load(self, model: nn.Module, params: PrefixTuningParams, spec: ArchSpec | None, directory: Path) -> nn.Module:
-        return route_prefix_cache(super().load(model, params, spec, directory))
+        return _routed(super().load(model, params, spec, directory), spec)
 
     def derived_trainable(self, params: PrefixTuningParams, spec: ArchSpec) -> int:
         """peft's ``PrefixEncoder``: a key and a value per layer and virtual token, plus the head.
@@ -90,3 +98,6 @@ class PrefixTuning(PeftMethod):
         d = prefix_token_dim(spec)
         enc = (params.encoder_hidden_size or d) if params.projection else 0
         return Flow(prefix_tokens=params.num_virtual_tokens, prefix_encoder_values=d + enc if params.projection else 0)
+
+
+REGISTERED = (PrefixTuning,)

@@ -49,6 +49,7 @@ class PromptTuning(PeftMethod):
     peft_type = "PROMPT_TUNING"
     merges = False  # prompts add tokens, no weight to fold into
     composition = None
+    table_order = 300
     readme = Readme(
         on="text",
         trains=("`num_virtual_tokens` (10) input embeddings prepended to the input, from `init_text`'s embeddings "
@@ -74,3 +75,6 @@ class PromptTuning(PeftMethod):
     def flow(self, params: PromptTuningParams, spec: ArchSpec) -> Flow:
         """The sequence grows by the virtual tokens, through which gradients reach every block."""
         return Flow(prompt_tokens=params.num_virtual_tokens)
+
+
+REGISTERED = (PromptTuning,)

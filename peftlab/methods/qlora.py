@@ -109,6 +109,8 @@ def disable_cpu_repacking(model: nn.Module) -> None:
 class Qlora(Lora):
     name = "qlora"
     Params = QloraParams
+    runs_on = ("text",)
+    table_order = 110
     readme = Readme(
         on="text",
         trains=("`lora` on a base loaded quantised (`bits: 4`: NF4, double-quantised unless `double_quant: "
@@ -158,3 +160,6 @@ class Qlora(Lora):
             raise PeftlabError("qlora: load the base quantised (method.load_kwargs) before loading the adapter")
         disable_cpu_repacking(model)
         return super().load(model, params, spec, directory)
+
+
+REGISTERED = (Qlora,)

@@ -47,6 +47,7 @@ class Vera(PeftMethod):
     peft_type = "VERA"
     merges = True
     composition = None  # the update is a product of the two trained vectors: adapters do not add up
+    table_order = 130
     readme = Readme(
         on="text",
         trains=("VeRA: one frozen random pair A (`r` × d_in), B (d_out × `r`) shared by every targeted linear "
@@ -86,3 +87,6 @@ class Vera(PeftMethod):
             d_in, d_out, _ = spec.layer_linears[n]
             branch[n] = params.r + d_out + (d_in if mask else 0)
         return Flow(branch=branch)
+
+
+REGISTERED = (Vera,)

@@ -4,7 +4,7 @@ value, the memory estimate next to the measured peak, and the guards' findings."
 from __future__ import annotations
 
 from peftlab.results import RunResult
-from peftlab.runners.eta import WARMUP_STEPS
+from peftlab.infra.eta import WARMUP_STEPS
 
 MB = 2**20
 

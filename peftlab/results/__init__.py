@@ -25,6 +25,8 @@ SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
 #: one line per evaluation example (per demonstration seed, for rows scored under several), beside results.json
 PREDICTIONS_FILE = "predictions.jsonl"
+#: the folder, beside results.json, that holds a row's trained module (what ``peftlab predict`` reloads)
+ADAPTER_DIR = "adapter"
 
 
 class EpochRecord(BaseModel):

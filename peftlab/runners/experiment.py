@@ -7,6 +7,7 @@ are in runners/output.py, each row's bookkeeping (shared with image runs) in run
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from importlib import import_module
@@ -17,14 +18,15 @@ import psutil
 import torch
 from transformers import DataCollatorWithPadding, set_seed
 
-from peftlab.backbones.loaders import checkpoint_tensor, load_classifier, load_hf_config, load_tokenizer, method_load_kwargs
+from peftlab.backbones.loaders import checkpoint_tensor, load_for_head, load_hf_config, load_tokenizer, method_load_kwargs
+from peftlab.backbones.text_head import TEXT, attach, lm_of, mark, row_head, verbalizers_for
 from peftlab.config import BackboneConfig, ExperimentConfig
 from peftlab.infra.config_base import MethodParams
 from peftlab.infra.errors import PeftlabError
 from peftlab.infra.fingerprint import base_fingerprint
 from peftlab.infra.guards import NEWLY_INITIALISED, newly_initialised, newly_initialised_warning, overlap_count, overlap_warning, warn
 from peftlab.methods import METHODS
-from peftlab.methods.base import DEFAULT_HEADS, last_head
+from peftlab.methods.base import DEFAULT_HEADS, last_head, refuse_kind
 from peftlab.results.metrics import classification_metrics, is_collapsed
 from peftlab.estimate.params import arch_spec, count_params
 from peftlab.estimate.plan import check_fits, estimate_bytes
@@ -56,19 +58,41 @@ def preflight(cfg: ExperimentConfig) -> None:
     """Checks that need each row's backbone config (no weights): refuse before anything trains."""
     confs: dict[str, Any] = {}
     for params in cfg.methods:
+        refuse_kind(METHODS.get(params.method), "text")  # a method that does not run on text (runs_on)
         bb = cfg.backbone_for(params)
         if bb.name not in confs:
             confs[bb.name] = load_hf_config(bb, num_labels=len(cfg.task.label_names or [0, 1]))
-        METHODS.get(params.method).check(params, arch_spec(confs[bb.name]), confs[bb.name].model_type)
+        conf = confs[bb.name]
+        if METHODS.get(params.method).runner == "train":
+            conf = mark(copy.copy(conf), row_head(cfg, params, conf, cfg.task.label_names))
+        METHODS.get(params.method).check(params, arch_spec(conf), conf.model_type)
     check_trackers(cfg.train.log_to)
 
 
+def head_details(head: str, spec: Any, label_names: list[str], mapping: Any) -> dict[str, Any]:
+    """What an encoder-decoder row records of its head (encoders and decoders have one kind only)."""
+    if spec is None or not spec.extra_stacks:
+        return {}
+    if head != TEXT:
+        return {"head": head}
+    return {"head": head, "verbalizers": dict(zip(label_names, verbalizers_for(label_names, mapping)))}
+
+
 class Encodings:
-    """Tokenizer and tokenised splits per backbone, built the first time a row needs them."""
+    """Per backbone, built the first time a row needs them: its config, resolved once for the run
+    (the task's label count; the memory plan and every row's precision read it), and its tokenizer
+    and tokenised splits."""
 
     def __init__(self, cfg: ExperimentConfig, data: TaskData) -> None:
         self.cfg, self.data = cfg, data
         self._done: dict[str, tuple[Any, Features, Features]] = {}
+        self._configs: dict[str, Any] = {}
+
+    def config(self, bb: BackboneConfig) -> Any:
+        """``bb``'s transformers config (no weights) with the task's labels, read once."""
+        if bb.name not in self._configs:
+            self._configs[bb.name] = load_hf_config(bb, num_labels=self.data.num_labels)
+        return self._configs[bb.name]
 
     def get(self, bb: BackboneConfig) -> tuple[Any, Features, Features]:
         if bb.name not in self._done:
@@ -96,10 +120,10 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False, resume: ResumeMod
         return MODALITY_RUNNERS.get(cfg.task.modality)(cfg, quiet, resume, command)
     preflight(cfg)
     data = load_task(cfg.task, cfg.train.seed)
-    if cfg.train.memory_check:  # before any weights are loaded or anything is written
-        check_fits(cfg, data.num_labels)
-    out, reuse = prepare_output(cfg, resume, command)
     encodings = Encodings(cfg, data)
+    if cfg.train.memory_check:  # before any weights are loaded or anything is written
+        check_fits(cfg, data.num_labels, encodings.config)
+    out, reuse = prepare_output(cfg, resume, command)
     say(quiet, f"task {data.name}: {len(data.train)} train / {len(data.eval)} eval, labels {data.label_names}")
     if is_main():  # even with --quiet: it says the timings are not the method's alone
         warn_if_busy()
@@ -142,15 +166,18 @@ def _train(method: Any, model: torch.nn.Module, params: MethodParams, spec: Any,
 
 
 def run_method(cfg: ExperimentConfig, params: MethodParams, data: TaskData, tokenizer: Any,
-               train_f: Features, eval_f: Features, out: Path, quiet: bool) -> RunResult:
+               train_f: Features, eval_f: Features, out: Path, quiet: bool,
+               model_config: Callable[[], Any] | None = None) -> RunResult:
+    """One trained row; ``model_config``: its backbone's config as the run resolved it (else read here)."""
     method = METHODS.get(params.method)
     return guarded(cfg, params, data, out, lambda base, mdir: _run_method(
-        cfg, method, params, data, tokenizer, train_f, eval_f, mdir, base, quiet))
+        cfg, method, params, data, tokenizer, train_f, eval_f, mdir, base, quiet, model_config))
 
 
 def _run_trained(cfg: ExperimentConfig, params: MethodParams, data: TaskData, encodings: Encodings,
                  out: Path, quiet: bool) -> RunResult:
-    return run_method(cfg, params, data, *encodings.get(cfg.backbone_for(params)), out, quiet)
+    bb = cfg.backbone_for(params)
+    return run_method(cfg, params, data, *encodings.get(bb), out, quiet, lambda: encodings.config(bb))
 
 
 def _run_icl(cfg: ExperimentConfig, params: MethodParams, data: TaskData, encodings: Encodings,
@@ -174,9 +201,10 @@ RUNNERS.add("icl", _run_icl)
 
 
 def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: TaskData, tokenizer: Any,
-                train_f: Features, eval_f: Features, mdir: Path, base: RunResult, quiet: bool) -> RunResult:
+                train_f: Features, eval_f: Features, mdir: Path, base: RunResult, quiet: bool,
+                model_config: Callable[[], Any] | None = None) -> RunResult:
     bb = cfg.backbone_for(params)
-    precision, acc, collate = _setup(cfg, method, params, data, tokenizer)
+    precision, acc, collate = _setup(cfg, method, params, data, tokenizer, model_config)
     sharded = use_sharding(acc)
     search = None
     if cfg.search is not None:  # on held-out training data only; the full run below uses the best value
@@ -191,7 +219,10 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
         t0 = time.perf_counter()
         extra = method_load_kwargs(bb, method, params, data.num_labels)
         loading_info: dict[str, Any] = {}
-        model = load_classifier(bb, data.label_names, tokenizer, extra, loading_info)
+        conf = (model_config or (lambda: load_hf_config(bb, num_labels=data.num_labels)))()
+        head = row_head(cfg, params, conf, data.label_names)
+        mapping = cfg.verbalizers_for(params)
+        model = load_for_head(bb, head, data.label_names, tokenizer, extra, loading_info)
         fingerprint = base_fingerprint(model, bb.name)
         spec = arch_spec(model.config)
         estimate = estimate_bytes(params, spec, model.config, cfg.train.batch_size, cfg.train.max_length, overhead,
@@ -199,12 +230,13 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
         fresh = newly_initialised(loading_info, spec.head_modules if spec is not None else DEFAULT_HEADS)
         if fresh:
             warn(newly_initialised_warning(bb.name, fresh))
-        # the base's features from this very load, before the method touches it (runners/drift.py)
+        # the base's features from this very load, before the method touches it (runners/drift.py);
+        # not under head: text: drift pools a classifier's last hidden states, which the LM does not return
         base_x, drift_s = (base_features(model, eval_f, collate, cfg.train.eval_batch_size, acc.device)
-                           if cfg.train.drift and not sharded else (None, 0.0))
+                           if cfg.train.drift and not sharded and head != TEXT else (None, 0.0))
         lm, lm_s = _lm_before(cfg, bb, spec, model, tokenizer, acc.device, precision, sharded)
         drift_s += lm_s
-        model = method.prepare(model, params, spec)
+        model = attach(method.prepare(model, params, spec), head, tokenizer, data.label_names, mapping)
         trainable, total = count_params(model)
         before = trainable_fingerprint(model)
         # sharded: no checkpoints (their optimizer state would be shards), a rerun restarts the method
@@ -213,8 +245,9 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
             say(quiet, "   FSDP: no checkpoints are written; an interrupted method restarts from scratch")
         model, outcome = _train(method, model, params, spec, cfg, train_f, eval_f, collate, acc, quiet, plan)
         trained = model
-        model = unsharded_copy(trained, lambda: method.prepare(
-            load_classifier(bb, data.label_names, tokenizer, extra), params, spec))
+        model = unsharded_copy(trained, lambda: attach(method.prepare(
+            load_for_head(bb, head, data.label_names, tokenizer, extra), params, spec), head, tokenizer,
+            data.label_names, mapping))
         wall = time.perf_counter() - t0 - drift_s
     drift = (drift_record(base_x, pooled_features(acc.unwrap_model(model), eval_f, collate, cfg.train.eval_batch_size))
              if base_x is not None else None)
@@ -231,7 +264,7 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
     if is_collapsed(pred, data.num_labels):
         flags.insert(0, "collapsed")
     stop_if_diverged(outcome, mdir)
-    adapter_bytes = (save_atomically(method, model, params, mdir / ADAPTER_DIR, fingerprint)
+    adapter_bytes = (save_atomically(method, lm_of(model), params, mdir / ADAPTER_DIR, fingerprint)
                      if acc.is_main_process else None)
     if acc.is_main_process:
         clear_checkpoints(mdir)
@@ -241,7 +274,7 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
         **trained_result_fields(outcome, m, (trainable, total, d_train, d_total, agree), wall, mem),
         adapter_bytes=adapter_bytes, adapter_path=f"{mdir.name}/{ADAPTER_DIR}",
         flags=flags, environment=environment(str(acc.device)), **precision.result_fields(),
-        details={**base.details, "memory_estimate_bytes": estimate, "train_time_estimate_s": outcome.estimated_train_s, **({"lr_search": search} if search else {}), **({"fsdp_processes": acc.num_processes} if model is not trained else {}), **({"newly_initialised": fresh[:50], "newly_initialised_count": len(fresh)} if fresh else {}), **({"drift": drift} if drift else {}), **({"lm_loss": lm_loss} if lm_loss else {})},
+        details={**base.details, **head_details(head, spec, data.label_names, mapping), "memory_estimate_bytes": estimate, "train_time_estimate_s": outcome.estimated_train_s, **({"lr_search": search} if search else {}), **({"fsdp_processes": acc.num_processes} if model is not trained else {}), **({"newly_initialised": fresh[:50], "newly_initialised_count": len(fresh)} if fresh else {}), **({"drift": drift} if drift else {}), **({"lm_loss": lm_loss} if lm_loss else {})},
     ))
 
 
@@ -263,13 +296,14 @@ def _lm_before(cfg: ExperimentConfig, bb: Any, spec: Any, model: torch.nn.Module
     return (head, before, limit or 0), time.perf_counter() - t0
 
 
-def _setup(cfg: ExperimentConfig, method: Any, params: MethodParams, data: TaskData,
-           tokenizer: Any) -> tuple[Any, Any, Any]:
-    """(precision, accelerator, collator) of one row, seeded: shared by the run and a search alone."""
+def _setup(cfg: ExperimentConfig, method: Any, params: MethodParams, data: TaskData, tokenizer: Any,
+           model_config: Callable[[], Any] | None = None) -> tuple[Any, Any, Any]:
+    """(precision, accelerator, collator) of one row, seeded: shared by the run and a search alone.
+    ``model_config``: the row's backbone config as the run resolved it; None: read it here."""
     set_seed(cfg.train.seed)
     refuse_unsupported(method)  # before accelerate reads the launcher's FSDP/DeepSpeed settings
     bb = cfg.backbone_for(params)
-    precision = train_precision(cfg.train, lambda: load_hf_config(bb, num_labels=data.num_labels),
+    precision = train_precision(cfg.train, model_config or (lambda: load_hf_config(bb, num_labels=data.num_labels)),
                                 method.keeps_fp32(params, device_type(cfg.train)))
     acc = make_accelerator(cfg.train, precision)
     collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if acc.device.type == "cuda" else None)
@@ -284,8 +318,9 @@ def search_method(cfg: ExperimentConfig, params: MethodParams, data: TaskData, e
     if cfg.search is None:
         raise PeftlabError("search_method: the config has no search block")
     method = METHODS.get(params.method)
-    tokenizer, train_f, _ = encodings.get(cfg.backbone_for(params))
-    precision, acc, collate = _setup(cfg, method, params, data, tokenizer)
+    bb = cfg.backbone_for(params)
+    tokenizer, train_f, _ = encodings.get(bb)
+    precision, acc, collate = _setup(cfg, method, params, data, tokenizer, lambda: encodings.config(bb))
     record = search_lr(params, cfg.search, train_f, cfg.train.seed, cfg.train.batch_size,
                        lambda p, tr, va: _trial(cfg, method, p, data, tokenizer, tr, va, collate, acc),
                        lambda msg: say(quiet, msg))
@@ -297,9 +332,10 @@ def _trial(cfg: ExperimentConfig, method: Any, params: MethodParams, data: TaskD
     """One search trial: a fresh model, ``params`` (the trial's lr and epochs), scored on ``val_f``."""
     set_seed(cfg.train.seed)
     bb = cfg.backbone_for(params)
-    model = load_classifier(bb, data.label_names, tokenizer, method_load_kwargs(bb, method, params, data.num_labels))
+    head = row_head(cfg, params, load_hf_config(bb, num_labels=data.num_labels), data.label_names)
+    model = load_for_head(bb, head, data.label_names, tokenizer, method_load_kwargs(bb, method, params, data.num_labels))
     spec = arch_spec(model.config)
-    model = method.prepare(model, params, spec)
+    model = attach(method.prepare(model, params, spec), head, tokenizer, data.label_names, cfg.verbalizers_for(params))
     _, outcome = _train(method, model, params, spec, cfg, train_f, val_f, collate, acc, True)
     return None if outcome.nan_loss or not outcome.epochs else outcome.epochs[-1]
 

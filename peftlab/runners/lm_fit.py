@@ -15,9 +15,8 @@ from typing import Any
 
 import torch
 
-from peftlab.icl.answer_loss import answer_loss
+from peftlab.methods.lm_lora import LmLoraParams, answer_loss
 from peftlab.icl.scoring import encode_requests
-from peftlab.methods.lm_lora import LmLoraParams
 from peftlab.results import EpochRecord
 from peftlab.runners.train import FitOutcome, make_optimizer
 

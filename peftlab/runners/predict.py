@@ -11,7 +11,8 @@ import torch
 from safetensors import SafetensorError
 from transformers import DataCollatorWithPadding
 
-from peftlab.backbones.loaders import load_classifier, load_tokenizer, method_load_kwargs
+from peftlab.backbones.loaders import load_for_head, load_hf_config, load_tokenizer, method_load_kwargs
+from peftlab.backbones.text_head import attach, row_head
 from peftlab.config import ExperimentConfig, load_config
 from peftlab.infra.errors import PeftlabError
 from peftlab.infra.fingerprint import base_fingerprint, check_base
@@ -107,10 +108,13 @@ def load_predictor(method_dir: str | Path, force_base: bool = False, merge: bool
     bb = cfg.backbone_for(params)
     tokenizer = load_tokenizer(bb)
     extra = method_load_kwargs(bb, method, params, len(result.labels))
-    model = load_classifier(bb, result.labels, tokenizer, extra)
+    head = row_head(cfg, params, load_hf_config(bb, num_labels=len(result.labels)), result.labels)
+    model = load_for_head(bb, head, result.labels, tokenizer, extra)
     check_base(mdir / ADAPTER_DIR, base_fingerprint(model, bb.name), force_base)
     model = load_adapter(method, model, params, mdir / ADAPTER_DIR)
     model = merge_for_inference(model) if merge else model
+    # head: text: the (merged) LM scores each label's verbalizer, as in training (peftlab.backbones.text_head)
+    model = attach(model, head, tokenizer, result.labels, cfg.verbalizers_for(params))
     model.eval()
     return Predictor(cfg=cfg, labels=result.labels, model=model, tokenizer=tokenizer,
                      precision=predict_precision(cfg, method, params, model))

@@ -27,7 +27,7 @@ from peftlab.infra.fingerprint import write_fingerprint
 from peftlab.infra.guards import overlap_count
 from peftlab.infra.io import dir_size_bytes, follow_umask
 from peftlab.results.metrics import classification_metrics, is_collapsed, majority_class
-from peftlab.results import (BASELINE_METHOD, PREDICTIONS_FILE, RESULTS_FILE, ParamCounts, Predictions, RunResult, Timing, read_result,
+from peftlab.results import (ADAPTER_DIR, BASELINE_METHOD, PREDICTIONS_FILE, RESULTS_FILE, ParamCounts, Predictions, RunResult, Timing, read_result,
                              write_predictions)
 from peftlab.runners.checkpoint import clear_checkpoints, complete_checkpoints, load_checkpoint
 from peftlab.infra.distributed import barrier, is_main
@@ -38,7 +38,6 @@ from peftlab.infra.threads import load_at_start
 from peftlab.infra.tracking import log_result
 
 
-ADAPTER_DIR = "adapter"
 BASELINE = BASELINE_METHOD
 
 

@@ -27,7 +27,7 @@ from peftlab.infra.errors import PeftlabError
 from peftlab.backbones.precision import Precision, resolve, shapes_of
 from peftlab.results import EpochRecord
 from peftlab.runners.batching import Features, LengthGroupedBatches, sorted_batches
-from peftlab.runners.eta import TIMED_STEPS, WARMUP_STEPS, estimate_total_s, eta_line
+from peftlab.infra.eta import TIMED_STEPS, WARMUP_STEPS, estimate_total_s, eta_line
 from peftlab.infra.distributed import all_finite, global_sums
 from peftlab.runners.checkpoint import Progress, Resumed, rank_rng_states, restore_rng, save_checkpoint
 from peftlab.runners.progress import bar as progress_bar
@@ -43,7 +43,7 @@ class FitOutcome:
     train_examples: int = 0
     eval_examples: int = 0
     nan_loss: bool = False
-    #: training seconds estimated from the first timed steps (peftlab.runners.eta); None if too few steps
+    #: training seconds estimated from the first timed steps (peftlab.infra.eta); None if too few steps
     estimated_train_s: float | None = None
     #: the per-class loss weights training used (train.class_weight), in label-id order; None: unweighted
     class_weights: list[float] | None = None
@@ -282,7 +282,7 @@ def _fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr:
     trainable = [p for p in wrapped.parameters() if p.requires_grad]
     weights = class_weights(feature_labels(train), tcfg.class_weight)
     outcome.class_weights = None if weights is None else weights.tolist()
-    # each optimizer step's seconds since this process started (peftlab.runners.eta skips the warm-up ones)
+    # each optimizer step's seconds since this process started (peftlab.infra.eta skips the warm-up ones)
     step_s: list[float] = []
     last_step_at, timed_step0, train_s_before = time.perf_counter(), prog.step, outcome.train_s
 
