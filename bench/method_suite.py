@@ -14,12 +14,14 @@ Hours of CPU, built to be stopped and re-run (kill -9 included). Per benchmark i
   per-method search of bench/method_defaults.py (bench/results/method_defaults/<bench>.json: trials
   on held-out training data only, 100 steps each, the same search that sets the methods' defaults),
   chosen once per method and benchmark so the seeds vary training only;
-* ``run/seed-N/``: each seed as peftlab's multi-seed runner lays it out (``seed_config``), run
-  through peftlab's real path (``run_experiment``, or ``run_parallel`` with ``--parallel N > 1``:
-  peftlab runs several methods at once but not several seeds, so seeds go one after the other).
-  peftlab's resume keeps every finished method of an unchanged config and continues the others
-  from their newest checkpoint, so re-running this script continues where it stopped.
-  Equivalent by hand: ``peftlab run runs/method_suite/<bench>/run/seed-N/config.yaml``.
+* ``run/seed-N/<method>/``: each (seed, method) row as its own single-method peftlab run
+  (``configs/seed-N/<method>.yaml``, run as ``python -m peftlab run <that file>``; ``--parallel N``
+  runs N rows at once with the cores shared out). peftlab's resume continues a killed row from its
+  newest checkpoint, so re-running this script continues where it stopped;
+* ``bench/results/method_suite/<bench>/seed-N/<method>.json`` (committed): each finished row's
+  result with the fingerprint of its config. The run folders are scratch that a new machine lacks;
+  the archive is what carries a partial suite from one machine (or session) to the next, and a row
+  whose archived fingerprint matches is not trained again.
 
 Seeds are the outer loop (seed 0 on every benchmark first), so a partial run already has a whole
 single-seed table. Then the section "## Method comparison suite" of BENCHMARKS.md is rendered
@@ -33,10 +35,12 @@ Skips (exit 0) when ../shared/data lacks the benchmarks' files.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
 import shlex
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -67,6 +71,9 @@ DATA_SEED = 0  # the subsample; the seeds vary training only
 #: where bench/method_defaults.py keeps its trials (one file per benchmark); the suite trains each
 #: method with its best value there
 SEARCH_RESULTS = benchkit.ROOT / "bench" / "results" / "method_defaults"
+#: every finished row's result, kept in the repository (runs/ is scratch that a new machine lacks):
+#: ``<bench>/seed-N/<label>.json`` with the fingerprint of the row config that produced it
+ARCHIVE = benchkit.ROOT / "bench" / "results" / "method_suite"
 #: methods that take another method's searched value (same trainable module, different base)
 SAME_AS = {"qlora": "lora"}
 #: a checkpoint every 100 optimizer steps besides each epoch end: a kill loses at most that much
@@ -265,22 +272,63 @@ def search_costs(store: dict[str, Any]) -> dict[str, float]:
     return {**own, **{k: own[v] for k, v in SAME_AS.items() if v in own}}
 
 
+def row_config(cfg: ExperimentConfig, seed: int, params: MethodParams) -> ExperimentConfig:
+    """One method of one seed as its own single-method peftlab run, in ``<run>/seed-N/<label>/``.
+
+    Each row is its own run so that its config never changes while others finish: peftlab's resume
+    then continues a killed row from its checkpoint, and the row's fingerprint (``row_sha``) names
+    exactly what was trained (data files, train block, seed, the method's parameters)."""
+    scfg = seed_config(cfg, seed)
+    return scfg.model_copy(update={"methods": [params], "output_dir": str(Path(scfg.output_dir) / params.label)})
+
+
+def row_sha(rcfg: ExperimentConfig) -> str:
+    return hashlib.sha256(dump_config(rcfg).encode("utf-8")).hexdigest()
+
+
+def archive_path(bench: Bench, seed: int, label: str, archive: Path = ARCHIVE) -> Path:
+    return archive / bench.key / f"seed-{seed}" / f"{label}.json"
+
+
+def archive_row(bench: Bench, rcfg: ExperimentConfig, result: RunResult, archive: Path = ARCHIVE) -> None:
+    """Keep a finished row's result in the repository (the run folders are scratch: a new machine has
+    none), with the fingerprint of the config that produced it."""
+    payload = {"config_sha": row_sha(rcfg), "result": result.model_dump(mode="json")}
+    atomic_write_text(archive_path(bench, rcfg.train.seed, result.name, archive),
+                      json.dumps(payload, indent=1, sort_keys=True) + "\n")
+
+
+def archived_row(bench: Bench, rcfg: ExperimentConfig, archive: Path = ARCHIVE) -> RunResult | None:
+    """The archived result of exactly this row config (same fingerprint), else None."""
+    path = archive_path(bench, rcfg.train.seed, rcfg.methods[0].label, archive)
+    if not path.is_file():
+        return None
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    if payload.get("config_sha") != row_sha(rcfg):
+        return None
+    return RunResult.model_validate(payload["result"])
+
+
 def load_view(bench: Bench, cfg: ExperimentConfig, n_train: int, n_eval: int,
-              search_cost: dict[str, float] | None = None) -> BenchView:
-    """The finished and failed rows of ``cfg``'s seeds: a seed folder whose config.yaml is not this
-    config's (another size, other methods) counts as not started, as peftlab's resume would treat it."""
+              search_cost: dict[str, float] | None = None, archive: Path = ARCHIVE) -> BenchView:
+    """The finished and failed rows of ``cfg``'s seeds: a row's own run folder when it holds this
+    very row config, else the repository's archive of it (same fingerprint); anything trained with
+    another config (another size, lr or train block) counts as not run."""
     view = BenchView(bench, [p.label for p in cfg.methods], cfg.seed_list, n_train, n_eval,
                      search_cost=dict(search_cost or {}))
     for s in cfg.seed_list:
-        scfg = seed_config(cfg, s)
-        sdir = Path(scfg.output_dir)
-        cfile = sdir / "config.yaml"
-        if not cfile.is_file() or cfile.read_text(encoding="utf-8") != dump_config(scfg):
-            continue
-        for params in scfg.methods:
-            view.results += [r for r in [row_result(sdir / params.label, params)] if r is not None]
-        if view.baseline is None and (sdir / BASELINE / RESULTS_FILE).is_file():
-            view.baseline = read_result(sdir / BASELINE / RESULTS_FILE)
+        for params in cfg.methods:
+            rcfg = row_config(cfg, s, params)
+            rdir = Path(rcfg.output_dir)
+            cfile = rdir / "config.yaml"
+            here = cfile.is_file() and cfile.read_text(encoding="utf-8") == dump_config(rcfg)
+            result = (row_result(rdir / params.label, params) if here else None) or archived_row(bench, rcfg, archive)
+            view.results += [result] if result is not None else []
+            if view.baseline is None and here and (rdir / BASELINE / RESULTS_FILE).is_file():
+                view.baseline = read_result(rdir / BASELINE / RESULTS_FILE)
+    base = baseline_path(bench, n_train, n_eval, archive)
+    if view.baseline is None and base.is_file():
+        view.baseline = RunResult.model_validate_json(base.read_text(encoding="utf-8"))
     return view
 
 
@@ -461,18 +509,44 @@ def write_data(bench: Bench, n_train: int, n_eval: int, files: tuple[Path, Path]
             atomic_write_text(path, text)
 
 
-def run_seed(cfg: ExperimentConfig, seed: int, parallel: int, quiet: bool = True) -> None:
-    """One seed of one benchmark through peftlab's real path, resuming what an earlier run left."""
-    from peftlab.runners.experiment import run_experiment
-    from peftlab.runners.parallel import run_parallel
+def run_rows(bench: Bench, cfg: ExperimentConfig, todo: list[tuple[int, MethodParams]], sizes: tuple[int, int],
+             parallel: int, quiet: bool = True, archive: Path = ARCHIVE) -> None:
+    """Each (seed, method) row as its own ``python -m peftlab run`` (peftlab's real path; its resume
+    continues a killed row from its newest checkpoint), ``parallel`` at once with the cores shared
+    out (OMP_NUM_THREADS); each row finished ok is archived in the repository as soon as it ends."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    scfg = seed_config(cfg, seed)
-    command = ["peftlab", "run", str(Path(scfg.output_dir) / "config.yaml"), "-q"] + (
-        ["--parallel", str(parallel)] if parallel > 1 else [])
-    if parallel > 1:
-        run_parallel(scfg, parallel, quiet=quiet, resume="auto", command=command)
-    else:
-        run_experiment(scfg, quiet=quiet, resume="auto", command=command)
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if parallel > 1 else {})}
+
+    def one(item: tuple[int, MethodParams]) -> None:
+        seed, params = item
+        rcfg = row_config(cfg, seed, params)
+        path = Path(cfg.output_dir).parent / "configs" / f"seed-{seed}" / f"{params.label}.yaml"
+        text = dump_config(rcfg)
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            atomic_write_text(path, text)
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "peftlab", "run", str(path), *([] if not quiet else ["-q"])],
+                              env=env, check=False)
+        result = row_result(Path(rcfg.output_dir) / params.label, params)
+        ok = result is not None and result.status == "ok"
+        if ok:
+            archive_row(bench, rcfg, result, archive)
+            base = Path(rcfg.output_dir) / BASELINE / RESULTS_FILE
+            keep = baseline_path(bench, *sizes, archive)
+            if base.is_file() and not keep.is_file():
+                atomic_write_text(keep, base.read_text(encoding="utf-8"))
+        print(f"   {bench.key} seed {seed} {params.label}: {'ok' if ok else f'not finished (exit {proc.returncode})'}"
+              f" in {time.perf_counter() - t0:.0f} s", flush=True)
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        list(pool.map(one, todo))
+
+
+def baseline_path(bench: Bench, n_train: int, n_eval: int, archive: Path = ARCHIVE) -> Path:
+    """The majority-class row of a subsample (it depends on the data alone)."""
+    return archive / bench.key / f"baseline-{n_train}-{n_eval}.json"
 
 
 def canonical_command(args: argparse.Namespace) -> str:
@@ -528,6 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = pick_methods(text_methods(source["methods"]), args.methods.split(",") if args.methods else None)
     seeds = [int(s) for s in args.seeds.split(",")]
     root = run_root(args.quick)
+    archive = root / "archive" if args.quick else ARCHIVE  # a smoke run never touches the committed archive
     cfgs: dict[str, tuple[ExperimentConfig, int]] = {}
     runnable: set[str] = set()
     fallbacks: dict[str, list[str]] = {}
@@ -559,12 +634,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.render_only:
         for seed in seeds:  # seed 0 everywhere first: a partial run has whole single-seed tables
             for b in (b for b in benches if b.key in runnable):
-                t0 = time.perf_counter()
-                print(f"== {b.key} seed {seed}: {len(methods)} methods ({SOURCE_CONFIG}), "
-                      f"{root / b.key / 'run' / f'seed-{seed}'}", flush=True)
-                run_seed(cfgs[b.key][0], seed, args.parallel, quiet=not args.verbose)
-                print(f"   {b.key} seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
-    views = [load_view(b, cfg, args.n_train, n_eval, search_costs(searched(b)) if not args.quick else {})
+                cfg, n_eval = cfgs[b.key]
+                done = load_view(b, cfg, args.n_train, n_eval, archive=archive).done()
+                todo = [(seed, p) for p in cfg.methods if (seed, p.label) not in done]
+                print(f"== {b.key} seed {seed}: {len(todo)} of {len(cfg.methods)} methods to run ({SOURCE_CONFIG})",
+                      flush=True)
+                if todo:
+                    run_rows(b, cfg, todo, (args.n_train, n_eval), args.parallel, quiet=not args.verbose,
+                             archive=archive)
+    views = [load_view(b, cfg, args.n_train, n_eval, search_costs(searched(b)) if not args.quick else {},
+                       archive)
              for b, (cfg, n_eval) in zip(benches, cfgs.values())]
     for v in views:
         v.at_default = fallbacks.get(v.bench.key, [])

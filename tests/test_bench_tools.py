@@ -212,6 +212,33 @@ def test_method_suite_renders_partial_progress_and_the_ordering_from_results():
                                                           [_row("lora", 0, 0.5)]))
 
 
+def test_method_suite_archive_carries_finished_rows_to_a_fresh_machine(tmp_path):
+    """Each row is its own run; a finished row is archived with its config's fingerprint, so a machine
+    without the run folders still counts it done, and a row trained with another config does not count."""
+    ms = _suite()
+    from peftlab.config import load_raw, validate_raw
+
+    source = load_raw(REPO / "configs" / "all_methods.yaml")
+    methods = ms.pick_methods(ms.text_methods(source["methods"]), ["full", "lora"])
+    bench = ms.BENCHES["sst2"]
+    cfg = validate_raw(ms.suite_config(bench, source, methods, [0, 1], tmp_path / "runs", 64, 32,
+                                       lrs={"full": 1e-4, "lora": 1e-3}))
+    rcfg = ms.row_config(cfg, 1, cfg.methods[1])
+    assert [m.label for m in rcfg.methods] == ["lora"] and rcfg.train.seed == 1 and rcfg.seeds is None
+    assert rcfg.output_dir == str(tmp_path / "runs" / "sst2" / "run" / "seed-1" / "lora")
+    archive = tmp_path / "archive"
+    result = _row("lora", 1, 0.8).model_copy(update={"method_params": cfg.methods[1].model_dump(mode="json")})
+    ms.archive_row(bench, rcfg, result, archive)
+    assert (archive / "sst2" / "seed-1" / "lora.json").is_file()
+    view = ms.load_view(bench, cfg, 64, 32, archive=archive)  # no run folder exists: the archive alone
+    assert view.done() == {(1, "lora")} and view.results[0].accuracy == 0.8
+    assert view.remaining() == [(0, "full"), (0, "lora"), (1, "full")]
+    other = validate_raw(ms.suite_config(bench, source, methods, [0, 1], tmp_path / "runs", 64, 32,
+                                         lrs={"full": 1e-4, "lora": 3e-3}))  # another lr: another row
+    assert ms.archived_row(bench, ms.row_config(other, 1, other.methods[1]), archive) is None
+    assert ms.load_view(bench, other, 64, 32, archive=archive).done() == set()
+
+
 def test_method_suite_trains_each_method_at_its_searched_value():
     """The suite's lr per method and benchmark is the best stored trial of bench/method_defaults.py; QLoRA
     takes LoRA's; a method without trials stops the suite with the command that fills them in."""
