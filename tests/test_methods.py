@@ -23,7 +23,8 @@ from conftest import FAMILIES
 from method_table import _one_thread, assert_counts_match_closed_form, fresh, split, train_tiny  # noqa: F401  (_one_thread: autouse)
 from peftlab.methods import METHODS
 from peftlab.methods.peft_common import PeftMethod
-from peftlab.estimate.params import arch_spec
+from peftlab.estimate.params import arch_spec, base_weight_bytes, count_params
+from peftlab.infra.errors import PeftlabError
 from peftlab.runners.batching import encode
 from peftlab.runners.train import make_optimizer, predict_logits
 
@@ -330,3 +331,61 @@ def test_methods_are_found_in_their_own_modules_in_the_tables_order():
     assert {type(m).__module__.split(".")[2] for m in METHODS.in_order()} == modules  # a module, or a folder
     orders = [(m.table_order, m.name) for m in METHODS.in_order()]
     assert orders == sorted(orders)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_qlora_base_stays_quantised_and_frozen(tiny_backbones, bits):
+    method = METHODS.get("qlora")
+    params = method.Params(r=4, alpha=8, bits=bits)
+    fp32, _ = fresh(tiny_backbones["bert"])
+    model, _ = fresh(tiny_backbones["bert"], method, params)
+    qtype = "Params4bit" if bits == 4 else "Int8Params"
+    stored = base_weight_bytes(model)
+    model = method.prepare(model, params, arch_spec(model.config))
+    linears = {n: p for n, p in model.named_parameters() if "encoder.layer" in n and n.endswith("dense.weight")
+               or n.endswith(("query.base_layer.weight", "key.weight", "value.base_layer.weight"))}
+    assert linears and {type(p).__name__ for p in linears.values()} == {qtype}
+    assert not any(p.requires_grad for p in linears.values())
+    # the head is kept out of quantisation and trains in fp32
+    heads = [p for n, p in model.named_parameters() if "classifier.modules_to_save" in n]
+    assert heads and all(p.requires_grad and p.dtype == torch.float32 for p in heads)
+    # logical totals equal fp32's, memory does not
+    assert count_params(fp32)[1] + method.derived_trainable(params, arch_spec(fp32.config)) == count_params(model)[1]
+    assert stored < base_weight_bytes(fp32)
+
+
+def test_qlora_refuses_unquantised_base(tiny_bert):
+    method = METHODS.get("qlora")
+    params = method.Params()
+    model, _ = fresh(tiny_bert)
+    with pytest.raises(PeftlabError, match="not quantised"):
+        method.prepare(model, params, arch_spec(model.config))
+
+
+def test_base_weight_bytes_fp32(tiny_bert):
+    model, _ = fresh(tiny_bert)
+    assert base_weight_bytes(model) == 4 * count_params(model)[1]
+
+
+@pytest.mark.parametrize("name", ["houlsby", "pfeiffer"])
+def test_bottleneck_params_validation_and_mismatched_reload(tiny_bert, tmp_path: Path, name):
+    method = METHODS.get(name)
+    with pytest.raises(ValueError, match="exactly one"):
+        method.Params(bottleneck_size=4, reduction_factor=8)
+    model, _ = fresh(tiny_bert)
+    spec = arch_spec(model.config)
+    model = method.prepare(model, method.Params(bottleneck_size=4), spec)
+    method.save(model, method.Params(bottleneck_size=4), tmp_path / "a")
+    other, _ = fresh(tiny_bert)
+    with pytest.raises(PeftlabError, match="differ"):
+        method.load(other, method.Params(bottleneck_size=2), spec, tmp_path / "a")
+    with pytest.raises(PeftlabError, match="no saved head"):
+        fresh_model, _ = fresh(tiny_bert)
+        method.load(fresh_model, method.Params(bottleneck_size=4), spec, tmp_path / "missing")
+
+
+def test_ia3_refuses_feedforward_outside_targets():
+    method = METHODS.get("ia3")
+    params = method.Params(target_modules=["key"], feedforward_modules=["output.dense"])
+    with pytest.raises(PeftlabError, match="not in target_modules"):
+        method.check(params, None, "bert")
