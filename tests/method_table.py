@@ -1,4 +1,4 @@
-"""Shared setup of the method-table tests (test_methods.py, test_methods_suite.py): a freshly
+"""Shared setup of the method-table tests (test_methods.py, and test_t5.py's rows on T5): a freshly
 loaded tiny backbone, the tiny task's splits, and one short training run whose parameters are
 snapshotted before and after, so each test file only holds its own rows and assertions."""
 
