@@ -11,7 +11,7 @@ search picks, and ``search: {lr: auto}`` grids centre on it.
 
 What it does, per benchmark of bench/method_suite.py (SST-2, MultiNLI; the suite's seeded
 8,000-example training subsample, never an evaluation split) and per text method of
-configs/all_methods.yaml (that row's hyperparameters): peftlab's own lr search
+configs/all_methods.yaml and configs/peft_zoo.yaml (that row's hyperparameters): peftlab's own lr search
 (``peftlab.runners.experiment.search_method``: a fresh model per trial, ``--budget-steps`` optimizer
 steps on 90% of the training subsample, scored by the loss on the other 10%) over half-decade
 values 10^(k/2) from a decade below the method's default to 1.5 decades above; when the best value
@@ -41,15 +41,18 @@ from typing import Any
 _USER_PRECISION = os.environ.get("PEFTLAB_CPU_PRECISION")  # before benchkit sets its fp32 default
 
 import benchkit  # noqa: E402  (this checkout's peftlab on sys.path)
-from method_suite import (BENCHES, DATA_SEED, SAME_AS, SEARCH_RESULTS, SOURCE_CONFIG, Bench,  # noqa: E402
+from method_suite import (BENCHES, DATA_SEED, SAME_AS, SEARCH_RESULTS, SOURCES, Bench, load_source,  # noqa: E402
                           best_index, data_files, ladder, normalised, pick_methods, row_label, suite_config,
                           text_methods, trial_scores, write_data)
 
-from peftlab.config import load_raw, validate_raw  # noqa: E402
+from peftlab.config import validate_raw  # noqa: E402
 from peftlab.infra.io import atomic_write_text  # noqa: E402
 from peftlab.methods import METHODS  # noqa: E402
 
 SECTION = "## Per-method default learning rates"
+#: rows whose method is any peft type (``method: peft``): searched for the suite's lr, but their
+#: pick sets no default (one default serves every peft type)
+GENERIC = ("peft",)
 N_TRAIN = 8000
 VAL_FRACTION = 0.1
 BUDGET_STEPS = 100
@@ -185,7 +188,7 @@ def render(stores: dict[str, dict[str, Any]], rows: list[dict[str, Any]], comman
     benches = [BENCHES[k] for k in stores]
     lines = [SECTION, "",
              "Where each method's default learning rate comes from (issue 19: per-method defaults that train). "
-             f"peftlab's own lr search (`search_method`), per text method of `{SOURCE_CONFIG}` (its hyperparameters), "
+             f"peftlab's own lr search (`search_method`), per text method of {SOURCES} (its hyperparameters), "
              f"on the method suite's seeded {N_TRAIN:,}-example training subsamples of "
              f"{' and '.join(b.title for b in benches)}: each trial a fresh MiniLM-L6 trained for a fixed budget on "
              f"{100 - 100 * VAL_FRACTION:.0f}% of the subsample and scored by its loss on the other "
@@ -226,7 +229,8 @@ def render(stores: dict[str, dict[str, Any]], rows: list[dict[str, Any]], comman
                 + " |")
         chosen = default_pick(per)
         pick_s = "-" if chosen is None else f"{ladder(chosen):g}"
-        same = "-" if chosen is None else ("yes" if math.isclose(default, ladder(chosen), rel_tol=1e-6) else "**no**")
+        same = ("n/a (one default for every peft type)" if method in GENERIC else "-" if chosen is None else
+                ("yes" if math.isclose(default, ladder(chosen), rel_tol=1e-6) else "**no**"))
         lines.append(f"| {label} | {default:g} | {pick_s}{' (LoRA)' if label in SAME_AS else ''} | "
                      + " | ".join(cells) + f" | {same} |")
     lines += ["", "Every trial (learning rate: held-out loss / ln K; lower is better):", "",
@@ -237,7 +241,7 @@ def render(stores: dict[str, dict[str, Any]], rows: list[dict[str, Any]], comman
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--benchmarks", default="sst2,mnli")
-    ap.add_argument("--methods", default=None, help=f"comma-separated row names of {SOURCE_CONFIG} (default: all)")
+    ap.add_argument("--methods", default=None, help=f"comma-separated row names of {SOURCES} (default: all)")
     ap.add_argument("--budget-steps", type=int, default=BUDGET_STEPS)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (train.num_threads)")
     ap.add_argument("--precision", choices=["probe", "fp32", "bf16"], default=_USER_PRECISION or "probe")
@@ -245,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     os.chdir(benchkit.ROOT)
     os.environ["PEFTLAB_CPU_PRECISION"] = args.precision
-    source = load_raw(SOURCE_CONFIG)
+    source = load_source()
     all_rows = text_methods(source["methods"])
     rows = pick_methods(all_rows, args.methods.split(",") if args.methods else None)
     benches = [BENCHES[b] for b in args.benchmarks.split(",")]

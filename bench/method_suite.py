@@ -1,4 +1,4 @@
-"""Method comparison suite: every text method of configs/all_methods.yaml on SST-2 and MultiNLI.
+"""Method comparison suite: every text method of configs/all_methods.yaml and configs/peft_zoo.yaml on SST-2 and MultiNLI.
 
 Usage: python bench/method_suite.py [--benchmarks sst2,mnli] [--n-train 8000] [--n-eval N] [--seeds 0,1,2]
        [--methods lora,full,...] [--parallel N] [--precision probe|fp32|bf16] [--quick] [--render-only]
@@ -66,6 +66,9 @@ from peftlab.runners.seeds import seed_config, seed_dir  # noqa: E402
 
 SECTION = "## Method comparison suite"
 SOURCE_CONFIG = "configs/all_methods.yaml"
+#: rows compared besides SOURCE_CONFIG's: the methods added through peft (issue 20), same train block
+EXTRA_CONFIGS = ("configs/peft_zoo.yaml",)
+SOURCES = " and ".join(f"`{c}`" for c in (SOURCE_CONFIG, *EXTRA_CONFIGS))
 BACKBONE = "minilm-l6"
 DATA_SEED = 0  # the subsample; the seeds vary training only
 #: where bench/method_defaults.py keeps its trials (one file per benchmark); the suite trains each
@@ -113,6 +116,18 @@ BENCHES = {
 
 # --- config generation (pure) -----------------------------------------------------------------
 
+def load_source() -> dict[str, Any]:
+    """all_methods.yaml's raw config with the rows of EXTRA_CONFIGS appended (their train blocks must
+    be the same: one protocol for every row of the suite)."""
+    source = load_raw(SOURCE_CONFIG)
+    for path in EXTRA_CONFIGS:
+        extra = load_raw(path)
+        if extra.get("train") != source.get("train"):
+            raise SystemExit(f"error: {path}: its train block differs from {SOURCE_CONFIG}'s; the suite needs one")
+        source = {**source, "methods": [*source["methods"], *extra["methods"]]}
+    return source
+
+
 def text_methods(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows of a config whose method fine-tunes a text classifier (not in-context scoring)."""
     return [r for r in rows if METHODS.get(r["method"]).runner == "train"]
@@ -129,7 +144,7 @@ def pick_methods(rows: list[dict[str, Any]], wanted: list[str] | None) -> list[d
     known = [row_label(r) for r in rows]
     unknown = [w for w in wanted if w not in known]
     if unknown:
-        raise SystemExit(f"error: --methods {','.join(unknown)}: not a text method of {SOURCE_CONFIG} ({', '.join(known)})")
+        raise SystemExit(f"error: --methods {','.join(unknown)}: not a text method of {SOURCES} ({', '.join(known)})")
     return [r for r in rows if row_label(r) in wanted]
 
 
@@ -461,7 +476,7 @@ def render(views: list[BenchView], command: str, hardware: str, search: bool, qu
         SECTION, "",
         ("**Smoke run (`--quick`): the numbers mean nothing.** " if quick else "")
         + f"MiniLM-L6 ({BACKBONE}) on {sizes} (seeded stratified subsamples of ../shared/data, the same for every "
-        f"seed), every text method of `{SOURCE_CONFIG}` with its own hyperparameters and that config's train block, "
+        f"seed), every text method of {SOURCES} with its own hyperparameters and that config's train block, "
         + ("the learning rate of each method its best value on that benchmark in the documented per-method search "
            "of bench/method_defaults.py (section \"Per-method default learning rates\": half-decade values, "
            "100-step trials on 90% of this training subsample scored by the loss on the other 10%, never on the "
@@ -527,8 +542,11 @@ def run_rows(bench: Bench, cfg: ExperimentConfig, todo: list[tuple[int, MethodPa
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
             atomic_write_text(path, text)
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "peftlab", "run", str(path), *([] if not quiet else ["-q"])],
-                              env=env, check=False)
+        log = Path(cfg.output_dir).parent / "logs" / f"seed-{seed}-{params.label}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a", encoding="utf-8") as sink:  # the row's own table and warnings, kept beside it
+            proc = subprocess.run([sys.executable, "-m", "peftlab", "run", str(path), *([] if not quiet else ["-q"])],
+                                  env=env, check=False, stdout=sink, stderr=subprocess.STDOUT)
         result = row_result(Path(rcfg.output_dir) / params.label, params)
         ok = result is not None and result.status == "ok"
         if ok:
@@ -538,7 +556,7 @@ def run_rows(bench: Bench, cfg: ExperimentConfig, todo: list[tuple[int, MethodPa
             if base.is_file() and not keep.is_file():
                 atomic_write_text(keep, base.read_text(encoding="utf-8"))
         print(f"   {bench.key} seed {seed} {params.label}: {'ok' if ok else f'not finished (exit {proc.returncode})'}"
-              f" in {time.perf_counter() - t0:.0f} s", flush=True)
+              f" in {time.perf_counter() - t0:.0f} s (log: {log})", flush=True)
 
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         list(pool.map(one, todo))
@@ -568,7 +586,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--n-train", type=int, default=None, help="training examples per benchmark (default 8000)")
     ap.add_argument("--n-eval", type=int, default=None, help="default: all 872 of SST-2, 2000 of MultiNLI")
     ap.add_argument("--seeds", default=None, help="comma-separated (default 0,1,2)")
-    ap.add_argument("--methods", default=None, help=f"comma-separated row names of {SOURCE_CONFIG} (default: all)")
+    ap.add_argument("--methods", default=None, help=f"comma-separated row names of {SOURCES} (default: all)")
     ap.add_argument("--parallel", type=int, default=1, help="methods at once (peftlab run --parallel)")
     ap.add_argument("--precision", choices=["probe", "fp32", "bf16"], default=_USER_PRECISION or "probe",
                     help="what peftlab's auto precision means on a CPU (PEFTLAB_CPU_PRECISION; default: peftlab's probe)")
@@ -598,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         benches = [b for b in benches if b not in missing]
         if not benches:
             return 0
-    source = load_raw(SOURCE_CONFIG)
+    source = load_source()
     methods = pick_methods(text_methods(source["methods"]), args.methods.split(",") if args.methods else None)
     seeds = [int(s) for s in args.seeds.split(",")]
     root = run_root(args.quick)
@@ -637,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg, n_eval = cfgs[b.key]
                 done = load_view(b, cfg, args.n_train, n_eval, archive=archive).done()
                 todo = [(seed, p) for p in cfg.methods if (seed, p.label) not in done]
-                print(f"== {b.key} seed {seed}: {len(todo)} of {len(cfg.methods)} methods to run ({SOURCE_CONFIG})",
+                print(f"== {b.key} seed {seed}: {len(todo)} of {len(cfg.methods)} methods to run",
                       flush=True)
                 if todo:
                     run_rows(b, cfg, todo, (args.n_train, n_eval), args.parallel, quiet=not args.verbose,
