@@ -27,7 +27,7 @@ from peftlab.estimate.activations import Flow, block_linears
 from peftlab.estimate.params import ArchSpec, targeted_linears, total_params
 from peftlab.infra.config_base import MethodParams, PositiveFloat
 from peftlab.methods.base import Readme
-from peftlab.methods.peft_common import PeftMethod, seq_cls_config
+from peftlab.methods.peft_common import TargetedPeftMethod, seq_cls_config
 
 
 class AdaloraParams(MethodParams):
@@ -65,7 +65,7 @@ class AdaloraParams(MethodParams):
         return self
 
 
-class Adalora(PeftMethod):
+class Adalora(TargetedPeftMethod):
     name = "adalora"
     Params = AdaloraParams
     default_targets = ADALORA_TARGETS
@@ -82,12 +82,6 @@ class Adalora(PeftMethod):
         closed_form="sum over targeted linears of `init_r` × (d_in + d_out + 1) + head (at the start; pruning zeroes E)",
         via="peft",
     )
-
-    def targets(self, params: AdaloraParams, model_type: str) -> list[str]:
-        return self.default_or_row_targets(params, model_type)
-
-    def check(self, params: AdaloraParams, spec: ArchSpec | None, model_type: str) -> None:
-        self.check_row_targets(params, spec, model_type)
 
     def peft_config(self, params: AdaloraParams, model: nn.Module, spec: ArchSpec | None) -> AdaLoraConfig:
         """``total_step`` 1 until the first optimizer step sets the run's (peft refuses None; the

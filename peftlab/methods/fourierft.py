@@ -23,7 +23,7 @@ from peftlab.estimate.params import ArchSpec, targeted_linears
 from peftlab.infra.config_base import MethodParams, PositiveFloat
 from peftlab.infra.errors import PeftlabError
 from peftlab.methods.base import Readme
-from peftlab.methods.peft_common import PeftMethod, seq_cls_config
+from peftlab.methods.peft_common import TargetedPeftMethod, seq_cls_config
 
 
 class FourierftParams(MethodParams):
@@ -43,7 +43,7 @@ class FourierftParams(MethodParams):
     target_modules: list[str] | None = Field(default=None, min_length=1)
 
 
-class Fourierft(PeftMethod):
+class Fourierft(TargetedPeftMethod):
     name = "fourierft"
     Params = FourierftParams
     default_targets = FOURIERFT_TARGETS
@@ -59,9 +59,6 @@ class Fourierft(PeftMethod):
         closed_form="`n_frequency` × targeted linears + head",
         via="peft",
     )
-
-    def targets(self, params: FourierftParams, model_type: str) -> list[str]:
-        return self.default_or_row_targets(params, model_type)
 
     def check(self, params: FourierftParams, spec: ArchSpec | None, model_type: str) -> None:
         """Refuse more coefficients than a targeted linear's d_in x d_out grid holds (peft raises it

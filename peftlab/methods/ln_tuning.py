@@ -20,7 +20,7 @@ from peftlab.estimate.params import ArchSpec, all_linears, all_norms, matches_ta
 from peftlab.infra.config_base import MethodParams, PositiveFloat
 from peftlab.infra.errors import PeftlabError
 from peftlab.methods.base import Readme
-from peftlab.methods.peft_common import PeftMethod, seq_cls_config
+from peftlab.methods.peft_common import TargetedPeftMethod, seq_cls_config
 
 #: peft has no defaults for the encoders: every LayerNorm (both per block and the embeddings')
 ENCODER_NORMS = ["LayerNorm"]
@@ -43,7 +43,7 @@ class LnTuningParams(MethodParams):
     target_modules: list[str] | None = Field(default=None, min_length=1)
 
 
-class LnTuning(PeftMethod):
+class LnTuning(TargetedPeftMethod):
     name = "ln_tuning"
     Params = LnTuningParams
     default_targets = {**LN_TARGETS, **{f: ENCODER_NORMS for f in ("bert", "roberta", "xlm-roberta")}}
@@ -58,9 +58,6 @@ class LnTuning(PeftMethod):
         closed_form="sum of the targeted norms' parameters + head",
         via="peft",
     )
-
-    def targets(self, params: LnTuningParams, model_type: str) -> list[str]:
-        return self.default_or_row_targets(params, model_type)
 
     def check(self, params: LnTuningParams, spec: ArchSpec | None, model_type: str) -> None:
         """Refuse a target that names a linear (peft would train the whole layer, not a norm) or no

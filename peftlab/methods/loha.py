@@ -18,7 +18,7 @@ from torch import nn
 from peftlab.estimate.activations import Flow, block_linears
 from peftlab.infra.config_base import MethodParams, PositiveFloat
 from peftlab.methods.base import Readme
-from peftlab.methods.peft_common import PeftMethod, seq_cls_config
+from peftlab.methods.peft_common import TargetedPeftMethod, seq_cls_config
 from peftlab.estimate.params import ArchSpec, targeted_linears
 
 
@@ -33,7 +33,7 @@ class LohaParams(MethodParams):
     target_modules: list[str] | None = Field(default=None, min_length=1)
 
 
-class Loha(PeftMethod):
+class Loha(TargetedPeftMethod):
     name = "loha"
     Params = LohaParams
     default_targets = LOHA_TARGETS
@@ -48,12 +48,6 @@ class Loha(PeftMethod):
         closed_form="sum over targeted linears of 2 `r` × (d_in + d_out) + head",
         via="peft",
     )
-
-    def targets(self, params: LohaParams, model_type: str) -> list[str]:
-        return self.default_or_row_targets(params, model_type)
-
-    def check(self, params: LohaParams, spec: ArchSpec | None, model_type: str) -> None:
-        self.check_row_targets(params, spec, model_type)
 
     def peft_config(self, params: LohaParams, model: nn.Module, spec: ArchSpec | None) -> LoHaConfig:
         return seq_cls_config(LoHaConfig, model, spec, r=params.r, alpha=params.alpha,

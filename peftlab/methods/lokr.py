@@ -20,7 +20,7 @@ from torch import nn
 from peftlab.estimate.activations import Flow, block_linears
 from peftlab.infra.config_base import MethodParams, PositiveFloat
 from peftlab.methods.base import Readme
-from peftlab.methods.peft_common import PeftMethod, seq_cls_config
+from peftlab.methods.peft_common import TargetedPeftMethod, seq_cls_config
 from peftlab.estimate.params import ArchSpec, targeted_linears
 
 
@@ -51,7 +51,7 @@ def factor_params(d_in: int, d_out: int, params: LokrParams) -> int:
     return w1 + w2
 
 
-class Lokr(PeftMethod):
+class Lokr(TargetedPeftMethod):
     name = "lokr"
     Params = LokrParams
     default_targets = LOKR_TARGETS
@@ -68,12 +68,6 @@ class Lokr(PeftMethod):
                      "+ k·n, or `r` × (k + n) when low-rank) + head"),
         via="peft",
     )
-
-    def targets(self, params: LokrParams, model_type: str) -> list[str]:
-        return self.default_or_row_targets(params, model_type)
-
-    def check(self, params: LokrParams, spec: ArchSpec | None, model_type: str) -> None:
-        self.check_row_targets(params, spec, model_type)
 
     def peft_config(self, params: LokrParams, model: nn.Module, spec: ArchSpec | None) -> LoKrConfig:
         return seq_cls_config(LoKrConfig, model, spec, r=params.r, alpha=params.alpha,

@@ -26,7 +26,7 @@ from peftlab.estimate.params import ArchSpec, matches_target, targeted_linears
 from peftlab.infra.config_base import MethodParams, PositiveFloat
 from peftlab.infra.errors import PeftlabError
 from peftlab.methods.base import Readme
-from peftlab.methods.peft_common import PeftMethod, seq_cls_config
+from peftlab.methods.peft_common import TargetedPeftMethod, seq_cls_config
 
 
 def check_block_size(method: str, field: str, size: int, widths: Mapping[str, int], model_type: str) -> None:
@@ -63,7 +63,7 @@ class OftParams(MethodParams):
     target_modules: list[str] | None = Field(default=None, min_length=1)
 
 
-class Oft(PeftMethod):
+class Oft(TargetedPeftMethod):
     name = "oft"
     Params = OftParams
     default_targets = OFT_TARGETS
@@ -80,9 +80,6 @@ class Oft(PeftMethod):
                      "(`block_share`: one block) + head"),
         via="peft",
     )
-
-    def targets(self, params: OftParams, model_type: str) -> list[str]:
-        return self.default_or_row_targets(params, model_type)
 
     def span(self, params: OftParams) -> int:
         """The width that must divide every targeted input width: one rotation block."""

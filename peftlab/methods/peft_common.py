@@ -57,8 +57,8 @@ class PeftMethod(Method):
 
     runs_on = ("text",)
     #: peft's per-architecture default ``target_modules`` for a method applied to named linears
-    #: (vera, loha, lokr); such a method's params carry ``target_modules`` and it uses
-    #: :meth:`default_or_row_targets` and :meth:`check_row_targets` instead of writing its own
+    #: (vera, loha, lokr, ...: :class:`TargetedPeftMethod`); such a method's params carry
+    #: ``target_modules`` and it uses :meth:`default_or_row_targets` and :meth:`check_row_targets`
     default_targets: ClassVar[Mapping[str, Any]] = {}
 
     def default_or_row_targets(self, params: Any, model_type: str) -> list[str]:
@@ -96,6 +96,18 @@ class PeftMethod(Method):
 
     def load(self, model: nn.Module, params: Any, spec: ArchSpec | None, directory: Path) -> nn.Module:
         return load_peft(model, directory)
+
+
+class TargetedPeftMethod(PeftMethod):
+    """A peft method applied to named modules (``target_modules``, else peft's per-architecture
+    ``default_targets``): linears for most, norms for LN tuning. Targets that name nothing of the
+    architecture are refused before any model loads; a method with more to check extends ``check``."""
+
+    def targets(self, params: Any, model_type: str) -> list[str]:
+        return self.default_or_row_targets(params, model_type)
+
+    def check(self, params: Any, spec: ArchSpec | None, model_type: str) -> None:
+        self.check_row_targets(params, spec, model_type)
 
 
 def wrap_peft(method: str, model: nn.Module, config: PeftConfig) -> nn.Module:

@@ -20,7 +20,7 @@ from torch import nn
 from peftlab.estimate.activations import Flow, block_linears
 from peftlab.infra.config_base import MethodParams, PositiveFloat
 from peftlab.methods.base import Readme
-from peftlab.methods.peft_common import PeftMethod, seq_cls_config
+from peftlab.methods.peft_common import TargetedPeftMethod, seq_cls_config
 from peftlab.estimate.params import ArchSpec, targeted_linears
 
 
@@ -40,7 +40,7 @@ class VeraParams(MethodParams):
     projection_prng_key: int = 0
 
 
-class Vera(PeftMethod):
+class Vera(TargetedPeftMethod):
     name = "vera"
     Params = VeraParams
     default_targets = VERA_TARGETS
@@ -56,12 +56,6 @@ class Vera(PeftMethod):
         closed_form="sum over targeted linears of `r` + d_out + head",
         via="peft",
     )
-
-    def targets(self, params: VeraParams, model_type: str) -> list[str]:
-        return self.default_or_row_targets(params, model_type)
-
-    def check(self, params: VeraParams, spec: ArchSpec | None, model_type: str) -> None:
-        self.check_row_targets(params, spec, model_type)
 
     def peft_config(self, params: VeraParams, model: nn.Module, spec: ArchSpec | None) -> VeraConfig:
         return seq_cls_config(VeraConfig, model, spec, r=params.r,
