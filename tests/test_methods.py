@@ -350,6 +350,13 @@ def test_registration_refuses_a_method_that_declares_no_flow():
         register(NoFlow())
 
 
+def test_every_text_method_has_a_row():
+    """Adding a method = its module + a row here: a registered method that trains text classifiers
+    without a row of TABLE would go untested (image and in-context methods have their own tests)."""
+    text = {n for n in METHODS.names() if METHODS.get(n).runner == "train" and "text" in METHODS.get(n).runs_on}
+    assert text - {row.method for row in TABLE.values()} == set()
+
+
 def test_registration_refuses_an_inherited_readme_row():
     """qlora is a lora but has its own README row: a subclass must state its own."""
     from peftlab.methods import register
