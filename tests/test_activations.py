@@ -41,6 +41,8 @@ CASES = [
     {"method": "pfeiffer", "nonlinearity": "gelu"},
     # trained norms only: the gradient starts at the embeddings' LayerNorm, no linear keeps its input
     {"method": "ln_tuning"},
+    # HRA: a chain of reflections built each step, kept whatever flows into the input
+    {"method": "hra", "r": 4},
 ]
 
 

@@ -83,6 +83,7 @@ TABLE: dict[str, Row] = {
     "oft": Row("oft", {"lr": 1e-2, "block_size": 8}),
     "boft": Row("boft", {"lr": 1e-2, "block_size": 4}),
     "fourierft": Row("fourierft", {"lr": 1e-2, "n_frequency": 64}),
+    "hra": Row("hra", {"lr": 1e-2, "r": 4}),
     "adalora": Row("adalora", {"lr": 1e-2, "init_r": 4, "target_r": 3}, reload_atol=PRUNED),
     "ia3": Row("ia3", {"lr": 3e-2}),
     "prompt_tuning": Row("prompt_tuning", {"lr": 1e-2, "num_virtual_tokens": 4}),

@@ -70,6 +70,9 @@ class Flow:
     #: delta's values (d_in x d_out). The linear's input is kept for the delta's gradient, and the
     #: delta itself (once per step, not per token) when a gradient flows on into the input.
     delta: dict[str, int] = field(default_factory=dict)
+    #: what building a linear's weight from trained tensors keeps once per step whatever flows into
+    #: the input (HRA's chain of reflections and its frozen factor): linear -> values
+    built: dict[str, int] = field(default_factory=dict)
     #: block norms whose own weights train, block-relative names (LN tuning): a trained norm's
     #: output needs a gradient even where its input does not, and an RMSNorm then keeps its
     #: normalised input for the weight's gradient (a LayerNorm keeps its input either way)
@@ -163,6 +166,7 @@ def _linear_in(t: _Tally, f: Flow, name: str, n_in: int, x_kept: bool, x_grad: b
     """
     keep_x = block_trains or (name in f.lora and f.lora[name] == 0) or f.ia3.get(name, False) or name in f.delta
     t.values(f.delta.get(name, 0), x_grad)
+    t.values(f.built.get(name, 0))
     if name in f.lora:
         p = f.lora[name]
         if p > 0:
