@@ -54,7 +54,7 @@ import yaml  # noqa: E402
 from train_throughput import DATA as MNLI_DATA  # noqa: E402
 from train_throughput import LABELS as MNLI_LABELS  # noqa: E402
 
-from peftlab.config import ExperimentConfig, TaskConfig, dump_config, load_config, load_raw, validate_raw  # noqa: E402
+from peftlab.config import ExperimentConfig, TaskConfig, dump_config, load_raw, validate_raw  # noqa: E402
 from peftlab.infra.config_base import MethodParams  # noqa: E402
 from peftlab.infra.errors import PeftlabError  # noqa: E402
 from peftlab.infra.io import atomic_write_text  # noqa: E402
@@ -134,7 +134,9 @@ def text_methods(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def row_label(row: dict[str, Any]) -> str:
-    return str(row.get("name") or row["method"])
+    """The row's label as peftlab names it (``name``, else the method's own rule: ``peft-<type>``
+    for a generic peft row)."""
+    return METHODS.get(row["method"]).Params.model_validate(row).label
 
 
 def pick_methods(rows: list[dict[str, Any]], wanted: list[str] | None) -> list[dict[str, Any]]:
@@ -192,12 +194,13 @@ def searched(bench: Bench) -> dict[str, Any]:
 INFORMATIVE_MARGIN = 0.03
 
 
-def searched_lrs(bench: Bench, rows: list[dict[str, Any]], store: dict[str, Any]) -> tuple[dict[str, float], list[str]]:
-    """Each row's learning rate on ``bench`` and the labels that fell back to their method's default.
+def searched_lrs(bench: Bench, rows: list[dict[str, Any]],
+                 store: dict[str, Any]) -> tuple[dict[str, float], list[str], list[str]]:
+    """Each row's learning rate on ``bench``, the labels that fell back to their method's default,
+    and the labels without trials on ``bench`` (not run until bench/method_defaults.py has searched them).
 
     The value is the row's best stored trial on ``bench`` when that trial learned (normalised loss
-    below ``1 - INFORMATIVE_MARGIN``), else the method's default (the SST-2 pick). A label without
-    trials is an error that says which command fills it in."""
+    below ``1 - INFORMATIVE_MARGIN``), else the method's default (the SST-2 pick)."""
     out, fallback, missing = {}, [], []
     for row in rows:
         label = row_label(row)
@@ -211,10 +214,7 @@ def searched_lrs(bench: Bench, rows: list[dict[str, Any]], store: dict[str, Any]
         else:
             out[label] = float(METHODS.get(row["method"]).Params.model_fields["lr"].default)
             fallback.append(label)
-    if missing:
-        raise SystemExit(f"error: {bench.key}: no searched learning rate for {', '.join(missing)}; run "
-                         f"python bench/method_defaults.py --benchmarks {bench.key} first")
-    return out, fallback
+    return out, fallback, missing
 
 
 def suite_config(bench: Bench, source: dict[str, Any], methods: list[dict[str, Any]], seeds: list[int],
@@ -223,11 +223,11 @@ def suite_config(bench: Bench, source: dict[str, Any], methods: list[dict[str, A
     """The peftlab config of one benchmark (paths relative to the repository root).
 
     ``source`` is all_methods.yaml's raw dict (its train block is kept); ``lrs`` (label -> value)
-    replaces the rows' learning rates; ``epochs`` (the smoke run) replaces every epoch count, the
+    replaces the rows' learning rates (a row it lacks keeps its own, and is not run: see ``unsearched``); ``epochs`` (the smoke run) replaces every epoch count, the
     per-method ones included."""
     train_file, eval_file = data_files(root, bench, n_train, n_eval)
     rows = [{**{k: v for k, v in m.items() if not (epochs and k == "epochs")},
-             **({"lr": lrs[row_label(m)]} if lrs else {})} for m in methods]
+             **({"lr": lrs[row_label(m)]} if lrs and row_label(m) in lrs else {})} for m in methods]
     train = {**source.get("train", {}), "seed": DATA_SEED, "checkpoint_every": CHECKPOINT_EVERY,
              **({"epochs": epochs} if epochs else {})}
     return {
@@ -269,6 +269,7 @@ class BenchView:
     baseline: RunResult | None = None
     search_cost: dict[str, float] = field(default_factory=dict)  # label -> seconds of its documented lr search
     at_default: list[str] = field(default_factory=list)  # labels whose trials here stayed at chance (default lr)
+    unsearched: list[str] = field(default_factory=list)  # labels without trials here yet (not run)
 
     def done(self) -> set[tuple[int, str]]:
         return {(r.seed, r.name) for r in self.results if r.status == "ok"}
@@ -308,7 +309,7 @@ def archive_path(bench: Bench, seed: int, label: str, archive: Path = ARCHIVE) -
 def archive_row(bench: Bench, rcfg: ExperimentConfig, result: RunResult, archive: Path = ARCHIVE) -> None:
     """Keep a finished row's result in the repository (the run folders are scratch: a new machine has
     none), with the fingerprint of the config that produced it."""
-    payload = {"config_sha": row_sha(rcfg), "result": result.model_dump(mode="json")}
+    payload = {"config_sha": row_sha(rcfg), "cpu": benchkit.cpu_model(), "result": result.model_dump(mode="json")}
     atomic_write_text(archive_path(bench, rcfg.train.seed, result.name, archive),
                       json.dumps(payload, indent=1, sort_keys=True) + "\n")
 
@@ -321,7 +322,9 @@ def archived_row(bench: Bench, rcfg: ExperimentConfig, archive: Path = ARCHIVE) 
     payload = json.loads(path.read_text(encoding="utf-8"))
     if payload.get("config_sha") != row_sha(rcfg):
         return None
-    return RunResult.model_validate(payload["result"])
+    result = RunResult.model_validate(payload["result"])
+    result.environment.setdefault("cpu", payload.get("cpu", "unknown CPU"))
+    return result
 
 
 def load_view(bench: Bench, cfg: ExperimentConfig, n_train: int, n_eval: int,
@@ -338,6 +341,8 @@ def load_view(bench: Bench, cfg: ExperimentConfig, n_train: int, n_eval: int,
             cfile = rdir / "config.yaml"
             here = cfile.is_file() and cfile.read_text(encoding="utf-8") == dump_config(rcfg)
             result = (row_result(rdir / params.label, params) if here else None) or archived_row(bench, rcfg, archive)
+            if result is not None:
+                result.environment.setdefault("cpu", benchkit.cpu_model())  # a run folder is this machine's
             view.results += [result] if result is not None else []
             if view.baseline is None and here and (rdir / BASELINE / RESULTS_FILE).is_file():
                 view.baseline = read_result(rdir / BASELINE / RESULTS_FILE)
@@ -460,17 +465,49 @@ def remaining_text(views: list[BenchView]) -> str:
         for s in v.seeds:
             names = [m for seed, m in left if seed == s]
             if names:
-                what = f"all {len(v.planned)} methods" if len(names) == len(v.planned) else ", ".join(names)
+                what = f"all {len(v.planned)} methods" if len(names) == len(v.planned) else ", ".join(
+                    f"{n} (lr not searched yet)" if n in v.unsearched else n for n in names)
                 lines.append(f"- {v.bench.title} seed {s}: {what}")
         for r in v.failed():
             lines.append(f"- {v.bench.title} seed {r.seed}: {r.name} failed ({(r.error or '').splitlines()[0][:160]})")
     return "\n".join(lines)
 
 
+def precision_text(rows: list[RunResult]) -> str:
+    """How the measured rows computed: the most common precision, and the rows that differ with their reason."""
+    if not rows:
+        return "precision: -"
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.precision or "fp32"] = counts.get(r.precision or "fp32", 0) + 1
+    main = max(counts, key=lambda k: counts[k])
+    other = sorted({f"{r.name} {r.precision or 'fp32'} ({r.precision_reason or 'no reason recorded'})"
+                    for r in rows if (r.precision or "fp32") != main})
+    return f"precision {main}" + (f", except {'; '.join(other)}" if other else "")
+
+
+def hardware_text(rows: list[RunResult], fallback: str) -> str:
+    """Where the measured rows ran (rows may come from several machines through the archive), with
+    how many torch threads, and which rows started on a machine busier than its cores."""
+    if not rows:
+        return f"hardware: {fallback}"
+    cpus: dict[str, int] = {}
+    for r in rows:
+        key = f"{r.environment.get('cpu', 'unknown CPU')} ({r.environment.get('cores', '?')} cores)"
+        cpus[key] = cpus.get(key, 0) + 1
+    threads = sorted({str(r.environment.get("threads", "?")) for r in rows})
+    busy = sorted({f"{r.name} seed {r.seed}" for r in rows
+                   if r.load_avg_start is not None and r.load_avg_start > (r.environment.get("cores") or 1)})
+    torch_v = sorted({str(r.environment.get("torch", "?")) for r in rows})
+    return ("hardware: " + "; ".join(f"{k}: {n} row(s)" for k, n in cpus.items())
+            + f", {'/'.join(threads)} torch thread(s) per row, one row at a time, torch {', '.join(torch_v)}"
+            + (f"; started with the load above the cores (timings slowed by other jobs): {', '.join(busy)}" if busy else ""))
+
+
 def render(views: list[BenchView], command: str, hardware: str, search: bool, quick: bool) -> str:
     planned = sum(len(v.planned) * len(v.seeds) for v in views)
     done = sum(len(v.done()) for v in views)
-    precisions = sorted({r.precision for v in views for r in v.results if r.precision})
+    measured = [r for v in views for r in v.results if r.status == "ok"]
     sizes = "; ".join(f"{v.bench.title} {v.n_train} train / {v.n_eval} eval" for v in views)
     lines = [
         SECTION, "",
@@ -482,8 +519,8 @@ def render(views: list[BenchView], command: str, hardware: str, search: bool, qu
            "100-step trials on 90% of this training subsample scored by the loss on the other 10%, never on the "
            "evaluation split), chosen once per method and benchmark so the seeds vary training only"
            if search else "no learning-rate search (each method's configured lr)")
-        + f", seeds {', '.join(map(str, views[0].seeds)) if views else '-'}; precision {', '.join(precisions) or '-'}.",
-        f"Command: `{command}` (re-running it continues where it stopped); hardware: {hardware}.",
+        + f", seeds {', '.join(map(str, views[0].seeds)) if views else '-'}; {precision_text(measured)}.",
+        f"Command: `{command}` (re-running it continues where it stopped); {hardware_text(measured, hardware)}.",
         "",
         f"**Progress: {done} of {planned} planned rows (method x seed) done.**"
         + (" Every planned row is measured." if done == planned else " The tables show what is measured; remaining:"),
@@ -622,25 +659,15 @@ def main(argv: list[str] | None = None) -> int:
     root = run_root(args.quick)
     archive = root / "archive" if args.quick else ARCHIVE  # a smoke run never touches the committed archive
     cfgs: dict[str, tuple[ExperimentConfig, int]] = {}
-    runnable: set[str] = set()
     fallbacks: dict[str, list[str]] = {}
+    unsearched: dict[str, list[str]] = {}
     for b in benches:
         n_eval = args.n_eval or b.n_eval
         path = root / b.key / "config.yaml"
-        if args.render_only and path.is_file():
-            cfgs[b.key] = (load_config(path), n_eval)
-            try:
-                fallbacks[b.key] = [] if args.quick else searched_lrs(b, methods, searched(b))[1]
-            except SystemExit:
-                pass
-            continue
-        try:
-            lrs, fallbacks[b.key] = (None, []) if args.quick else searched_lrs(b, methods, searched(b))
-        except SystemExit as missing:  # this benchmark's search is not done yet: the other may run, and
-            print(f"skip {missing}")   # the section shows this one's rows as not run
-            cfgs[b.key] = (validate_raw(suite_config(b, source, methods, seeds, root, args.n_train, n_eval)), n_eval)
-            continue
-        runnable.add(b.key)
+        lrs, fallbacks[b.key], unsearched[b.key] = (None, [], []) if args.quick else searched_lrs(b, methods, searched(b))
+        for label in unsearched[b.key]:
+            print(f"skip {b.key} {label}: no searched learning rate yet; run "
+                  f"python bench/method_defaults.py --benchmarks {b.key} --methods {label}")
         raw = suite_config(b, source, methods, seeds, root, args.n_train, n_eval, lrs=lrs,
                            epochs=1 if args.quick else None)
         if not args.render_only:
@@ -648,13 +675,14 @@ def main(argv: list[str] | None = None) -> int:
             text = yaml.safe_dump(raw, sort_keys=False)
             if not path.is_file() or path.read_text(encoding="utf-8") != text:
                 atomic_write_text(path, text)
-        cfgs[b.key] = (load_config(path) if path.is_file() else validate_raw(raw), n_eval)
+        cfgs[b.key] = (validate_raw(raw), n_eval)
     if not args.render_only:
         for seed in seeds:  # seed 0 everywhere first: a partial run has whole single-seed tables
-            for b in (b for b in benches if b.key in runnable):
+            for b in benches:
                 cfg, n_eval = cfgs[b.key]
                 done = load_view(b, cfg, args.n_train, n_eval, archive=archive).done()
-                todo = [(seed, p) for p in cfg.methods if (seed, p.label) not in done]
+                todo = [(seed, p) for p in cfg.methods
+                        if (seed, p.label) not in done and p.label not in unsearched[b.key]]
                 print(f"== {b.key} seed {seed}: {len(todo)} of {len(cfg.methods)} methods to run",
                       flush=True)
                 if todo:
@@ -665,6 +693,7 @@ def main(argv: list[str] | None = None) -> int:
              for b, (cfg, n_eval) in zip(benches, cfgs.values())]
     for v in views:
         v.at_default = fallbacks.get(v.bench.key, [])
+        v.unsearched = unsearched.get(v.bench.key, [])
     if not args.render_only:
         for v, (cfg, _) in zip(views, cfgs.values()):
             summary(v, Path(cfg.output_dir))

@@ -194,10 +194,11 @@ def test_method_suite_renders_partial_progress_and_the_ordering_from_results():
     assert len(view.done()) == 6
     assert view.remaining() == [(0, "ia3"), (1, "prompt_tuning"), (1, "houlsby"), (1, "ia3")]
     view.search_cost = {"full": 4.0}
+    view.unsearched = ["ia3"]
     body = ms.render([view], "python bench/method_suite.py", "cpu", True, quick=False)
     assert body.startswith(ms.SECTION + "\n")
     assert "**Progress: 6 of 10 planned rows (method x seed) done.**" in body
-    assert "- SST-2 seed 1: prompt_tuning, houlsby, ia3" in body and "houlsby failed (boom)" in body
+    assert "- SST-2 seed 1: prompt_tuning, houlsby, ia3 (lr not searched yet)" in body and "houlsby failed (boom)" in body
     table = {line.split(" | ")[0][2:]: line for line in body.splitlines() if line.startswith("| ")}
     assert "0.9100 ± 0.0141" in table["full"] and table["full"].endswith("| best |")
     assert table["lora"].endswith("| n.s. |")  # 0.905 ± 0.007 overlaps the best's spread
@@ -241,7 +242,7 @@ def test_method_suite_archive_carries_finished_rows_to_a_fresh_machine(tmp_path)
 
 def test_method_suite_trains_each_method_at_its_searched_value():
     """The suite's lr per method and benchmark is the best stored trial of bench/method_defaults.py; QLoRA
-    takes LoRA's; a method without trials stops the suite with the command that fills them in."""
+    takes LoRA's; a method without trials is reported as not searched (the suite leaves it unrun)."""
     ms = _suite()
     bench = ms.BENCHES["sst2"]
     store = {"lora": {"trials": {"-6": {"eval_loss": 0.60, "cost_s": 2.0}, "-5": {"eval_loss": 0.40, "cost_s": 3.0},
@@ -249,14 +250,14 @@ def test_method_suite_trains_each_method_at_its_searched_value():
              "full": {"trials": {"-8": {"eval_loss": 0.5, "cost_s": 1.0}, "-7": {"eval_loss": 0.5, "cost_s": 1.0}}}}
     rows = [{"method": "lora"}, {"method": "qlora"}, {"method": "full"}, {"method": "ia3"}]
     store["ia3"] = {"trials": {"-4": {"eval_loss": 0.99 * math.log(2)}, "-3": {"eval_loss": 0.995 * math.log(2)}}}
-    lrs, at_default = ms.searched_lrs(bench, rows, store)
+    lrs, at_default, missing = ms.searched_lrs(bench, rows, store)
     assert lrs == {"lora": 0.00316, "qlora": 0.00316, "full": 0.0001,  # full: a tie, the smaller
                    "ia3": ms.METHODS.get("ia3").Params.model_fields["lr"].default}  # trials at chance: default
-    assert at_default == ["ia3"]
+    assert at_default == ["ia3"] and missing == []
     del store["ia3"]
     assert ms.search_costs(store) == {"lora": 6.0, "full": 2.0, "qlora": 6.0}
-    with pytest.raises(SystemExit, match="no searched learning rate for ia3; run python bench/method_defaults.py"):
-        ms.searched_lrs(bench, [{"method": "lora"}, {"method": "ia3"}], store)
+    lrs, _, missing = ms.searched_lrs(bench, [{"method": "lora"}, {"method": "ia3"}], store)
+    assert lrs == {"lora": 0.00316} and missing == ["ia3"]  # ia3 is not run until it is searched
 
 
 def _defaults():
