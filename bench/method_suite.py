@@ -306,10 +306,12 @@ def archive_path(bench: Bench, seed: int, label: str, archive: Path = ARCHIVE) -
     return archive / bench.key / f"seed-{seed}" / f"{label}.json"
 
 
-def archive_row(bench: Bench, rcfg: ExperimentConfig, result: RunResult, archive: Path = ARCHIVE) -> None:
+def archive_row(bench: Bench, rcfg: ExperimentConfig, result: RunResult, archive: Path = ARCHIVE,
+                parallel: int = 1) -> None:
     """Keep a finished row's result in the repository (the run folders are scratch: a new machine has
-    none), with the fingerprint of the config that produced it."""
-    payload = {"config_sha": row_sha(rcfg), "cpu": benchkit.cpu_model(), "result": result.model_dump(mode="json")}
+    none), with the fingerprint of the config that produced it, the CPU, and how many rows ran at once."""
+    payload = {"config_sha": row_sha(rcfg), "cpu": benchkit.cpu_model(), "parallel": parallel,
+               "result": result.model_dump(mode="json")}
     atomic_write_text(archive_path(bench, rcfg.train.seed, result.name, archive),
                       json.dumps(payload, indent=1, sort_keys=True) + "\n")
 
@@ -324,6 +326,7 @@ def archived_row(bench: Bench, rcfg: ExperimentConfig, archive: Path = ARCHIVE) 
         return None
     result = RunResult.model_validate(payload["result"])
     result.environment.setdefault("cpu", payload.get("cpu", "unknown CPU"))
+    result.environment.setdefault("suite_parallel", payload.get("parallel", 1))
     return result
 
 
@@ -496,11 +499,14 @@ def hardware_text(rows: list[RunResult], fallback: str) -> str:
         key = f"{r.environment.get('cpu', 'unknown CPU')} ({r.environment.get('cores', '?')} cores)"
         cpus[key] = cpus.get(key, 0) + 1
     threads = sorted({str(r.environment.get("threads", "?")) for r in rows})
+    at_once = sorted({int(r.environment.get("suite_parallel", 1)) for r in rows})
     busy = sorted({f"{r.name} seed {r.seed}" for r in rows
                    if r.load_avg_start is not None and r.load_avg_start > (r.environment.get("cores") or 1)})
     torch_v = sorted({str(r.environment.get("torch", "?")) for r in rows})
     return ("hardware: " + "; ".join(f"{k}: {n} row(s)" for k, n in cpus.items())
-            + f", {'/'.join(threads)} torch thread(s) per row, one row at a time, torch {', '.join(torch_v)}"
+            + f", {'/'.join(threads)} torch thread(s) per row, "
+            + ("one row at a time" if at_once == [1] else f"{'/'.join(map(str, at_once))} rows at once (--parallel)")
+            + f", torch {', '.join(torch_v)}"
             + (f"; started with the load above the cores (timings slowed by other jobs): {', '.join(busy)}" if busy else ""))
 
 
@@ -587,7 +593,7 @@ def run_rows(bench: Bench, cfg: ExperimentConfig, todo: list[tuple[int, MethodPa
         result = row_result(Path(rcfg.output_dir) / params.label, params)
         ok = result is not None and result.status == "ok"
         if ok:
-            archive_row(bench, rcfg, result, archive)
+            archive_row(bench, rcfg, result, archive, parallel)
             base = Path(rcfg.output_dir) / BASELINE / RESULTS_FILE
             keep = baseline_path(bench, *sizes, archive)
             if base.is_file() and not keep.is_file():
