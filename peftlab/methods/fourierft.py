@@ -28,9 +28,8 @@ from peftlab.methods.peft_common import TargetedPeftMethod, seq_cls_config
 
 class FourierftParams(MethodParams):
     method: Literal["fourierft"] = "fourierft"
-    #: not yet the pick of bench/method_defaults.py (the method is newer than its last run): a
-    #: starting value, unsearched (the paper trains the spectrum at 5e-2 to 1e-1 with its own head
-    #: rate; peftlab trains both at one rate); search: {lr: auto} centres on it
+    #: the pick of the documented search (bench/method_defaults.py; BENCHMARKS.md "Per-method default
+    #: learning rates": best held-out loss of 100-step trials on SST-2; test_bench_tools checks it)
     lr: PositiveFloat = 1e-2
     #: trained coefficients per targeted linear (peft's default, the paper's RoBERTa setting); at
     #: most d_in x d_out of every targeted linear

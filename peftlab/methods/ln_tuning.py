@@ -34,10 +34,9 @@ def block_norms(spec: ArchSpec, targets: list[str]) -> list[str]:
 
 class LnTuningParams(MethodParams):
     method: Literal["ln_tuning"] = "ln_tuning"
-    #: not yet the pick of bench/method_defaults.py (the method is newer than its last run): a
-    #: starting value, unsearched (norm gains and biases take rates like (IA)^3's vectors);
-    #: search: {lr: auto} centres on it
-    lr: PositiveFloat = 1e-3
+    #: the pick of the documented search (bench/method_defaults.py; BENCHMARKS.md "Per-method default
+    #: learning rates": best held-out loss of 100-step trials on SST-2; test_bench_tools checks it)
+    lr: PositiveFloat = 3.16e-3
     #: norm-module names (peft's suffix rule); None: peft's per-architecture defaults (Llama: both
     #: block norms and the final norm), every LayerNorm for BERT-like encoders
     target_modules: list[str] | None = Field(default=None, min_length=1)
