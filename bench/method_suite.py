@@ -43,6 +43,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -343,7 +344,8 @@ def load_view(bench: Bench, cfg: ExperimentConfig, n_train: int, n_eval: int,
             rdir = Path(rcfg.output_dir)
             cfile = rdir / "config.yaml"
             here = cfile.is_file() and cfile.read_text(encoding="utf-8") == dump_config(rcfg)
-            result = (row_result(rdir / params.label, params) if here else None) or archived_row(bench, rcfg, archive)
+            # the archive holds finished rows only; the run folder adds one not archived yet, or a failure
+            result = archived_row(bench, rcfg, archive) or (row_result(rdir / params.label, params) if here else None)
             if result is not None:
                 result.environment.setdefault("cpu", benchkit.cpu_model())  # a run folder is this machine's
             view.results += [result] if result is not None else []
@@ -480,10 +482,7 @@ def precision_text(rows: list[RunResult]) -> str:
     """How the measured rows computed: the most common precision, and the rows that differ with their reason."""
     if not rows:
         return "precision: -"
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r.precision or "fp32"] = counts.get(r.precision or "fp32", 0) + 1
-    main = max(counts, key=lambda k: counts[k])
+    main = Counter(r.precision or "fp32" for r in rows).most_common(1)[0][0]
     other = sorted({f"{r.name} {r.precision or 'fp32'} ({r.precision_reason or 'no reason recorded'})"
                     for r in rows if (r.precision or "fp32") != main})
     return f"precision {main}" + (f", except {'; '.join(other)}" if other else "")
@@ -494,10 +493,7 @@ def hardware_text(rows: list[RunResult], fallback: str) -> str:
     how many torch threads, and which rows started on a machine busier than its cores."""
     if not rows:
         return f"hardware: {fallback}"
-    cpus: dict[str, int] = {}
-    for r in rows:
-        key = f"{r.environment.get('cpu', 'unknown CPU')} ({r.environment.get('cores', '?')} cores)"
-        cpus[key] = cpus.get(key, 0) + 1
+    cpus = Counter(f"{r.environment.get('cpu', 'unknown CPU')} ({r.environment.get('cores', '?')} cores)" for r in rows)
     threads = sorted({str(r.environment.get("threads", "?")) for r in rows})
     at_once = sorted({int(r.environment.get("suite_parallel", 1)) for r in rows})
     busy = sorted({f"{r.name} seed {r.seed}" for r in rows
