@@ -249,11 +249,14 @@ def test_method_suite_trains_each_method_at_its_searched_value():
                                  "-4": {"eval_loss": None, "cost_s": 1.0}}},
              "full": {"trials": {"-8": {"eval_loss": 0.5, "cost_s": 1.0}, "-7": {"eval_loss": 0.5, "cost_s": 1.0}}}}
     rows = [{"method": "lora"}, {"method": "qlora"}, {"method": "full"}, {"method": "ia3"}]
-    store["ia3"] = {"trials": {"-4": {"eval_loss": 0.99 * math.log(2)}, "-3": {"eval_loss": 0.995 * math.log(2)}}}
+    store["ia3"] = {"trials": {"-4": {"eval_loss": 0.92 * math.log(2)}, "-3": {"eval_loss": 0.995 * math.log(2)}}}
     lrs, at_default, missing = ms.searched_lrs(bench, rows, store)
     assert lrs == {"lora": 0.00316, "qlora": 0.00316, "full": 0.0001,  # full: a tie, the smaller
-                   "ia3": ms.METHODS.get("ia3").Params.model_fields["lr"].default}  # trials at chance: default
+                   "ia3": ms.METHODS.get("ia3").Params.model_fields["lr"].default}  # best trial 0.92 of chance: default
     assert at_default == ["ia3"] and missing == []
+    picks = {"ia3": {"trials": {"-2": {"eval_loss": 0.3}, "-3": {"eval_loss": 0.5}}}}  # the defaults' bench
+    lrs, at_default, _ = ms.searched_lrs(bench, rows, store, picks)
+    assert lrs["ia3"] == 0.1 and at_default == ["ia3"]  # falls back to its pick there (generic rows have no default)
     del store["ia3"]
     assert ms.search_costs(store) == {"lora": 6.0, "full": 2.0, "qlora": 6.0}
     lrs, _, missing = ms.searched_lrs(bench, [{"method": "lora"}, {"method": "ia3"}], store)
