@@ -518,6 +518,12 @@ def hardware_text(rows: list[RunResult], fallback: str) -> str:
             + (f"; started with the load above the cores (timings slowed by other jobs): {', '.join(busy)}" if busy else ""))
 
 
+def fallback_text(views: list[BenchView]) -> str:
+    """Which methods train at their default on which benchmark ("every method" when all of them)."""
+    return "; ".join(f"{v.bench.title}: " + ("every method" if set(v.planned) <= set(v.at_default)
+                                             else ", ".join(v.at_default)) for v in views if v.at_default)
+
+
 def render(views: list[BenchView], command: str, hardware: str, search: bool, quick: bool) -> str:
     planned = sum(len(v.planned) * len(v.seeds) for v in views)
     done = sum(len(v.done()) for v in views)
@@ -531,7 +537,10 @@ def render(views: list[BenchView], command: str, hardware: str, search: bool, qu
         + ("the learning rate of each method its best value on that benchmark in the documented per-method search "
            "of bench/method_defaults.py (section \"Per-method default learning rates\": half-decade values, "
            "100-step trials on 90% of this training subsample scored by the loss on the other 10%, never on the "
-           "evaluation split), chosen once per method and benchmark so the seeds vary training only"
+           "evaluation split), chosen once per method and benchmark so the seeds vary training only; where a "
+           f"benchmark's best trial stayed above {1 - INFORMATIVE_MARGIN:g} of chance loss the method trains at its "
+           "default (its SST-2 pick) instead (" + (fallback_text(views) or "no method here") + "; "
+           "100-step MultiNLI trials barely learn, and the best of them, LoRA at 3.16e-3, collapsed a full-length row)"
            if search else "no learning-rate search (each method's configured lr)")
         + f", seeds {', '.join(map(str, views[0].seeds)) if views else '-'}; {precision_text(measured)}.",
         f"Command: `{command}` (re-running it continues where it stopped); {hardware_text(measured, hardware)}.",
