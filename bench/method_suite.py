@@ -500,6 +500,10 @@ def precision_text(rows: list[RunResult]) -> str:
     return f"precision {main}" + (f", except {'; '.join(other)}" if other else "")
 
 
+#: peftlab.backbones.dropout's choices, as the section names them
+SAMPLER_NAMES = {"bits": "32-bit sampler", "torch": "torch's bernoulli_"}
+
+
 def hardware_text(rows: list[RunResult], fallback: str) -> str:
     """Where the measured rows ran (rows may come from several machines through the archive), with
     how many torch threads, and which rows started on a machine busier than its cores."""
@@ -511,10 +515,16 @@ def hardware_text(rows: list[RunResult], fallback: str) -> str:
     busy = sorted({f"{r.name} seed {r.seed}" for r in rows
                    if r.load_avg_start is not None and r.load_avg_start > (r.environment.get("cores") or 1)})
     torch_v = sorted({str(r.environment.get("torch", "?")) for r in rows})
+    # rows archived before peftlab.backbones.dropout record no sampler: they drew torch's bernoulli_ masks
+    samplers = Counter(str(r.environment.get("dropout", "torch (before the sampler choice)")).split(" (")[0]
+                       for r in rows)
     return ("hardware: " + "; ".join(f"{k}: {n} row(s)" for k, n in cpus.items())
             + f", {'/'.join(threads)} torch thread(s) per row, "
             + ("one row at a time" if at_once == [1] else f"{'/'.join(map(str, at_once))} rows at once (--parallel)")
             + f", torch {', '.join(torch_v)}"
+            + ", dropout masks: " + ", ".join(f"{SAMPLER_NAMES.get(k, k)} {n} row(s)" for k, n in sorted(samplers.items()))
+            + (" (the same dropout, another random stream; the 32-bit sampler trains LoRA-family rows faster, so "
+               "their train s are not comparable across samplers)" if len(samplers) > 1 else "")
             + (f"; started with the load above the cores (timings slowed by other jobs): {', '.join(busy)}" if busy else ""))
 
 

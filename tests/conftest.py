@@ -26,6 +26,7 @@ from transformers import (
 # the suite's exact comparisons must not depend on which CPU runs them, so it computes in fp32
 # (also in subprocesses, which inherit this). tests/test_precision.py exercises bf16 explicitly.
 os.environ["PEFTLAB_CPU_PRECISION"] = "fp32"
+os.environ["PEFTLAB_CPU_DROPOUT"] = "torch"  # exact comparisons must not depend on the CPU (tests/test_dropout.py covers bits)
 
 WORDS = ["good", "great", "fine", "bad", "awful", "poor", "meh", "okay", "so", "the", "drug",
          "was", "it", "really", "not", "very", "pain", "sleep", "day", "a"]

@@ -221,7 +221,8 @@ def run_icl(cfg: ExperimentConfig, method: Any, params: Any, data: TaskData, bas
                       train_examples_per_s=fit.train_examples / fit.train_s if fit.train_s else None,
                       eval_examples_per_s=len(data.eval) * len(seeds) / eval_s if eval_s else None),
         epochs=fit.epochs, peak_memory_bytes=mem.peak_bytes, memory_kind=mem.kind, adapter_bytes=adapter_bytes,
-        flags=_flags(runs, data.num_labels, fit) + (["prompt_shortened"] if p.shortened else []), environment=environment(str(device)),
+        flags=_flags(runs, data.num_labels, fit) + (["prompt_shortened"] if p.shortened else []),
+        environment={**environment(str(device)), **({"dropout": fit.dropout} if fit.dropout else {})},
         **precision.result_fields(),
         **({"details": {**base.details, "lm_loss": lm_loss}} if lm_loss is not None else {}),
     ))

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from peftlab.backbones.dropout import apply as swap_cpu_dropouts
 from peftlab.methods.lm_lora import LmLoraParams, answer_loss
 from peftlab.icl.scoring import encode_requests
 from peftlab.results import EpochRecord
@@ -59,7 +60,7 @@ def train_verbalizer(model: Any, params: LmLoraParams, ctx: Any,
     opt, sched = make_optimizer(model, params.lr, tcfg, per_epoch * epochs)
     gen = torch.Generator().manual_seed(tcfg.seed)
     pad = ctx.prompting.tokenizer.pad_token_id
-    outcome = FitOutcome()
+    outcome = FitOutcome(dropout=swap_cpu_dropouts(model, torch.device(ctx.device).type))
     t0 = time.perf_counter()
     model.train()
     for epoch in range(1, epochs + 1):

@@ -24,6 +24,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from peftlab.config import TrainConfig
 from peftlab.infra.errors import PeftlabError
+from peftlab.backbones.dropout import apply as swap_cpu_dropouts
 from peftlab.backbones.precision import Precision, resolve, shapes_of
 from peftlab.results import EpochRecord
 from peftlab.runners.batching import Features, LengthGroupedBatches, sorted_batches
@@ -47,6 +48,8 @@ class FitOutcome:
     estimated_train_s: float | None = None
     #: the per-class loss weights training used (train.class_weight), in label-id order; None: unweighted
     class_weights: list[float] | None = None
+    #: which dropout sampler trained (peftlab.backbones.dropout), and why; None: the model has no dropout
+    dropout: str | None = None
 
 
 def device_type(tcfg: TrainConfig) -> str:
@@ -274,9 +277,11 @@ def _fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr:
     loader = DataLoader(train, batch_sampler=sampler, collate_fn=collate)
     steps = math.ceil(math.ceil(len(sampler) / n_proc) / tcfg.grad_accum) * tcfg.epochs
     opt, sched = make_optimizer(model, lr, tcfg, steps, n_proc, lr_scale)
+    dropout = swap_cpu_dropouts(model, acc.device.type)  # before prepare: DDP/FSDP wrap what is there
     wrapped, opt, loader, sched = acc.prepare(model, opt, loader, sched)
     labels = feature_labels(evalset)
     prog, outcome, resumed = start_from(ckpt, opt, sched)
+    outcome.dropout = dropout
     if not acc.is_main_process:  # a checkpoint holds the epoch's running sums of all processes: rank 0 carries them on
         prog.loss_sum, prog.seen = 0.0, 0
     trainable = [p for p in wrapped.parameters() if p.requires_grad]

@@ -1,0 +1,175 @@
+"""Dropout on a CPU without torch's slow Bernoulli sampler, where this CPU makes that faster.
+
+Why: a profile of a MiniLM-L6 LoRA training step (bf16 autocast, one thread, AMD EPYC, torch
+2.13) has ``aten::bernoulli_`` as its largest op, 31% of the step's CPU time, above every matmul:
+peft puts a dropout in front of each adapted linear, the backbone has its own, and torch's CPU
+``bernoulli_(p)`` draws a double per element (~6 ns) unless it runs MKL's vectorised sampler, which
+torch uses on Intel CPUs only. A keep mask needs far fewer random bits. :func:`keep_noise` draws
+32 uniform bits per element (an int64 ``random_`` over its full range, viewed as int32: ~1.7 ns)
+and keeps an element when they reach ``round(p * 2**32)``, so an element is dropped with
+probability ``p`` to within 2**-33 (torch's own sampler compares a float to ``p``).
+
+The dropout is the same: each element kept independently with probability 1 - p and scaled by
+1 / (1 - p), its mask kept for backward as a float tensor as torch's CPU dropout keeps it (so the
+memory estimate of peftlab.estimate.activations holds unchanged). Only the random stream differs:
+the same seed draws other masks than torch's sampler would, as another seed would.
+
+Measure, never assume (the sampler torch picks depends on the CPU's vendor): ``PEFTLAB_CPU_DROPOUT``
+= ``torch`` | ``bits`` | ``probe`` (default ``probe``). ``probe`` times both samplers once per
+machine, torch version and thread count (cached in ``$PEFTLAB_CACHE/cpu_dropout.json``, well under
+a second) and swaps only where ``bits`` is at least :data:`MIN_SPEEDUP` faster. A GPU keeps
+torch's fused dropout. The test suite sets ``torch`` so its exact comparisons do not depend on the
+CPU; tests/test_dropout.py checks this module directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from peftlab.backbones.gguf_cache import cache_root
+from peftlab.backbones.precision import _read_entries, machine_id
+from peftlab.infra.errors import PeftlabError
+from peftlab.infra.io import atomic_write_json
+
+ENV = "PEFTLAB_CPU_DROPOUT"
+ENV_VALUES = ("torch", "bits", "probe")
+#: swap only for a clear gain: a dropout is a fraction of a step, so a small sampler gain is noise
+MIN_SPEEDUP = 1.5
+CACHE_FILE = "cpu_dropout.json"
+#: elements per probe mask: a (32 x 64 x 256) activation, the order of a small model's
+PROBE_ELEMENTS = 1 << 19
+
+
+def drop_threshold(p: float) -> int:
+    """The int32 value a uniform 32-bit draw must reach to keep its element: P(draw < t) = p."""
+    return -(1 << 31) + round(p * (1 << 32))
+
+
+def keep_noise(shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dtype,
+               device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> torch.Tensor:
+    """A dropout's noise: 1 / (1 - p) where an element is kept (probability 1 - p), else 0."""
+    n = 1
+    for s in shape:
+        n *= s
+    draws = torch.empty((n + 1) // 2, dtype=torch.int64, device=device)
+    draws.random_(-(1 << 63), None, generator=generator)  # the full int64 range: 64 uniform bits each
+    bits = draws.view(torch.int32)[:n].view(shape)
+    return bits.ge(drop_threshold(p)).to(dtype).mul_(1.0 / (1.0 - p))
+
+
+class BitsDropout(nn.Dropout):
+    """``nn.Dropout`` whose CPU mask comes from :func:`keep_noise`; elsewhere, and in eval mode, the same
+    as ``nn.Dropout``. A subclass, so code that looks for dropouts by type still finds it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or x.device.type != "cpu" or self.p >= 1.0:
+            return super().forward(x)
+        return x * keep_noise(x.shape, self.p, x.dtype, x.device)
+
+
+def swap_dropouts(model: nn.Module) -> int:
+    """Replace every ``nn.Dropout`` (exactly that type, p > 0) in ``model`` by a :class:`BitsDropout`
+    of the same p; returns how many. Dropouts hold no weights, so saving and loading are unaffected."""
+    swapped = 0
+    for parent in model.modules():
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Dropout and child.p > 0.0:
+                swap = BitsDropout(child.p)
+                swap.train(child.training)  # a model swapped in eval mode stays in eval mode
+                parent._modules[name] = swap  # also inside peft's ModuleDicts
+                swapped += 1
+    return swapped
+
+
+@dataclass(frozen=True)
+class DropoutProbe:
+    """Nanoseconds per element of one dropout's noise: torch's sampler (bernoulli_, then the scale)
+    and :func:`keep_noise`."""
+
+    torch_ns: float
+    bits_ns: float
+
+    @property
+    def speedup(self) -> float:
+        return self.torch_ns / self.bits_ns if self.bits_ns > 0 else 0.0
+
+
+def measure(elements: int = PROBE_ELEMENTS, rounds: int = 5, budget_s: float = 0.5) -> DropoutProbe:
+    """Time both samplers on ``elements`` floats: one warm-up each, then alternating rounds (a burst of
+    other load hits both) until ``rounds`` or ``budget_s``; each side's fastest round counts."""
+    p, shape = 0.1, (elements,)
+    sides: dict[str, Callable[[], object]] = {
+        "torch": lambda: torch.empty(shape).bernoulli_(1.0 - p).div_(1.0 - p),
+        "bits": lambda: keep_noise(shape, p, torch.float32),
+    }
+    best = {k: float("inf") for k in sides}
+    for fn in sides.values():
+        fn()
+    start = time.perf_counter()
+    for _ in range(rounds):
+        for k, fn in sides.items():
+            t0 = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t0)
+        if time.perf_counter() - start > budget_s:
+            break
+    return DropoutProbe(torch_ns=best["torch"] / elements * 1e9, bits_ns=best["bits"] / elements * 1e9)
+
+
+def cached_probe(threads: int | None = None, run: Callable[[], DropoutProbe] = measure) -> DropoutProbe:
+    """This machine's figures, measured (and stored) the first time; a cache that cannot be read or
+    written only costs a new measurement."""
+    threads = threads or torch.get_num_threads()
+    path = cache_root() / CACHE_FILE
+    key = f"{machine_id()}|torch {torch.__version__}|{threads} threads"
+    entries = _read_entries(path)
+    got = entries.get(key)
+    if isinstance(got, dict):
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            return DropoutProbe(float(got["torch_ns"]), float(got["bits_ns"]))
+    probe = run()
+    entries[key] = {"torch_ns": round(probe.torch_ns, 3), "bits_ns": round(probe.bits_ns, 3),
+                    "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+    with contextlib.suppress(OSError):
+        atomic_write_json(path, {"version": 1, "entries": entries})
+    return probe
+
+
+def env_choice(env: Mapping[str, str]) -> str:
+    """``PEFTLAB_CPU_DROPOUT`` (default ``probe``); anything else is refused in one line."""
+    raw = env.get(ENV, "").strip().lower() or "probe"
+    if raw not in ENV_VALUES:
+        raise PeftlabError(f"{ENV}={env.get(ENV)!r}: expected one of {', '.join(ENV_VALUES)}")
+    return raw
+
+
+def choose(device_type: str, env: Mapping[str, str] | None = None,
+           probe: Callable[[], DropoutProbe] = cached_probe) -> tuple[bool, str]:
+    """Whether to swap this run's dropouts (pure given ``probe``), and why, in words for the result."""
+    if device_type != "cpu":
+        return False, f"torch (fused on {device_type})"
+    choice = env_choice(os.environ if env is None else env)
+    if choice != "probe":
+        return choice == "bits", f"{choice} ({ENV})"
+    got = probe()
+    use = got.speedup >= MIN_SPEEDUP
+    return use, (f"{'bits' if use else 'torch'} (probe: torch's sampler {got.torch_ns:.2f} ns, 32-bit mask "
+                 f"{got.bits_ns:.2f} ns per element, {got.speedup:.2f}x {'>=' if use else '<'} {MIN_SPEEDUP}x)")
+
+
+def apply(model: nn.Module, device_type: str, env: Mapping[str, str] | None = None,
+          probe: Callable[[], DropoutProbe] = cached_probe) -> str | None:
+    """Swap ``model``'s dropouts where :func:`choose` says so; the reason, or None when it has none."""
+    if not any(type(m) is nn.Dropout and m.p > 0.0 for m in model.modules()):
+        return None
+    use, why = choose(device_type, env, probe)
+    if use:
+        swap_dropouts(model)
+    return why

@@ -1,0 +1,162 @@
+"""The CPU dropout sampler (peftlab.backbones.dropout): the mask's distribution and scale, that it is
+the same dropout as torch's in everything but the random stream (eval mode, gradient, weights,
+outputs), the swap reaching peft's dropouts, the choice (environment, probe, GPU) and its cache, and
+a run recording which sampler trained. Nothing here asserts on a timing: the probe is mocked, or only
+checked to return figures."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from peftlab.backbones.dropout import (CACHE_FILE, ENV, MIN_SPEEDUP, BitsDropout, DropoutProbe, apply,
+                                       cached_probe, choose, drop_threshold, keep_noise, measure, swap_dropouts)
+from peftlab.config import validate_raw
+from peftlab.infra.errors import PeftlabError
+
+
+def test_threshold_drops_exactly_p_of_the_32_bit_values():
+    assert drop_threshold(0.0) == -(2 ** 31)  # every int32 reaches it: nothing dropped
+    assert drop_threshold(0.5) == 0
+    assert drop_threshold(1.0) == 2 ** 31  # no int32 reaches it: everything dropped
+    assert abs((drop_threshold(0.1) + 2 ** 31) / 2 ** 32 - 0.1) <= 2 ** -33
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_noise_keeps_one_minus_p_scaled_by_its_inverse(p):
+    torch.manual_seed(0)
+    n = 1_000_001  # odd: the last int64 draw is used by half
+    noise = keep_noise((n,), p, torch.float32)
+    assert noise.shape == (n,) and noise.dtype == torch.float32
+    assert noise.unique().tolist() == pytest.approx([0.0, 1.0 / (1.0 - p)])
+    kept = (noise != 0).double().mean().item()
+    sd = (p * (1 - p) / n) ** 0.5
+    assert abs(kept - (1 - p)) < 5 * sd  # binomial: 5 standard deviations
+    assert abs(noise.double().mean().item() - 1.0) < 5 * sd / (1 - p)  # E[noise] = 1, as dropout's
+    halves = keep_noise((2, 3000), p, torch.bfloat16)  # rows are not copies of each other
+    assert halves.dtype == torch.bfloat16 and not torch.equal(halves[0], halves[1])
+
+
+def test_noise_follows_the_seed():
+    torch.manual_seed(3)
+    a = keep_noise((64, 7), 0.1, torch.float32)
+    torch.manual_seed(3)
+    assert torch.equal(a, keep_noise((64, 7), 0.1, torch.float32))
+    assert not torch.equal(a, keep_noise((64, 7), 0.1, torch.float32))
+
+
+def test_bits_dropout_is_dropout_in_all_but_the_stream():
+    d = BitsDropout(0.25)
+    assert isinstance(d, nn.Dropout) and d.p == 0.25
+    x = torch.randn(8, 50, requires_grad=True)
+    d.eval()
+    assert torch.equal(d(x), x)  # eval: identity
+    d.train()
+    torch.manual_seed(0)
+    y = d(x)
+    kept = y != 0
+    assert torch.allclose(y[kept], x[kept] / 0.75)
+    assert 0 < kept.sum() < x.numel()
+    y.sum().backward()
+    assert torch.allclose(x.grad, kept.float() / 0.75)  # the gradient goes through the same mask
+    assert torch.equal(BitsDropout(0.0).train()(x), x)
+    assert torch.equal(BitsDropout(1.0).train()(x), torch.zeros_like(x))
+
+
+def _lora_bert(tiny_bert: str) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=3)
+    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["query", "value"],
+                                            task_type="SEQ_CLS"))
+
+
+def test_swap_reaches_every_dropout_and_changes_no_weight_or_output(tiny_bert):
+    model = _lora_bert(tiny_bert)
+    before = [n for n, m in model.named_modules() if type(m) is nn.Dropout and m.p > 0]
+    lora = [n for n in before if "lora_dropout" in n]
+    assert lora and len(before) > len(lora)  # peft's and the backbone's own
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = torch.randint(5, 20, (3, 9))  # within the tiny vocabulary
+    model.eval()
+    out = model(input_ids=ids).logits
+    assert swap_dropouts(model) == len(before)
+    assert [n for n, m in model.named_modules() if isinstance(m, BitsDropout)] == before
+    assert not [m for m in model.modules() if type(m) is nn.Dropout and m.p > 0]
+    assert model.state_dict().keys() == state.keys() and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert torch.equal(model(input_ids=ids).logits, out)  # eval mode: the same model
+    model.train()
+    torch.manual_seed(1)
+    a = model(input_ids=ids).logits
+    torch.manual_seed(1)
+    assert torch.equal(model(input_ids=ids).logits, a) and not torch.equal(a, out)  # training: seeded masks
+
+
+def test_choice_follows_environment_probe_and_device():
+    fast, slow = (lambda: DropoutProbe(6.0, 2.5)), (lambda: DropoutProbe(1.2, 1.7))
+    assert choose("cpu", {}, fast)[0] and "probe" in choose("cpu", {}, fast)[1]
+    assert not choose("cpu", {}, slow)[0]
+    assert not choose("cpu", {ENV: "probe"}, lambda: DropoutProbe(MIN_SPEEDUP * 0.99, 1.0))[0]
+    assert choose("cpu", {ENV: "probe"}, lambda: DropoutProbe(MIN_SPEEDUP, 1.0))[0]
+
+    def never():
+        raise AssertionError("no probe needed")
+    assert choose("cpu", {ENV: "bits"}, never) == (True, f"bits ({ENV})")
+    assert choose("cpu", {ENV: "torch"}, never) == (False, f"torch ({ENV})")
+    assert choose("cuda", {ENV: "bits"}, never) == (False, "torch (fused on cuda)")
+    with pytest.raises(PeftlabError, match=ENV):
+        choose("cpu", {ENV: "fast"}, never)
+    assert apply(nn.Sequential(nn.Linear(2, 2)), "cpu", {ENV: "bits"}) is None  # nothing to swap: nothing said
+    m = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.1))
+    assert apply(m, "cpu", {ENV: "bits"}) == f"bits ({ENV})" and isinstance(m[1], BitsDropout)
+
+
+def test_probe_is_cached_per_machine(tmp_path, monkeypatch):
+    monkeypatch.setenv("PEFTLAB_CACHE", str(tmp_path))
+    calls = []
+
+    def run():
+        calls.append(1)
+        return DropoutProbe(6.0, 2.0)
+    assert cached_probe(1, run) == DropoutProbe(6.0, 2.0)
+    assert cached_probe(1, run) == DropoutProbe(6.0, 2.0) and len(calls) == 1
+    cached_probe(2, run)
+    assert len(calls) == 2  # another thread count: measured again
+    assert len(json.loads((tmp_path / CACHE_FILE).read_text())["entries"]) == 2
+    (tmp_path / CACHE_FILE).write_text("{not json")
+    assert cached_probe(1, run) == DropoutProbe(6.0, 2.0) and len(calls) == 3  # unreadable: measured over
+    got = measure(elements=4096, rounds=2)
+    assert got.torch_ns > 0 and got.bits_ns > 0
+
+
+def test_run_records_the_sampler_and_trains_with_it(tiny_bert, tmp_path, monkeypatch):
+    from conftest import write_tiny_csvs
+    from peftlab.runners.experiment import run_experiment
+
+    monkeypatch.setenv(ENV, "bits")
+    train, ev = write_tiny_csvs(tmp_path, 24, 12)
+    raw = {"name": "drop", "backbone": tiny_bert, "task": {"source": "csv", "train_file": str(train), "eval_file": str(ev)},
+           "methods": [{"method": "lora", "lr": 1e-3}, {"method": "full", "lr": 1e-4}], "output_dir": str(tmp_path / "run"),
+           "train": {"epochs": 1, "batch_size": 8, "max_length": 32, "num_threads": 1, "device": "cpu", "checkpoints": False}}
+    rows = {r.name: r for r in run_experiment(validate_raw(raw), quiet=True)}
+    for name in ("lora", "full"):
+        assert rows[name].status == "ok" and rows[name].environment["dropout"] == f"bits ({ENV})"
+        assert rows[name].epochs and all(math.isfinite(e.train_loss) for e in rows[name].epochs)
+
+
+def test_lm_lora_training_swaps_too(tiny_bert, tmp_path, monkeypatch):
+    from conftest import save_tiny_causal_lm
+    from test_precision import icl_runner_rows
+
+    monkeypatch.setenv(ENV, "bits")
+    lm = save_tiny_causal_lm(tmp_path / "lm", seed=1)
+    row = {"method": "lm_lora", "backbone": lm, "example": "{text} so it was", "instruction": "the drug", "lr": 1e-3,
+           "dropout": 0.1, "verbalizers": {"positive": " good", "negative": " bad", "neutral": " meh"}}
+    (r,) = icl_runner_rows(tmp_path / "a", tiny_bert, row, "no")
+    assert r.status == "ok" and r.environment["dropout"] == f"bits ({ENV})"
