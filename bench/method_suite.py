@@ -322,20 +322,57 @@ def archive_path(bench: Bench, seed: int, label: str, archive: Path = ARCHIVE) -
 def archive_row(bench: Bench, rcfg: ExperimentConfig, result: RunResult, archive: Path = ARCHIVE,
                 parallel: int = 1) -> None:
     """Keep a finished row's result in the repository (the run folders are scratch: a new machine has
-    none), with the fingerprint of the config that produced it, the CPU, and how many rows ran at once."""
-    payload = {"config_sha": row_sha(rcfg), "cpu": benchkit.cpu_model(), "parallel": parallel,
-               "result": result.model_dump(mode="json")}
+    none), with the fingerprint of the config that produced it and that config itself (see
+    :func:`same_training`), the CPU, and how many rows ran at once."""
+    payload = {"config_sha": row_sha(rcfg), "config": rcfg.model_dump(mode="json"), "cpu": benchkit.cpu_model(),
+               "parallel": parallel, "result": result.model_dump(mode="json")}
     atomic_write_text(archive_path(bench, rcfg.train.seed, result.name, archive),
                       json.dumps(payload, indent=1, sort_keys=True) + "\n")
 
 
+def same_training(stored: Any, obj: Any) -> bool:
+    """Whether a row config stored by an older peftlab (``stored``, its JSON dump) trains what ``obj``
+    (the config now) trains, although their fingerprints differ.
+
+    Why: the fingerprint hashes the whole resolved config, so any field added to peftlab's config
+    later (with a default that keeps the old behaviour, as fields are added) would change every row's
+    fingerprint and throw away hours of archived rows. Accepted: fields ``obj`` has and ``stored``
+    lacks, set to their declared default. Everything else must be equal: a changed value, a changed
+    default of an existing field, or a removed field means another training."""
+    from pydantic import BaseModel
+
+    if isinstance(obj, BaseModel):
+        if not isinstance(stored, dict):
+            return False
+        now = obj.model_dump(mode="json")
+        fields = type(obj).model_fields
+        if set(stored) - set(now):
+            return False  # a field peftlab no longer has
+        for name, value in now.items():
+            if name in stored:
+                if not same_training(stored[name], getattr(obj, name)):
+                    return False
+            else:
+                default = obj.model_copy(update={name: fields[name].get_default(call_default_factory=True)})
+                if default.model_dump(mode="json")[name] != value:
+                    return False
+        return True
+    if isinstance(obj, (list, tuple)):
+        return isinstance(stored, list) and len(stored) == len(obj) and all(
+            same_training(s, o) for s, o in zip(stored, obj))
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(Any).dump_python(obj, mode="json") == stored
+
+
 def archived_row(bench: Bench, rcfg: ExperimentConfig, archive: Path = ARCHIVE) -> RunResult | None:
-    """The archived result of exactly this row config (same fingerprint), else None."""
+    """The archived result of this row config (same fingerprint, or :func:`same_training`), else None."""
     path = archive_path(bench, rcfg.train.seed, rcfg.methods[0].label, archive)
     if not path.is_file():
         return None
     payload = json.loads(path.read_text(encoding="utf-8"))
-    if payload.get("config_sha") != row_sha(rcfg):
+    if payload.get("config_sha") != row_sha(rcfg) and not (
+            "config" in payload and same_training(payload["config"], rcfg)):
         return None
     result = RunResult.model_validate(payload["result"])
     result.environment.setdefault("cpu", payload.get("cpu", "unknown CPU"))

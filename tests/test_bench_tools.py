@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -238,6 +239,20 @@ def test_method_suite_archive_carries_finished_rows_to_a_fresh_machine(tmp_path)
                                          lrs={"full": 1e-4, "lora": 3e-3}))  # another lr: another row
     assert ms.archived_row(bench, ms.row_config(other, 1, other.methods[1]), archive) is None
     assert ms.load_view(bench, other, 64, 32, archive=archive).done() == set()
+    # an archive written before a config field existed (here: train.warmup_ratio and the row's r) still
+    # counts while the field holds its declared default; a value other than the default does not
+    path = archive / "sst2" / "seed-1" / "lora.json"
+    payload = json.loads(path.read_text())
+    payload["config_sha"] = "from an older peftlab"
+    del payload["config"]["train"]["warmup_ratio"], payload["config"]["methods"][0]["r"]
+    path.write_text(json.dumps(payload))
+    assert rcfg.methods[0].r == type(rcfg.methods[0]).model_fields["r"].default  # the row keeps r's default
+    assert ms.archived_row(bench, rcfg, archive) is not None
+    changed = rcfg.model_copy(update={"train": rcfg.train.model_copy(update={"warmup_ratio": 0.5})})
+    assert ms.archived_row(bench, changed, archive) is None
+    payload["config"]["train"]["no_longer_a_field"] = 1
+    path.write_text(json.dumps(payload))
+    assert ms.archived_row(bench, rcfg, archive) is None  # a removed field: another training
 
 
 def test_method_suite_trains_each_method_at_its_searched_value():
