@@ -94,7 +94,9 @@ def render_section(r: dict[str, Any], title: str, cmd: str, hw: str) -> str:
         f"{', LoRA r 8, alpha 16, dropout 0.1 on query/key/value/dense' if r['method'] == 'lora' else ''}.\n"
         f"Full runs: {a['n_train']} training pairs, accuracy on {a['n_eval']} validation_matched pairs; they run one\n"
         f"after another, not interleaved, so their ex/s show the load of their moment (only the rounds' ratios are robust).\n"
-        f"peftlab at commit {r.get('git', '?')}.\n\n"
+        f"peftlab at commit {r.get('git', '?')}"
+        + (f"; peftlab's dropout masks: {r['dropout']} (the Trainer sides: torch's)" if r.get("dropout") else "")
+        + ".\n\n"
         f"| side | median ex/s (rounds) | peftlab speed-up | ex/s per round | ex/s full run | accuracy full run | useful GFLOP/s | of GEMM peak |\n"
         f"|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
         f"Speed-up on rounds of {r['round_examples']} pairs {'; '.join(verdict)}. (b)'s group_by_length groups\n"

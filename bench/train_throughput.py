@@ -104,7 +104,8 @@ def config(method: str, n_train: int, n_eval: int, out: Path, threads: int, back
 def run_peftlab(cfg: Any) -> dict[str, Any]:
     r = run_experiment(cfg, quiet=True, resume="fresh")[-1]
     assert r.status == "ok" and r.timing is not None, r.error
-    return {"train_s": r.timing.train_s, "examples": r.n_train, "accuracy": r.accuracy}
+    return {"train_s": r.timing.train_s, "examples": r.n_train, "accuracy": r.accuracy,
+            "dropout": r.environment.get("dropout")}  # peftlab.backbones.dropout's sampler, and why
 
 
 # --- the transformers Trainer (notebook and tuned recipes) ---------------------------------------
@@ -303,7 +304,7 @@ def bench(method: str, args: argparse.Namespace, tok: Any) -> dict[str, Any]:
         "trainable_linear_params": sum(u.params for u in uses if u.trainable),
         "useful_flops_s": {s: flops * med[s] / len(split) for s in med},
         "utilisation": {s: flops * med[s] / len(split) / peak for s in med},
-        "full": full, "args": vars(args),
+        "full": full, "args": vars(args), "dropout": full["peftlab"].get("dropout"),
     }
 
 
