@@ -538,7 +538,8 @@ def precision_text(rows: list[RunResult]) -> str:
 
 
 #: peftlab.backbones.dropout's choices, as the section names them
-SAMPLER_NAMES = {"bits": "32-bit sampler", "torch": "torch's bernoulli_"}
+SAMPLER_NAMES = {"bits": "32-bit sampler", "torch": "torch's bernoulli_",
+                 "unrecorded": "torch's bernoulli_ or no dropout (before the sampler was recorded, or the probe)"}
 
 
 def hardware_text(rows: list[RunResult], fallback: str) -> str:
@@ -552,16 +553,16 @@ def hardware_text(rows: list[RunResult], fallback: str) -> str:
     busy = sorted({f"{r.name} seed {r.seed}" for r in rows
                    if r.load_avg_start is not None and r.load_avg_start > (r.environment.get("cores") or 1)})
     torch_v = sorted({str(r.environment.get("torch", "?")) for r in rows})
-    # rows archived before peftlab.backbones.dropout record no sampler: they drew torch's bernoulli_ masks
-    samplers = Counter(str(r.environment.get("dropout", "torch (before the sampler choice)")).split(" (")[0]
-                       for r in rows)
+    # a row without a recorded sampler was archived before peftlab.backbones.dropout (torch's bernoulli_
+    # masks) or trained no dropout module (the linear probe's cached features)
+    samplers = Counter(str(r.environment.get("dropout", "unrecorded")).split(" (")[0] for r in rows)
     return ("hardware: " + "; ".join(f"{k}: {n} row(s)" for k, n in cpus.items())
             + f", {'/'.join(threads)} torch thread(s) per row, "
             + ("one row at a time" if at_once == [1] else f"{'/'.join(map(str, at_once))} rows at once (--parallel)")
             + f", torch {', '.join(torch_v)}"
             + ", dropout masks: " + ", ".join(f"{SAMPLER_NAMES.get(k, k)} {n} row(s)" for k, n in sorted(samplers.items()))
             + (" (the same dropout, another random stream; the 32-bit sampler trains LoRA-family rows faster, so "
-               "their train s are not comparable across samplers)" if len(samplers) > 1 else "")
+               "their train s are not comparable across samplers)" if "bits" in samplers and len(samplers) > 1 else "")
             + (f"; started with the load above the cores (timings slowed by other jobs): {', '.join(busy)}" if busy else ""))
 
 
