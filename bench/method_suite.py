@@ -89,6 +89,8 @@ PUBLISHED = ("T5-small on IMDB: full 90.1, adapter 90.7, LoRA r=8 88.9, soft pro
 NEAR_FULL = ("houlsby", "pfeiffer", "prefix_tuning", "ia3")  # "within a few points of full fine-tuning"
 FEW_POINTS = 3.0
 LORA_POINTS = 1.0
+#: a method whose mean accuracy is within this many points of the majority class has not learned the task
+NEAR_CHANCE_POINTS = 5.0
 
 
 @dataclass(frozen=True)
@@ -484,6 +486,12 @@ def ordering(view: BenchView) -> str:
     parts = [f"{view.bench.title}, measured ordering (mean accuracy %, {'/'.join(map(str, n_seeds))} seed(s) per row): "
              f"{order}. Within the spread of the best ({sums[0].name}): {', '.join(tied) or 'none'}"
              + (" (one seed: no spread, so no row can be within it)." if n_seeds == [1] else ".")]
+    if view.baseline is not None and view.baseline.accuracy is not None:
+        floor = 100 * view.baseline.accuracy
+        weak = [f"{s.name} {100 * s.acc[0]:.1f}" for s in sums if 100 * s.acc[0] - floor < NEAR_CHANCE_POINTS]
+        if weak:
+            parts.append(f"Within {NEAR_CHANCE_POINTS:g} points of the majority class ({floor:.1f}), so not "
+                         f"learning this task: {', '.join(weak)}.")
     means = _means(view)
     if "full" not in means:
         parts.append("Full fine-tuning is not measured yet, so the published gaps to it cannot be checked.")
