@@ -210,6 +210,9 @@ def test_method_suite_renders_partial_progress_and_the_ordering_from_results():
     assert "full 91.0 > lora 90.5 > houlsby 80.0 > prompt_tuning 70.0" in para
     assert "houlsby -11.0" in para and "within 3 points: none" in para
     assert "LoRA -0.5 points, within 1 point" in para and "holds" in para
+    assert "majority class" not in para  # no baseline known: no near-chance claim
+    view.baseline = _row("majority_class", 0, 0.66)
+    assert "Within 5 points of the majority class (66.0), so not learning this task: prompt_tuning 70.0." in ms.ordering(view)
     assert "not measured yet" in ms.ordering(ms.BenchView(ms.BENCHES["mnli"], ["lora"], [0], 1, 1,
                                                           [_row("lora", 0, 0.5)]))
 
