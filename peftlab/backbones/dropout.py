@@ -24,19 +24,15 @@ CPU; tests/test_dropout.py checks this module directly.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from peftlab.backbones.gguf_cache import cache_root
-from peftlab.backbones.precision import _read_entries, machine_id
+from peftlab.backbones.cpu_probe import cached_figures, fastest, machine_id
 from peftlab.infra.errors import PeftlabError
-from peftlab.infra.io import atomic_write_json
 
 ENV = "PEFTLAB_CPU_DROPOUT"
 ENV_VALUES = ("torch", "bits", "probe")
@@ -102,44 +98,20 @@ class DropoutProbe:
 
 
 def measure(elements: int = PROBE_ELEMENTS, rounds: int = 5, budget_s: float = 0.5) -> DropoutProbe:
-    """Time both samplers on ``elements`` floats: one warm-up each, then alternating rounds (a burst of
-    other load hits both) until ``rounds`` or ``budget_s``; each side's fastest round counts."""
+    """Time both samplers on ``elements`` floats (peftlab.backbones.cpu_probe.fastest: alternating
+    rounds until ``rounds`` or ``budget_s``, each side's fastest pass)."""
     p, shape = 0.1, (elements,)
-    sides: dict[str, Callable[[], object]] = {
-        "torch": lambda: torch.empty(shape).bernoulli_(1.0 - p).div_(1.0 - p),
-        "bits": lambda: keep_noise(shape, p, torch.float32),
-    }
-    best = {k: float("inf") for k in sides}
-    for fn in sides.values():
-        fn()
-    start = time.perf_counter()
-    for _ in range(rounds):
-        for k, fn in sides.items():
-            t0 = time.perf_counter()
-            fn()
-            best[k] = min(best[k], time.perf_counter() - t0)
-        if time.perf_counter() - start > budget_s:
-            break
+    best = fastest({"torch": lambda: torch.empty(shape).bernoulli_(1.0 - p).div_(1.0 - p),
+                    "bits": lambda: keep_noise(shape, p, torch.float32)}, rounds, budget_s)
     return DropoutProbe(torch_ns=best["torch"] / elements * 1e9, bits_ns=best["bits"] / elements * 1e9)
 
 
 def cached_probe(threads: int | None = None, run: Callable[[], DropoutProbe] = measure) -> DropoutProbe:
-    """This machine's figures, measured (and stored) the first time; a cache that cannot be read or
-    written only costs a new measurement."""
+    """This machine's figures, measured (and stored) the first time (cpu_probe.cached_figures)."""
     threads = threads or torch.get_num_threads()
-    path = cache_root() / CACHE_FILE
     key = f"{machine_id()}|torch {torch.__version__}|{threads} threads"
-    entries = _read_entries(path)
-    got = entries.get(key)
-    if isinstance(got, dict):
-        with contextlib.suppress(KeyError, TypeError, ValueError):
-            return DropoutProbe(float(got["torch_ns"]), float(got["bits_ns"]))
-    probe = run()
-    entries[key] = {"torch_ns": round(probe.torch_ns, 3), "bits_ns": round(probe.bits_ns, 3),
-                    "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
-    with contextlib.suppress(OSError):
-        atomic_write_json(path, {"version": 1, "entries": entries})
-    return probe
+    got = cached_figures(CACHE_FILE, key, ("torch_ns", "bits_ns"), lambda: vars(run()))
+    return DropoutProbe(got["torch_ns"], got["bits_ns"])
 
 
 def env_choice(env: Mapping[str, str]) -> str:

@@ -27,20 +27,15 @@ exact comparisons never depend on which CPU runs them. An explicit ``mixed_preci
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
-import platform
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
+from peftlab.backbones.cpu_probe import cached_figures, fastest, machine_id
 from peftlab.infra.errors import PeftlabError
-from peftlab.backbones.gguf_cache import cache_root
-from peftlab.infra.io import atomic_write_json
 from peftlab.infra.distributed import is_main, world_size
 
 ENV = "PEFTLAB_CPU_PRECISION"
@@ -138,39 +133,11 @@ def measure(shapes: Shapes, rounds: int = 3, budget_s: float = 0.5) -> Probe:
     x = torch.randn(shapes.tokens, shapes.hidden, generator=gen)
     up = torch.randn(shapes.ffn, shapes.hidden, generator=gen, requires_grad=True)
     down = torch.randn(shapes.hidden, shapes.ffn, generator=gen, requires_grad=True)
-    best = {False: float("inf"), True: float("inf")}
-    start = time.perf_counter()
     with torch.no_grad():
-        for side in best:
-            _ffn_pass(x, up, down, side)
-        for _ in range(rounds):
-            for side in best:
-                t0 = time.perf_counter()
-                _ffn_pass(x, up, down, side)
-                best[side] = min(best[side], time.perf_counter() - t0)
-            if time.perf_counter() - start > budget_s:
-                break
+        best = fastest({"fp32": lambda: _ffn_pass(x, up, down, False), "bf16": lambda: _ffn_pass(x, up, down, True)},
+                       rounds, budget_s)
     flop = 4.0 * shapes.tokens * shapes.hidden * shapes.ffn
-    return Probe(fp32_gflops=flop / best[False] / 1e9, bf16_gflops=flop / best[True] / 1e9)
-
-
-def machine_id() -> str:
-    """CPU model name and a hash of its flags (the same model can differ in what is enabled)."""
-    found: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = {"Features": "flags"}.get(key.strip(), key.strip())  # ARM names its flags Features
-                if key in ("model name", "flags"):
-                    found.setdefault(key, value.strip())
-                if len(found) == 2:
-                    break
-    except OSError:
-        pass
-    model = found.get("model name") or platform.processor() or platform.machine()
-    flags = " ".join(sorted(found.get("flags", "").split()))
-    return f"{model}|flags {hashlib.sha256(flags.encode()).hexdigest()[:12]}"
+    return Probe(fp32_gflops=flop / best["fp32"] / 1e9, bf16_gflops=flop / best["bf16"] / 1e9)
 
 
 def cache_key(shapes: Shapes, threads: int, machine: str | None = None) -> str:
@@ -180,36 +147,12 @@ def cache_key(shapes: Shapes, threads: int, machine: str | None = None) -> str:
 
 def cached_probe(shapes: Shapes, threads: int | None = None,
                  run: Callable[[Shapes], Probe] = measure) -> Probe:
-    """The cached figures for this machine and ``shapes``, measured (and stored) the first time.
-
-    An unreadable or malformed cache file is measured over; one that cannot be written only
-    costs a new measurement next time (the run itself goes on).
-    """
+    """The cached figures for this machine and ``shapes``, measured (and stored) the first time
+    (peftlab.backbones.cpu_probe.cached_figures)."""
     threads = threads or torch.get_num_threads()
-    path = cache_root() / CACHE_FILE
-    key = cache_key(shapes, threads)
-    entries = _read_entries(path)
-    got = entries.get(key)
-    if isinstance(got, dict):
-        try:
-            return Probe(float(got["fp32_gflops"]), float(got["bf16_gflops"]))
-        except (KeyError, TypeError, ValueError):
-            pass
-    probe = run(shapes)
-    entries[key] = {"fp32_gflops": round(probe.fp32_gflops, 2), "bf16_gflops": round(probe.bf16_gflops, 2),
-                    "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
-    with contextlib.suppress(OSError):
-        atomic_write_json(path, {"version": 1, "entries": entries})
-    return probe
-
-
-def _read_entries(path: Any) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    entries = data.get("entries") if isinstance(data, dict) else None
-    return dict(entries) if isinstance(entries, dict) else {}
+    got = cached_figures(CACHE_FILE, cache_key(shapes, threads), ("fp32_gflops", "bf16_gflops"),
+                         lambda: vars(run(shapes)))
+    return Probe(got["fp32_gflops"], got["bf16_gflops"])
 
 
 def shared_probe(shapes: Shapes) -> Probe:
