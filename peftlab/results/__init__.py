@@ -255,8 +255,9 @@ def git_hash() -> str | None:
         return None
 
 
-def environment(device: str) -> dict[str, Any]:
-    """Versions and hardware, so every number says where it came from."""
+def environment(device: str, dropout: str | None = None) -> dict[str, Any]:
+    """Versions and hardware, so every number says where it came from; ``dropout``: the training's
+    dropout sampler and why (peftlab.backbones.dropout), when it trained any."""
     import peft
     import torch
     import transformers
@@ -273,4 +274,5 @@ def environment(device: str) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "cores": available_cores(),
         "platform": platform.platform(),
+        **({"dropout": dropout} if dropout else {}),
     }

@@ -273,8 +273,7 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
     return base.model_copy(update=dict(
         **trained_result_fields(outcome, m, (trainable, total, d_train, d_total, agree), wall, mem),
         adapter_bytes=adapter_bytes, adapter_path=f"{mdir.name}/{ADAPTER_DIR}",
-        flags=flags, environment={**environment(str(acc.device)), **({"dropout": outcome.dropout} if outcome.dropout else {})},
-        **precision.result_fields(),
+        flags=flags, environment=environment(str(acc.device), outcome.dropout), **precision.result_fields(),
         details={**base.details, **head_details(head, spec, data.label_names, mapping), "memory_estimate_bytes": estimate, "train_time_estimate_s": outcome.estimated_train_s, **({"lr_search": search} if search else {}), **({"fsdp_processes": acc.num_processes} if model is not trained else {}), **({"newly_initialised": fresh[:50], "newly_initialised_count": len(fresh)} if fresh else {}), **({"drift": drift} if drift else {}), **({"lm_loss": lm_loss} if lm_loss else {})},
     ))
 

@@ -222,7 +222,7 @@ def run_icl(cfg: ExperimentConfig, method: Any, params: Any, data: TaskData, bas
                       eval_examples_per_s=len(data.eval) * len(seeds) / eval_s if eval_s else None),
         epochs=fit.epochs, peak_memory_bytes=mem.peak_bytes, memory_kind=mem.kind, adapter_bytes=adapter_bytes,
         flags=_flags(runs, data.num_labels, fit) + (["prompt_shortened"] if p.shortened else []),
-        environment={**environment(str(device)), **({"dropout": fit.dropout} if fit.dropout else {})},
+        environment=environment(str(device), fit.dropout),
         **precision.result_fields(),
         **({"details": {**base.details, "lm_loss": lm_loss}} if lm_loss is not None else {}),
     ))
