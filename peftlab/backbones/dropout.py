@@ -24,6 +24,7 @@ CPU; tests/test_dropout.py checks this module directly.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -51,9 +52,7 @@ def drop_threshold(p: float) -> int:
 def keep_noise(shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dtype,
                device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> torch.Tensor:
     """A dropout's noise: 1 / (1 - p) where an element is kept (probability 1 - p), else 0."""
-    n = 1
-    for s in shape:
-        n *= s
+    n = math.prod(shape)
     draws = torch.empty((n + 1) // 2, dtype=torch.int64, device=device)
     draws.random_(-(1 << 63), None, generator=generator)  # the full int64 range: 64 uniform bits each
     bits = draws.view(torch.int32)[:n].view(shape)
