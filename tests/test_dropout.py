@@ -67,13 +67,13 @@ def test_bits_dropout_is_dropout_in_all_but_the_stream():
     assert torch.equal(BitsDropout(1.0).train()(x), torch.zeros_like(x))
 
 
-def _lora_bert(tiny_bert: str) -> nn.Module:
+def _lora_bert(tiny_bert: str, targets: tuple[str, ...] = ("query", "value")) -> nn.Module:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=3)
-    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["query", "value"],
+    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=list(targets),
                                             task_type="SEQ_CLS"))
 
 
@@ -146,7 +146,8 @@ def test_run_records_the_sampler_and_trains_with_it(tiny_bert, tmp_path, monkeyp
            "train": {"epochs": 1, "batch_size": 8, "max_length": 32, "num_threads": 1, "device": "cpu", "checkpoints": False}}
     rows = {r.name: r for r in run_experiment(validate_raw(raw), quiet=True)}
     for name in ("lora", "full"):
-        assert rows[name].status == "ok" and rows[name].environment["dropout"] == f"bits ({ENV})"
+        # the tiny BERT drops attention probabilities: its SDPA moves to peftlab.backbones.attention too
+        assert rows[name].status == "ok" and rows[name].environment["dropout"] == f"bits ({ENV}); attention: peftlab_cpu_sdpa"
         assert rows[name].epochs and all(math.isfinite(e.train_loss) for e in rows[name].epochs)
 
 
@@ -160,3 +161,52 @@ def test_lm_lora_training_swaps_too(tiny_bert, tmp_path, monkeypatch):
            "dropout": 0.1, "verbalizers": {"positive": " good", "negative": " bad", "neutral": " meh"}}
     (r,) = icl_runner_rows(tmp_path / "a", tiny_bert, row, "no")
     assert r.status == "ok" and r.environment["dropout"] == f"bits ({ENV})"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_dropout_is_the_fp32_dropout_cast_back(dtype):
+    x = torch.randn(64, 384).to(dtype)
+    d = BitsDropout(0.1).train()
+    torch.manual_seed(4)
+    lean = x.clone().requires_grad_()
+    y = d(lean)
+    torch.manual_seed(4)
+    wide = x.clone().requires_grad_()
+    ref = d(wide.float()).to(dtype)  # what peft's fp32 cast, the dropout and autocast's cast give
+    assert y.dtype == dtype and torch.equal(y, ref) and 0 < (y == 0).sum() < y.numel()
+    g = torch.randn(64, 384).to(dtype)
+    y.backward(g)
+    ref.backward(g)
+    assert torch.equal(lean.grad, wide.grad)
+
+
+def test_lean_lora_casts_compute_exactly_the_same(tiny_bert):
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    from peftlab.backbones.dropout import lean_lora_casts, lean_lora_layers
+
+    # "dense" includes the FFN's output layer, whose input (GELU of a bf16 product) is bf16 under autocast
+    model = _lora_bert(tiny_bert, ("query", "value", "dense"))
+    assert lean_lora_layers(model) == []  # torch's dropouts: peft's own path stays
+    swap_dropouts(model)
+    layers = lean_lora_layers(model)
+    assert layers and len(layers) == len([m for m in model.modules() if isinstance(m, LoraLinear)])
+    for m in layers:  # a trained adapter: lora_B is zero at initialisation
+        nn.init.normal_(m.lora_B["default"].weight, std=0.1)
+    ids = torch.randint(5, 20, (3, 9))
+    model.train()
+
+    def step(lean: bool):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(7)
+        with lean_lora_casts(model, lean) as n, torch.autocast("cpu", dtype=torch.bfloat16):
+            assert n == (len(layers) if lean else 0)
+            assert all(m.cast_input_dtype_enabled is not lean for m in layers)
+            logits = model(input_ids=ids).logits
+        logits.float().square().sum().backward()
+        return logits, {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
+    (a, ga), (b, gb) = step(False), step(True)
+    assert all(m.cast_input_dtype_enabled for m in layers)  # restored
+    assert torch.equal(a, b) and ga.keys() == gb.keys() and all(torch.equal(ga[k], gb[k]) for k in ga)
+    with lean_lora_casts(model, False) as n:
+        assert n == 0

@@ -24,14 +24,16 @@ CPU; tests/test_dropout.py checks this module directly.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from peftlab.backbones import attention
 from peftlab.backbones.cpu_probe import cached_figures, fastest, machine_id
 from peftlab.infra.errors import PeftlabError
 
@@ -49,23 +51,40 @@ def drop_threshold(p: float) -> int:
     return -(1 << 31) + round(p * (1 << 32))
 
 
-def keep_noise(shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dtype,
-               device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> torch.Tensor:
-    """A dropout's noise: 1 / (1 - p) where an element is kept (probability 1 - p), else 0."""
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu",
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """True where a dropout keeps its element (probability 1 - p), from 32 uniform bits per element."""
     n = math.prod(shape)
     draws = torch.empty((n + 1) // 2, dtype=torch.int64, device=device)
     draws.random_(-(1 << 63), None, generator=generator)  # the full int64 range: 64 uniform bits each
-    bits = draws.view(torch.int32)[:n].view(shape)
-    return bits.ge(drop_threshold(p)).to(dtype).mul_(1.0 / (1.0 - p))
+    return draws.view(torch.int32)[:n].view(shape).ge(drop_threshold(p))
+
+
+def keep_noise(shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dtype,
+               device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> torch.Tensor:
+    """A dropout's noise: 1 / (1 - p) where an element is kept (probability 1 - p), else 0."""
+    return keep_mask(shape, p, device, generator).to(dtype).mul_(1.0 / (1.0 - p))
+
+
+#: dtypes whose CPU arithmetic runs in fp32 ("opmath") and rounds once: see :class:`BitsDropout`
+REDUCED = (torch.bfloat16, torch.float16)
 
 
 class BitsDropout(nn.Dropout):
-    """``nn.Dropout`` whose CPU mask comes from :func:`keep_noise`; elsewhere, and in eval mode, the same
-    as ``nn.Dropout``. A subclass, so code that looks for dropouts by type still finds it."""
+    """``nn.Dropout`` whose CPU mask comes from :func:`keep_mask`; elsewhere, and in eval mode, the same
+    as ``nn.Dropout``. A subclass, so code that looks for dropouts by type still finds it.
+
+    A bf16/fp16 input is masked in its own dtype and then multiplied by the Python scalar
+    1 / (1 - p): a CPU multiplies reduced precision by a scalar in fp32 and rounds once, so the
+    output is bit for bit the fp32 dropout of the same input cast back (a bf16 noise tensor would
+    round the scale itself, 1/0.9 to 1.109, and differ), and so is the gradient. That is what lets
+    :func:`lean_lora_casts` skip peft's cast of LoRA inputs to fp32 under autocast."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0 or x.device.type != "cpu" or self.p >= 1.0:
             return super().forward(x)
+        if x.dtype in REDUCED:
+            return (x * keep_mask(x.shape, self.p, x.device).to(x.dtype)).mul_(1.0 / (1.0 - self.p))
         return x * keep_noise(x.shape, self.p, x.dtype, x.device)
 
 
@@ -135,12 +154,51 @@ def choose(device_type: str, env: Mapping[str, str] | None = None,
                  f"{got.bits_ns:.2f} ns per element, {got.speedup:.2f}x {'>=' if use else '<'} {MIN_SPEEDUP}x)")
 
 
+def lean_lora_layers(model: nn.Module) -> list[nn.Module]:
+    """peft's plain LoRA linear layers of ``model`` (no DoRA or other variant) whose dropout is a
+    :class:`BitsDropout` (or absent: p = 0), and which cast their input to fp32 before it."""
+    try:
+        from peft.tuners.lora.layer import Linear as LoraLinear
+    except ImportError:  # peft is a dependency; a model without it has nothing to lean
+        return []
+    return [m for m in model.modules()
+            if isinstance(m, LoraLinear) and not m.lora_variant and getattr(m, "cast_input_dtype_enabled", True)
+            and all(isinstance(d, BitsDropout) or type(d) is nn.Identity for d in m.lora_dropout.values())]
+
+
+@contextlib.contextmanager
+def lean_lora_casts(model: nn.Module, autocast_cpu: bool) -> Iterator[int]:
+    """While a CPU run trains under autocast: peft's plain LoRA layers keep their bf16 input as it is.
+
+    Why: peft casts a LoRA layer's input to its adapter weights' dtype (fp32) before the dropout,
+    and autocast casts it back to bf16 for lora_A: two copies of every adapted layer's input
+    forward and two of its gradient backward. Profiled on a MiniLM-L6 LoRA step (bf16, one
+    thread), the (32 x 48 x 1536) copies alone took ~100 ms a step. Under autocast lora_A and
+    lora_B compute in bf16 either way, and :class:`BitsDropout` of a bf16 input is bit for bit the
+    fp32 dropout cast back, so the model computes exactly the same numbers without the copies
+    (tests/test_dropout.py checks outputs and gradients bit for bit). Yields how many layers; peft's
+    casting is restored after. Without autocast nothing changes (the cast is then peft's own affair)."""
+    layers = lean_lora_layers(model) if autocast_cpu else []
+    for m in layers:
+        m.cast_input_dtype_enabled = False
+    try:
+        yield len(layers)
+    finally:
+        for m in layers:
+            m.cast_input_dtype_enabled = True
+
+
 def apply(model: nn.Module, device_type: str, env: Mapping[str, str] | None = None,
           probe: Callable[[], DropoutProbe] = cached_probe) -> str | None:
-    """Swap ``model``'s dropouts where :func:`choose` says so; the reason, or None when it has none."""
+    """Swap ``model``'s dropouts where :func:`choose` says so; the reason, or None when it has none.
+
+    Where they are swapped, the model's SDPA attention, which applies its own dropout, also moves to
+    peftlab.backbones.attention until the caller's :func:`peftlab.backbones.attention.restore`."""
     if not any(type(m) is nn.Dropout and m.p > 0.0 for m in model.modules()):
         return None
     use, why = choose(device_type, env, probe)
     if use:
         swap_dropouts(model)
+        if attention.switch(model):  # its dropout on the attention probabilities too; undone by attention.restore
+            why += f"; attention: {attention.NAME}"
     return why

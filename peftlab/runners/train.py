@@ -24,7 +24,9 @@ from transformers import get_linear_schedule_with_warmup
 
 from peftlab.config import TrainConfig
 from peftlab.infra.errors import PeftlabError
+from peftlab.backbones.attention import restore as restore_attention
 from peftlab.backbones.dropout import apply as swap_cpu_dropouts
+from peftlab.backbones.dropout import lean_lora_casts
 from peftlab.backbones.precision import Precision, resolve, shapes_of
 from peftlab.results import EpochRecord
 from peftlab.runners.batching import Features, LengthGroupedBatches, sorted_batches
@@ -258,14 +260,20 @@ def fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: 
     ``lr_scale``: the method's per-parameter learning-rate multiples (``Method.lr_scale``);
     ``after_step``: the method's per-step hook (``Method.after_step``). Details in :func:`_fit`.
     """
-    return _fit(model, train, evalset, collate, lr, tcfg, acc, label, quiet, ckpt, lr_scale, after_step)
+    dropout = swap_cpu_dropouts(model, acc.device.type)  # before prepare: DDP/FSDP wrap what is there
+    try:
+        with lean_lora_casts(model, acc.device.type == "cpu" and acc.mixed_precision != "no"):
+            return _fit(model, train, evalset, collate, lr, tcfg, acc, label, quiet, ckpt, lr_scale, after_step,
+                        dropout)
+    finally:  # the dropout swap may have moved attention to peftlab's CPU function: no saved config names it
+        restore_attention(model)
 
 
 def _fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: float,
          tcfg: TrainConfig, acc: Accelerator, label: str, quiet: bool,
          ckpt: CheckpointPlan | None = None, lr_scale: LrScale | None = None,
-         after_step: StepHook | None = None) -> tuple[nn.Module, FitOutcome]:
-    """The loop of :func:`fit`.
+         after_step: StepHook | None = None, dropout: str | None = None) -> tuple[nn.Module, FitOutcome]:
+    """The loop of :func:`fit` (``dropout``: which sampler :func:`fit` put in, for the outcome).
 
     With ``ckpt``, a checkpoint is written every ``ckpt.every`` optimizer steps and at each epoch
     end; with ``ckpt.resume``, training continues from that checkpoint exactly as if never stopped:
@@ -277,7 +285,6 @@ def _fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr:
     loader = DataLoader(train, batch_sampler=sampler, collate_fn=collate)
     steps = math.ceil(math.ceil(len(sampler) / n_proc) / tcfg.grad_accum) * tcfg.epochs
     opt, sched = make_optimizer(model, lr, tcfg, steps, n_proc, lr_scale)
-    dropout = swap_cpu_dropouts(model, acc.device.type)  # before prepare: DDP/FSDP wrap what is there
     wrapped, opt, loader, sched = acc.prepare(model, opt, loader, sched)
     labels = feature_labels(evalset)
     prog, outcome, resumed = start_from(ckpt, opt, sched)
