@@ -12,7 +12,8 @@ LoRA r/alpha/dropout/targets of configs/drugreview.yaml):
 * ``tuned``: Trainer + peft, dynamic padding (DataCollatorWithPadding) and
   ``train_sampling_strategy="group_by_length"``;
 * for LoRA also ``peftlab_nodrop``: peftlab with LoRA dropout 0, a reference (not a peer: other
-  hyperparameters) that shows what torch's per-element CPU dropout costs.
+  hyperparameters) that shows what torch's per-element CPU dropout costs; and ``peftlab_full``:
+  peftlab's full fine-tuning on the same pairs, for "a LoRA epoch no slower than a full one".
 
 The machine is shared, so speed is measured in interleaved rounds: each round trains every side
 on the same ``--round-examples`` pairs (order of sides rotated), median examples/s per side.
@@ -61,13 +62,15 @@ METHODS = {
     "full": {"method": "full", "lr": 1e-4},
 }
 SIDES = ("peftlab", "notebook", "tuned")
-# A reference side, not a peer: the same peftlab run with LoRA dropout 0 (other hyperparameters, so no
-# target applies). It shows what torch's CPU dropout in front of every adapted layer costs.
-REFERENCE = {"lora": "peftlab_nodrop"}
+# Reference sides, not peers, for LoRA: the same peftlab run with LoRA dropout 0 (other hyperparameters,
+# so no target applies), which shows what the dropout in front of every adapted layer costs; and
+# peftlab's full fine-tuning on the same pairs, for the target "a LoRA epoch no slower than a full
+# fine-tuning epoch" measured in the same interleaved rounds.
+REFERENCE = {"lora": ("peftlab_nodrop", "peftlab_full")}
 
 
 def sides(method: str) -> tuple[str, ...]:
-    return SIDES + ((REFERENCE[method],) if method in REFERENCE else ())
+    return SIDES + REFERENCE.get(method, ())
 
 
 def section(method: str, precision: str = "fp32") -> str:
@@ -249,9 +252,12 @@ def side_runs(method: str, n: int, args: argparse.Namespace, tok: Any, out: Path
         "notebook": lambda: run_trainer("notebook", method, tok, split, None),
         "tuned": lambda: run_trainer("tuned", method, tok, split, None),
     }
-    if method in REFERENCE:  # LoRA's dropout; full fine-tuning has no such parameter
+    if "peftlab_nodrop" in REFERENCE.get(method, ()):  # LoRA's dropout; full fine-tuning has no such parameter
         nodrop = config(method, n, 32, out / "round_nodrop", args.threads, dropout=0.0)
-        runs[REFERENCE[method]] = lambda: run_peftlab(nodrop)
+        runs["peftlab_nodrop"] = lambda: run_peftlab(nodrop)
+    if "peftlab_full" in REFERENCE.get(method, ()):
+        full = config("full", n, 32, out / "round_full", args.threads)
+        runs["peftlab_full"] = lambda: run_peftlab(full)
     return runs, split
 
 
@@ -295,6 +301,8 @@ def bench(method: str, args: argparse.Namespace, tok: Any) -> dict[str, Any]:
     out = ROOT / "runs" / "bench_throughput" / method
     rates, peaks, split = timed_rounds(method, args, tok, out)
     flops, uses, tokens = useful_flops(method, tok, split)
+    # each side's useful FLOPs are its own method's (the full fine-tuning reference trains every weight)
+    side_flops = {s: useful_flops("full", tok, split)[0] if s == "peftlab_full" else flops for s in rates}
     full = full_runs(method, args, tok, out)
     med = {s: median(v) for s, v in rates.items()}
     peak = median(peaks)
@@ -302,8 +310,8 @@ def bench(method: str, args: argparse.Namespace, tok: Any) -> dict[str, Any]:
         "method": method, "rates": rates, "median_ex_s": med, "gemm_peaks": peaks, "gemm_peak_median": peak,
         "round_examples": len(split), "round_tokens": tokens, "round_flops": flops,
         "trainable_linear_params": sum(u.params for u in uses if u.trainable),
-        "useful_flops_s": {s: flops * med[s] / len(split) for s in med},
-        "utilisation": {s: flops * med[s] / len(split) / peak for s in med},
+        "useful_flops_s": {s: side_flops[s] * med[s] / len(split) for s in med},
+        "utilisation": {s: side_flops[s] * med[s] / len(split) / peak for s in med},
         "full": full, "args": vars(args), "dropout": full["peftlab"].get("dropout"),
     }
 
