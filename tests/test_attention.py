@@ -1,4 +1,5 @@
-"""peftlab.backbones.attention: SDPA's math with peftlab's CPU dropout, switched on and off with it."""
+"""peftlab.backbones.attention: SDPA's math with peftlab's CPU dropout, switched on and off with it
+(peftlab.backbones.cpu_train)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from peftlab.backbones import attention as A
 from peftlab.backbones import dropout as D
+from peftlab.backbones.cpu_train import cpu_training
 
 
 class _Layer(nn.Module):
@@ -113,20 +115,23 @@ def test_switched_with_the_dropout_sampler_and_restored(tiny_bert, monkeypatch):
     mask[0, 5:] = 0
     mask[2, 7:] = 0  # padding: the switched model must receive the same masks as sdpa
     ref = model.eval()(input_ids=ids, attention_mask=mask).logits
-    why = D.apply(model, "cpu", {D.ENV: "bits"})
-    assert why == f"bits ({D.ENV}); attention: {A.NAME}" and model.config._attn_implementation == A.NAME
-    _no_noise(monkeypatch)
-    got = model.train()(input_ids=ids, attention_mask=mask).logits
-    assert torch.allclose(got, ref, atol=1e-5)  # training mode with every mask at one: the eval model
-    A.restore(model)
-    assert model.config._attn_implementation == "sdpa"
+    with cpu_training(model, "cpu", False, {D.ENV: "bits"}) as why:
+        assert why == f"bits ({D.ENV}); attention: {A.NAME}" and model.config._attn_implementation == A.NAME
+        _no_noise(monkeypatch)
+        got = model.train()(input_ids=ids, attention_mask=mask).logits
+        assert torch.allclose(got, ref, atol=1e-5)  # training mode with every mask at one: the eval model
+    assert model.config._attn_implementation == "sdpa"  # restored: no saved config names peftlab's function
     assert torch.equal(model.eval()(input_ids=ids, attention_mask=mask).logits, ref)
 
 
 def test_not_switched_without_attention_dropout_or_without_the_sampler(tiny_bert):
     model = _bert(tiny_bert, attention_probs_dropout_prob=0.0)
-    assert D.apply(model, "cpu", {D.ENV: "bits"}) == f"bits ({D.ENV})"
-    assert model.config._attn_implementation == "sdpa"
+    with cpu_training(model, "cpu", False, {D.ENV: "bits"}) as why:
+        assert why == f"bits ({D.ENV})" and model.config._attn_implementation == "sdpa"
     model = _bert(tiny_bert, attention_probs_dropout_prob=0.1)
-    assert D.apply(model, "cpu", {D.ENV: "torch"}) == f"torch ({D.ENV})"
-    assert model.config._attn_implementation == "sdpa"
+    with cpu_training(model, "cpu", False, {D.ENV: "torch"}) as why:
+        assert why == f"torch ({D.ENV})" and model.config._attn_implementation == "sdpa"
+    with pytest.raises(RuntimeError), cpu_training(model, "cpu", False, {D.ENV: "bits"}):
+        assert model.config._attn_implementation == A.NAME
+        raise RuntimeError("a run that fails")
+    assert model.config._attn_implementation == "sdpa"  # restored on failure too

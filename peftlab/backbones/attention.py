@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from peftlab.backbones import dropout as cpu_dropout
+
 #: the name this implementation is registered under in transformers' AttentionInterface
 NAME = "peftlab_cpu_sdpa"
 _BASE = "sdpa"
@@ -61,8 +63,6 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
     if not handles(module, query, dropout, kwargs):
         return _sdpa()(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                        is_causal=is_causal, **kwargs)
-    from peftlab.backbones.dropout import keep_noise
-
     q_len, kv_len = query.shape[2], key.shape[2]
     causal = (is_causal if is_causal is not None else getattr(module, "is_causal", True))
     causal = bool(causal) and q_len > 1 and attention_mask is None
@@ -80,7 +80,7 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
     probs = torch.softmax(scores, dim=-1)
     if keep is not None:  # rows with no key left: zeros, as SDPA's safe softmax (not NaN)
         probs = probs.masked_fill(~keep.any(dim=-1, keepdim=True), 0.0)
-    probs = probs * keep_noise(probs.shape, dropout, probs.dtype, probs.device)
+    probs = probs * cpu_dropout.keep_noise(probs.shape, dropout, probs.dtype, probs.device)
     out = torch.matmul(probs, value.float()).to(query.dtype)
     return out.transpose(1, 2).contiguous(), None
 

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from peftlab.backbones import attention
 from peftlab.backbones.cpu_probe import cached_figures, fastest, machine_id
 from peftlab.infra.errors import PeftlabError
 
@@ -190,15 +189,10 @@ def lean_lora_casts(model: nn.Module, autocast_cpu: bool) -> Iterator[int]:
 
 def apply(model: nn.Module, device_type: str, env: Mapping[str, str] | None = None,
           probe: Callable[[], DropoutProbe] = cached_probe) -> str | None:
-    """Swap ``model``'s dropouts where :func:`choose` says so; the reason, or None when it has none.
-
-    Where they are swapped, the model's SDPA attention, which applies its own dropout, also moves to
-    peftlab.backbones.attention until the caller's :func:`peftlab.backbones.attention.restore`."""
+    """Swap ``model``'s dropouts where :func:`choose` says so; the reason, or None when it has none."""
     if not any(type(m) is nn.Dropout and m.p > 0.0 for m in model.modules()):
         return None
     use, why = choose(device_type, env, probe)
     if use:
         swap_dropouts(model)
-        if attention.switch(model):  # its dropout on the attention probabilities too; undone by attention.restore
-            why += f"; attention: {attention.NAME}"
     return why

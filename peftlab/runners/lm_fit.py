@@ -15,9 +15,7 @@ from typing import Any
 
 import torch
 
-from peftlab.backbones.attention import restore as restore_attention
-from peftlab.backbones.dropout import apply as swap_cpu_dropouts
-from peftlab.backbones.dropout import lean_lora_casts
+from peftlab.backbones.cpu_train import cpu_training
 from peftlab.methods.lm_lora import LmLoraParams, answer_loss
 from peftlab.icl.scoring import encode_requests
 from peftlab.results import EpochRecord
@@ -55,13 +53,8 @@ def train_verbalizer(model: Any, params: LmLoraParams, ctx: Any,
     """AdamW with warm-up/decay over ``epochs`` of shuffled mini-batches; returns a FitOutcome
     (training loss per epoch; evaluation is the scoring that follows). ``loss_fn(model, batch)``:
     the answer-only head by default; tests and bench/lm_lora_step.py pass the full-head one."""
-    dropout = swap_cpu_dropouts(model, torch.device(ctx.device).type)
-    autocast_cpu = torch.device(ctx.device).type == "cpu" and ctx.precision.mixed_precision != "no"
-    try:
-        with lean_lora_casts(model, autocast_cpu):
-            return _train_verbalizer(model, params, ctx, loss_fn, dropout)
-    finally:  # the dropout swap may have moved attention to peftlab's CPU function: no saved config names it
-        restore_attention(model)
+    with cpu_training(model, torch.device(ctx.device).type, ctx.precision.mixed_precision != "no") as dropout:
+        return _train_verbalizer(model, params, ctx, loss_fn, dropout)
 
 
 def _train_verbalizer(model: Any, params: LmLoraParams, ctx: Any,

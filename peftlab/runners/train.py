@@ -24,9 +24,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from peftlab.config import TrainConfig
 from peftlab.infra.errors import PeftlabError
-from peftlab.backbones.attention import restore as restore_attention
-from peftlab.backbones.dropout import apply as swap_cpu_dropouts
-from peftlab.backbones.dropout import lean_lora_casts
+from peftlab.backbones.cpu_train import cpu_training
 from peftlab.backbones.precision import Precision, resolve, shapes_of
 from peftlab.results import EpochRecord
 from peftlab.runners.batching import Features, LengthGroupedBatches, sorted_batches
@@ -260,13 +258,9 @@ def fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: 
     ``lr_scale``: the method's per-parameter learning-rate multiples (``Method.lr_scale``);
     ``after_step``: the method's per-step hook (``Method.after_step``). Details in :func:`_fit`.
     """
-    dropout = swap_cpu_dropouts(model, acc.device.type)  # before prepare: DDP/FSDP wrap what is there
-    try:
-        with lean_lora_casts(model, acc.device.type == "cpu" and acc.mixed_precision != "no"):
-            return _fit(model, train, evalset, collate, lr, tcfg, acc, label, quiet, ckpt, lr_scale, after_step,
-                        dropout)
-    finally:  # the dropout swap may have moved attention to peftlab's CPU function: no saved config names it
-        restore_attention(model)
+    # before prepare: DDP/FSDP wrap what is there
+    with cpu_training(model, acc.device.type, acc.mixed_precision != "no") as dropout:
+        return _fit(model, train, evalset, collate, lr, tcfg, acc, label, quiet, ckpt, lr_scale, after_step, dropout)
 
 
 def _fit(model: nn.Module, train: Features, evalset: Features, collate: Any, lr: float,
