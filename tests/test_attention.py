@@ -135,3 +135,23 @@ def test_not_switched_without_attention_dropout_or_without_the_sampler(tiny_bert
         assert model.config._attn_implementation == A.NAME
         raise RuntimeError("a run that fails")
     assert model.config._attn_implementation == "sdpa"  # restored on failure too
+
+
+def test_prefix_tuning_keys_longer_than_queries_match_sdpa(tiny_bert, monkeypatch):
+    from peftlab.estimate.params import arch_spec
+    from peftlab.methods.prefix_tuning import PrefixTuning, PrefixTuningParams
+
+    base = _bert(tiny_bert, attention_probs_dropout_prob=0.1)
+    model = PrefixTuning().prepare(base, PrefixTuningParams(num_virtual_tokens=4), arch_spec(base.config))
+    ids = torch.randint(5, 20, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    ref = model.eval()(input_ids=ids, attention_mask=mask).logits
+    with cpu_training(model, "cpu", False, {D.ENV: "bits"}) as why:
+        assert why.endswith(A.NAME)
+        shapes = []
+        monkeypatch.setattr(D, "keep_noise", lambda shape, p, dtype, device="cpu", generator=None:
+                            shapes.append(tuple(shape)) or torch.ones(shape, dtype=dtype))
+        got = model.train()(input_ids=ids, attention_mask=mask).logits
+    assert (3, 4, 9, 13) in shapes  # peftlab's attention ran: 9 queries over 4 prefix + 9 keys (4 heads)
+    assert torch.allclose(got, ref, atol=1e-5)
