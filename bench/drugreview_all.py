@@ -30,6 +30,12 @@ SECTION = "## Every method on drug reviews (configs/all_methods.yaml)"
 CONFIG = "configs/all_methods.yaml"
 
 
+def set_lrs(config: str = CONFIG) -> str:
+    """The rows whose learning rate the config sets itself, in words for the section ("" if none)."""
+    rows = [m for m in load_raw(benchkit.ROOT / config)["methods"] if "lr" in m]
+    return "; set in the config: " + ", ".join(f"{m['method']} {m['lr']:g}" for m in rows) if rows else ""
+
+
 def peftlab_args(args: argparse.Namespace) -> tuple[list[str], Path]:
     out = "runs/all_methods_quick" if args.quick else "runs/all_methods"
     cmd = ["run", CONFIG, "-q", "--resume" if args.resume else "--fresh", f"output_dir={out}",
@@ -85,7 +91,7 @@ def main() -> int:
         SECTION, "",
         f"MiniLM-L6 on the offline drug-review task ({'a 60 / 30 review smoke subset, 1 epoch' if args.quick else '600 train / 378 test reviews'}, "
         f"3 classes), every method with the hyperparameters of `{CONFIG}` (learning rates: each method's default, "
-        "from the section \"Per-method default learning rates\"), "
+        "from the section \"Per-method default learning rates\"" + set_lrs() + "), "
         f"{args.threads} torch thread(s); precision (peftlab's auto, PEFTLAB_CPU_PRECISION={args.precision}): "
         f"{precisions}.",
         f"Command: `peftlab {shlex.join(cmd)}` (run by `{benchkit.command('drugreview_all.py')}`); "
