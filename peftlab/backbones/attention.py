@@ -7,7 +7,7 @@ AMD EPYC, torch 2.13), that path spends most of its time outside the two product
 Bernoulli sampler on every probability (~6 ns an element, see peftlab.backbones.dropout), and a
 "safe softmax" that scans the whole (batch x heads x query x key) score tensor for rows that are
 masked out entirely (``isneginf``, ``all``, ``where``). Timed alone (32 x 12 heads x 48 tokens x
-32, forward and backward), SDPA took 32-40 ms and this function 22-24 ms.
+32, forward and backward, on a machine shared with other jobs), SDPA took 32-40 ms and this function 22-24 ms.
 
 Same model: the math path's own arithmetic. Query, key and value are upcast to fp32 as SDPA's
 math path upcasts reduced precision on a CPU; scores are scaled, masked (a boolean mask keeps
@@ -19,7 +19,7 @@ not on the scores). Everything else (evaluation, p = 0, a GPU, grouped-query hea
 soft-capping, returned attention weights) goes to transformers' own ``sdpa`` function unchanged.
 
 It is switched on only together with peftlab's CPU dropout sampler (where that sampler is faster
-on this CPU, peftlab.backbones.dropout.apply), for the length of a training run: :func:`switch`
+on this CPU), for the length of a training run, by peftlab.backbones.cpu_train: :func:`switch`
 registers the implementation under :data:`NAME` with transformers' attention and mask interfaces
 and sets it on each sub-model that used ``sdpa``; :func:`restore` sets ``sdpa`` back, so no saved
 config ever names it.
