@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from peftlab.estimate.activations import Dims, Flow, backward_working_bytes, dims_of, saved_bytes
+from peftlab.estimate.activations import Dims, Flow, Step, backward_working_bytes, dims_of, saved_bytes
 from peftlab.estimate.activations_decoder import decoder_dims, decoder_saved_bytes
 from peftlab.methods import METHODS
 from peftlab.estimate.params import ArchSpec
@@ -38,11 +38,12 @@ def has_walk(spec: ArchSpec) -> bool:
 
 
 def training_step_bytes(flow: Flow, spec: ArchSpec, conf: Any, batch: int, length: int,
-                        mask_bytes: int = 4) -> tuple[int, int] | None:
+                        step: Step = Step()) -> tuple[int, int] | None:
     """(bytes kept for backward, backward working buffers) of one training step of a method whose
-    flow is ``flow``; None for a family no walk knows (the caller falls back to a rough rule)."""
+    flow is ``flow``, computed as ``step`` says; None for a family no walk knows (the caller falls
+    back to a rough rule)."""
     if not has_walk(spec):
         return None
     dims, walk = WALKS.get(spec.family)
-    d = dims(spec, conf, batch, length, mask_bytes)
+    d = dims(spec, conf, batch, length, step)
     return walk(flow, d), backward_working_bytes(flow, d)
