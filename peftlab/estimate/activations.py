@@ -96,6 +96,12 @@ class Flow:
     #: parameter), never a cast copy of it, and under autocast returns its input's dtype (fp32 from
     #: an fp32 input), so the feed-forward's wide tensors stay fp32 there
     quantized_base: bool = False
+    #: the prompt or prefix encoder's linear weights (values): under autocast each keeps a
+    #: low-precision copy once per step (its input, the trained embedding, needs a gradient)
+    encoder_weights: int = 0
+    #: False: the method's own layers are not followed under autocast (p-tuning's LSTM): its whole
+    #: count stays the fp32 one, an upper bound
+    autocast_followed: bool = True
 
 
 def full_flow(spec: ArchSpec) -> Flow:
@@ -186,10 +192,10 @@ def counting_dims(f: Flow, d: Dims) -> Dims:
 
 def autocast_counted(f: Flow) -> bool:
     """Whether the walk follows ``f`` op by op under autocast: full and partial fine-tuning, LoRA
-    (plain; QLoRA), trained norms and prompt tokens. For the rest (adapters, (IA)^3, DoRA, side
-    branches, weight deltas, prompt encoders, prefixes) the count stays the fp32 one."""
-    return not (f.dora or f.ia3 or f.branch or f.delta or f.built or f.adapters or f.prompt_encoder_values
-                or f.prefix_tokens or f.prefix_encoder_values)
+    (plain; QLoRA), (IA)^3, bottleneck adapters, trained norms, prompt and prefix tuning, p-tuning's
+    MLP encoder. For the rest (DoRA, side branches, weight deltas, built weights, p-tuning's LSTM)
+    the count stays the fp32 one, an upper bound (tests/test_activations.py)."""
+    return f.autocast_followed and not (f.dora or f.branch or f.delta or f.built)
 
 
 class _Tally:
@@ -257,9 +263,15 @@ def _linear_in_autocast(t: _Tally, f: Flow, name: str, n_in: int, x_kept: bool, 
     weights' low copies where their inputs need gradients.
     """
     d_in = n_in // tokens
-    lora = name in f.lora
-    if x_grad and not f.quantized_base:
+    lora, scaled_in = name in f.lora, f.ia3.get(name, False)
+    if (x_grad or scaled_in) and not f.quantized_base:
         t.values(d_in * d_out, low=True)  # the weight's low copy, for the input's gradient
+    if scaled_in:  # (IA)^3 scales the input in fp32 (peft casts it to the vector's dtype) and keeps it
+        if x_low:
+            t.values(n_in)  # a new fp32 copy
+        elif not x_kept:
+            t.values(n_in)
+            x_kept = True
     if block_trains:
         if not x_low:
             t.values(n_in, low=True)  # this linear's own cast of x
@@ -281,22 +293,25 @@ def _linear_in_autocast(t: _Tally, f: Flow, name: str, n_in: int, x_kept: bool, 
         t.values(tokens * f.lora_r, low=True)  # lora_A's output, kept by lora_B
         t.values(f.lora_r * d_in, x_grad, low=True)  # lora_A's weight copy, for the input's gradient
         t.values(f.lora_r * d_out, low=True)  # lora_B's weight copy (its input, A's output, needs one)
-    return x_kept, x_grad or block_trains or lora
+    return x_kept, x_grad or block_trains or lora or name in f.ia3
 
 
 def _linear_out(t: _Tally, f: Flow, name: str, n_out: int, y_grad: bool) -> tuple[bool, bool]:
     """After a linear: an (IA)^3 output scale keeps the unscaled output; a bottleneck adapter keeps
     its input (the linear's output) and its hidden activation. Returns (output kept, output needs grad)."""
-    kept = False
+    kept, low = False, t.autocast  # under autocast the output and the adapter's tensors are low precision
     if name in f.ia3 and not f.ia3[name]:
-        t.values(n_out)
+        t.values(n_out, low=low)
         kept = True
     if name in f.adapters:
         b, act = f.adapters[name]
-        tokens = n_out // t.d.hidden
+        h = t.d.hidden
+        tokens = n_out // h
         if not kept:
-            t.values(n_out)  # adapter.down keeps its input
-        t.values(tokens * b * (1 if act in SAVES_RESULT else 2))
+            t.values(n_out, low=low)  # adapter.down keeps its input
+        t.values(tokens * b * (1 if act in SAVES_RESULT else 2), low=low)
+        t.values(h * b, low and y_grad, low=True)  # down's weight copy, where its input needs a gradient
+        t.values(b * h, low, low=True)  # up's (its input, from the trained down, always needs one)
         y_grad = True
     return kept, y_grad
 
@@ -392,8 +407,7 @@ def saved_bytes(f: Flow, d: Dims, pooler: bool = True) -> int:
     d = t.d
     tokens = d.batch * (d.length + f.prompt_tokens)
     n = tokens * d.hidden
-    t.values(f.prompt_tokens * f.prompt_encoder_values)  # peft encodes one copy, then repeats it
-    t.values(d.batch * f.prefix_tokens * f.prefix_encoder_values)
+    _encoders(t, f)
     if f.embeddings:  # the lookups keep their indices (int64) for the weights' gradients
         t.total += 8 * (2 * tokens + d.length)
     g = f.embeddings or f.prompt_tokens > 0
@@ -403,6 +417,14 @@ def saved_bytes(f: Flow, d: Dims, pooler: bool = True) -> int:
         g = _block(t, d, f, i, tokens, g)
     _head(t, d, f, tokens, g, pooler)
     return t.total
+
+
+def _encoders(t: _Tally, f: Flow) -> None:
+    """A prompt encoder (run once, its output repeated over the batch) and a prefix encoder (run for
+    every example), with their weights' low copies under autocast."""
+    t.values(f.prompt_tokens * f.prompt_encoder_values, low=t.autocast)
+    t.values(t.d.batch * f.prefix_tokens * f.prefix_encoder_values, low=t.autocast)
+    t.values(f.encoder_weights, t.autocast, low=True)
 
 
 def _head(t: _Tally, d: Dims, f: Flow, tokens: int, g: bool, pooler: bool) -> None:

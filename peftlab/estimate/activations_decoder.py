@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from peftlab.estimate.activations import Dims, Flow, Step, _linear_in, _linear_out, _Tally, counting_dims
+from peftlab.estimate.activations import Dims, Flow, Step, _encoders, _linear_in, _linear_out, _Tally, counting_dims
 from peftlab.estimate.params import ArchSpec
 
 Q, K, V, O = "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"
@@ -93,8 +93,7 @@ def decoder_saved_bytes(f: Flow, d: Dims) -> int:
     t = _Tally(counting_dims(f, d))
     d = t.d
     tokens = d.batch * (d.length + f.prompt_tokens)
-    t.values(f.prompt_tokens * f.prompt_encoder_values)
-    t.values(d.batch * f.prefix_tokens * f.prefix_encoder_values)
+    _encoders(t, f)
     if f.embeddings:
         t.total += 8 * tokens  # the token ids, for the embedding's gradient
     g = f.embeddings or f.prompt_tokens > 0

@@ -22,8 +22,8 @@ Everything here comes from the backbone's config (no weights) and the closed for
   CPU's math path with dropout keeps the T x T probabilities; CUDA's fused kernel keeps none) and
   dropout masks (CUDA: bool), and on a CPU peftlab's dropout sampler and LoRA casts
   (peftlab.backbones.cpu_train). Under autocast, methods the walk does not follow op by op there
-  (adapters, (IA)^3, DoRA, prompt encoders, prefixes, weight deltas) keep their fp32 count, an
-  upper bound that ``peftlab plan`` names,
+  (DoRA, VeRA's side branches, LoHa/LoKr weight deltas, HRA, p-tuning's LSTM encoder) keep their
+  fp32 count, an upper bound that ``peftlab plan`` names,
 * on CPU an allocator allowance of one more copy of the activations: glibc's malloc keeps freed
   activation blocks (after the first free its mmap threshold rises to 32 MB, so later tensors come
   from a fragmenting heap). Measured on MiniLM-L6 (bench/memory.py) it held 0.5-1.0x the kept
