@@ -224,3 +224,19 @@ def test_qlora_count_follows_the_step(raw, mode, family, tmp_path):
     with torch.autocast("cpu", torch.bfloat16, enabled=STEPS[mode].autocast):
         measured = saved_tensor_bytes(model, batch)
     assert abs(predicted - measured) <= TOLERANCE * measured, (predicted, measured)
+
+
+def test_a_method_not_followed_under_autocast_is_charged_every_weight_copy():
+    """Where the walk keeps a method's fp32 count under autocast, the plan adds a low-precision copy of
+    every block linear's weight: with a large model and a small batch those copies outweigh the
+    activations, and the fp32 count alone would then no longer be an upper bound."""
+    from peftlab.estimate.activation_flows import training_step_bytes
+
+    conf = tiny_config("bert")
+    spec = arch_spec(conf)
+    flow = _flow_of("bert", {"method": "hra", "r": 4})
+    assert not autocast_counted(flow)
+    fp32, _ = training_step_bytes(flow, spec, conf, B, L, Step(autocast=False))
+    under, _ = training_step_bytes(flow, spec, conf, B, L, Step(autocast=True))
+    weights = spec.num_layers * sum(i * o for i, o, _ in spec.layer_linears.values())
+    assert under == fp32 + 2 * weights

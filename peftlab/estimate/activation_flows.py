@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from peftlab.estimate.activations import Dims, Flow, Step, backward_working_bytes, dims_of, saved_bytes
+from peftlab.estimate.activations import (Dims, Flow, Step, autocast_counted, backward_working_bytes, dims_of,
+                                          saved_bytes)
 from peftlab.estimate.activations_decoder import decoder_dims, decoder_saved_bytes
 from peftlab.methods import METHODS
 from peftlab.estimate.params import ArchSpec
@@ -46,4 +47,9 @@ def training_step_bytes(flow: Flow, spec: ArchSpec, conf: Any, batch: int, lengt
         return None
     dims, walk = WALKS.get(spec.family)
     d = dims(spec, conf, batch, length, step)
-    return walk(flow, d), backward_working_bytes(flow, d)
+    kept = walk(flow, d)
+    if step.autocast and not autocast_counted(flow):
+        # the fp32 count has no weights' low copies; under autocast each linear may keep one (at 7B
+        # parameters and a small batch they outweigh the activations): charged for every block linear
+        kept += d.low_bytes * spec.num_layers * sum(d_in * d_out for d_in, d_out, *_ in spec.layer_linears.values())
+    return kept, backward_working_bytes(flow, d)
