@@ -435,6 +435,39 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def plan_now(model: str, method: str) -> int | None:
+    """``peftlab plan``'s estimate for one training row as this code computes it (pure: the model's config and
+    the row, no device): bf16 autocast on CUDA, batch and max_length of the training rounds. The run's own
+    estimate (its ``plan_bytes``) came from the code of that run."""
+    from peftlab.backbones.loaders import load_hf_config, resolve
+    from peftlab.config import BackboneConfig
+    from peftlab.estimate.activations import Step
+    from peftlab.estimate.params import arch_spec
+    from peftlab.estimate.plan import estimate_bytes
+    from peftlab.methods import METHODS
+
+    conf = load_hf_config(BackboneConfig(name=resolve(MODELS[model])), num_labels=3)
+    params = METHODS.get(method).Params(**method_params(conf.model_type, method))
+    return estimate_bytes(params, arch_spec(conf), conf, tt.HP["batch_size"], tt.HP["max_length"], 0, "cuda",
+                          Step(device="cuda", autocast=True))
+
+
+def plan_rows(res: dict[str, Any], estimate: Callable[[str, str], int | None] = plan_now) -> list[str]:
+    """The plan estimate of this code against each measured peak (peftlab's and the Trainer's), as lines."""
+    out = []
+    for e in res.get("train", {}).values():
+        try:
+            now = estimate(e["model"], e["method"])
+        except Exception as exc:  # an alias this machine cannot resolve: say so, the rest still renders
+            out.append(f"- {TITLES.get(e['model'], e['model'])} {e['method']}: not computed ({type(exc).__name__})")
+            continue
+        errs = [f"{side} {mb(p)} MB ({now / p - 1:+.0%})" for side in SIDES
+                if now and (p := measured_peak(e, side))]
+        out.append(f"- {TITLES.get(e['model'], e['model'])} {e['method']}: plan {mb(now)} MB; measured "
+                   f"{', '.join(errs) or 'no peak'}")
+    return out
+
+
 def fmt(row: dict[str, Any]) -> str:
     v = row["value"]
     return "-" if v is None or v != v else row["fmt"].format(v)
@@ -475,6 +508,15 @@ def render(res: dict[str, Any]) -> str:
                      f"{num(a / b, '{:.2f}x')} | "
                      f"{num(rate(e, 'peftlab', 'tokens'))} | {'-' if util is None else f'{util:.1%}'} | "
                      f"{mb(measured_peak(e))} | {mb(measured_peak(e, 'trainer'))} | {mb(plan)} | {n} |")
+    if res.get("train") and not res.get("env", {}).get("tiny"):
+        lines += ["", "`peftlab plan` as the current code estimates these rows (computed when this section is rendered, "
+                  "from the models' configs: bf16 autocast on CUDA, batch "
+                  f"{tt.HP['batch_size']} x {tt.HP['max_length']} tokens; the table's plan column is the run's own "
+                  "estimate, from the code of that run), against each side's measured peak. The rounds' longest "
+                  f"batch reaches {tt.HP['max_length']} tokens. peftlab trains its longest batch first, before AdamW "
+                  "has allocated its two moments, so in a one-epoch round its peak lacks them (the plan holds "
+                  "them, as every later epoch's first step does); the Trainer meets its longest batch later.",
+                  *plan_rows(res)]
     if res.get("peak"):
         lines += ["", f"Measured {res['peak'].get('dtype')} matmul TFLOP/s (best of 3): " + ", ".join(
             f"{k} {v / 1e12:.3g}" for k, v in res["peak"]["rates"].items()) + "; the peak is the largest."]

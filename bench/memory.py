@@ -1,6 +1,6 @@
 """Peak memory per method, each in its own process; and QLoRA's quantised base vs fp32.
 
-Usage: python bench/memory.py [--methods full lora ...] [--n-train 64] [--threads 1] [--quick]
+Usage: python bench/memory.py [--methods full lora ...] [--n-train 64] [--threads 1] [--quick] [--precision no|bf16]
 
 Every method row of configs/all_methods.yaml (its hyperparameters, one epoch) runs as its own
 ``python -m peftlab run`` child on a small drug-review subset, so one method's peak cannot hide
@@ -11,7 +11,9 @@ another's. Two numbers per method:
     20 ms while that method loads, trains and evaluates (the number in every comparison table).
 Then the base weights of MiniLM-L6 as fp32, as QLoRA's 4-bit NF4 (double quantisation) and as
 8-bit, measured with ``peftlab.estimate.params.base_weight_bytes`` on the loaded models.
-Replaces the "Memory" section of BENCHMARKS.md.
+Replaces the "Memory" section of BENCHMARKS.md. ``--precision bf16`` trains every child under CPU bf16
+autocast (``train.mixed_precision: bf16``) instead of fp32 and writes its own section, without the base
+weights (they do not depend on it): the check of the plan's autocast count on real shapes.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import yaml
 from peftlab.config import load_raw
 
 SECTION = "## Memory: peak RSS per method, QLoRA base weights"
+SECTION_BF16 = "## Memory under CPU bf16 autocast: peak RSS per method"
 WORK = benchkit.ROOT / "runs" / "bench_memory"
 QUICK = ["linear_probe", "lora", "qlora", "full", "lora_no_dropout"]
 MB = 1024 * 1024
@@ -54,7 +57,7 @@ def child_config(row: dict[str, Any], args: argparse.Namespace) -> Path:
            "task": {"source": "builtin", "name": "drugreview", "n_train": args.n_train, "n_eval": 32},
            "methods": [{k: v for k, v in row.items() if k != "epochs"}],  # one epoch for every method
            "train": {"epochs": 1, "batch_size": 16, "max_length": 128, "seed": 0, "num_threads": args.threads,
-                     "checkpoints": False},
+                     "checkpoints": False, "mixed_precision": args.precision},
            "baseline": False, "output_dir": str(WORK / label)}
     path = WORK / f"{label}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,19 +162,42 @@ def quantised_bases() -> list[str]:
     return lines
 
 
+def bf16_section(args: argparse.Namespace, runs: list[str]) -> str:
+    return "\n".join([
+        SECTION_BF16, "",
+        f"The rows of the fp32 section above, each trained under `train.mixed_precision: bf16` (CPU bf16 autocast: "
+        f"matmuls in bf16, fp32 weights, norms and loss; 1 epoch, batch 16, max_length 128, {args.n_train} training / "
+        "32 eval drug reviews), each as its own `python -m peftlab run` process. Columns as above. `plan estimate` "
+        "counts what autograd keeps as this step computes it (2-byte copies of each linear's input and weight, "
+        "peftlab's dropout sampler and LoRA casts, fp32 norms) plus the CPU allocator allowance; qlora and the "
+        "cached linear probe stay fp32 whatever is asked (their rows say so in `peftlab plan`'s computes column).",
+        f"Command: `{benchkit.command('memory.py')}`; hardware: {benchkit.hardware(args.threads)}.",
+        "",
+        "| method | status | trainable | process peak MB | peftlab peak MB | process - peftlab MB | plan estimate MB | plan error % | wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *runs,
+    ]) + "\n"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--methods", nargs="+", default=None, help="method names (default: every row of all_methods.yaml)")
     ap.add_argument("--n-train", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
+    ap.add_argument("--precision", choices=["no", "bf16"], default="no",
+                    help="train.mixed_precision of every child: no (fp32, this section) or bf16 (its own section)")
     args = ap.parse_args()
     runs, peaks = method_rows(args)
+    if args.precision == "bf16":
+        benchkit.write_section(SECTION_BF16, bf16_section(args, runs))
+        return 0
     bases = quantised_bases()
     body = "\n".join([
         SECTION, "",
         f"Each method of configs/all_methods.yaml (its hyperparameters; 1 epoch, batch 16, max_length 128, "
-        f"{args.n_train} training / 32 eval drug reviews, CPU fp32) as its own `python -m peftlab run` process. "
+        f"{args.n_train} training / 32 eval drug reviews, CPU fp32: `train.mixed_precision: no`) as its own "
+        "`python -m peftlab run` process. "
         "`process peak` is the child's ru_maxrss (the whole process: interpreter, imports, data, report); "
         "`peftlab peak` is `peak_memory_bytes` of its results.json (RSS sampled while the method runs); "
         "`plan estimate` is what `peftlab plan` predicts before loading anything (`plan error` against the process "

@@ -64,6 +64,12 @@ def test_reduced_precision_is_computed_in_fp32_and_returned_in_its_dtype(monkeyp
     assert out.dtype == torch.bfloat16
     ref = _math(q.float(), k.float(), v.float(), _masks()["bool"]).to(torch.bfloat16)
     assert torch.equal(out, ref)  # SDPA's math path upcasts on a CPU: the same fp32 result, rounded once
+    with torch.autocast("cpu", torch.bfloat16):  # as training calls it: autocast must not reach the products
+        under, _ = A.attention(_Layer().train(), q, k, v, _masks()["bool"], dropout=0.1)
+        with sdpa_kernel(SDPBackend.MATH):  # SDPA's math path under autocast: fp32 inside
+            sdpa = F.scaled_dot_product_attention(q, k, v, _masks()["bool"])
+    assert torch.equal(under, ref)
+    assert (under.float() - sdpa.transpose(1, 2).float()).abs().max() <= 2 ** -7  # an ulp of bf16 at 1
 
 
 def test_dropout_drops_probabilities_and_follows_the_seed():

@@ -10,7 +10,9 @@ masked out entirely (``isneginf``, ``all``, ``where``). Timed alone (32 x 12 hea
 32, forward and backward, on a machine shared with other jobs), SDPA took 32-40 ms and this function 22-24 ms.
 
 Same model: the math path's own arithmetic. Query, key and value are upcast to fp32 as SDPA's
-math path upcasts reduced precision on a CPU; scores are scaled, masked (a boolean mask keeps
+math path upcasts reduced precision on a CPU (with autocast off inside, as autocast does not reach into
+SDPA's own math path either: under a training run's bf16 autocast the products would otherwise run
+in bf16); scores are scaled, masked (a boolean mask keeps
 True, a float mask is added), soft-maxed in fp32, dropped with :func:`peftlab.backbones.dropout.keep_noise`
 (each probability kept with 1 - p and scaled by 1 / (1 - p): the same dropout, another random
 stream), multiplied by the value and cast back to the input dtype. A query row whose keys are all
@@ -63,10 +65,20 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
     if not handles(module, query, dropout, kwargs):
         return _sdpa()(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                        is_causal=is_causal, **kwargs)
-    q_len, kv_len = query.shape[2], key.shape[2]
+    q_len = query.shape[2]
     causal = (is_causal if is_causal is not None else getattr(module, "is_causal", True))
     causal = bool(causal) and q_len > 1 and attention_mask is None
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    # training runs under autocast, which would cast the fp32 products back to bf16: SDPA's own
+    # math path computes them in fp32 (autocast does not reach inside it), so must this
+    with torch.autocast(query.device.type, enabled=False):
+        return _math(query, key, value, attention_mask, dropout, scale, causal)
+
+
+def _math(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None,
+          dropout: float, scale: float, causal: bool) -> tuple[torch.Tensor, None]:
+    """SDPA's math path in fp32 with peftlab's sampler (the module docstring), autocast off."""
+    q_len, kv_len = query.shape[2], key.shape[2]
     scores = torch.matmul(query.float(), key.float().transpose(-1, -2)).mul_(scale)
     keep: torch.Tensor | None = None
     if causal:

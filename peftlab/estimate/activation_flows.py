@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from peftlab.estimate.activations import Dims, Flow, backward_working_bytes, dims_of, saved_bytes
+from peftlab.estimate.activations import (Dims, Flow, Step, autocast_counted, backward_working_bytes, dims_of,
+                                          saved_bytes)
 from peftlab.estimate.activations_decoder import decoder_dims, decoder_saved_bytes
 from peftlab.methods import METHODS
 from peftlab.estimate.params import ArchSpec
@@ -38,11 +39,17 @@ def has_walk(spec: ArchSpec) -> bool:
 
 
 def training_step_bytes(flow: Flow, spec: ArchSpec, conf: Any, batch: int, length: int,
-                        mask_bytes: int = 4) -> tuple[int, int] | None:
+                        step: Step = Step()) -> tuple[int, int] | None:
     """(bytes kept for backward, backward working buffers) of one training step of a method whose
-    flow is ``flow``; None for a family no walk knows (the caller falls back to a rough rule)."""
+    flow is ``flow``, computed as ``step`` says; None for a family no walk knows (the caller falls
+    back to a rough rule)."""
     if not has_walk(spec):
         return None
     dims, walk = WALKS.get(spec.family)
-    d = dims(spec, conf, batch, length, mask_bytes)
-    return walk(flow, d), backward_working_bytes(flow, d)
+    d = dims(spec, conf, batch, length, step)
+    kept = walk(flow, d)
+    if step.autocast and not autocast_counted(flow):
+        # the fp32 count has no weights' low copies; under autocast each linear may keep one (at 7B
+        # parameters and a small batch they outweigh the activations): charged for every block linear
+        kept += d.low_bytes * spec.num_layers * sum(d_in * d_out for d_in, d_out, *_ in spec.layer_linears.values())
+    return kept, backward_working_bytes(flow, d)

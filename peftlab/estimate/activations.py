@@ -9,13 +9,17 @@ input (a second, dropped-out copy of it plus the dropout mask when lora dropout 
 
 :func:`saved_bytes` walks a BERT-like encoder (BERT, RoBERTa, XLM-R: post-LayerNorm blocks) one
 layer at a time, following whether each tensor requires grad, and adds what each op saves. The
-counts follow torch 2.x on CPU: scaled-dot-product attention with dropout runs the "math" path,
+counts follow torch 2.x: on a CPU, scaled-dot-product attention with dropout runs the "math" path,
 which keeps the T x T probabilities three times (softmax output, dropout mask, dropped
-probabilities); without attention dropout the fused flash kernel keeps only q, k, v, the output,
-a log-sum-exp per row and a float copy of the padding mask. CPU dropout keeps a float mask
-(``mask_bytes`` 4); CUDA's fused dropout a byte mask (1). tests/test_activations.py checks the
-count against the bytes that ``torch.autograd.graph.saved_tensors_hooks`` sees on tiny models,
-method by method.
+probabilities); without attention dropout (and on CUDA, with it) the fused kernel keeps only q, k,
+v, the output, a log-sum-exp per row and a copy of the padding mask. CPU dropout keeps a float
+mask of its input's dtype; CUDA's fused dropout a byte mask. A :class:`Step` says how the step
+computes: in fp32, or under bf16/fp16 autocast, where every linear keeps a 2-byte copy of its
+input (one per linear: autocast casts an fp32 input at each call) and, when its input needs a
+gradient, of its weight, while norms, residual sums and the loss stay fp32.
+tests/test_activations.py checks the count against the bytes that
+``torch.autograd.graph.saved_tensors_hooks`` sees on tiny models, method by method, in fp32 and
+under CPU bf16 autocast (peftlab's training path, and peft's own casts as on CUDA).
 
 A method says how gradients flow through it with a :class:`Flow`, which its own ``flow`` builds
 (every registered method declares one: :mod:`peftlab.methods`). :mod:`peftlab.estimate.activations_decoder`
@@ -24,7 +28,7 @@ walks Llama-style decoders the same way; :mod:`peftlab.estimate.activation_flows
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from peftlab.estimate.params import ArchSpec, matches_target
@@ -88,6 +92,16 @@ class Flow:
     #: prefix tuning's projection (embedding -> Linear -> Tanh -> Linear), run for every example:
     #: values it keeps per virtual token and example
     prefix_encoder_values: int = 0
+    #: the frozen linears are bitsandbytes' (QLoRA): their matmul keeps the packed weight (a
+    #: parameter), never a cast copy of it, and under autocast returns its input's dtype (fp32 from
+    #: an fp32 input), so the feed-forward's wide tensors stay fp32 there
+    quantized_base: bool = False
+    #: the prompt or prefix encoder's linear weights (values): under autocast each keeps a
+    #: low-precision copy once per step (its input, the trained embedding, needs a gradient)
+    encoder_weights: int = 0
+    #: False: the method's own layers are not followed under autocast (p-tuning's LSTM): its whole
+    #: count stays the fp32 one, an upper bound
+    autocast_followed: bool = True
 
 
 def full_flow(spec: ArchSpec) -> Flow:
@@ -116,9 +130,22 @@ class Dims:
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.1
     classifier_dropout: float = 0.1
-    #: bytes of a dropout mask: 4 on CPU (a float mask), 1 on CUDA (fused dropout, a bool mask)
-    mask_bytes: int = 4
+    #: bytes of a dropout mask: 0 = those of the tensor it masks (a CPU dropout keeps a float mask
+    #: of its input's dtype), 1 on CUDA (fused dropout, a bool mask)
+    mask_bytes: int = 0
     value_bytes: int = 4
+    #: bytes of what a matmul-class op computes: 2 under bf16/fp16 autocast (the low-precision
+    #: copies of the linears' inputs and weights they keep, their outputs, attention), else 4
+    low_bytes: int = 4
+    #: "cpu" or "cuda": where attention with dropout runs (the CPU's math path keeps the
+    #: probabilities; CUDA's fused kernel drops inside and keeps none) and LoRA casts (below)
+    device: str = "cpu"
+    #: CPU dropouts are peftlab's BitsDropout (peftlab.backbones.dropout), and attention with dropout
+    #: is peftlab's math path (peftlab.backbones.attention), which also keeps its boolean masks
+    bits_dropout: bool = False
+    #: peftlab's lean LoRA casts (CPU autocast, peftlab.backbones.cpu_train): a LoRA layer whose
+    #: dropout is a BitsDropout (or none) keeps its input as it is, without peft's fp32 cast
+    lean_casts: bool = False
     labels: int = 2
     #: decoders: width of all query heads together (heads x head_dim), and of the key (= value)
     #: projection (grouped key/value heads x head_dim)
@@ -126,7 +153,25 @@ class Dims:
     kv_width: int = 0
 
 
-def dims_of(spec: ArchSpec, conf: Any, batch: int, length: int, mask_bytes: int = 4) -> Dims:
+@dataclass(frozen=True)
+class Step:
+    """How a training step computes, which decides the bytes of what it keeps: the device, bf16/fp16
+    autocast or fp32, and (CPU) whether peftlab's dropout sampler is in use."""
+
+    device: str = "cpu"
+    autocast: bool = False
+    bits_dropout: bool = False
+    #: None: as peftlab's training does it (lean casts under CPU autocast); False: peft's own casts
+    lean_casts: bool | None = None
+
+    def dims(self) -> dict[str, Any]:
+        """The :class:`Dims` fields this step sets."""
+        lean = self.device == "cpu" and self.autocast if self.lean_casts is None else self.lean_casts
+        return {"device": self.device, "mask_bytes": 1 if self.device == "cuda" else 0,
+                "low_bytes": 2 if self.autocast else 4, "bits_dropout": self.bits_dropout, "lean_casts": lean}
+
+
+def dims_of(spec: ArchSpec, conf: Any, batch: int, length: int, step: Step = Step()) -> Dims:
     h = spec.hidden
     cls_p = getattr(conf, "classifier_dropout", None)
     hid_p = float(getattr(conf, "hidden_dropout_prob", 0.1) or 0.0)
@@ -135,8 +180,22 @@ def dims_of(spec: ArchSpec, conf: Any, batch: int, length: int, mask_bytes: int 
                 heads=int(getattr(conf, "num_attention_heads", 1) or 1), layers=spec.num_layers,
                 hidden_dropout=hid_p,
                 attention_dropout=float(getattr(conf, "attention_probs_dropout_prob", 0.1) or 0.0),
-                classifier_dropout=hid_p if cls_p is None else float(cls_p), mask_bytes=mask_bytes,
-                labels=spec.num_labels)
+                classifier_dropout=hid_p if cls_p is None else float(cls_p), labels=spec.num_labels,
+                **step.dims())
+
+
+def counting_dims(f: Flow, d: Dims) -> Dims:
+    """``d``, or under autocast for a flow the walk does not follow there (:func:`autocast_counted`)
+    ``d`` with every value counted at fp32."""
+    return d if autocast_counted(f) else replace(d, low_bytes=d.value_bytes)
+
+
+def autocast_counted(f: Flow) -> bool:
+    """Whether the walk follows ``f`` op by op under autocast: full and partial fine-tuning, LoRA
+    (plain; QLoRA), (IA)^3, bottleneck adapters, trained norms, prompt and prefix tuning, p-tuning's
+    MLP encoder. For the rest (DoRA, side branches, weight deltas, built weights, p-tuning's LSTM)
+    the count stays the fp32 one, an upper bound (tests/test_activations.py)."""
+    return f.autocast_followed and not (f.dora or f.branch or f.delta or f.built)
 
 
 class _Tally:
@@ -146,16 +205,23 @@ class _Tally:
         self.d, self.total = d, 0
         self.rotary = False  # decoders: some block's rotary embedding needs its cos/sin tables
 
-    def values(self, n: int, kept: bool = True) -> None:
-        self.total += n * self.d.value_bytes if kept else 0
+    @property
+    def autocast(self) -> bool:
+        return self.d.low_bytes < self.d.value_bytes
 
-    def mask(self, n: int, p: float, kept: bool = True) -> None:
-        """A dropout keeps its mask when a gradient flows through it (its output is a new tensor)."""
-        self.total += n * self.d.mask_bytes if kept and p > 0 else 0
+    def values(self, n: int, kept: bool = True, low: bool = False) -> None:
+        """``n`` values, of the low-precision kind (``low``: a matmul's, 2 bytes under autocast) or fp32."""
+        self.total += n * (self.d.low_bytes if low else self.d.value_bytes) if kept else 0
+
+    def mask(self, n: int, p: float, kept: bool = True, low: bool = False) -> None:
+        """A dropout keeps its mask when a gradient flows through it (its output is a new tensor);
+        on a CPU the mask has the dtype of what it masks (``low``), on CUDA it is a bool."""
+        size = self.d.mask_bytes or (self.d.low_bytes if low else self.d.value_bytes)
+        self.total += n * size if kept and p > 0 else 0
 
 
 def _linear_in(t: _Tally, f: Flow, name: str, n_in: int, x_kept: bool, x_grad: bool, block_trains: bool,
-               r_tokens: int) -> tuple[bool, bool]:
+               r_tokens: int, x_low: bool = False, d_out: int = 0) -> tuple[bool, bool]:
     """What one linear keeps of its input ``x`` (``n_in`` values). Returns (x now kept, output needs grad).
 
     A weight that trains needs ``x``; a frozen weight needs nothing of it. A LoRA branch needs
@@ -164,6 +230,8 @@ def _linear_in(t: _Tally, f: Flow, name: str, n_in: int, x_kept: bool, x_grad: b
     frozen side branch keeps what its method says per token (:attr:`Flow.branch`); a weight delta
     (:attr:`Flow.delta`) needs ``x``, and is itself kept when a gradient flows into ``x``.
     """
+    if t.autocast:
+        return _linear_in_autocast(t, f, name, n_in, x_kept, x_grad, block_trains, r_tokens, x_low, d_out)
     keep_x = block_trains or (name in f.lora and f.lora[name] == 0) or f.ia3.get(name, False) or name in f.delta
     t.values(f.delta.get(name, 0), x_grad)
     t.values(f.built.get(name, 0))
@@ -181,19 +249,69 @@ def _linear_in(t: _Tally, f: Flow, name: str, n_in: int, x_kept: bool, x_grad: b
     return x_kept or keep_x, x_grad or block_trains or adapted
 
 
+def _linear_in_autocast(t: _Tally, f: Flow, name: str, n_in: int, x_kept: bool, x_grad: bool, block_trains: bool,
+                        tokens: int, x_low: bool, d_out: int) -> tuple[bool, bool]:
+    """:func:`_linear_in` under autocast (``x_low``: ``x`` is already low precision, a matmul's output).
+
+    Autocast casts a linear's fp32 input to a new low-precision copy at every call (only trained
+    leaf weights are cast once and cached), so linears reading the same fp32 ``x`` keep a copy each
+    where in fp32 they share ``x``; a low-precision ``x`` is kept as it is, once. A linear whose
+    input needs a gradient keeps the low-precision copy of its weight, frozen or not (bitsandbytes'
+    quantised weights excepted). LoRA: peft casts the input to fp32 before the dropout (lora_A then
+    keeps the dropped input cast back); under peftlab's lean casts (CPU, BitsDropout or no dropout) a
+    low-precision input is dropped as it is. lora_A's output is kept for lora_B, and both adapter
+    weights' low copies where their inputs need gradients.
+    """
+    d_in = n_in // tokens
+    lora, scaled_in = name in f.lora, f.ia3.get(name, False)
+    if (x_grad or scaled_in) and not f.quantized_base:
+        t.values(d_in * d_out, low=True)  # the weight's low copy, for the input's gradient
+    if scaled_in:  # (IA)^3 scales the input in fp32 (peft casts it to the vector's dtype) and keeps it
+        if x_low:
+            t.values(n_in)  # a new fp32 copy
+        elif not x_kept:
+            t.values(n_in)
+            x_kept = True
+    if block_trains:
+        if not x_low:
+            t.values(n_in, low=True)  # this linear's own cast of x
+        elif not x_kept:
+            t.values(n_in, low=True)
+            x_kept = True
+    if lora:
+        p = f.lora[name]
+        lean = t.d.lean_casts and (p == 0 or t.d.bits_dropout)
+        if p > 0:
+            t.mask(n_in, p, x_grad, low=lean and x_low)
+            t.values(n_in, low=True)  # the dropped input as lora_A keeps it (low)
+        elif lean and x_low:
+            if not x_kept:
+                t.values(n_in, low=True)
+                x_kept = True
+        else:
+            t.values(n_in, low=True)  # a new low copy (peft's fp32 cast, or x's own cast)
+        t.values(tokens * f.lora_r, low=True)  # lora_A's output, kept by lora_B
+        t.values(f.lora_r * d_in, x_grad, low=True)  # lora_A's weight copy, for the input's gradient
+        t.values(f.lora_r * d_out, low=True)  # lora_B's weight copy (its input, A's output, needs one)
+    return x_kept, x_grad or block_trains or lora or name in f.ia3
+
+
 def _linear_out(t: _Tally, f: Flow, name: str, n_out: int, y_grad: bool) -> tuple[bool, bool]:
     """After a linear: an (IA)^3 output scale keeps the unscaled output; a bottleneck adapter keeps
     its input (the linear's output) and its hidden activation. Returns (output kept, output needs grad)."""
-    kept = False
+    kept, low = False, t.autocast  # under autocast the output and the adapter's tensors are low precision
     if name in f.ia3 and not f.ia3[name]:
-        t.values(n_out)
+        t.values(n_out, low=low)
         kept = True
     if name in f.adapters:
         b, act = f.adapters[name]
-        tokens = n_out // t.d.hidden
+        h = t.d.hidden
+        tokens = n_out // h
         if not kept:
-            t.values(n_out)  # adapter.down keeps its input
-        t.values(tokens * b * (1 if act in SAVES_RESULT else 2))
+            t.values(n_out, low=low)  # adapter.down keeps its input
+        t.values(tokens * b * (1 if act in SAVES_RESULT else 2), low=low)
+        t.values(h * b, low and y_grad, low=True)  # down's weight copy, where its input needs a gradient
+        t.values(b * h, low, low=True)  # up's (its input, from the trained down, always needs one)
         y_grad = True
     return kept, y_grad
 
@@ -216,7 +334,9 @@ def _attention(t: _Tally, d: Dims, f: Flow, tokens: int, q_grad: bool, k_grad: b
     n_q, n_k = tokens * d.hidden, keys * d.hidden
     if not (q_grad or k_grad or v_grad):
         return False, False
-    if d.attention_dropout > 0:  # math path: q*s @ (k*s)^T -> softmax -> dropout -> @ v
+    if d.attention_dropout > 0 and d.device != "cuda":
+        # the CPU's math path: q*s @ (k*s)^T -> softmax -> dropout -> @ v, in fp32 (under autocast
+        # SDPA's math path and peftlab's both upcast q, k and v to fp32 copies first)
         probs = d.heads * tokens * (keys // d.batch)
         scores_grad = q_grad or k_grad
         t.values(n_q, k_grad)  # the scaled query, for k's gradient
@@ -225,17 +345,24 @@ def _attention(t: _Tally, d: Dims, f: Flow, tokens: int, q_grad: bool, k_grad: b
         t.mask(probs, d.attention_dropout, scores_grad)
         t.values(probs, v_grad)  # dropped probabilities, for v's gradient
         t.values(n_k, scores_grad)  # v, for the probabilities' gradient
+        if d.bits_dropout and scores_grad:  # peftlab's math path masks with booleans: both masks kept
+            t.total += tokens * (keys // d.batch) + tokens
         return True, False
-    # fused flash kernel: q, k, v, the output (whose storage the context reuses), a log-sum-exp per
-    # head and query, and its own float copy of the padding mask
-    t.values(2 * n_q + 2 * n_k + d.heads * tokens + tokens * (keys // d.batch))
+    # fused kernel (a CPU's flash kernel without dropout, CUDA's with dropout inside): q, k, v, the
+    # output (whose storage the context reuses), a log-sum-exp per head and query, and its own copy
+    # of the padding mask (as a float of the query's dtype)
+    t.values(2 * n_q + 2 * n_k + tokens * (keys // d.batch), low=True)
+    t.values(d.heads * tokens)
     return True, True
 
 
-def _residual_norm(t: _Tally, d: Dims, tokens: int, branch_grad: bool, res_grad: bool, trains: bool) -> bool:
-    """dropout(branch) + residual -> LayerNorm; returns whether the LayerNorm's output needs a gradient."""
+def _residual_norm(t: _Tally, d: Dims, tokens: int, branch_grad: bool, res_grad: bool, trains: bool,
+                   branch_low: bool = True) -> bool:
+    """dropout(branch) + residual -> LayerNorm; returns whether the LayerNorm's output needs a gradient.
+    The branch is a linear's output (``branch_low``: low precision under autocast); the sum is fp32
+    (the residual is)."""
     n = tokens * d.hidden
-    t.mask(n, d.hidden_dropout, branch_grad)
+    t.mask(n, d.hidden_dropout, branch_grad, low=branch_low)
     grad = branch_grad or res_grad or trains
     _layer_norm(t, n, tokens, grad)
     return grad
@@ -245,22 +372,24 @@ def _block(t: _Tally, d: Dims, f: Flow, i: int, tokens: int, x_grad: bool) -> bo
     """One post-LayerNorm encoder block; returns whether its output needs a gradient."""
     n, wide, trains = tokens * d.hidden, tokens * d.inter, i in f.trained_blocks
     grads, x_kept = [], False
-    for name in QKV:  # q, k, v all read the block input x: it is kept at most once
-        x_kept, g = _linear_in(t, f, name, n, x_kept, x_grad, trains, tokens)
+    low, h, i_ = t.autocast, d.hidden, d.inter  # under autocast the linears' outputs are low precision
+    wide_low = low and not f.quantized_base  # bitsandbytes: an fp32 input gives an fp32 output
+    for name in QKV:  # q, k, v all read the block input x: it is kept at most once (fp32)
+        x_kept, g = _linear_in(t, f, name, n, x_kept, x_grad, trains, tokens, d_out=h)
         _, g = _linear_out(t, f, name, n, g)
         grads.append(g or (f.prefix_tokens > 0 and name != QKV[0]))
     ctx_grad, ctx_kept = _attention(t, d, f, tokens, *grads)
     # context -> attention.output.dense -> dropout -> + x -> LayerNorm
-    _, g = _linear_in(t, f, ATTN_OUT, n, ctx_kept, ctx_grad, trains, tokens)
+    _, g = _linear_in(t, f, ATTN_OUT, n, ctx_kept, ctx_grad, trains, tokens, x_low=low, d_out=h)
     _, g = _linear_out(t, f, ATTN_OUT, n, g)
     y_grad = _residual_norm(t, d, tokens, g, x_grad, trains or ATTN_NORM in f.norms)
     # y -> intermediate.dense -> GELU -> output.dense -> dropout -> + y -> LayerNorm
-    _, g = _linear_in(t, f, FFN_IN, n, False, y_grad, trains, tokens)
+    _, g = _linear_in(t, f, FFN_IN, n, False, y_grad, trains, tokens, d_out=i_)
     _, g = _linear_out(t, f, FFN_IN, wide, g)
-    t.values(wide, g)  # GELU keeps its input
-    _, g = _linear_in(t, f, FFN_OUT, wide, False, g, trains, tokens)
+    t.values(wide, g, low=wide_low)  # GELU keeps its input
+    _, g = _linear_in(t, f, FFN_OUT, wide, False, g, trains, tokens, x_low=wide_low, d_out=h)
     _, g = _linear_out(t, f, FFN_OUT, n, g)
-    return _residual_norm(t, d, tokens, g, y_grad, trains or FFN_NORM in f.norms)
+    return _residual_norm(t, d, tokens, g, y_grad, trains or FFN_NORM in f.norms, branch_low=wide_low)
 
 
 def saved_bytes(f: Flow, d: Dims, pooler: bool = True) -> int:
@@ -274,11 +403,11 @@ def saved_bytes(f: Flow, d: Dims, pooler: bool = True) -> int:
     and prompts add theirs. ``pooler``: BERT's pooler (dense + tanh, trained as part of the head)
     sits before the classifier.
     """
-    t = _Tally(d)
+    t = _Tally(counting_dims(f, d))
+    d = t.d
     tokens = d.batch * (d.length + f.prompt_tokens)
     n = tokens * d.hidden
-    t.values(f.prompt_tokens * f.prompt_encoder_values)  # peft encodes one copy, then repeats it
-    t.values(d.batch * f.prefix_tokens * f.prefix_encoder_values)
+    _encoders(t, f)
     if f.embeddings:  # the lookups keep their indices (int64) for the weights' gradients
         t.total += 8 * (2 * tokens + d.length)
     g = f.embeddings or f.prompt_tokens > 0
@@ -290,24 +419,36 @@ def saved_bytes(f: Flow, d: Dims, pooler: bool = True) -> int:
     return t.total
 
 
+def _encoders(t: _Tally, f: Flow) -> None:
+    """A prompt encoder (run once, its output repeated over the batch) and a prefix encoder (run for
+    every example), with their weights' low copies under autocast."""
+    t.values(f.prompt_tokens * f.prompt_encoder_values, low=t.autocast)
+    t.values(t.d.batch * f.prefix_tokens * f.prefix_encoder_values, low=t.autocast)
+    t.values(f.encoder_weights, t.autocast, low=True)
+
+
 def _head(t: _Tally, d: Dims, f: Flow, tokens: int, g: bool, pooler: bool) -> None:
     """After the last block: pooler (on the first token), dropout, classifier, loss.
 
     The pooler is part of the head and always trains: it keeps its input, a view of the first
     token that pins the whole last hidden state (``tokens x hidden``).
     """
-    b, h = d.batch, d.hidden
+    b, h, low = d.batch, d.hidden, t.autocast
     if pooler:
-        t.values(tokens * h)
+        # fp32: the first token's view pins the whole last hidden state; autocast keeps its own cast
+        t.values(b * h if low else tokens * h, low=low)
+        t.values(h * h, g and low, low=True)  # the dense weight's low copy
         g = True
-        t.values(b * h, g)  # tanh keeps its output
+        t.values(b * h, g, low=low)  # tanh keeps its output
     else:  # RoBERTa's head: dropout -> dense (trained) -> tanh -> dropout -> out_proj
         t.mask(b * h, d.classifier_dropout, g)
-        t.values(2 * b * h)
+        t.values(2 * b * h, low=low)  # dense's input (its cast under autocast), tanh's output
+        t.values(h * h, g and low, low=True)
         g = True
-    t.mask(b * h, d.classifier_dropout, g)
-    t.values(b * h)  # the classifier's input
-    t.values(b * d.labels)  # log-softmax output of the loss
+    t.mask(b * h, d.classifier_dropout, g, low=low)
+    t.values(b * h, low=low)  # the classifier's input
+    t.values(h * d.labels, low, low=True)  # its weight's low copy (its input needs a gradient)
+    t.values(b * d.labels)  # log-softmax output of the loss (fp32 under autocast too)
     t.total += 8 * b  # the labels (int64)
 
 
@@ -320,7 +461,8 @@ def backward_working_bytes(f: Flow, d: Dims) -> int:
     MiniLM-L6 with freed memory returned at once (a fixed glibc mmap threshold): peak minus
     weights, optimizer and kept tensors = 34-37 MB, 3 x 12.6 MB here.
     """
+    d = counting_dims(f, d)
     tokens = d.batch * (d.length + f.prompt_tokens)
     keys = d.length + f.prompt_tokens + f.prefix_tokens
-    attention = 3 * d.heads * tokens * keys if d.attention_dropout > 0 else 0
-    return d.value_bytes * max(attention, 2 * tokens * d.inter)
+    attention = 3 * d.heads * tokens * keys if d.attention_dropout > 0 and d.device != "cuda" else 0
+    return max(d.value_bytes * attention, d.low_bytes * 2 * tokens * d.inter)

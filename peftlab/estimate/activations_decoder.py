@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from peftlab.estimate.activations import Dims, Flow, _linear_in, _linear_out, _Tally
+from peftlab.estimate.activations import Dims, Flow, Step, _encoders, _linear_in, _linear_out, _Tally, counting_dims
 from peftlab.estimate.params import ArchSpec
 
 Q, K, V, O = "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"
@@ -28,14 +28,14 @@ GATE, UP, DOWN = "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"
 ATTN_NORM, MLP_NORM = "input_layernorm", "post_attention_layernorm"
 
 
-def decoder_dims(spec: ArchSpec, conf: Any, batch: int, length: int, mask_bytes: int = 4) -> Dims:
+def decoder_dims(spec: ArchSpec, conf: Any, batch: int, length: int, step: Step = Step()) -> Dims:
     heads = int(conf.num_attention_heads)
     head_dim = int(getattr(conf, "head_dim", None) or spec.hidden // heads)
     return Dims(batch=batch, length=length, hidden=spec.hidden, inter=int(conf.intermediate_size), heads=heads,
                 layers=spec.num_layers, hidden_dropout=0.0,
                 attention_dropout=float(getattr(conf, "attention_dropout", 0.0) or 0.0), classifier_dropout=0.0,
-                mask_bytes=mask_bytes, labels=spec.num_labels, q_width=heads * head_dim,
-                kv_width=spec.kv_dim or heads * head_dim)
+                labels=spec.num_labels, q_width=heads * head_dim, kv_width=spec.kv_dim or heads * head_dim,
+                **step.dims())
 
 
 def _rms_norm(t: _Tally, d: Dims, tokens: int, x_grad: bool, trains: bool) -> bool:
@@ -54,42 +54,46 @@ def _attention(t: _Tally, d: Dims, f: Flow, tokens: int, q_grad: bool, k_grad: b
         return False
     keys = tokens + f.prefix_tokens * d.batch
     t.rotary = True
-    t.values((tokens + 2 * keys + tokens) * d.q_width + d.heads * tokens + tokens * (keys // d.batch))
+    # under autocast q and k (fp32 after the fp32 rotary tables) reach the kernel as low copies
+    t.values((tokens + 2 * keys + tokens) * d.q_width + tokens * (keys // d.batch), low=True)
+    t.values(d.heads * tokens)  # the log-sum-exp (fp32)
     return True
 
 
 def _block(t: _Tally, d: Dims, f: Flow, i: int, tokens: int, x_grad: bool) -> bool:
-    trains = i in f.trained_blocks
+    trains, low, h = i in f.trained_blocks, t.autocast, d.hidden
     n, wide = tokens * d.hidden, tokens * d.inter
     h_grad = _rms_norm(t, d, tokens, x_grad, trains or ATTN_NORM in f.norms)
     grads, kept = [], False
     for name in (Q, K, V):
-        kept, g = _linear_in(t, f, name, n, kept, h_grad, trains, tokens)
-        _, g = _linear_out(t, f, name, tokens * (d.q_width if name == Q else d.kv_width), g)
+        width = d.q_width if name == Q else d.kv_width
+        kept, g = _linear_in(t, f, name, n, kept, h_grad, trains, tokens, d_out=width)
+        _, g = _linear_out(t, f, name, tokens * width, g)
         grads.append(g or (f.prefix_tokens > 0 and name != Q))
     ctx_grad = _attention(t, d, f, tokens, *grads)
-    _, g = _linear_in(t, f, O, tokens * d.q_width, True, ctx_grad, trains, tokens)
+    _, g = _linear_in(t, f, O, tokens * d.q_width, True, ctx_grad, trains, tokens, x_low=low, d_out=h)
     _, g = _linear_out(t, f, O, n, g)
     y_grad = g or x_grad
     h_grad = _rms_norm(t, d, tokens, y_grad, trains or MLP_NORM in f.norms)
-    kept, gate_grad = _linear_in(t, f, GATE, n, False, h_grad, trains, tokens)
+    kept, gate_grad = _linear_in(t, f, GATE, n, False, h_grad, trains, tokens, d_out=d.inter)
     _, gate_grad = _linear_out(t, f, GATE, wide, gate_grad)
-    _, up_grad = _linear_in(t, f, UP, n, kept, h_grad, trains, tokens)
+    _, up_grad = _linear_in(t, f, UP, n, kept, h_grad, trains, tokens, d_out=d.inter)
     _, up_grad = _linear_out(t, f, UP, wide, up_grad)
-    t.values(wide, gate_grad)  # SiLU's input
-    t.values(wide, up_grad)  # SiLU's output, for up's gradient
-    t.values(wide, gate_grad)  # up's output, for SiLU's gradient
-    _, g = _linear_in(t, f, DOWN, wide, False, gate_grad or up_grad, trains, tokens)
+    wide_low = low and not f.quantized_base  # bitsandbytes: an fp32 input gives an fp32 output
+    t.values(wide, gate_grad, low=wide_low)  # SiLU's input
+    t.values(wide, up_grad, low=wide_low)  # SiLU's output, for up's gradient
+    t.values(wide, gate_grad, low=wide_low)  # up's output, for SiLU's gradient
+    _, g = _linear_in(t, f, DOWN, wide, False, gate_grad or up_grad, trains, tokens, x_low=wide_low, d_out=h)
     _, g = _linear_out(t, f, DOWN, n, g)
     return g or y_grad
 
 
 def decoder_saved_bytes(f: Flow, d: Dims) -> int:
     """Bytes autograd keeps for backward in one training step of a Llama-style classifier."""
-    t = _Tally(d)
+    t = _Tally(counting_dims(f, d))
+    d = t.d
     tokens = d.batch * (d.length + f.prompt_tokens)
-    t.values(f.prompt_tokens * f.prompt_encoder_values)
-    t.values(d.batch * f.prefix_tokens * f.prefix_encoder_values)
+    _encoders(t, f)
     if f.embeddings:
         t.total += 8 * tokens  # the token ids, for the embedding's gradient
     g = f.embeddings or f.prompt_tokens > 0
@@ -97,8 +101,9 @@ def decoder_saved_bytes(f: Flow, d: Dims) -> int:
         g = _block(t, d, f, i, tokens, g)
     if t.rotary:
         t.values(2 * (d.length + f.prompt_tokens) * (d.q_width // d.heads))  # cos and sin
-    _rms_norm(t, d, tokens, g, f.post)
-    t.values(tokens * d.hidden)  # the score head reads (and keeps) every position
+    g = _rms_norm(t, d, tokens, g, f.post)
+    t.values(tokens * d.hidden, low=t.autocast)  # the score head reads (and keeps) every position
+    t.values(d.hidden * d.labels, g and t.autocast, low=True)  # its weight's low copy
     t.values(d.batch * d.labels)  # log-softmax of the pooled logits
     t.total += 8 * 3 * d.batch  # last-token indices, batch arange, labels (int64)
     return t.total

@@ -16,7 +16,14 @@ Everything here comes from the backbone's config (no weights) and the closed for
   of one block's backward. A family without a walk would use the rough rule
   ``B*L*(10*h + 2*i) + 2*B*heads*L^2`` fp32 values per layer. Methods that train a head on cached
   features only run the forward pass, one layer's worth at a time (the same rough rule). The
-  count follows the CPU kernels in fp32; on CUDA (bf16 autocast, fused attention) it over-counts,
+  count follows the step as the row will compute it (:func:`training_step`): the precision the
+  run resolves ``train.mixed_precision`` to (under bf16/fp16 autocast the linears keep 2-byte
+  copies of their inputs and weights, norms and residuals stay fp32), the device's attention (a
+  CPU's math path with dropout keeps the T x T probabilities; CUDA's fused kernel keeps none) and
+  dropout masks (CUDA: bool), and on a CPU peftlab's dropout sampler and LoRA casts
+  (peftlab.backbones.cpu_train). Under autocast, methods the walk does not follow op by op there
+  (DoRA, VeRA's side branches, LoHa/LoKr weight deltas, HRA, p-tuning's LSTM encoder) keep their
+  fp32 count, an upper bound that ``peftlab plan`` names,
 * on CPU an allocator allowance of one more copy of the activations: glibc's malloc keeps freed
   activation blocks (after the first free its mmap threshold rises to 32 MB, so later tensors come
   from a fragmenting heap). Measured on MiniLM-L6 (bench/memory.py) it held 0.5-1.0x the kept
@@ -32,7 +39,7 @@ activation count within a few per cent of what autograd saves (tests/test_activa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +51,7 @@ from peftlab.infra.errors import PeftlabError
 from peftlab.estimate.params import all_linears, arch_spec, ArchSpec, num_blocks, total_params
 from peftlab.backbones.loaders import load_hf_config
 from peftlab.estimate.activation_flows import has_walk, training_step_bytes
+from peftlab.estimate.activations import Step, autocast_counted
 from peftlab.methods import METHODS
 from peftlab.tasks import load_task
 
@@ -116,6 +124,10 @@ class MethodPlan:
     device: str = "cpu"
     #: the backbone this row is planned on (the row's own, else the experiment's)
     backbone: str = ""
+    #: how its training step computes (device, autocast, CPU dropout sampler): what the count follows
+    step: Step = field(default_factory=Step)
+    #: under autocast, whether the count follows the method op by op (else its fp32 count, an upper bound)
+    counted_in_precision: bool = True
 
     @property
     def total_bytes(self) -> int:
@@ -146,18 +158,39 @@ class NoEstimate(Exception):
 
 
 def activation_bytes(method: Any, params: MethodParams, spec: ArchSpec, conf: Any, batch: int,
-                     length: int, device: str) -> int:
-    """One training step's activations: counted op by op from the method's flow where the family is
-    known, else the rough rule."""
+                     length: int, step: Step) -> int:
+    """One training step's activations as ``step`` computes it: counted op by op from the method's
+    flow where the family is known, else the rough rule (fp32)."""
     counted = None if method.caches_features else training_step_bytes(
-        method.flow(params, spec), spec, conf, batch, length, mask_bytes=1 if device == "cuda" else 4)
+        method.flow(params, spec), spec, conf, batch, length, step)
     if counted is None:
         return rough_activation_bytes(spec, conf, batch, length, backward=not method.caches_features)
     return sum(counted)
 
 
+def training_step(precision: str, device: str, method: Any, params: MethodParams, conf: Any, tokens: int,
+                  env: Mapping[str, str] | None = None) -> Step:
+    """How a row's training step will compute: ``train.mixed_precision`` resolved as the run resolves
+    it (peftlab.backbones.precision; on a CPU ``auto`` reads the cached matmul probe at the model's
+    shapes), and on a CPU whether peftlab's dropout sampler will train (its cached probe)."""
+    from peftlab.backbones.precision import resolve, shapes_of
+
+    keep = method.keeps_fp32(params, device)
+    return step_of(resolve(precision, device, lambda: shapes_of(conf, tokens), keep, env), device, env)
+
+
+def step_of(precision: Any, device: str, env: Mapping[str, str] | None = None) -> Step:
+    """The step of a row whose precision is resolved (a peftlab.backbones.precision.Precision)."""
+    from peftlab.backbones import dropout
+
+    return Step(device=device, autocast=precision.dtype != "fp32",
+                bits_dropout=device == "cpu" and dropout.choose(device, env)[0])
+
+
 def plan_method(params: MethodParams, spec: ArchSpec, conf: Any, batch: int, length: int,
-                overhead: int, device: str = "cpu") -> MethodPlan:
+                overhead: int, device: str = "cpu", step: Step | None = None) -> MethodPlan:
+    """``step``: how the training step computes (default: fp32 on ``device``)."""
+    step = step or Step(device=device)
     method = METHODS.get(params.method)
     try:
         trainable = method.derived_trainable(params, spec)
@@ -168,14 +201,15 @@ def plan_method(params: MethodParams, spec: ArchSpec, conf: Any, batch: int, len
         raise NoEstimate(f"no closed form for method {params.method!r}")
     precision = method_precision(params)
     added = total - total_params(spec)  # the method's own tensors (adapters, the head copy peft trains)
-    acts = activation_bytes(method, params, spec, conf, batch, length, device)
+    acts = activation_bytes(method, params, spec, conf, batch, length, step)
     return MethodPlan(
         label=params.label, method=params.method, precision=precision,
         base={p: base_bytes(spec, p) for p in PRECISIONS}, trainable=trainable, total=total,
         weights_bytes=base_bytes(spec, precision) + FP32 * added,
         grads_bytes=FP32 * trainable, optimizer_bytes=2 * FP32 * trainable,
         activation_bytes=acts, allocator_bytes=acts if device == "cpu" else 0, overhead_bytes=overhead,
-        device=device,
+        device=device, step=step,
+        counted_in_precision=not step.autocast or autocast_counted(method.flow(params, spec)),
     )
 
 
@@ -198,7 +232,8 @@ def task_labels(cfg: ExperimentConfig) -> int:
 
 
 def make_plan(cfg: ExperimentConfig, num_labels: int | None = None,
-              config_of: Callable[[BackboneConfig], Any] | None = None) -> Plan:
+              config_of: Callable[[BackboneConfig], Any] | None = None,
+              env: Mapping[str, str] | None = None) -> Plan:
     """Estimates for every method of ``cfg``, each on its own backbone (``cfg.backbone_for``), from the
     backbones' configs alone (and the label count). ``config_of``: a backbone's config as the run
     has already resolved it (with ``num_labels`` labels), instead of reading it again."""
@@ -217,8 +252,11 @@ def make_plan(cfg: ExperimentConfig, num_labels: int | None = None,
         if spec is None:
             plan.skipped[params.label] = f"no closed form for architecture {conf.model_type!r}"
             continue
+        tcfg = cfg.train
         try:
-            mp = plan_method(params, spec, conf, cfg.train.batch_size, cfg.train.max_length, overhead, device)
+            step = training_step(tcfg.mixed_precision, device, METHODS.get(params.method), params, conf,
+                                 tcfg.batch_size * tcfg.max_length, env)
+            mp = plan_method(params, spec, conf, tcfg.batch_size, tcfg.max_length, overhead, device, step)
         except NoEstimate as exc:
             plan.skipped[params.label] = str(exc)
             continue
@@ -228,12 +266,12 @@ def make_plan(cfg: ExperimentConfig, num_labels: int | None = None,
 
 
 def estimate_bytes(params: MethodParams, spec: ArchSpec | None, conf: Any, batch: int, length: int,
-                   overhead: int, device: str = "cpu") -> int | None:
+                   overhead: int, device: str = "cpu", step: Step | None = None) -> int | None:
     """The total estimate for one method, recorded next to its measured peak (None: no closed form)."""
     if spec is None:
         return None
     try:
-        return plan_method(params, spec, conf, batch, length, overhead, device).total_bytes
+        return plan_method(params, spec, conf, batch, length, overhead, device, step).total_bytes
     except NoEstimate:
         return None
 
@@ -248,7 +286,7 @@ def alternatives(mp: MethodPlan, cfg: ExperimentConfig, spec: ArchSpec, conf: An
     tcfg = cfg.train
 
     def with_(precision: str, batch: int, length: int) -> MethodPlan:
-        alt = plan_method(cfg.method(mp.label), spec, conf, batch, length, mp.overhead_bytes, mp.device)
+        alt = plan_method(cfg.method(mp.label), spec, conf, batch, length, mp.overhead_bytes, mp.device, mp.step)
         if precision != alt.precision:
             extra = alt.weights_bytes - base_bytes(spec, alt.precision)
             alt.weights_bytes, alt.precision = base_bytes(spec, precision) + extra, precision
@@ -294,11 +332,11 @@ def format_plan(plan: Plan, cfg: ExperimentConfig) -> str:
     """The ``peftlab plan`` table: one row per method, megabytes; a backbone column when rows differ in it."""
     per_row = len(plan.backbones) > 1
     heads = ["method", *(["backbone"] if per_row else []), "base fp32", "bf16", "8-bit", "4-bit", "loads as",
-             "trainable", "weights", "grads", "optimizer", "activations", "allocator", "process", "total", "fits"]
+             "computes", "trainable", "weights", "grads", "optimizer", "activations", "allocator", "process", "total", "fits"]
     rows = []
     for mp in plan.methods:
         rows.append([mp.label, *([mp.backbone] if per_row else []), *(f"{mp.base[p] / MB:.1f}" for p in PRECISIONS),
-                     mp.precision, f"{mp.trainable:,}",
+                     mp.precision, "autocast" if mp.step.autocast else "fp32", f"{mp.trainable:,}",
                      *(f"{b / MB:.1f}" for b in (mp.weights_bytes, mp.grads_bytes, mp.optimizer_bytes,
                                                  mp.activation_bytes, mp.allocator_bytes, mp.overhead_bytes,
                                                  mp.total_bytes)),
@@ -309,6 +347,8 @@ def format_plan(plan: Plan, cfg: ExperimentConfig) -> str:
              "  ".join(h.rjust(w) for h, w in zip(heads, widths))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
     lines += [f"{label}: no estimate ({why})" for label, why in plan.skipped.items()]
+    lines += [f"{mp.label}: activations counted as in fp32 (an upper bound: the count does not follow "
+              f"{mp.method} under autocast op by op)" for mp in plan.methods if not mp.counted_in_precision]
     rough = sorted({name for name, (spec, _) in plan.backbones.items() if spec is not None and not has_walk(spec)})
     lines += [f"{name}: activations by the rough rule (no op-by-op count for {plan.backbones[name][0].family!r}), "
               f"a rough estimate" for name in rough]

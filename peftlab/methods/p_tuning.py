@@ -77,8 +77,10 @@ class PTuning(PeftMethod):
         the LSTM encoder's oneDNN workspace is not counted (about 10 values of width e per direction
         and layer are, an under-count of a few hundred KB at most: only 10-odd tokens go through it)."""
         e, h = params.encoder_hidden_size or spec.hidden, spec.hidden
-        per_token = h + 2 * e if params.encoder == "mlp" else h + 2 * 2 * 10 * e + 2 * 2 * e
-        return Flow(prompt_tokens=params.num_virtual_tokens, prompt_encoder_values=per_token)
+        mlp = params.encoder == "mlp"
+        per_token = h + 2 * e if mlp else h + 2 * 2 * 10 * e + 2 * 2 * e
+        return Flow(prompt_tokens=params.num_virtual_tokens, prompt_encoder_values=per_token,
+                    encoder_weights=e * (2 * h + e) if mlp else 0, autocast_followed=mlp)
 
 
 REGISTERED = (PTuning,)

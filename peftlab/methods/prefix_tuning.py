@@ -97,7 +97,9 @@ class PrefixTuning(PeftMethod):
         """With projection, the encoder keeps its input (d) and its Tanh output (enc) per token and example."""
         d = prefix_token_dim(spec)
         enc = (params.encoder_hidden_size or d) if params.projection else 0
-        return Flow(prefix_tokens=params.num_virtual_tokens, prefix_encoder_values=d + enc if params.projection else 0)
+        out = 2 * spec.num_layers * d  # a key and a value of width d per block
+        return Flow(prefix_tokens=params.num_virtual_tokens, prefix_encoder_values=d + enc if params.projection else 0,
+                    encoder_weights=enc * (d + out))
 
 
 REGISTERED = (PrefixTuning,)

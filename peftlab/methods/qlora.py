@@ -18,6 +18,7 @@ Parameter counts are logical (a 4-bit weight counts as one parameter, see
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -27,6 +28,7 @@ from torch import nn
 from peftlab.infra.errors import PeftlabError
 from peftlab.methods.base import Readme
 from peftlab.methods.lora import Lora, LoraParams
+from peftlab.estimate.activations import Flow
 from peftlab.estimate.params import ArchSpec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -124,6 +126,11 @@ class Qlora(Lora):
     def check(self, params: QloraParams, spec: ArchSpec | None, model_type: str) -> None:
         _bitsandbytes()
         super().check(params, spec, model_type)
+
+    def flow(self, params: QloraParams, spec: ArchSpec) -> Flow:
+        """LoRA's, on bitsandbytes' frozen linears (no low-precision weight copies under autocast; their
+        outputs keep their inputs' dtype)."""
+        return dataclasses.replace(super().flow(params, spec), quantized_base=True)
 
     def keeps_fp32(self, params: QloraParams, device_type: str) -> str | None:
         return cpu_quantised_fp32(device_type)

@@ -29,7 +29,7 @@ from peftlab.methods import METHODS
 from peftlab.methods.base import DEFAULT_HEADS, last_head, refuse_kind
 from peftlab.results.metrics import classification_metrics, is_collapsed
 from peftlab.estimate.params import arch_spec, count_params
-from peftlab.estimate.plan import check_fits, estimate_bytes
+from peftlab.estimate.plan import check_fits, estimate_bytes, step_of
 from peftlab.infra.registry import Registry
 from peftlab.report.compare import write_comparison
 from peftlab.results import EpochRecord, Predictions, RunResult, environment
@@ -226,7 +226,7 @@ def _run_method(cfg: ExperimentConfig, method: Any, params: MethodParams, data: 
         fingerprint = base_fingerprint(model, bb.name)
         spec = arch_spec(model.config)
         estimate = estimate_bytes(params, spec, model.config, cfg.train.batch_size, cfg.train.max_length, overhead,
-                                  acc.device.type)
+                                  acc.device.type, step_of(precision, acc.device.type))
         fresh = newly_initialised(loading_info, spec.head_modules if spec is not None else DEFAULT_HEADS)
         if fresh:
             warn(newly_initialised_warning(bb.name, fresh))
