@@ -477,8 +477,8 @@ def mb(b: float | None) -> str:
     return "-" if not b else f"{b / MB:.0f}"
 
 
-def render(res: dict[str, Any]) -> str:
-    """The "## GPU" section of BENCHMARKS.md from a result JSON."""
+def render(res: dict[str, Any], estimate: Callable[[str, str], int | None] = plan_now) -> str:
+    """The "## GPU" section of BENCHMARKS.md from a result JSON (``estimate``: today's plan of a row)."""
     env, peak = res.get("env", {}), (res.get("peak") or {}).get("peak")
     lines = [SECTION, "",
              f"peftlab's CUDA path on one GPU, measured by `bench/gpu.py` ({res.get('command', '').count('run ') or 1} "
@@ -516,7 +516,7 @@ def render(res: dict[str, Any]) -> str:
                   f"batch reaches {tt.HP['max_length']} tokens. peftlab trains its longest batch first, before AdamW "
                   "has allocated its two moments, so in a one-epoch round its peak lacks them (the plan holds "
                   "them, as every later epoch's first step does); the Trainer meets its longest batch later.",
-                  *plan_rows(res)]
+                  *plan_rows(res, estimate)]
     if res.get("peak"):
         lines += ["", f"Measured {res['peak'].get('dtype')} matmul TFLOP/s (best of 3): " + ", ".join(
             f"{k} {v / 1e12:.3g}" for k, v in res["peak"]["rates"].items()) + "; the peak is the largest."]

@@ -87,13 +87,16 @@ def test_verdict_edges(gpu):
 
 
 def test_render_lists_targets_failures_and_what_was_not_measured(gpu):
-    body = gpu.render(result())
+    body = gpu.render(result(), estimate=lambda model, method: 1100 if model == "smollm2" else None)
     assert body.startswith("## GPU\n")
     assert "| lora on MiniLM-L6: peftlab / Trainer examples/s | 1.50x | >= 1.3x | **met** |" in body
     assert "| full on MiniLM-L6: peftlab / Trainer examples/s | - | >= 1.3x | **not measured** |" in body
     assert "lm-eval is not installed on the device machine" in body
     assert "- latency: RuntimeError: boom" in body and "stopped after 1 round" in body
     assert "Some GPU" in body
+    # today's plan against each side's measured peak (the Trainer side measured none here)
+    assert "- SmolLM2-135M lora: plan 0 MB; measured peftlab 0 MB (+10%)" in body  # bytes here: 1100 vs 1000
+    assert "- MiniLM-L6 lora: plan - MB; measured no peak" in body
 
 
 def test_render_only_never_writes_a_tiny_run(gpu, tmp_path, monkeypatch):
