@@ -1,6 +1,7 @@
 """Final accuracy of the three training-throughput sides at a size where training does something.
 
 Usage: python bench/train_accuracy.py [--methods full] [--n-train 6400] [--n-eval 4000] [--threads 1] [--quick]
+       [--precision fp32|bf16]
        [--render-only]
 
 bench/train_throughput.py times peftlab against the transformers Trainer (notebook and tuned
@@ -30,11 +31,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchkit  # noqa: E402
 from train_report import standard_error, verdict  # noqa: E402
-from train_throughput import DATA, HP, METHODS, config, run_peftlab, run_trainer  # noqa: E402
+from train_throughput import DATA, HP, METHODS, config, run_peftlab, run_trainer, use_precision  # noqa: E402
 
 from peftlab.tasks import load_task  # noqa: E402
 
 SECTION = "## Training accuracy: peftlab vs transformers Trainer on a larger training set (MiniLM-L6, MultiNLI)"
+
+
+def section(precision: str = "fp32") -> str:
+    """This script's section; ``--precision bf16`` has its own."""
+    return SECTION + (", bf16 autocast on every side" if precision == "bf16" else "")
 def run(method: str, args: argparse.Namespace, tok: Any) -> dict[str, Any]:
     out = benchkit.ROOT / "runs" / "bench_accuracy" / method
     cfg = config(method, args.n_train, args.n_eval, out, args.threads)
@@ -51,7 +57,7 @@ def run(method: str, args: argparse.Namespace, tok: Any) -> dict[str, Any]:
             "eval_majority": max(counts) / len(data.eval), "sides": sides}
 
 
-def render(results: list[dict[str, Any]], cmd: str, hw: str, git: str) -> str:
+def render(results: list[dict[str, Any]], cmd: str, hw: str, git: str, precision: str = "fp32") -> str:
     rows = ["| method | side | accuracy | standard error | minus peftlab (points) | verdict |", "|---|---|---|---|---|---|"]
     for r in results:
         n, base = r["n_eval"], r["sides"]["peftlab"]["accuracy"]
@@ -68,10 +74,12 @@ def render(results: list[dict[str, Any]], cmd: str, hw: str, git: str) -> str:
             se_diff = math.sqrt(se ** 2 + standard_error(base, n) ** 2)
             rows.append(f"| {r['method']} | {label} | {acc:.4f} | {se:.4f} | {100 * diff:+.2f} | {verdict(diff, se_diff)} |")
     first = results[0]
+    where = ("under CPU bf16 autocast (peftlab: `train.mixed_precision` resolved to bf16; the Trainer: "
+             "`bf16=True`), " if precision == "bf16" else "in fp32, ")
     return "\n".join([
-        SECTION, "",
+        section(precision), "",
         f"Command: `{cmd}`; hardware: {hw}; peftlab at commit {git}.",
-        f"Each side trains once on the same {first['n_train']} MultiNLI training pairs (one epoch, batch "
+        f"Each side trains once, {where}on the same {first['n_train']} MultiNLI training pairs (one epoch, batch "
         f"{HP['batch_size']}, max_length {HP['max_length']}, seed {HP['seed']}, the hyperparameters of "
         "bench/train_throughput.py) and is scored on the same "
         f"{first['n_eval']} validation_matched pairs (majority class {first['eval_majority']:.3f}). The sides see "
@@ -97,13 +105,17 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="smoke run: 64 train / 32 eval pairs, nothing written")
     ap.add_argument("--render-only", action="store_true", help="rewrite the section from runs/bench_accuracy/results.json")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="every side in this precision (bf16: CPU autocast), in its own section")
     args = ap.parse_args()
-    saved = benchkit.ROOT / "runs" / "bench_accuracy" / "results.json"
+    saved = benchkit.ROOT / "runs" / "bench_accuracy" / ("results.json" if args.precision == "fp32" else
+                                                         f"results-{args.precision}.json")
     if args.render_only:
         run_info = json.loads(saved.read_text(encoding="utf-8"))
-        benchkit.write_section(SECTION, render(run_info["results"], run_info["command"], run_info["hardware"],
-                                               run_info["git"]))
+        benchkit.write_section(section(args.precision), render(run_info["results"], run_info["command"],
+                                                               run_info["hardware"], run_info["git"], args.precision))
         return 0
+    use_precision(args.precision)
     if not DATA.is_dir():
         print(f"skip: {DATA} not found (benchmark data is optional)")
         return 0
@@ -123,13 +135,13 @@ def main() -> int:
             return 2
         results.append(run(method, args, tok))
     run_info = {"results": results, "command": benchkit.command("train_accuracy.py"), "hardware": hw, "git": git_hash()}
-    body = render(results, run_info["command"], hw, run_info["git"])
+    body = render(results, run_info["command"], hw, run_info["git"], args.precision)
     if args.quick:
         print(body)
         return 0
     saved.parent.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(run_info, indent=2, default=str), encoding="utf-8")
-    benchkit.write_section(SECTION, body)
+    benchkit.write_section(section(args.precision), body)
     return 0
 
 
