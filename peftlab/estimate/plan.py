@@ -49,7 +49,9 @@ from peftlab.config import BackboneConfig, ExperimentConfig
 from peftlab.infra.config_base import MethodParams
 from peftlab.infra.errors import PeftlabError
 from peftlab.estimate.params import all_linears, arch_spec, ArchSpec, num_blocks, total_params
+from peftlab.backbones import dropout
 from peftlab.backbones.loaders import load_hf_config
+from peftlab.backbones.precision import resolve, shapes_of
 from peftlab.estimate.activation_flows import has_walk, training_step_bytes
 from peftlab.estimate.activations import Step, autocast_counted
 from peftlab.methods import METHODS
@@ -173,16 +175,12 @@ def training_step(precision: str, device: str, method: Any, params: MethodParams
     """How a row's training step will compute: ``train.mixed_precision`` resolved as the run resolves
     it (peftlab.backbones.precision; on a CPU ``auto`` reads the cached matmul probe at the model's
     shapes), and on a CPU whether peftlab's dropout sampler will train (its cached probe)."""
-    from peftlab.backbones.precision import resolve, shapes_of
-
     keep = method.keeps_fp32(params, device)
     return step_of(resolve(precision, device, lambda: shapes_of(conf, tokens), keep, env), device, env)
 
 
 def step_of(precision: Any, device: str, env: Mapping[str, str] | None = None) -> Step:
     """The step of a row whose precision is resolved (a peftlab.backbones.precision.Precision)."""
-    from peftlab.backbones import dropout
-
     return Step(device=device, autocast=precision.dtype != "fp32",
                 bits_dropout=device == "cpu" and dropout.choose(device, env)[0])
 
