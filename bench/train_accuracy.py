@@ -74,6 +74,9 @@ def render(results: list[dict[str, Any]], cmd: str, hw: str, git: str, precision
             se_diff = math.sqrt(se ** 2 + standard_error(base, n) ** 2)
             rows.append(f"| {r['method']} | {label} | {acc:.4f} | {se:.4f} | {100 * diff:+.2f} | {verdict(diff, se_diff)} |")
     first = results[0]
+    commits = {r.get("git", git) for r in results}
+    if len(commits) > 1:  # methods rerun on their own keep their own commit and command
+        git = "; ".join(f"{r['method']} {r.get('git', git)} (`{r.get('command', cmd)}`)" for r in results)
     where = ("under CPU bf16 autocast (peftlab: `train.mixed_precision` resolved to bf16; the Trainer: "
              "`bf16=True`), " if precision == "bf16" else "in fp32, ")
     return "\n".join([
@@ -134,7 +137,15 @@ def main() -> int:
             print(f"error: --methods: unknown method {method!r} (choose from {', '.join(METHODS)})", file=sys.stderr)
             return 2
         results.append(run(method, args, tok))
-    run_info = {"results": results, "command": benchkit.command("train_accuracy.py"), "hardware": hw, "git": git_hash()}
+    command, git = benchkit.command("train_accuracy.py"), git_hash()
+    for r in results:
+        r.update(git=git, command=command)
+    if saved.is_file() and not args.quick:  # methods not rerun now keep their saved rows
+        ran, before = {r["method"] for r in results}, json.loads(saved.read_text(encoding="utf-8"))
+        kept = [{"git": before["git"], "command": before["command"], **r} for r in before["results"]
+                if r["method"] not in ran]
+        results = kept + results
+    run_info = {"results": results, "command": command, "hardware": hw, "git": git}
     body = render(results, run_info["command"], hw, run_info["git"], args.precision)
     if args.quick:
         print(body)

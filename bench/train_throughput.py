@@ -123,6 +123,7 @@ def hf_model(method: str, backbone: str = "minilm-l6", lora: dict[str, Any] | No
     from transformers import AutoModelForSequenceClassification, set_seed
 
     from peftlab.backbones.loaders import resolve
+    from peftlab.estimate.params import arch_spec
 
     set_seed(HP["seed"])  # the same head initialisation as peftlab's (it seeds before loading)
     model = AutoModelForSequenceClassification.from_pretrained(resolve(backbone), num_labels=len(LABELS),
@@ -131,9 +132,13 @@ def hf_model(method: str, backbone: str = "minilm-l6", lora: dict[str, Any] | No
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if method in ("lora", "qlora"):
         m = lora or METHODS["lora"]
+        # the same trained head as peftlab's: BERT's pooler with the classifier (arch_spec's head
+        # modules); with the classifier alone the pooler would get a LoRA of its own ("dense")
+        spec = arch_spec(model.config)
+        heads = list(spec.head_modules) if spec is not None and head in spec.head_modules else [head]
         model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=m["r"], lora_alpha=m["alpha"],
                                                  lora_dropout=m["dropout"], target_modules=m["target_modules"],
-                                                 modules_to_save=[head]))
+                                                 modules_to_save=heads))
     return model
 
 
