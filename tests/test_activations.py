@@ -18,7 +18,8 @@ from conftest import tiny_config
 from peftlab.backbones.cpu_train import cpu_training
 from peftlab.estimate.activation_flows import WALKS, method_flow
 from peftlab.estimate.activation_probe import saved_tensor_bytes
-from peftlab.estimate.activations import Step, autocast_counted, dims_of, saved_bytes
+from peftlab.estimate.activations import Step, autocast_counted
+from peftlab.estimate.activations_encoder import dims_of, saved_bytes
 from peftlab.methods import METHODS
 from peftlab.estimate.params import arch_spec
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from peftlab.estimate.activations import (Dims, Flow, Step, autocast_counted, backward_working_bytes, dims_of,
-                                          saved_bytes)
+from peftlab.estimate.activations import Dims, Flow, Step, autocast_counted, backward_working_bytes
+from peftlab.estimate.activations_encoder import dims_of, saved_bytes
 from peftlab.estimate.activations_decoder import decoder_dims, decoder_saved_bytes
 from peftlab.methods import METHODS
 from peftlab.estimate.params import ArchSpec
