@@ -542,7 +542,35 @@ def render(res: dict[str, Any], estimate: Callable[[str, str], int | None] = pla
                  for k, v in e.get("errors", {}).items()]
     if problems or res.get("notes"):
         lines += ["", "Not measured or failed:", *problems, *[f"- {n}" for n in res.get("notes", [])]]
+    if any("NonFiniteLoss" in p for p in problems) and before_masks(str(env.get("git") or "")):
+        lines += ["", NAN_NOTE]
     return "\n".join(lines) + "\n"
+
+
+#: what the section says of NaN losses measured before peftlab.backbones.masks existed
+NAN_NOTE = ("These NaN losses were measured before peftlab.backbones.masks (2026-12-06). Left padding gives "
+            "a decoder's leading pad positions query rows that attend to no key; transformers 5 hands them "
+            "to SDPA as they are, and CUDA kernels return NaN for such rows (cuDNN attention's backward at "
+            "sequence lengths of 64 modulo 128, SDPA's default on H100/H200 since torch 2.11: "
+            "pytorch/pytorch#196678; peftlab pads to a multiple of 8, the Trainer does not). peftlab's decoders "
+            "now load with masks in which such a row attends to every key (no real position's output "
+            "changes; tests/test_masks.py). Unconfirmed on a GPU until the next device run: "
+            "`GPU_PROBE=1 bash bench/gpu_device.sh` (bench/gpu_nan_probe.py, with and without the fix).")
+
+
+def before_masks(commits: str) -> bool:
+    """Whether every commit of a run (``env.git``: short ids, comma-separated) lacks
+    peftlab/backbones/masks.py; False where git cannot tell."""
+    import subprocess
+
+    ids = [c.strip() for c in commits.split(",") if c.strip()]
+    if not ids:
+        return False
+    def git(obj: str) -> bool:
+        return subprocess.run(["git", "cat-file", "-e", obj], cwd=Path(__file__).parent, capture_output=True).returncode == 0
+
+    # a commit this clone does not have (shallow), or no git: cannot tell
+    return all(git(f"{c}^{{commit}}") and not git(f"{c}:peftlab/backbones/masks.py") for c in ids)
 
 
 def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:

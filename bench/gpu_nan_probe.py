@@ -27,6 +27,12 @@ non-finite loss, as ``_fit`` does; ``pad_embedding_norm`` records that the rando
 the first RMSNorm as zero vectors. ``--poison-step N`` (a check of this script) makes the last
 parameter's gradient NaN at step N, to run those paths on a CPU.
 
+Since peftlab.backbones.masks (2026-12-06), ``default`` and ``run_experiment`` give no query row an
+empty attention row; ``sdpa_masks*`` put transformers' own masks back (the run of 2026-12-04), alone,
+without cuDNN attention, and without padding to a multiple of 8 (cuDNN's backward NaN at lengths of
+64 modulo 128, pytorch/pytorch#196678): if the fix is right, ``default`` is finite and
+``sdpa_masks`` is not.
+
 Device: ``GPU_PROBE=1 bash bench/gpu_device.sh`` (its wheels and set-up, then this script alone).
 
 Each variant is guarded (a failure is recorded, the others go on); no variant starts after
@@ -55,7 +61,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SUB = "smollm2"
 #: peftlab's CUDA path (runners/experiment.py, runners/train.py) as the loop's settings
 DEFAULT: dict[str, Any] = {"pad_multiple": 8, "padding_side": "left", "attn": None, "precision": "bf16",
-                           "fused": True, "clip": True, "order": "peftlab"}
+                           "fused": True, "clip": True, "order": "peftlab", "masks": "peftlab", "cudnn": True}
 #: variant -> what it changes of DEFAULT (one thing each)
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
@@ -67,6 +73,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no_clip": {"clip": False},
     "trainer_order": {"order": "trainer"},
     "shuffled_order": {"order": "shuffled"},
+    # peftlab.backbones.masks off: transformers' own sdpa masks, whose left pads' rows attend to
+    # nothing (what bench/gpu.py ran on 2026-12-04, before that module)
+    "sdpa_masks": {"masks": "sdpa"},
+    "sdpa_masks_no_cudnn": {"masks": "sdpa", "cudnn": False},
+    "sdpa_masks_no_pad_multiple": {"masks": "sdpa", "pad_multiple": None},
 }
 ALL = ("run_experiment", *VARIANTS)
 
@@ -245,6 +256,7 @@ class Probe:
         from torch.utils.data import DataLoader
         from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup, set_seed
 
+        from peftlab.backbones import masks
         from peftlab.backbones.loaders import load_classifier, load_tokenizer, method_load_kwargs
         from peftlab.methods import METHODS
         from peftlab.estimate.params import arch_spec
@@ -265,6 +277,12 @@ class Probe:
         extra = {**method_load_kwargs(self.bb, method, params, self.data.num_labels),
                  **({"attn_implementation": v["attn"]} if v["attn"] else {})}
         model = load_classifier(self.bb, self.data.label_names, tok, extra)
+        if v["masks"] == "sdpa":
+            for m in model.modules():
+                if getattr(getattr(m, "config", None), "_attn_implementation", None) == masks.NAME:
+                    m.config._attn_implementation = masks.BASE
+        if torch.cuda.is_available():
+            torch.backends.cuda.enable_cudnn_sdp(v["cudnn"])
         model = method.prepare(model, params, arch_spec(model.config))
         bs = tcfg.batch_size
         lengths = self.train.lengths
@@ -329,6 +347,8 @@ class Probe:
                 out["steps"].append(rec)
         finally:
             watch.close()
+            if torch.cuda.is_available():
+                torch.backends.cuda.enable_cudnn_sdp(True)
         s = out["steps"]
         out["steps_run"], out["steps_planned"] = len(s), steps
         out["first_nonfinite"] = {"loss": first_step(s, "loss"), "grad": first_step(s, "grads_finite"),

@@ -168,3 +168,18 @@ def test_first_step_and_summary_name_where_a_variant_went_non_finite(probe):
     assert probe.summary({"first_nonfinite": {"loss": None}, "steps_run": 16}) == "finite (16 steps)"
     assert probe.summary({"error": "RuntimeError: boom | tb"}) == "ERROR RuntimeError: boom"
     assert probe.summary({"skipped": "past --deadline-s 100"}) == "skipped: past --deadline-s 100"
+
+
+def test_nan_losses_from_before_the_masks_fix_are_explained_only_for_such_runs(gpu, monkeypatch):
+    res = result()
+    res["train"]["smollm2/full"] = {**res["train"].get("smollm2/full", {"model": "smollm2", "method": "full"}),
+                                    "errors": {"round 1 peftlab": "RuntimeError: failed: NonFiniteLoss: NaN | tb"}}
+    monkeypatch.setattr(gpu, "before_masks", lambda commits: True)
+    assert gpu.NAN_NOTE in gpu.render(res, estimate=lambda model, method: None)
+    monkeypatch.setattr(gpu, "before_masks", lambda commits: False)  # a run with the fix: its NaN stands alone
+    assert gpu.NAN_NOTE not in gpu.render(res, estimate=lambda model, method: None)
+
+
+def test_before_masks_cannot_tell_without_the_commit(gpu):
+    assert gpu.before_masks("") is False
+    assert gpu.before_masks("0000000") is False  # not in this clone: not claimed to predate anything

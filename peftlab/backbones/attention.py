@@ -23,8 +23,8 @@ soft-capping, returned attention weights) goes to transformers' own ``sdpa`` fun
 It is switched on only together with peftlab's CPU dropout sampler (where that sampler is faster
 on this CPU), for the length of a training run, by peftlab.backbones.cpu_train: :func:`switch`
 registers the implementation under :data:`NAME` with transformers' attention and mask interfaces
-and sets it on each sub-model that used ``sdpa``; :func:`restore` sets ``sdpa`` back, so no saved
-config ever names it.
+and sets it on each sub-model that used ``sdpa`` (or peftlab.backbones.masks' ``sdpa``, which
+decoders load with); :func:`restore` sets back what it replaced, so no saved config ever names it.
 """
 
 from __future__ import annotations
@@ -35,10 +35,16 @@ import torch
 from torch import nn
 
 from peftlab.backbones import dropout as cpu_dropout
+from peftlab.backbones import masks
 
 #: the name this implementation is registered under in transformers' AttentionInterface
 NAME = "peftlab_cpu_sdpa"
 _BASE = "sdpa"
+#: what :func:`switch` replaces: plain sdpa, and sdpa with peftlab.backbones.masks' masks
+_BASES = (_BASE, masks.NAME)
+#: config id -> the implementation :func:`switch` replaced (for :func:`restore`; the config itself
+#: is saved whole with a model, so nothing is stored on it)
+_before: dict[int, str] = {}
 #: keyword arguments that need transformers' own function (features this one does not implement)
 _DELEGATE_KWARGS = ("position_bias", "softcap", "sliding_window", "s_aux", "sinks")
 
@@ -111,25 +117,28 @@ def attention_dropout(config: Any) -> float:
     return max(float(getattr(config, k, 0.0) or 0.0) for k in ("attention_probs_dropout_prob", "attention_dropout"))
 
 
-def _configs(model: nn.Module) -> list[Any]:
-    return [m.config for m in model.modules()
-            if getattr(getattr(m, "config", None), "_attn_implementation", None) in (_BASE, NAME)
-            and hasattr(m, "set_attn_implementation")]
+def _configs(model: nn.Module, names: tuple[str, ...]) -> list[Any]:
+    """Each config (once: a model and its base model share one) whose implementation is in ``names``."""
+    found = {id(m.config): m.config for m in model.modules()
+             if getattr(getattr(m, "config", None), "_attn_implementation", None) in names
+             and hasattr(m, "set_attn_implementation")}
+    return list(found.values())
 
 
 def switch(model: nn.Module) -> int:
-    """Use :func:`attention` in every sub-model of ``model`` that uses ``sdpa`` with attention
-    dropout (elsewhere it would only hand every call on to sdpa); how many."""
-    configs = [c for c in _configs(model) if c._attn_implementation == _BASE and attention_dropout(c) > 0.0]
+    """Use :func:`attention` in every sub-model of ``model`` that uses ``sdpa`` (or
+    peftlab.backbones.masks' sdpa, as decoders load) with attention dropout (elsewhere it would
+    only hand every call on to sdpa); how many. :func:`restore` sets back what each had."""
+    configs = [c for c in _configs(model, _BASES) if attention_dropout(c) > 0.0]
     if configs:
         _register()
     for c in configs:
+        _before[id(c)] = c._attn_implementation
         c._attn_implementation = NAME
     return len(configs)
 
 
 def restore(model: nn.Module) -> None:
-    """Undo :func:`switch`: ``sdpa`` again wherever it set :data:`NAME`."""
-    for c in _configs(model):
-        if c._attn_implementation == NAME:
-            c._attn_implementation = _BASE
+    """Undo :func:`switch`: wherever it set :data:`NAME`, the implementation it replaced."""
+    for c in _configs(model, (NAME,)):
+        c._attn_implementation = _before.pop(id(c), _BASE)

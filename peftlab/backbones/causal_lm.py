@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from peftlab.backbones import masks
 from peftlab.backbones.loaders import _kwargs, loading_weights, resolve
 from peftlab.config import BackboneConfig
 from peftlab.methods.qlora import check_quantize, disable_cpu_repacking
@@ -42,6 +43,7 @@ def load_causal_lm(cfg: BackboneConfig, quantize: str, device: torch.device) -> 
         # statistics) gives other numbers, asserts on output sizes not a multiple of 32, and breaks
         # a later LoRA training forward (lm_lora); see peftlab.methods.qlora
         disable_cpu_repacking(model)
+    masks.use(model)  # batches are left-padded: no query row may attend to nothing (masks' docstring)
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()

@@ -16,6 +16,7 @@ import torch
 
 from peftlab.config import BackboneConfig
 from peftlab.infra.errors import PeftlabError, first_line
+from peftlab.backbones import masks
 from peftlab.backbones.encoder_decoder import accept_prompts
 from peftlab.backbones.gguf_cache import smollm2_folder
 from peftlab.backbones.text_head import TEXT, mark
@@ -203,6 +204,8 @@ def load_classifier(cfg: BackboneConfig, label_names: list[str], tokenizer: Any,
     spec = arch_spec(model.config)
     if spec is not None and spec.extra_stacks:  # an encoder-decoder: prompt methods feed it embeddings
         accept_prompts(model)
+    if is_decoder(model.config):  # left padding: no query row may attend to nothing (masks' docstring)
+        masks.use(model)
     return model
 
 
