@@ -29,7 +29,7 @@ def _math(q, k, v, mask, causal=False):
 
 
 def _no_noise(monkeypatch):
-    monkeypatch.setattr(D, "keep_noise", lambda shape, p, dtype, device="cpu", generator=None: torch.ones(shape, dtype=dtype))
+    monkeypatch.setattr(D, "drop", lambda x, p, generator=None: x * 1.0)  # every element kept, unscaled
 
 
 def _masks():
@@ -156,8 +156,7 @@ def test_prefix_tuning_keys_longer_than_queries_match_sdpa(tiny_bert, monkeypatc
     with cpu_training(model, "cpu", False, {D.ENV: "bits"}) as why:
         assert why.endswith(A.NAME)
         shapes = []
-        monkeypatch.setattr(D, "keep_noise", lambda shape, p, dtype, device="cpu", generator=None:
-                            shapes.append(tuple(shape)) or torch.ones(shape, dtype=dtype))
+        monkeypatch.setattr(D, "drop", lambda x, p, generator=None: shapes.append(tuple(x.shape)) or x * 1.0)
         got = model.train()(input_ids=ids, attention_mask=mask).logits
     assert (3, 4, 9, 13) in shapes  # peftlab's attention ran: 9 queries over 4 prefix + 9 keys (4 heads)
     assert torch.allclose(got, ref, atol=1e-5)

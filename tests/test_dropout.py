@@ -13,8 +13,9 @@ import pytest
 import torch
 from torch import nn
 
+from peftlab.backbones import dropout as D
 from peftlab.backbones.dropout import (CACHE_FILE, ENV, MIN_SPEEDUP, BitsDropout, DropoutProbe, apply,
-                                       cached_probe, choose, drop_threshold, keep_noise, measure, swap_dropouts)
+                                       cached_probe, choose, drop, drop_threshold, keep_mask, measure, swap_dropouts)
 from peftlab.config import validate_raw
 from peftlab.infra.errors import PeftlabError
 
@@ -26,27 +27,65 @@ def test_threshold_drops_exactly_p_of_the_32_bit_values():
     assert abs((drop_threshold(0.1) + 2 ** 31) / 2 ** 32 - 0.1) <= 2 ** -33
 
 
-@pytest.mark.parametrize("p", [0.1, 0.5])
-def test_noise_keeps_one_minus_p_scaled_by_its_inverse(p):
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.999, (25 * 2 ** 24 + 2 ** 23) / 2 ** 32, 2 ** -8])
+def test_dropout_keeps_one_minus_p_scaled_by_its_inverse(p):
+    """p = 0.5 and 2**-8: thresholds on a byte boundary (a tie keeps); the fourth: half of the
+    ties kept, on 24 further bits."""
     torch.manual_seed(0)
-    n = 1_000_001  # odd: the last int64 draw is used by half
-    noise = keep_noise((n,), p, torch.float32)
+    n = 1_000_003  # not a multiple of 8: the last int64 draw is used in part
+    noise = drop(torch.ones(n), p)
     assert noise.shape == (n,) and noise.dtype == torch.float32
     assert noise.unique().tolist() == pytest.approx([0.0, 1.0 / (1.0 - p)])
     kept = (noise != 0).double().mean().item()
     sd = (p * (1 - p) / n) ** 0.5
     assert abs(kept - (1 - p)) < 5 * sd  # binomial: 5 standard deviations
     assert abs(noise.double().mean().item() - 1.0) < 5 * sd / (1 - p)  # E[noise] = 1, as dropout's
-    halves = keep_noise((2, 3000), p, torch.bfloat16)  # rows are not copies of each other
+    halves = drop(torch.ones(2, 3000, dtype=torch.bfloat16), p)  # rows are not copies of each other
     assert halves.dtype == torch.bfloat16 and not torch.equal(halves[0], halves[1])
 
 
-def test_noise_follows_the_seed():
+def test_byte_comparisons_eight_at_a_time_equal_uint8_comparisons():
+    every_byte = torch.arange(256, dtype=torch.int64).to(torch.uint8).view(torch.int64)  # 32 words
+    words = torch.cat([every_byte, torch.randint(-2 ** 63, 2 ** 63 - 1, (64,), dtype=torch.int64)])
+    b = words.view(torch.uint8)
+    for c in range(1, 256):
+        assert torch.equal(D._bytes_at_least(words.clone(), c).view(torch.uint8), b.ge(c).to(torch.uint8)), c
+        assert torch.equal(D._bytes_equal(words.clone(), c).view(torch.uint8), b.eq(c).to(torch.uint8) * 128), c
+
+
+@pytest.mark.parametrize("p", [0.1, (7 * 2 ** 24 + 12345) / 2 ** 32, 0.5])
+def test_mask_is_the_32_bit_comparison_with_the_bits_drawn_lazily(p):
+    """Rebuilt from the same generator: each element's first byte, and for a tie with the
+    threshold's top byte the next 24-bit draw in position order, make 32 bits u; kept iff u >= t."""
+    n, t = 20_011, round(p * 2 ** 32)
+    got = keep_mask((n,), p, generator=torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    words = torch.empty((n + 7) // 8, dtype=torch.int64).random_(-(1 << 63), None, generator=g)
+    first = words.view(torch.uint8)[:n].long()
+    u = first << 24
+    ties = (first == t >> 24).nonzero().squeeze(1)
+    if t & 0xFFFFFF:
+        u[ties] += torch.empty(len(ties), dtype=torch.int64).random_(0, 1 << 24, generator=g)
+    else:
+        u[ties] += 0xFFFFFF  # a tie with a threshold on a byte boundary is kept whatever follows
+    assert len(ties) > 0 and torch.equal(got, u >= t)
+
+
+def test_mask_follows_the_seed():
     torch.manual_seed(3)
-    a = keep_noise((64, 7), 0.1, torch.float32)
+    a = keep_mask((64, 7), 0.1)
     torch.manual_seed(3)
-    assert torch.equal(a, keep_noise((64, 7), 0.1, torch.float32))
-    assert not torch.equal(a, keep_noise((64, 7), 0.1, torch.float32))
+    assert torch.equal(a, keep_mask((64, 7), 0.1))
+    assert not torch.equal(a, keep_mask((64, 7), 0.1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backward_keeps_a_mask_of_the_inputs_dtype(dtype):
+    x = torch.randn(16, 32, dtype=dtype, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        drop(x, 0.1)
+    assert [t.dtype for t in saved] == [dtype]  # as torch's CPU dropout, and the memory plan counts
 
 
 def test_bits_dropout_is_dropout_in_all_but_the_stream():

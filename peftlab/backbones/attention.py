@@ -13,9 +13,9 @@ Same model: the math path's own arithmetic. Query, key and value are upcast to f
 math path upcasts reduced precision on a CPU (with autocast off inside, as autocast does not reach into
 SDPA's own math path either: under a training run's bf16 autocast the products would otherwise run
 in bf16); scores are scaled, masked (a boolean mask keeps
-True, a float mask is added), soft-maxed in fp32, dropped with :func:`peftlab.backbones.dropout.keep_noise`
+True, a float mask is added), soft-maxed in fp32, dropped with :func:`peftlab.backbones.dropout.drop`
 (each probability kept with 1 - p and scaled by 1 / (1 - p): the same dropout, another random
-stream), multiplied by the value and cast back to the input dtype. A query row whose keys are all
+stream; its bool mask kept for backward), multiplied by the value and cast back to the input dtype. A query row whose keys are all
 masked out gets zeros, as SDPA's safe softmax gives (checked on the (batch x 1 x query x key) mask,
 not on the scores). Everything else (evaluation, p = 0, a GPU, grouped-query heads, position biases,
 soft-capping, returned attention weights) goes to transformers' own ``sdpa`` function unchanged.
@@ -98,7 +98,7 @@ def _math(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention
     probs = torch.softmax(scores, dim=-1)
     if keep is not None:  # rows with no key left: zeros, as SDPA's safe softmax (not NaN)
         probs = probs.masked_fill(~keep.any(dim=-1, keepdim=True), 0.0)
-    probs = probs * cpu_dropout.keep_noise(probs.shape, dropout, probs.dtype, probs.device)
+    probs = cpu_dropout.drop(probs, dropout)
     out = torch.matmul(probs, value.float()).to(query.dtype)
     return out.transpose(1, 2).contiguous(), None
 

@@ -127,8 +127,8 @@ class Dims:
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.1
     classifier_dropout: float = 0.1
-    #: bytes of a dropout mask: 0 = those of the tensor it masks (a CPU dropout keeps a float mask
-    #: of its input's dtype), 1 on CUDA (fused dropout, a bool mask)
+    #: bytes of a dropout mask: 0 = those of the tensor it masks (a CPU dropout, torch's or
+    #: peftlab's, keeps a mask of its input's dtype), 1 on CUDA (fused dropout, a bool mask)
     mask_bytes: int = 0
     value_bytes: int = 4
     #: bytes of what a matmul-class op computes: 2 under bf16/fp16 autocast (the low-precision
