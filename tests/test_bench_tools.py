@@ -121,6 +121,20 @@ def test_throughput_projection_carries_round_rates_to_each_sizes_padding():
     assert projected({**r, "round_examples": 160}) == []  # no padding row at the round size: nothing to project from
 
 
+def test_a_missed_bar_over_the_tuned_trainer_is_explained_per_computed_token():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    try:
+        from train_report import per_token_text
+    finally:
+        sys.path.pop(0)
+    pad = [{"n": 640, "peftlab": 1.10, "tuned": 1.32, "notebook": 3.2}]
+    r = {"round_examples": 640, "median_ex_s": {"peftlab": 24.0, "tuned": 20.0, "notebook": 8.0}, "padding": pad}
+    text = per_token_text(r)  # 1.2x: missed
+    assert "peftlab runs 1.00x (b)" in text and "would take 1.30x more per computed token" in text
+    assert per_token_text({**r, "median_ex_s": {"peftlab": 27.0, "tuned": 20.0}}) == ""  # 1.35x: met
+    assert per_token_text({**r, "round_examples": 160}) == ""  # no padding row at the round size
+
+
 def test_accuracy_verdict_separates_the_bar_from_the_noise():
     """bench/train_report.verdict: the 0.5-point bar and two standard errors are separate statements."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
