@@ -1,7 +1,7 @@
 """Final accuracy of the three training-throughput sides at a size where training does something.
 
 Usage: python bench/train_accuracy.py [--methods full] [--n-train 6400] [--n-eval 4000] [--threads 1] [--quick]
-       [--precision fp32|bf16]
+       [--precision fp32|bf16] [--sides peftlab,notebook,tuned]
        [--render-only]
 
 bench/train_throughput.py times peftlab against the transformers Trainer (notebook and tuned
@@ -11,6 +11,8 @@ pairs (the same pairs, hyperparameters, seed and one epoch as there; each side's
 and scores ``--n-eval`` validation_matched pairs. It reports each side's accuracy with its binomial
 standard error and the differences to peftlab; the issue's bar is "within 0.5 points". Timings here
 are not interleaved (the sides run one after another) and are not the throughput result.
+``--sides``: train only those sides (say, peftlab after a change to it: the Trainer sides do not
+depend on peftlab's code); the others keep their saved rows, and the section names each side's commit.
 Writes runs/bench_accuracy/<method>.json and the section "## Training accuracy ..." of
 BENCHMARKS.md (not with --quick). Skips (exit 0) without ../shared/data/mnli.
 """
@@ -41,6 +43,9 @@ SECTION = "## Training accuracy: peftlab vs transformers Trainer on a larger tra
 def section(precision: str = "fp32") -> str:
     """This script's section; ``--precision bf16`` has its own."""
     return SECTION + (", bf16 autocast on every side" if precision == "bf16" else "")
+SIDES = ("peftlab", "notebook", "tuned")
+
+
 def run(method: str, args: argparse.Namespace, tok: Any) -> dict[str, Any]:
     out = benchkit.ROOT / "runs" / "bench_accuracy" / method
     cfg = config(method, args.n_train, args.n_eval, out, args.threads)
@@ -49,12 +54,27 @@ def run(method: str, args: argparse.Namespace, tok: Any) -> dict[str, Any]:
     for side, go in (("peftlab", lambda: run_peftlab(cfg)),
                      ("notebook", lambda: run_trainer("notebook", method, tok, data.train, data.eval)),
                      ("tuned", lambda: run_trainer("tuned", method, tok, data.train, data.eval))):
+        if side not in args.sides:
+            continue
         t0 = time.perf_counter()
         sides[side] = {**go(), "wall_s": time.perf_counter() - t0}
         print(f"{method} {side}: accuracy {sides[side]['accuracy']:.4f} ({sides[side]['wall_s']:.0f} s)", flush=True)
     counts = np.bincount(data.eval.labels, minlength=len(data.label_names)).tolist()
     return {"method": method, "n_train": len(data.train), "n_eval": len(data.eval), "eval_label_counts": counts,
             "eval_majority": max(counts) / len(data.eval), "sides": sides}
+
+
+def merge_saved(results: list[dict[str, Any]], before: dict[str, Any]) -> list[dict[str, Any]]:
+    """This run's results with the saved run's (``before``): methods not rerun keep their saved
+    rows, sides not rerun their saved sides, each with the commit and command that measured it."""
+    old = {r["method"]: {"git": before["git"], "command": before["command"], **r} for r in before["results"]}
+    for r in results:
+        prev = old.get(r["method"])
+        for side in SIDES:
+            if side not in r["sides"] and prev is not None and side in prev["sides"]:
+                r["sides"][side] = {"git": prev["git"], "command": prev["command"], **prev["sides"][side]}
+    ran = {r["method"] for r in results}
+    return [r for m, r in old.items() if m not in ran] + results
 
 
 def render(results: list[dict[str, Any]], cmd: str, hw: str, git: str, precision: str = "fp32") -> str:
@@ -74,9 +94,16 @@ def render(results: list[dict[str, Any]], cmd: str, hw: str, git: str, precision
             se_diff = math.sqrt(se ** 2 + standard_error(base, n) ** 2)
             rows.append(f"| {r['method']} | {label} | {acc:.4f} | {se:.4f} | {100 * diff:+.2f} | {verdict(diff, se_diff)} |")
     first = results[0]
-    commits = {r.get("git", git) for r in results}
-    if len(commits) > 1:  # methods rerun on their own keep their own commit and command
-        git = "; ".join(f"{r['method']} {r.get('git', git)} (`{r.get('command', cmd)}`)" for r in results)
+    commits = {s.get("git", r.get("git", git)) for r in results for s in r["sides"].values()}
+    if len(commits) > 1:  # methods or sides rerun on their own keep their own commit and command
+        parts = []
+        for r in results:
+            by: dict[tuple[str, str], list[str]] = {}
+            for name, s in r["sides"].items():
+                by.setdefault((s.get("git", r.get("git", git)), s.get("command", r.get("command", cmd))), []).append(name)
+            parts += [f"{r['method']} {'/'.join(names) if len(by) > 1 else ''}{' ' if len(by) > 1 else ''}{c} (`{k}`)"
+                      for (c, k), names in by.items()]
+        git = "; ".join(parts)
     where = ("under CPU bf16 autocast (peftlab: `train.mixed_precision` resolved to bf16; the Trainer: "
              "`bf16=True`), " if precision == "bf16" else "in fp32, ")
     return "\n".join([
@@ -110,7 +137,13 @@ def main() -> int:
     ap.add_argument("--render-only", action="store_true", help="rewrite the section from runs/bench_accuracy/results.json")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                     help="every side in this precision (bf16: CPU autocast), in its own section")
+    ap.add_argument("--sides", default=",".join(SIDES),
+                    help="the sides to train (default all); the others keep their saved rows, with their commit")
     args = ap.parse_args()
+    args.sides = tuple(args.sides.split(","))
+    if not set(args.sides) <= set(SIDES) or not args.sides:
+        print(f"error: --sides: expected some of {', '.join(SIDES)}", file=sys.stderr)
+        return 2
     saved = benchkit.ROOT / "runs" / "bench_accuracy" / ("results.json" if args.precision == "fp32" else
                                                          f"results-{args.precision}.json")
     if args.render_only:
@@ -140,11 +173,14 @@ def main() -> int:
     command, git = benchkit.command("train_accuracy.py"), git_hash()
     for r in results:
         r.update(git=git, command=command)
-    if saved.is_file() and not args.quick:  # methods not rerun now keep their saved rows
-        ran, before = {r["method"] for r in results}, json.loads(saved.read_text(encoding="utf-8"))
-        kept = [{"git": before["git"], "command": before["command"], **r} for r in before["results"]
-                if r["method"] not in ran]
-        results = kept + results
+        for side in r["sides"].values():
+            side.update(git=git, command=command)
+    if saved.is_file() and not args.quick:
+        results = merge_saved(results, json.loads(saved.read_text(encoding="utf-8")))
+    missing = [f"{r['method']} {s}" for r in results for s in SIDES if s not in r["sides"]]
+    if missing:
+        print(f"error: --sides: no saved result for {', '.join(missing)}: run those sides too", file=sys.stderr)
+        return 2
     run_info = {"results": results, "command": command, "hardware": hw, "git": git}
     body = render(results, run_info["command"], hw, run_info["git"], args.precision)
     if args.quick:

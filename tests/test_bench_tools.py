@@ -135,6 +135,27 @@ def test_a_missed_bar_over_the_tuned_trainer_is_explained_per_computed_token():
     assert per_token_text({**r, "round_examples": 160}) == ""  # no padding row at the round size
 
 
+def test_accuracy_rerun_of_one_side_keeps_the_others_with_their_commit():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    try:
+        from train_accuracy import merge_saved, render
+    finally:
+        sys.path.pop(0)
+    side = lambda acc: {"accuracy": acc}  # noqa: E731
+    row = lambda m, sides: {"method": m, "n_train": 64, "n_eval": 400, "eval_majority": 0.35, "sides": sides}  # noqa: E731
+    before = {"git": "old1", "command": "python bench/train_accuracy.py --methods full,lora",
+              "results": [row("full", {s: side(0.5) for s in ("peftlab", "notebook", "tuned")}),
+                          row("lora", {s: side(0.4) for s in ("peftlab", "notebook", "tuned")})]}
+    now = row("lora", {"peftlab": {**side(0.45), "git": "new2", "command": "--sides peftlab"}})
+    now.update(git="new2", command="--sides peftlab")
+    merged = merge_saved([now], before)
+    assert [r["method"] for r in merged] == ["full", "lora"]
+    lora = merged[1]["sides"]
+    assert lora["peftlab"]["accuracy"] == 0.45 and lora["tuned"] == {"git": "old1", "command": before["command"], "accuracy": 0.4}
+    text = render(merged, "--sides peftlab", "hw", "new2")
+    assert "full old1" in text and "lora peftlab new2" in text and "lora notebook/tuned old1" in text
+
+
 def test_accuracy_verdict_separates_the_bar_from_the_noise():
     """bench/train_report.verdict: the 0.5-point bar and two standard errors are separate statements."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
