@@ -216,9 +216,17 @@ class TrainBench:
         """The Trainer side's model (bench/train_throughput.hf_model), QLoRA with peftlab's 4-bit settings."""
         from peftlab.methods.qlora import Qlora, QloraParams
 
+        from transformers import AutoConfig
+
+        from peftlab.estimate.params import arch_spec
+
         mt = self.model_type(sub)
         params = method_params(mt, method)
-        load = Qlora().load_kwargs(QloraParams(**params), (HEADS[mt],)) if method == "qlora" else {}
+        # every module the LoRA side trains whole (BERT: pooler and classifier, tt.hf_model's
+        # modules_to_save) stays unquantised, as peftlab's load_classifier keeps its head modules
+        spec = arch_spec(AutoConfig.from_pretrained(str(self.models[sub])))
+        heads = tuple(spec.head_modules) if spec is not None else (HEADS[mt],)
+        load = Qlora().load_kwargs(QloraParams(**params), heads) if method == "qlora" else {}
         model = tt.hf_model(method, str(self.models[sub]), params, HEADS[mt], **load)
         if model.config.pad_token_id is None:  # Llama has none; as peftlab's load_classifier does
             model.config.pad_token_id = self.toks[sub].pad_token_id
