@@ -15,7 +15,7 @@ SDPA's own math path either: under a training run's bf16 autocast the products w
 in bf16); scores are scaled, masked (a boolean mask keeps
 True, a float mask is added), soft-maxed in fp32, dropped with :func:`peftlab.backbones.dropout.drop`
 (each probability kept with 1 - p and scaled by 1 / (1 - p): the same dropout, another random
-stream; its bool mask kept for backward), multiplied by the value and cast back to the input dtype. A query row whose keys are all
+stream), multiplied by the value and cast back to the input dtype. A query row whose keys are all
 masked out gets zeros, as SDPA's safe softmax gives (checked on the (batch x 1 x query x key) mask,
 not on the scores). Everything else (evaluation, p = 0, a GPU, grouped-query heads, position biases,
 soft-capping, returned attention weights) goes to transformers' own ``sdpa`` function unchanged.
@@ -39,7 +39,7 @@ from peftlab.backbones import masks
 
 #: the name this implementation is registered under in transformers' AttentionInterface
 NAME = "peftlab_cpu_sdpa"
-_BASE = "sdpa"
+_BASE = masks.BASE
 #: what :func:`switch` replaces: plain sdpa, and sdpa with peftlab.backbones.masks' masks
 _BASES = (_BASE, masks.NAME)
 #: config id -> the implementation :func:`switch` replaced (for :func:`restore`; the config itself

@@ -128,16 +128,12 @@ def drop(x: torch.Tensor, p: float, generator: torch.Generator | None = None) ->
     return (x * keep).mul_(1.0 / (1.0 - p))
 
 
-#: dtypes whose CPU arithmetic runs in fp32 ("opmath") and rounds once: see :class:`BitsDropout`
-REDUCED = (torch.bfloat16, torch.float16)
-
-
 class BitsDropout(nn.Dropout):
     """``nn.Dropout`` whose CPU mask comes from :func:`keep_mask`; elsewhere, and in eval mode, the same
     as ``nn.Dropout``. A subclass, so code that looks for dropouts by type still finds it.
 
     A bf16/fp16 input is masked in its own dtype and then multiplied by the Python scalar
-    1 / (1 - p): a CPU multiplies reduced precision by a scalar in fp32 and rounds once, so the
+    1 / (1 - p) (:func:`drop`): a CPU computes reduced precision in fp32 ("opmath") and rounds once, so the
     output is bit for bit the fp32 dropout of the same input cast back (a bf16 noise tensor would
     round the scale itself, 1/0.9 to 1.109, and differ), and so is the gradient. That is what lets
     :func:`lean_lora_casts` skip peft's cast of LoRA inputs to fp32 under autocast."""
