@@ -278,9 +278,8 @@ class Probe:
                  **({"attn_implementation": v["attn"]} if v["attn"] else {})}
         model = load_classifier(self.bb, self.data.label_names, tok, extra)
         if v["masks"] == "sdpa":
-            for m in model.modules():
-                if getattr(getattr(m, "config", None), "_attn_implementation", None) == masks.NAME:
-                    m.config._attn_implementation = masks.BASE
+            for c in masks.configs(model, (masks.NAME,)):
+                c._attn_implementation = masks.BASE
         if torch.cuda.is_available():
             torch.backends.cuda.enable_cudnn_sdp(v["cudnn"])
         model = method.prepare(model, params, arch_spec(model.config))

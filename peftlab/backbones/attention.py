@@ -117,19 +117,11 @@ def attention_dropout(config: Any) -> float:
     return max(float(getattr(config, k, 0.0) or 0.0) for k in ("attention_probs_dropout_prob", "attention_dropout"))
 
 
-def _configs(model: nn.Module, names: tuple[str, ...]) -> list[Any]:
-    """Each config (once: a model and its base model share one) whose implementation is in ``names``."""
-    found = {id(m.config): m.config for m in model.modules()
-             if getattr(getattr(m, "config", None), "_attn_implementation", None) in names
-             and hasattr(m, "set_attn_implementation")}
-    return list(found.values())
-
-
 def switch(model: nn.Module) -> int:
     """Use :func:`attention` in every sub-model of ``model`` that uses ``sdpa`` (or
     peftlab.backbones.masks' sdpa, as decoders load) with attention dropout (elsewhere it would
     only hand every call on to sdpa); how many. :func:`restore` sets back what each had."""
-    configs = [c for c in _configs(model, _BASES) if attention_dropout(c) > 0.0]
+    configs = [c for c in masks.configs(model, _BASES) if attention_dropout(c) > 0.0]
     if configs:
         _register()
     for c in configs:
@@ -140,5 +132,5 @@ def switch(model: nn.Module) -> int:
 
 def restore(model: nn.Module) -> None:
     """Undo :func:`switch`: wherever it set :data:`NAME`, the implementation it replaced."""
-    for c in _configs(model, (NAME,)):
+    for c in masks.configs(model, (NAME,)):
         c._attn_implementation = _before.pop(id(c), _BASE)

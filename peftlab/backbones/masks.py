@@ -84,14 +84,21 @@ def register() -> None:
     ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
 
 
+def configs(model: nn.Module, names: tuple[str, ...]) -> list[Any]:
+    """Each sub-model config of ``model`` whose attention implementation is in ``names``, once (a
+    model and its base model share one)."""
+    found = {id(m.config): m.config for m in model.modules()
+             if getattr(getattr(m, "config", None), "_attn_implementation", None) in names
+             and hasattr(m, "set_attn_implementation")}
+    return list(found.values())
+
+
 def use(model: nn.Module) -> int:
     """Set :data:`NAME` on every sub-model of ``model`` whose attention is ``sdpa``; how many
     configs (others, e.g. ``eager`` or a flash kernel the user chose, are left as they are)."""
-    configs = list({id(m.config): m.config for m in model.modules()  # once each: sub-models share configs
-                    if getattr(getattr(m, "config", None), "_attn_implementation", None) == BASE
-                    and hasattr(m, "set_attn_implementation")}.values())
-    if configs:
+    found = configs(model, (BASE,))
+    if found:
         register()
-    for c in configs:
+    for c in found:
         c._attn_implementation = NAME
-    return len(configs)
+    return len(found)
